@@ -1,0 +1,70 @@
+# powgate — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Built binaries (control plane, etcd, kwok, helm) and cluster state live here.
+CACHE ?= $(CURDIR)/.cache
+BIN := $(CACHE)/bin
+export POWGATE_CACHE := $(CACHE)
+
+include hack/tools.mk
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create .venv with powgate and its dev tools
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the tests need (prometheus, chromium, nginx, wrk)
+	hack/install-system-deps.sh
+
+.PHONY: lint
+lint: venv ## ruff, mypy --strict and the import rules
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: format
+format: venv ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+.PHONY: test
+test: venv system-deps tools lint ## Everything CI runs: lint, unit, integration (real control plane)
+	$(VENV)/bin/pytest
+
+.PHONY: unit
+unit: venv ## Fast tests only (no control plane, no browser)
+	$(VENV)/bin/pytest tests/unit
+
+.PHONY: bench
+bench: venv system-deps tools ## Benchmarks, printed as tables with same-run references
+	$(PY) -m bench
+
+.PHONY: demo
+demo: venv system-deps tools ## The main job: adaptive PoW defending a stand-in AI service
+	$(PY) -m powgate_testbed.demo
+
+.PHONY: cluster-up
+cluster-up: venv tools ## Start the local control plane; kubeconfig in $(CACHE)/cluster/kubeconfig
+	$(PY) -m powgate_testbed.cluster up
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop the local control plane and remove its state
+	$(PY) -m powgate_testbed.cluster down
+
+.PHONY: clean
+clean: ## Remove the venv and caches (keeps the Go build cache)
+	rm -rf $(VENV) $(CACHE) .mypy_cache .pytest_cache .ruff_cache

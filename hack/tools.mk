@@ -1,0 +1,32 @@
+# Pinned Go tools, built from the modules under hack/tools/ (their go.mod and
+# go.sum files are the one place the versions live). Each binary depends on
+# its module's files, so a second `make tools` is a no-op.
+TOOLS_DIR := $(CURDIR)/hack/tools
+GO ?= go
+GOBUILD = cd $(TOOLS_DIR)/$(1) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/
+
+KUBE_BINS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
+TOOL_BINS := $(KUBE_BINS) $(BIN)/etcd $(BIN)/kwok $(BIN)/kwokctl $(BIN)/helm
+
+.PHONY: tools
+tools: $(TOOL_BINS) ## Build the control plane, etcd, kwok and helm into .cache/bin
+
+# One go build for all four: they share most packages, and a single
+# invocation lets the compiler schedule them together.
+$(KUBE_BINS) &: $(TOOLS_DIR)/kubernetes/go.mod $(TOOLS_DIR)/kubernetes/go.sum
+	@echo ">> building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (first build takes minutes)"
+	$(call GOBUILD,kubernetes) k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+	@touch $(KUBE_BINS)
+
+$(BIN)/etcd: $(TOOLS_DIR)/etcd/go.mod $(TOOLS_DIR)/etcd/go.sum
+	@echo ">> building etcd"
+	$(call GOBUILD,etcd)etcd go.etcd.io/etcd/server/v3
+
+$(BIN)/kwok $(BIN)/kwokctl &: $(TOOLS_DIR)/kwok/go.mod $(TOOLS_DIR)/kwok/go.sum
+	@echo ">> building kwok, kwokctl"
+	$(call GOBUILD,kwok) sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+	@touch $(BIN)/kwok $(BIN)/kwokctl
+
+$(BIN)/helm: $(TOOLS_DIR)/helm/go.mod $(TOOLS_DIR)/helm/go.sum
+	@echo ">> building helm"
+	$(call GOBUILD,helm) helm.sh/helm/v3/cmd/helm

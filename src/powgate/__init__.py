@@ -1,0 +1,44 @@
+"""powgate: adaptive proof-of-work admission for AI services.
+
+The public API of the core library. Everything here is pure Python with no
+server dependencies: the sidecar, the operator and the clients build on it.
+"""
+
+from ._algorithms import Algorithm, HashAlgorithm, algorithm_names, get_algorithm, register_algorithm
+from ._errors import ChallengeRejected, KeyRingError, PowgateError, ProtocolError, SolveError
+from ._keys import KEYRING_SECRET_KEY, HmacKey, KeyRing
+from ._protocol import MAX_PAYLOAD_BYTES, Challenge, SaltParams, Solution, parse_salt
+from ._replay import AsyncReplayCache, Claim, MemoryReplayCache, ReplayCache
+from ._verify import Issuer, Reason, Verdict, Verifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KEYRING_SECRET_KEY",
+    "MAX_PAYLOAD_BYTES",
+    "Algorithm",
+    "AsyncReplayCache",
+    "Challenge",
+    "ChallengeRejected",
+    "Claim",
+    "HashAlgorithm",
+    "HmacKey",
+    "Issuer",
+    "KeyRing",
+    "KeyRingError",
+    "MemoryReplayCache",
+    "PowgateError",
+    "ProtocolError",
+    "Reason",
+    "ReplayCache",
+    "SaltParams",
+    "Solution",
+    "SolveError",
+    "Verdict",
+    "Verifier",
+    "__version__",
+    "algorithm_names",
+    "get_algorithm",
+    "parse_salt",
+    "register_algorithm",
+]

@@ -1,0 +1,85 @@
+"""Challenge algorithms behind one small interface, and their registry.
+
+An algorithm defines how the work is checked (``work_hex``: the digest of
+``salt + number`` the client searches for) and how the server signs a
+challenge (``sign``). The verifier's flow does not change when a scheme is
+added: it looks the algorithm up by the name the payload carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Algorithm", "HashAlgorithm", "algorithm_names", "get_algorithm", "register_algorithm"]
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """What the issuer, verifier and solvers need from a challenge scheme."""
+
+    @property
+    def name(self) -> str:
+        """The name carried in challenges and payloads (``"SHA-256"``)."""
+        ...
+
+    def work_hex(self, data: bytes) -> str:
+        """The lowercase hex digest a solver searches for."""
+        ...
+
+    def sign(self, key: bytes, message: bytes) -> str:
+        """The lowercase hex signature of ``message`` under ``key``."""
+        ...
+
+
+class HashAlgorithm:
+    """ALTCHA v1 schemes: a plain hash for the work, HMAC of the same hash to sign."""
+
+    __slots__ = ("_digest", "_name")
+
+    def __init__(self, name: str, digest: str) -> None:
+        self._name = name
+        self._digest = digest
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def digest_name(self) -> str:
+        """The hashlib name, for solvers that hash from a precomputed state."""
+        return self._digest
+
+    def work_hex(self, data: bytes) -> str:
+        return hashlib.new(self._digest, data).hexdigest()
+
+    def sign(self, key: bytes, message: bytes) -> str:
+        # hmac.digest is OpenSSL's one-shot HMAC: no Python-level HMAC object.
+        return hmac.digest(key, message, self._digest).hex()
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register_algorithm(algorithm: Algorithm) -> None:
+    """Make ``algorithm`` available to issuers, verifiers and solvers by its name."""
+    if algorithm.name in _REGISTRY:
+        raise ValueError(f"algorithm {algorithm.name!r} is already registered")
+    _REGISTRY[algorithm.name] = algorithm
+
+
+def get_algorithm(name: str) -> Algorithm | None:
+    """The registered algorithm called ``name``, or ``None``."""
+    return _REGISTRY.get(name)
+
+
+def algorithm_names() -> tuple[str, ...]:
+    """Names of every registered algorithm."""
+    return tuple(_REGISTRY)
+
+
+# ALTCHA v1 also names SHA-1; it is left out on purpose (collision-broken).
+# SHA-256 is the default everywhere.
+for _name, _digest in (("SHA-256", "sha256"), ("SHA-512", "sha512")):
+    register_algorithm(HashAlgorithm(_name, _digest))

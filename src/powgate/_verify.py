@@ -1,0 +1,195 @@
+"""Issuing challenges and verifying solutions.
+
+Verification order (DESIGN §2): parse with hard limits → known algorithm →
+signature under a key the ring still accepts (constant time) → not expired →
+the work → bound to this policy/route → enough difficulty → not seen before.
+Each failure has its own :class:`Reason` for logs and metrics; clients are
+meant to see one uniform rejection (no oracle), which is the caller's job.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ._algorithms import Algorithm, get_algorithm
+from ._keys import KeyRing
+from ._protocol import (
+    PARAM_BINDING,
+    PARAM_DIFFICULTY,
+    PARAM_EXPIRES,
+    PARAM_KID,
+    Challenge,
+    MalformedPayload,
+    decode_solution,
+    format_salt,
+    parse_salt,
+)
+from ._replay import Claim, ReplayCache
+
+__all__ = ["Issuer", "Reason", "Verdict", "Verifier"]
+
+Clock = Callable[[], float]
+#: Difficulty is ``maxnumber``; above this a browser would search for minutes.
+MAX_DIFFICULTY: Final = 1 << 40
+
+
+class Reason(enum.StrEnum):
+    """Why a solution was admitted or not. Values are metric label values."""
+
+    OK = "ok"
+    MISSING = "missing"
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed"
+    UNKNOWN_ALGORITHM = "unknown_algorithm"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    WRONG_NUMBER = "wrong_number"
+    WRONG_BINDING = "wrong_binding"
+    INSUFFICIENT = "insufficient"
+    REPLAYED = "replayed"
+    REPLAY_CACHE_FULL = "replay_cache_full"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one verification.
+
+    ``reason`` is safe to count; ``cause`` is the private detail for logs and
+    must never be sent to the client.
+    """
+
+    reason: Reason
+    cause: str = ""
+    difficulty: int = 0
+    expires: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+
+MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
+
+
+class Issuer:
+    """Creates signed challenges with the ring's active key."""
+
+    __slots__ = ("_algorithm", "_clock", "keyring")
+
+    def __init__(self, *, keyring: KeyRing, algorithm: str = "SHA-256", clock: Clock = time.time) -> None:
+        found = get_algorithm(algorithm)
+        if found is None:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        self._algorithm: Algorithm = found
+        self._clock = clock
+        #: Replace to rotate; issuing reads it once per challenge.
+        self.keyring = keyring
+
+    def issue(self, *, difficulty: int, ttl: float, binding: str | None = None) -> Challenge:
+        """A fresh challenge of ``difficulty`` (its ``maxnumber``), valid for ``ttl`` seconds."""
+        if not 1 <= difficulty <= MAX_DIFFICULTY:
+            raise ValueError(f"difficulty must be within 1..{MAX_DIFFICULTY}")
+        key = self.keyring.signing_key
+        params = {
+            PARAM_EXPIRES: str(int(self._clock() + ttl)),
+            PARAM_KID: key.kid,
+            PARAM_DIFFICULTY: str(difficulty),
+        }
+        if binding is not None:
+            params[PARAM_BINDING] = binding
+        salt = format_salt(secrets.token_hex(12), params)
+        # Uniform below maxnumber: mean work difficulty/2, worst case difficulty.
+        number = secrets.randbelow(difficulty)
+        algorithm = self._algorithm
+        challenge = algorithm.work_hex(f"{salt}{number}".encode())
+        signature = algorithm.sign(key.secret, challenge.encode())
+        return Challenge(algorithm.name, challenge, difficulty, salt, signature)
+
+
+class Verifier:
+    """Checks solution payloads against a key ring and a replay cache."""
+
+    __slots__ = ("_clock", "keyring", "replay")
+
+    def __init__(self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time) -> None:
+        #: Replace to rotate; each verification reads it once.
+        self.keyring = keyring
+        self.replay = replay
+        self._clock = clock
+
+    def verify(
+        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+    ) -> Verdict:
+        """Verify and, when valid, claim the solution in the replay cache.
+
+        ``binding`` (when given) must equal the one the challenge was issued
+        for; ``min_difficulty`` rejects challenges easier than that. Never
+        raises on hostile input.
+        """
+        now = self._clock()
+        verdict, replay_key = self._check(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        if replay_key is None or self.replay is None:
+            return verdict
+        outcome = self.replay.claim(replay_key, expires_at=verdict.expires, now=now)
+        if outcome == Claim.NEW:
+            return verdict
+        if outcome == Claim.SEEN:
+            return Verdict(Reason.REPLAYED, "solution already used", verdict.difficulty, verdict.expires)
+        return Verdict(Reason.REPLAY_CACHE_FULL, "replay cache at its cap", verdict.difficulty, verdict.expires)
+
+    def check(
+        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+    ) -> tuple[Verdict, bytes | None]:
+        """Verify everything but single use; returns the verdict and the replay key.
+
+        For callers whose replay store is asynchronous (a shared store): they
+        claim the key themselves when the verdict is ok.
+        """
+        return self._check(payload, binding=binding, min_difficulty=min_difficulty, now=self._clock())
+
+    def _check(
+        self, payload: str | bytes | None, *, binding: str | None, min_difficulty: int, now: float
+    ) -> tuple[Verdict, bytes | None]:
+        if not payload:
+            return MISSING, None
+        try:
+            solution = decode_solution(payload)
+        except MalformedPayload as exc:
+            return Verdict(Reason(exc.reason), exc.cause), None
+        algorithm = get_algorithm(solution.algorithm)
+        if algorithm is None:
+            return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {solution.algorithm[:32]!r}"), None
+        params = parse_salt(solution.salt)
+        ring = self.keyring
+        # A challenge without a key id was made by a plain ALTCHA server with
+        # our active key: the signature check below still applies.
+        key = ring.verification_key(params.kid if params.kid is not None else ring.active, now=now)
+        if key is None:
+            return Verdict(Reason.UNKNOWN_KEY, f"key id {str(params.kid)[:40]!r} not accepted"), None
+        expected = algorithm.sign(key.secret, solution.challenge.encode("utf-8", "surrogatepass"))
+        signature = solution.signature
+        if not signature.isascii() or not hmac.compare_digest(expected, signature):
+            return Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"), None
+        difficulty = params.difficulty or 0
+        if params.expires is None:
+            return Verdict(Reason.EXPIRED, "challenge has no expires parameter", difficulty), None
+        if now > params.expires:
+            return Verdict(Reason.EXPIRED, f"expired {now - params.expires:.0f}s ago", difficulty), None
+        salt = solution.salt if solution.salt.endswith("&") else solution.salt + "&"
+        work = algorithm.work_hex(f"{salt}{solution.number}".encode("utf-8", "surrogatepass"))
+        if work != solution.challenge:
+            return Verdict(Reason.WRONG_NUMBER, "hash of salt and number differs", difficulty), None
+        if binding is not None and params.binding != binding:
+            cause = f"issued for {params.binding!r}, used for {binding!r}"
+            return Verdict(Reason.WRONG_BINDING, cause, difficulty), None
+        if difficulty < min_difficulty:
+            return Verdict(Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty), None
+        # The challenge is our own digest here, so it is valid hex.
+        return Verdict(Reason.OK, "", difficulty, params.expires), bytes.fromhex(work)

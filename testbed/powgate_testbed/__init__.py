@@ -1,0 +1,1 @@
+"""powgate_testbed"""
