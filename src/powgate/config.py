@@ -1,0 +1,145 @@
+"""The rendered sidecar configuration: the contract between operator and sidecar.
+
+The operator renders one :class:`SidecarConfig` per PowPolicy into a
+ConfigMap (data key ``config.json``); each sidecar watches that object, or
+reads the same document from a file. Field names are camelCase on the wire,
+as everywhere in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from typing import Annotated, Any, Final, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CONFIG_DATA_KEY",
+    "Mode",
+    "QueueConfig",
+    "RouteConfig",
+    "SidecarConfig",
+]
+
+#: The data key of the rendered ConfigMap (and the conventional file name).
+CONFIG_DATA_KEY: Final = "config.json"
+MAX_DIFFICULTY: Final = 1 << 40
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Mode(enum.StrEnum):
+    """How a policy acts on requests to protected routes."""
+
+    ENFORCE = "enforce"  # only requests with a valid solution reach the upstream
+    OBSERVE = "observe"  # verify and count, but let every request through
+    OFF = "off"  # no challenge, no verification: a plain proxy
+
+
+PathPattern = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^/[^\s]*$",
+        description="An exact path, or a prefix ending in `*` (`/v1/*`).",
+    ),
+]
+
+
+class RouteConfig(_Model):
+    """A protected route: which requests pay, and how much relative to the base difficulty."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Identifies the route in metrics and in the challenge binding.",
+    )
+    paths: list[PathPattern] = Field(min_length=1, max_length=64)
+    methods: list[Annotated[str, Field(pattern=r"^[A-Z]{1,16}$")]] = Field(
+        default_factory=lambda: ["POST"],
+        max_length=16,
+        description="HTTP methods that must pay; others pass through unchallenged.",
+    )
+    difficulty_multiplier: float = Field(
+        default=1.0, gt=0, le=1000, description="Scales the base difficulty for this route."
+    )
+
+
+class QueueConfig(_Model):
+    """Priority by effort: cap concurrent upstream requests; highest difficulty waits least."""
+
+    max_concurrent: int = Field(
+        default=0, ge=0, le=100_000, description="0 disables the cap (and the queue)."
+    )
+    max_waiting: int = Field(default=1000, ge=0, le=1_000_000)
+    max_wait_seconds: float = Field(default=30.0, gt=0, le=600)
+
+
+class SidecarConfig(_Model):
+    """Everything a sidecar enforces. Keys travel separately (the key-ring Secret)."""
+
+    version: str = Field(
+        default="",
+        max_length=64,
+        description="Content version written by the operator; exported as a metric for rollout.",
+    )
+    policy: str = Field(
+        default="local/default",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="`namespace/name` of the PowPolicy; part of every challenge binding.",
+    )
+    mode: Mode = Mode.ENFORCE
+    difficulty: int = Field(default=50_000, ge=1, le=MAX_DIFFICULTY)
+    min_difficulty: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_DIFFICULTY,
+        description="Solutions of challenges easier than this are refused (the policy's minimum).",
+    )
+    algorithm: str = "SHA-256"
+    challenge_ttl_seconds: int = Field(default=300, ge=5, le=86_400)
+    routes: list[RouteConfig] = Field(
+        default_factory=lambda: [RouteConfig(name="default", paths=["/*"])], max_length=64
+    )
+    exempt_paths: list[PathPattern] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/livez", "/metrics"],
+        max_length=64,
+        description="Never challenged, whatever the routes say.",
+    )
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        if self.min_difficulty > self.difficulty:
+            raise ValueError("minDifficulty must not exceed difficulty")
+        return self
+
+    def content_version(self) -> str:
+        """A short hash of everything but ``version``: equal documents, equal versions."""
+        body = self.model_dump(mode="json", by_alias=True, exclude={"version"})
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SidecarConfig:
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SidecarConfig:
+        return cls.model_validate(data)
