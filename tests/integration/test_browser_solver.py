@@ -1,0 +1,261 @@
+"""The browser solver, interstitial and demo page in headless Chromium.
+
+A loopback stdlib HTTP server plays the sidecar's part for the browser: it
+serves ``powgate/static`` under ``/.well-known/powgate/``, issues challenges
+with :class:`powgate.Issuer` and judges what the browser sends back with
+:class:`powgate.Verifier`. Chromium runs the real files, Web Workers
+included; nothing on the browser side is simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from powgate import Issuer, KeyRing, MemoryReplayCache, Reason, Verdict, Verifier
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+)
+#: Only guards against a hung browser; the solves here take well under a second.
+WAIT_SECONDS = 120
+STATIC = resources.files("powgate") / "static"
+#: Opens a URL in a fresh headless Chromium; returns the path of its log.
+OpenPage = Callable[[str], Path]
+ASSETS = {"solver.js", "worker.js"}
+TEST_PAGE = """<!doctype html><meta charset="utf-8"><title>solve</title>
+<script src="/.well-known/powgate/solver.js"></script>
+<script>
+fetch('/challenge').then((r) => r.json())
+  .then((challenge) => powgate.solve(challenge, {workers: 2}))
+  .then((result) => ({result}), (err) => ({error: String(err && err.message || err)}))
+  .then((report) => fetch('/report', {method: 'POST', body: JSON.stringify(report)}));
+</script>
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (make system-deps installs it)")
+        pytest.skip("chromium is not installed (make system-deps installs it)")
+    return path
+
+
+@dataclass
+class Site:
+    """What the server hands out and what it has seen."""
+
+    issuer: Issuer
+    verifier: Verifier
+    difficulty: int
+    reports: list[dict[str, object]] = field(default_factory=list)
+    verdicts: list[tuple[str, Verdict, dict[str, str]]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def challenge_json(self) -> str:
+        return self.issuer.issue(difficulty=self.difficulty, ttl=120).to_json()
+
+
+class Handler(BaseHTTPRequestHandler):
+    site: Site
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: pytest shows the browser's log on failure instead."""
+
+    def _send(self, *, status: int, body: str, content_type: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _judge(self, *, where: str, payload: str | None) -> Verdict:
+        verdict = self.site.verifier.verify(payload)
+        extra = {
+            name.lower(): value
+            for name, value in self.headers.items()
+            if name.lower().startswith("x-powgate")
+        }
+        self.site.verdicts.append((where, verdict, extra))
+        return verdict
+
+    def do_GET(self) -> None:
+        path, _, _ = self.path.partition("?")
+        name = path.removeprefix("/.well-known/powgate/")
+        if name in ASSETS:
+            self._send(
+                status=200,
+                body=(STATIC / name).read_text(),
+                content_type="text/javascript; charset=utf-8",
+            )
+        elif path == "/demo.html":
+            self._send(
+                status=200,
+                body=(STATIC / "demo.html").read_text(),
+                content_type="text/html; charset=utf-8",
+            )
+        elif path == "/solve.html":
+            self._send(status=200, body=TEST_PAGE, content_type="text/html; charset=utf-8")
+        elif path == "/challenge":
+            self._send(status=200, body=self.site.challenge_json(), content_type="application/json")
+        elif path == "/api":
+            self._api()
+        elif path == "/app/page":
+            self._navigation()
+        else:
+            self._send(status=404, body="not found", content_type="text/plain")
+
+    def do_POST(self) -> None:
+        if self.path != "/report":
+            self._send(status=404, body="not found", content_type="text/plain")
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.site.reports.append(json.loads(body))
+        self._send(status=204, body="", content_type="text/plain")
+        self.site.done.set()
+
+    def _api(self) -> None:
+        payload = self.headers.get("X-Powgate-Solution")
+        if payload and self._judge(where="api", payload=payload).ok:
+            self._send(
+                status=200, body='{"object":"list","data":[]}', content_type="application/json"
+            )
+            self.site.done.set()
+            return
+        self._send(status=428, body=self.site.challenge_json(), content_type="application/json")
+
+    def _navigation(self) -> None:
+        # What the sidecar does for a browser navigation: the cookie set by
+        # the interstitial is a solution; without a valid one, the page.
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        morsel = cookie.get("powgate_solution")
+        if morsel is not None and self._judge(where="cookie", payload=morsel.value).ok:
+            self._send(
+                status=200,
+                body="<!doctype html><title>app</title><p>welcome</p>",
+                content_type="text/html",
+            )
+            self.site.done.set()
+            return
+        page = (STATIC / "interstitial.html").read_text()
+        challenge = self.site.challenge_json().replace("<", "\\u003c")
+        self._send(
+            status=428,
+            body=page.replace("__POWGATE_CHALLENGE__", challenge),
+            content_type="text/html; charset=utf-8",
+        )
+
+
+@pytest.fixture
+def site() -> Site:
+    keyring = KeyRing.generate()
+    return Site(
+        issuer=Issuer(keyring=keyring),
+        verifier=Verifier(keyring=keyring, replay=MemoryReplayCache()),
+        difficulty=300_000,
+    )
+
+
+@pytest.fixture
+def base_url(site: Site) -> Iterator[str]:
+    handler = type("SiteHandler", (Handler,), {"site": site})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def open_page(chromium: str, tmp_path: Path) -> Iterator[OpenPage]:
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def open_page(url: str) -> Path:
+        log = tmp_path / f"chromium-{len(procs)}.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append((proc, log))
+        return log
+
+    yield open_page
+    for proc, _ in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(site: Site, log: Path) -> None:
+    if not site.done.wait(WAIT_SECONDS):
+        console = [
+            line for line in log.read_text(errors="replace").splitlines() if "CONSOLE" in line
+        ]
+        pytest.fail("the page never reported back; browser console:\n" + "\n".join(console[-20:]))
+
+
+def test_solver_in_workers_is_accepted_by_the_verifier(
+    site: Site, base_url: str, open_page: OpenPage
+) -> None:
+    log = open_page(f"{base_url}/solve.html")
+    _wait(site, log)
+    (report,) = site.reports
+    assert "error" not in report, report
+    result = report["result"]
+    assert isinstance(result, dict)
+    assert result["workers"] == 2
+    assert result["maxnumber"] == site.difficulty
+    assert site.verifier.verify(str(result["payload"])).reason is Reason.OK
+
+
+def test_demo_page_pays_the_toll_with_fetch_with_pow(
+    site: Site, base_url: str, open_page: OpenPage
+) -> None:
+    log = open_page(f"{base_url}/demo.html?endpoint=/api")
+    _wait(site, log)
+    (where, verdict, headers) = site.verdicts[-1]
+    assert where == "api"
+    assert verdict.reason is Reason.OK
+    assert headers["x-powgate-solve-ms"].isdigit()
+
+
+def test_interstitial_solves_sets_the_cookie_and_reloads(
+    site: Site, base_url: str, open_page: OpenPage
+) -> None:
+    log = open_page(f"{base_url}/app/page")
+    _wait(site, log)
+    assert [(where, verdict.reason) for where, verdict, _ in site.verdicts] == [
+        ("cookie", Reason.OK)
+    ]
