@@ -4,18 +4,39 @@ The public API of the core library. Everything here is pure Python with no
 server dependencies: the sidecar, the operator and the clients build on it.
 """
 
-from ._algorithms import Algorithm, HashAlgorithm, algorithm_names, get_algorithm, register_algorithm
+from ._algorithms import (
+    Algorithm,
+    HashAlgorithm,
+    algorithm_names,
+    get_algorithm,
+    register_algorithm,
+)
 from ._errors import ChallengeRejected, KeyRingError, PowgateError, ProtocolError, SolveError
-from ._keys import KEYRING_SECRET_KEY, HmacKey, KeyRing
-from ._protocol import MAX_PAYLOAD_BYTES, Challenge, SaltParams, Solution, parse_salt
+from ._keys import KEYRING_SECRET_KEY, HmacKey, KeyRing, new_secret
+from ._protocol import (
+    AUTH_SCHEME,
+    CHALLENGE_PATH,
+    MAX_PAYLOAD_BYTES,
+    SOLUTION_HEADER,
+    SOLVE_MS_HEADER,
+    Challenge,
+    SaltParams,
+    Solution,
+    parse_salt,
+)
 from ._replay import AsyncReplayCache, Claim, MemoryReplayCache, ReplayCache
+from ._solver import SolveResult, solve, solve_reference
 from ._verify import Issuer, Reason, Verdict, Verifier
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTH_SCHEME",
+    "CHALLENGE_PATH",
     "KEYRING_SECRET_KEY",
     "MAX_PAYLOAD_BYTES",
+    "SOLUTION_HEADER",
+    "SOLVE_MS_HEADER",
     "Algorithm",
     "AsyncReplayCache",
     "Challenge",
@@ -34,11 +55,15 @@ __all__ = [
     "SaltParams",
     "Solution",
     "SolveError",
+    "SolveResult",
     "Verdict",
     "Verifier",
     "__version__",
     "algorithm_names",
     "get_algorithm",
+    "new_secret",
     "parse_salt",
     "register_algorithm",
+    "solve",
+    "solve_reference",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["Algorithm", "HashAlgorithm", "algorithm_names", "get_algorithm", "register_algorithm"]
 
@@ -36,11 +37,17 @@ class Algorithm(Protocol):
 class HashAlgorithm:
     """ALTCHA v1 schemes: a plain hash for the work, HMAC of the same hash to sign."""
 
-    __slots__ = ("_digest", "_name")
+    __slots__ = ("_digest", "_name", "new")
 
     def __init__(self, name: str, digest: str) -> None:
         self._name = name
         self._digest = digest
+        #: hashlib's constructor, ``new(data)``; solvers copy its states. The
+        #: named constructors skip hashlib.new's lookup by name, which the
+        #: verifier would pay on every request.
+        self.new: Callable[[bytes], Any] = getattr(hashlib, digest, None) or (
+            lambda data: hashlib.new(digest, data)
+        )
 
     @property
     def name(self) -> str:
@@ -52,7 +59,7 @@ class HashAlgorithm:
         return self._digest
 
     def work_hex(self, data: bytes) -> str:
-        return hashlib.new(self._digest, data).hexdigest()
+        return self.new(data).hexdigest()  # type: ignore[no-any-return]
 
     def sign(self, key: bytes, message: bytes) -> str:
         # hmac.digest is OpenSSL's one-shot HMAC: no Python-level HMAC object.

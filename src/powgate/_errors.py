@@ -31,7 +31,7 @@ class SolveError(PowgateError):
     """A challenge could not be solved (no number in range, unknown algorithm)."""
 
 
-class ChallengeRejected(PowgateError):
+class ChallengeRejected(PowgateError):  # noqa: N818 - public name, reads as an outcome
     """The server rejected our solutions more often than the client allows."""
 
     def __init__(self, message: str, *, attempts: int) -> None:

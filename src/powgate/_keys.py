@@ -34,10 +34,10 @@ from typing import Any, Final
 
 from ._errors import KeyRingError
 
-__all__ = ["KEYRING_SECRET_KEY", "HmacKey", "KeyRing"]
+__all__ = ["KEYRING_SECRET_KEY", "HmacKey", "KeyRing", "new_secret"]
 
 #: The data key of the Secret (and the file name in a mounted Secret folder).
-KEYRING_SECRET_KEY: Final = "keyring.json"
+KEYRING_SECRET_KEY: Final = "keyring.json"  # noqa: S105 - a file name, not a secret
 #: HMAC-SHA256 keys shorter than the hash add nothing but risk.
 MIN_SECRET_BYTES: Final = 32
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
@@ -93,7 +93,7 @@ class KeyRing:
     @classmethod
     def generate(cls, *, kid: str = "k1") -> KeyRing:
         """A ring with one fresh random key, active."""
-        return cls(active=kid, keys=(HmacKey(kid, secrets.token_bytes(MIN_SECRET_BYTES)),))
+        return cls(active=kid, keys=(HmacKey(kid, new_secret()),))
 
     def with_key(self, key: HmacKey) -> KeyRing:
         """Publish ``key`` for verification (phase 1 of a rotation)."""
@@ -102,7 +102,7 @@ class KeyRing:
         return replace(self, keys=(*self.keys, key))
 
     def activated(self, kid: str, *, retire_previous_at: int | None) -> KeyRing:
-        """Sign with ``kid`` from now on (phase 2); the previous key verifies until the given time."""
+        """Sign with ``kid`` from now on (phase 2); the previous key verifies until then."""
         if kid not in self._by_id:
             raise KeyRingError(f"key {kid!r} is not in the ring")
         keys = tuple(
@@ -113,7 +113,9 @@ class KeyRing:
 
     def pruned(self, *, now: float) -> KeyRing:
         """Drop keys no verifier accepts any more (phase 3)."""
-        return replace(self, keys=tuple(k for k in self.keys if k.kid == self.active or k.accepts_at(now)))
+        return replace(
+            self, keys=tuple(k for k in self.keys if k.kid == self.active or k.accepts_at(now))
+        )
 
     # -- documents ----------------------------------------------------------
 
@@ -171,13 +173,23 @@ class KeyRing:
             raise KeyRingError(f"key file {target}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the ring readable by its owner only, atomically."""
+        """Write the ring, owner-readable only, atomically (a folder gets ``keyring.json``)."""
         target = Path(path)
+        if target.is_dir():
+            target = target / KEYRING_SECRET_KEY
         tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.to_json())
-        tmp.replace(target)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.to_json())
+            tmp.replace(target)
+        except OSError as exc:
+            raise KeyRingError(f"key file {target} cannot be written: {exc.strerror}") from None
+
+
+def new_secret() -> bytes:
+    """A fresh random HMAC key of the minimum length."""
+    return secrets.token_bytes(MIN_SECRET_BYTES)
 
 
 def _key_from_dict(index: int, entry: object) -> HmacKey:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import json.scanner
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote
@@ -24,18 +26,32 @@ from urllib.parse import quote, unquote
 from ._errors import ProtocolError
 
 __all__ = [
+    "AUTH_SCHEME",
+    "CHALLENGE_PATH",
     "MAX_PAYLOAD_BYTES",
+    "SOLUTION_HEADER",
+    "SOLVE_MS_HEADER",
     "Challenge",
     "SaltParams",
     "Solution",
     "decode_solution",
     "format_salt",
     "parse_salt",
+    "salt_fields",
+    "solution_fields",
 ]
 
 #: Hard cap on an encoded solution (header value or form field). A genuine
 #: payload is ~300 bytes; anything far larger is junk and is not decoded.
 MAX_PAYLOAD_BYTES: Final = 2048
+#: The request header carrying a solution payload.
+SOLUTION_HEADER: Final = "X-Powgate-Solution"
+#: The request header in which clients report how long solving took (integer ms).
+SOLVE_MS_HEADER: Final = "X-Powgate-Solve-Ms"
+#: Where a sidecar hands out challenges ahead of a request (``?method=M&path=P``).
+CHALLENGE_PATH: Final = "/.well-known/powgate/challenge"
+#: The ``WWW-Authenticate`` scheme of a challenge answered with status 401.
+AUTH_SCHEME: Final = "PoW"
 #: Salt parameters with meaning to powgate.
 PARAM_EXPIRES: Final = "expires"
 PARAM_KID: Final = "kid"
@@ -53,32 +69,56 @@ class SaltParams:
     binding: str | None
 
 
+# What quote() would leave as it is: checking first skips its slow path.
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~/:-]*")
+
+
 def format_salt(nonce: str, params: dict[str, str]) -> str:
-    """``nonce?k=v&k=v&`` with values percent-encoded, as ALTCHA writes it."""
-    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+    """``nonce?k=v&k=v&`` with values percent-encoded, as ALTCHA writes it.
+
+    ``/`` and ``:`` are legal in a query and common in bindings
+    (``namespace/policy:route``); leaving them as they are spares the
+    verifier a percent-decoding pass.
+    """
+    query = "&".join(
+        f"{k}={v if _UNRESERVED.fullmatch(v) else quote(v, safe='/:')}" for k, v in params.items()
+    )
     return f"{nonce}?{query}&" if query else f"{nonce}&"
 
 
 def parse_salt(salt: str) -> SaltParams:
     """Read powgate's parameters from a salt; malformed values read as absent.
 
-    A duplicated parameter makes the salt ambiguous, so it reads as absent too
-    (and then fails whatever check needs it), rather than first-wins or
-    last-wins, which a forger could pick between.
+    A duplicated parameter makes the salt ambiguous, so it reads as an empty
+    value (no key id, binding or number is empty, so it fails whatever check
+    needs it), rather than first-wins or last-wins, which a forger could pick
+    between, or absent, which would make a key id fall back to the active key.
+    """
+    return SaltParams(*salt_fields(salt))
+
+
+def salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str | None]:
+    """:func:`parse_salt` as a plain tuple ``(expires, kid, difficulty, binding)``.
+
+    The verifier's hot path uses this form: building a frozen dataclass costs
+    more than the parsing.
     """
     _, sep, query = salt.partition("?")
-    found: dict[str, str | None] = {}
-    if sep:
-        for part in query.split("&"):
-            if not part:
-                continue
-            key, _, value = part.partition("=")
-            found[key] = None if key in found else unquote(value)
-    return SaltParams(
-        expires=_int_or_none(found.get(PARAM_EXPIRES)),
-        kid=found.get(PARAM_KID),
-        difficulty=_int_or_none(found.get(PARAM_DIFFICULTY)),
-        binding=found.get(PARAM_BINDING),
+    if not sep:
+        return None, None, None, None
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        # Percent-decoding only when needed (our issuer rarely needs it).
+        found[key] = "" if key in found else (unquote(value) if "%" in value else value)
+    get = found.get
+    return (
+        _int_or_none(get(PARAM_EXPIRES)),
+        get(PARAM_KID),
+        _int_or_none(get(PARAM_DIFFICULTY)),
+        get(PARAM_BINDING),
     )
 
 
@@ -169,7 +209,7 @@ class Solution:
         return base64.b64encode(raw).decode("ascii")
 
 
-class MalformedPayload(Exception):
+class MalformedPayloadError(Exception):
     """Internal: why a payload could not be decoded (becomes a verdict reason)."""
 
     def __init__(self, reason: str, cause: str) -> None:
@@ -179,35 +219,69 @@ class MalformedPayload(Exception):
 
 
 def decode_solution(payload: str | bytes) -> Solution:
-    """Decode a payload with hard limits; raises :class:`MalformedPayload`.
+    """Decode a payload with hard limits; raises :class:`MalformedPayloadError`."""
+    return Solution(*solution_fields(payload))
+
+
+def solution_fields(payload: str | bytes) -> tuple[str, str, int, str, str]:
+    """:func:`decode_solution` as a plain tuple ``(algorithm, challenge, number, salt, signature)``.
 
     Every check is about shape only. Nothing here trusts the content: the
-    verifier decides whether the solution is valid.
+    verifier decides whether the solution is valid. This is the verifier's
+    hot path, so it calls the C base64 and JSON scanners directly instead of
+    going through ``base64.b64decode`` and ``json.loads`` (which add a regex
+    pass and encoding detection).
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise MalformedPayload("oversized", f"payload of {len(payload)} bytes")
+        raise MalformedPayloadError("oversized", f"payload of {len(payload)} bytes")
     try:
-        raw = base64.b64decode(payload, validate=True)
+        raw = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         # ALTCHA's widget and some clients send URL-safe base64.
         try:
             raw = base64.urlsafe_b64decode(payload)
         except (binascii.Error, ValueError) as exc:
-            raise MalformedPayload("malformed", f"not base64: {exc}") from None
+            raise MalformedPayloadError("malformed", f"not base64: {exc}") from None
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise MalformedPayload("malformed", f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedPayload("malformed", "not a JSON object")
+        text = raw.decode()
+        data, end = _scan_json(text, 0)
+    except UnicodeDecodeError:
+        raise MalformedPayloadError("malformed", "not UTF-8") from None
+    except StopIteration:
+        raise MalformedPayloadError("malformed", "not JSON: no value at the start") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedPayloadError("malformed", f"not JSON: {exc}") from None
+    if end != len(text):
+        raise MalformedPayloadError("malformed", "not JSON: trailing data")
+    if type(data) is not dict:
+        raise MalformedPayloadError("malformed", "not a JSON object")
     number = data.get("number")
-    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**53:
-        raise MalformedPayload("malformed", "number is not a non-negative integer")
-    strings = []
-    for key in ("algorithm", "challenge", "salt", "signature"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise MalformedPayload("malformed", f"{key} is not a non-empty string")
-        strings.append(value)
-    algorithm, challenge, salt, signature = strings
-    return Solution(algorithm, challenge, number, salt, signature)
+    # ``type(...) is int`` also rejects booleans, which are ints to isinstance.
+    if type(number) is not int or not 0 <= number < 2**53:
+        raise MalformedPayloadError("malformed", "number is not a non-negative integer")
+    algorithm, challenge, salt, signature = fields = (
+        data.get("algorithm"),
+        data.get("challenge"),
+        data.get("salt"),
+        data.get("signature"),
+    )
+    # Spelled out rather than a loop: this runs for every request.
+    if not (
+        type(algorithm) is str
+        and type(challenge) is str
+        and type(salt) is str
+        and type(signature) is str
+        and algorithm
+        and challenge
+        and salt
+        and signature
+    ):
+        names = ("algorithm", "challenge", "salt", "signature")
+        bad = next(n for n, v in zip(names, fields, strict=True) if type(v) is not str or not v)
+        raise MalformedPayloadError("malformed", f"{bad} is not a non-empty string")
+    return algorithm, challenge, number, salt, signature
+
+
+# The C scanner behind json.loads, without its per-call encoding detection.
+# (typeshed types its argument as the scanner itself; it is the decoder.)
+_scan_json: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]

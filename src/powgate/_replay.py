@@ -8,7 +8,7 @@ lifetime, and each entry cost its sender a solved puzzle.
 Policy when full: after purging expired entries, a cache at its cap refuses
 new claims (reason ``replay_cache_full``): it fails closed, so no replay is
 ever admitted, and the client gets a fresh challenge. Size the cap above
-``admitted rate × challenge lifetime``; the sidecar exports the fill level.
+``admitted rate * challenge lifetime``; the sidecar exports the fill level.
 
 A shared store (Redis/Valkey ``SET key 1 NX EXAT expires``) gives cluster-wide
 single use; it implements :class:`AsyncReplayCache`.

@@ -14,8 +14,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ._algorithms import Algorithm, get_algorithm
 from ._keys import KeyRing
@@ -25,10 +24,10 @@ from ._protocol import (
     PARAM_EXPIRES,
     PARAM_KID,
     Challenge,
-    MalformedPayload,
-    decode_solution,
+    MalformedPayloadError,
     format_salt,
-    parse_salt,
+    salt_fields,
+    solution_fields,
 )
 from ._replay import Claim, ReplayCache
 
@@ -57,12 +56,12 @@ class Reason(enum.StrEnum):
     REPLAY_CACHE_FULL = "replay_cache_full"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The outcome of one verification.
 
     ``reason`` is safe to count; ``cause`` is the private detail for logs and
-    must never be sent to the client.
+    must never be sent to the client. (A named tuple rather than a frozen
+    dataclass: one is built per request, and it is four times cheaper.)
     """
 
     reason: Reason
@@ -83,7 +82,9 @@ class Issuer:
 
     __slots__ = ("_algorithm", "_clock", "keyring")
 
-    def __init__(self, *, keyring: KeyRing, algorithm: str = "SHA-256", clock: Clock = time.time) -> None:
+    def __init__(
+        self, *, keyring: KeyRing, algorithm: str = "SHA-256", clock: Clock = time.time
+    ) -> None:
         found = get_algorithm(algorithm)
         if found is None:
             raise ValueError(f"unknown algorithm {algorithm!r}")
@@ -118,7 +119,9 @@ class Verifier:
 
     __slots__ = ("_clock", "keyring", "replay")
 
-    def __init__(self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time) -> None:
+    def __init__(
+        self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time
+    ) -> None:
         #: Replace to rotate; each verification reads it once.
         self.keyring = keyring
         self.replay = replay
@@ -134,15 +137,21 @@ class Verifier:
         raises on hostile input.
         """
         now = self._clock()
-        verdict, replay_key = self._check(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        verdict, replay_key = self._check(
+            payload, binding=binding, min_difficulty=min_difficulty, now=now
+        )
         if replay_key is None or self.replay is None:
             return verdict
         outcome = self.replay.claim(replay_key, expires_at=verdict.expires, now=now)
         if outcome == Claim.NEW:
             return verdict
         if outcome == Claim.SEEN:
-            return Verdict(Reason.REPLAYED, "solution already used", verdict.difficulty, verdict.expires)
-        return Verdict(Reason.REPLAY_CACHE_FULL, "replay cache at its cap", verdict.difficulty, verdict.expires)
+            return Verdict(
+                Reason.REPLAYED, "solution already used", verdict.difficulty, verdict.expires
+            )
+        return Verdict(
+            Reason.REPLAY_CACHE_FULL, "replay cache at its cap", verdict.difficulty, verdict.expires
+        )
 
     def check(
         self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
@@ -152,7 +161,9 @@ class Verifier:
         For callers whose replay store is asynchronous (a shared store): they
         claim the key themselves when the verdict is ok.
         """
-        return self._check(payload, binding=binding, min_difficulty=min_difficulty, now=self._clock())
+        return self._check(
+            payload, binding=binding, min_difficulty=min_difficulty, now=self._clock()
+        )
 
     def _check(
         self, payload: str | bytes | None, *, binding: str | None, min_difficulty: int, now: float
@@ -160,36 +171,40 @@ class Verifier:
         if not payload:
             return MISSING, None
         try:
-            solution = decode_solution(payload)
-        except MalformedPayload as exc:
+            name, challenge, number, salt, signature = solution_fields(payload)
+        except MalformedPayloadError as exc:
             return Verdict(Reason(exc.reason), exc.cause), None
-        algorithm = get_algorithm(solution.algorithm)
+        algorithm = get_algorithm(name)
         if algorithm is None:
-            return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {solution.algorithm[:32]!r}"), None
-        params = parse_salt(solution.salt)
+            return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"), None
+        expires, kid, difficulty, bound_to = salt_fields(salt)
         ring = self.keyring
         # A challenge without a key id was made by a plain ALTCHA server with
         # our active key: the signature check below still applies.
-        key = ring.verification_key(params.kid if params.kid is not None else ring.active, now=now)
+        key = ring.verification_key(kid if kid is not None else ring.active, now=now)
         if key is None:
-            return Verdict(Reason.UNKNOWN_KEY, f"key id {str(params.kid)[:40]!r} not accepted"), None
-        expected = algorithm.sign(key.secret, solution.challenge.encode("utf-8", "surrogatepass"))
-        signature = solution.signature
+            return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"), None
+        # JSON may carry lone surrogates; "surrogatepass" keeps them from raising.
+        expected = algorithm.sign(key.secret, challenge.encode("utf-8", "surrogatepass"))
         if not signature.isascii() or not hmac.compare_digest(expected, signature):
             return Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"), None
-        difficulty = params.difficulty or 0
-        if params.expires is None:
+        difficulty = difficulty or 0
+        if expires is None:
             return Verdict(Reason.EXPIRED, "challenge has no expires parameter", difficulty), None
-        if now > params.expires:
-            return Verdict(Reason.EXPIRED, f"expired {now - params.expires:.0f}s ago", difficulty), None
-        salt = solution.salt if solution.salt.endswith("&") else solution.salt + "&"
-        work = algorithm.work_hex(f"{salt}{solution.number}".encode("utf-8", "surrogatepass"))
-        if work != solution.challenge:
+        if now > expires:
+            return Verdict(Reason.EXPIRED, f"expired {now - expires:.0f}s ago", difficulty), None
+        # ALTCHA's delimiter against splicing: hash as if the salt ended in "&".
+        if not salt.endswith("&"):
+            salt += "&"
+        work = algorithm.work_hex(f"{salt}{number}".encode("utf-8", "surrogatepass"))
+        if work != challenge:
             return Verdict(Reason.WRONG_NUMBER, "hash of salt and number differs", difficulty), None
-        if binding is not None and params.binding != binding:
-            cause = f"issued for {params.binding!r}, used for {binding!r}"
+        if binding is not None and bound_to != binding:
+            cause = f"issued for {bound_to!r}, used for {binding!r}"
             return Verdict(Reason.WRONG_BINDING, cause, difficulty), None
         if difficulty < min_difficulty:
-            return Verdict(Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty), None
+            return Verdict(
+                Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty
+            ), None
         # The challenge is our own digest here, so it is valid hex.
-        return Verdict(Reason.OK, "", difficulty, params.expires), bytes.fromhex(work)
+        return Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work)
