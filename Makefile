@@ -11,10 +11,11 @@ BIN := $(CACHE)/bin
 export POWGATE_CACHE := $(CACHE)
 
 include hack/tools.mk
+include hack/kind.mk
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ test: venv system-deps tools lint ## Everything CI runs: lint, unit, integration
 .PHONY: unit
 unit: venv ## Fast tests only (no control plane, no browser)
 	$(VENV)/bin/pytest tests/unit
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the PowPolicy model (a unit test fails on drift)
+	$(PY) -m powgate_operator.crd > crds/powpolicy.yaml
 
 .PHONY: bench
 bench: venv system-deps tools ## Benchmarks, printed as tables with same-run references

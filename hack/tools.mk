@@ -7,9 +7,15 @@ GOBUILD = cd $(TOOLS_DIR)/$(1) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='
 
 KUBE_BINS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
 TOOL_BINS := $(KUBE_BINS) $(BIN)/etcd $(BIN)/kwok $(BIN)/kwokctl $(BIN)/helm
+# kwok keeps its default stages (how fake nodes and pods move through their
+# lifecycle) in its module, not in its binary; the cluster starter hands them
+# to kwok. Taken from the pinned module, so they always match the binary.
+KWOK_STAGES := $(CACHE)/share/kwok/stages.yaml
+KWOK_STAGE_FILES := node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+	pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml
 
 .PHONY: tools
-tools: $(TOOL_BINS) ## Build the control plane, etcd, kwok and helm into .cache/bin
+tools: $(TOOL_BINS) $(KWOK_STAGES) ## Build the control plane, etcd, kwok and helm into .cache/bin
 
 # One go build for all four: they share most packages, and a single
 # invocation lets the compiler schedule them together.
@@ -26,6 +32,14 @@ $(BIN)/kwok $(BIN)/kwokctl &: $(TOOLS_DIR)/kwok/go.mod $(TOOLS_DIR)/kwok/go.sum
 	@echo ">> building kwok, kwokctl"
 	$(call GOBUILD,kwok) sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 	@touch $(BIN)/kwok $(BIN)/kwokctl
+
+# Depends on the kwok binary: building it is what puts the module in Go's cache.
+$(KWOK_STAGES): $(BIN)/kwok
+	@echo ">> extracting kwok stages"
+	@mkdir -p $(@D)
+	dir=$$(cd $(TOOLS_DIR)/kwok && $(GO) list -m -f '{{.Dir}}' sigs.k8s.io/kwok) && \
+	  for f in $(KWOK_STAGE_FILES); do echo '---'; cat "$$dir/kustomize/stage/$$f"; done > $@.tmp
+	mv $@.tmp $@
 
 $(BIN)/helm: $(TOOLS_DIR)/helm/go.mod $(TOOLS_DIR)/helm/go.sum
 	@echo ">> building helm"

@@ -1,0 +1,620 @@
+"""A local Kubernetes control plane without containers, started the way envtest does.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
+plain processes on 127.0.0.1 with free ports and a throw-away PKI; kwok plays
+the kubelet of a few fake Nodes, so Deployments produce pods that reach
+Running. The binaries come from `make tools` (pinned Go modules under
+`hack/tools/`), in `$POWGATE_CACHE/bin`.
+
+    python -m powgate_testbed.cluster up|down|status
+
+`up` leaves the cluster running (state in `<cache>/cluster/`, admin
+kubeconfig in `<cache>/cluster/kubeconfig`) until `down`. In-process users
+(the pytest fixture) use `LocalCluster` as a context manager instead, which
+ties the processes to their owner: they are stopped on exit, on an exception,
+and (when started from the main thread) by the kernel if the owner is killed
+outright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import json
+import os
+import shutil
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import yaml
+
+from powgate_testbed._pki import CertificateAuthority, KeyPair, generate_signing_key
+from powgate_testbed._process import (
+    ManagedProcess,
+    ProcessRecord,
+    StartupError,
+    free_ports,
+    process_alive,
+    stop_all,
+    stop_recorded,
+    tail,
+    wait_until,
+)
+
+__all__ = [
+    "FAKE_NODE_ANNOTATION",
+    "ClusterAccess",
+    "LocalCluster",
+    "StartupError",
+    "Tools",
+    "ToolsMissingError",
+    "cache_dir",
+    "main",
+    "reap_stale_runs",
+]
+
+# kwok manages only Nodes carrying this annotation, so it never touches a
+# real node if pointed at a real cluster by mistake.
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+_SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+_STATE_FILE = "state.json"
+_LOG_TAIL_LINES = 25
+_STOP_GRACE = 3.0
+# Generous: the machine may be busy compiling; a healthy start takes seconds.
+_ETCD_TIMEOUT = 30.0
+_APISERVER_TIMEOUT = 60.0
+_SETTLE_TIMEOUT = 60.0
+
+
+def cache_dir() -> Path:
+    """`$POWGATE_CACHE` (set by the Makefile), else `.cache` in the working directory."""
+    return Path(os.environ.get("POWGATE_CACHE") or ".cache").resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAccess:
+    """What a client of a cluster needs: its admin kubeconfig, and how it is placed.
+
+    `reaches_loopback` says whether the API server runs on this machine and
+    can therefore call webhooks served on 127.0.0.1 (true for `LocalCluster`,
+    false for a cluster in containers such as kind).
+    """
+
+    kubeconfig: Path
+    reaches_loopback: bool
+
+
+class ToolsMissingError(FileNotFoundError):
+    """The control-plane binaries have not been built."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """Paths of the binaries `make tools` builds, and kwok's stage definitions."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kwok: Path
+    kwok_stages: Path
+
+    @classmethod
+    def locate(cls, cache: Path) -> Tools:
+        bin_dir = cache / "bin"
+        tools = cls(
+            etcd=bin_dir / "etcd",
+            kube_apiserver=bin_dir / "kube-apiserver",
+            kube_controller_manager=bin_dir / "kube-controller-manager",
+            kube_scheduler=bin_dir / "kube-scheduler",
+            kwok=bin_dir / "kwok",
+            kwok_stages=cache / "share" / "kwok" / "stages.yaml",
+        )
+        missing = [str(path) for path in tools.paths() if not path.is_file()]
+        if missing:
+            raise ToolsMissingError(
+                f"control-plane tools not built (missing: {', '.join(missing)}); run `make tools`"
+            )
+        return tools
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(getattr(self, field.name) for field in fields(self))
+
+
+def _kubeconfig(*, server: str, ca: bytes, client: KeyPair, user: str) -> dict[str, Any]:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    # Credentials are embedded, so the file can be copied anywhere and read by
+    # any client (the Python client, kubectl, kopf) without the PKI folder.
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "powgate",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(client.cert_pem),
+                    "client-key-data": b64(client.key_pem),
+                },
+            }
+        ],
+        "contexts": [{"name": "powgate", "context": {"cluster": "powgate", "user": user}}],
+        "current-context": "powgate",
+    }
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600)
+    path.write_bytes(data)
+
+
+def _fake_node(name: str) -> dict[str, Any]:
+    resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        # kwok fills in conditions and addresses; capacity has to be there
+        # from the start or the scheduler sees a node that fits nothing.
+        "status": {"capacity": resources, "allocatable": resources},
+    }
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def pick(cls) -> _Ports:
+        return cls(*free_ports(len(fields(cls))))
+
+
+class LocalCluster:
+    """etcd + control plane + kwok under one state folder.
+
+    `owned=True` ties the processes to this Python process (stopped when it
+    exits, however it exits); `owned=False` leaves them running for a later
+    `down`, which is what `make cluster-up` needs.
+    """
+
+    def __init__(self, *, root: Path, tools: Tools, nodes: int = 2, owned: bool = True) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node for pods to run")
+        self.root = root
+        self._tools = tools
+        self._nodes = nodes
+        self._owned = owned
+        self._processes: list[ManagedProcess] = []
+        self.server = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def access(self) -> ClusterAccess:
+        return ClusterAccess(kubeconfig=self.kubeconfig, reaches_loopback=True)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "pki" / "ca.crt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every component and return once the cluster accepts workloads."""
+        _clear_state(self.root)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self._owned:
+            atexit.register(self.stop)
+        self._save_state()
+        try:
+            self._start()
+        except (StartupError, httpx.HTTPError) as exc:
+            self.stop()
+            raise StartupError(f"{exc}\n{self._log_tails()}") from exc
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every process and delete the state; logs stay for inspection."""
+        stop_all(reversed(self._processes), grace=_STOP_GRACE)
+        self._processes.clear()
+        if self._owned:
+            atexit.unregister(self.stop)
+        _clear_state(self.root)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- start-up ----------------------------------------------------------
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        process = ManagedProcess(
+            name=name,
+            argv=argv,
+            log_path=self.logs / f"{name}.log",
+            die_with_parent=self._owned,
+        )
+        self._processes.append(process)
+        # Saved after every start so a run killed half-way is still cleaned up.
+        self._save_state()
+        return process
+
+    def _start(self) -> None:
+        t0 = time.monotonic()
+        ports = _Ports.pick()
+        self.server = f"https://127.0.0.1:{ports.apiserver}"
+        pki = self._write_pki()
+        etcd = self._spawn("etcd", self._etcd_argv(ports))
+        wait_until(
+            lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health", context=None),
+            what="etcd health",
+            timeout=_ETCD_TIMEOUT,
+            watch=[etcd],
+        )
+        apiserver = self._spawn("kube-apiserver", self._apiserver_argv(ports, pki))
+        admin_context = _admin_context(self.root)
+        wait_until(
+            lambda: _http_ok(f"{self.server}/readyz", context=admin_context),
+            what="kube-apiserver /readyz",
+            timeout=_APISERVER_TIMEOUT,
+            watch=[etcd, apiserver],
+        )
+        t_api = time.monotonic() - t0
+        self._spawn("kube-controller-manager", self._controller_manager_argv(ports, pki))
+        self._spawn("kube-scheduler", self._scheduler_argv(ports, pki))
+        self._spawn("kwok", self._kwok_argv(ports, pki))
+        with httpx.Client(base_url=self.server, verify=admin_context, timeout=10.0) as api:
+            for index in range(self._nodes):
+                api.post("/api/v1/nodes", json=_fake_node(f"kwok-node-{index}")).raise_for_status()
+            wait_until(
+                lambda: self._settled(api),
+                what="the default service account and Ready nodes",
+                timeout=_SETTLE_TIMEOUT,
+                watch=self._processes,
+            )
+        total = time.monotonic() - t0
+        print(
+            f"cluster ready in {total:.1f} s (kube-apiserver ready after {t_api:.1f} s); "
+            f"kubeconfig: {self.kubeconfig}",
+            file=sys.stderr,
+        )
+
+    def _settled(self, api: httpx.Client) -> bool:
+        # Pods are rejected until their namespace's default service account
+        # exists (the ServiceAccount admission plugin), and stay Pending until
+        # a Ready node exists: both are what "the cluster accepts workloads" means.
+        account = api.get("/api/v1/namespaces/default/serviceaccounts/default")
+        if account.status_code != httpx.codes.OK:
+            return False
+        nodes = api.get("/api/v1/nodes").json().get("items", [])
+        return len(nodes) == self._nodes and all(_node_ready(node) for node in nodes)
+
+    def _write_pki(self) -> Path:
+        pki = self.root / "pki"
+        pki.mkdir(parents=True)
+        ca = CertificateAuthority(common_name="powgate-local-ca")
+        ca.pair.write(cert_path=pki / "ca.crt", key_path=pki / "ca.key")
+        ca.issue(
+            common_name="kube-apiserver",
+            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            ip_addresses=("127.0.0.1",),
+            server=True,
+        ).write(cert_path=pki / "apiserver.crt", key_path=pki / "apiserver.key")
+        private, public = generate_signing_key()
+        _write_private(pki / "sa.key", private)
+        (pki / "sa.pub").write_bytes(public)
+        # The bootstrap RBAC policy grants the scheduler what it needs by its
+        # user name; the controller manager runs every controller under its
+        # own identity, which needs more than its bootstrap role (see its
+        # flags); admin and kwok are cluster admins too.
+        users = {
+            "admin": ("admin", ("system:masters",)),
+            "controller-manager": ("system:kube-controller-manager", ("system:masters",)),
+            "scheduler": ("system:kube-scheduler", ()),
+            "kwok": ("kwok-controller", ("system:masters",)),
+        }
+        for name, (user, groups) in users.items():
+            pair = ca.issue(common_name=user, organizations=groups, client=True)
+            pair.write(cert_path=pki / f"{name}.crt", key_path=pki / f"{name}.key")
+            config = _kubeconfig(server=self.server, ca=ca.pair.cert_pem, client=pair, user=user)
+            path = self.kubeconfig if name == "admin" else pki / f"{name}.kubeconfig"
+            _write_private(path, yaml.safe_dump(config).encode())
+        return pki
+
+    def _etcd_argv(self, ports: _Ports) -> list[str]:
+        client = f"http://127.0.0.1:{ports.etcd_client}"
+        peer = f"http://127.0.0.1:{ports.etcd_peer}"
+        return [
+            str(self._tools.etcd),
+            "--name=powgate",
+            f"--data-dir={self.root / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=powgate={peer}",
+            "--initial-cluster-state=new",
+            # The data is thrown away after the run: durability buys nothing
+            # and fsync is what makes etcd slow on a shared disk.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_argv(self, ports: _Ports, pki: Path) -> list[str]:
+        return [
+            str(self._tools.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            # Added to the default plugins (which already include the
+            # ServiceAccount and webhook plugins); named so the intent is visible.
+            "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            f"--service-account-issuer={_SA_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--allow-privileged=true",
+            # The kubernetes Service cannot point at a loopback address, so the
+            # endpoint reconciler would only log failures.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ]
+
+    def _component_argv(self, binary: Path, *, kubeconfig: Path, port: int) -> list[str]:
+        return [
+            str(binary),
+            f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            # One instance per cluster: electing a leader only delays start-up.
+            "--leader-elect=false",
+        ]
+
+    def _controller_manager_argv(self, ports: _Ports, pki: Path) -> list[str]:
+        return [
+            *self._component_argv(
+                self._tools.kube_controller_manager,
+                kubeconfig=pki / "controller-manager.kubeconfig",
+                port=ports.controller_manager,
+            ),
+            # The token controller signs service-account tokens and the root
+            # CA publisher fills every namespace's kube-root-ca.crt from these.
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            # One identity for all controllers: per-controller service
+            # accounts (what kubeadm sets up) make start-up seconds slower
+            # while each waits for its token, and this cluster tests workloads,
+            # not the controllers' own RBAC.
+            "--use-service-account-credentials=false",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+        ]
+
+    def _scheduler_argv(self, ports: _Ports, pki: Path) -> list[str]:
+        return self._component_argv(
+            self._tools.kube_scheduler,
+            kubeconfig=pki / "scheduler.kubeconfig",
+            port=ports.scheduler,
+        )
+
+    def _kwok_argv(self, ports: _Ports, pki: Path) -> list[str]:
+        key, value = FAKE_NODE_ANNOTATION
+        return [
+            str(self._tools.kwok),
+            f"--kubeconfig={pki / 'kwok.kubeconfig'}",
+            f"--config={self._tools.kwok_stages}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={key}={value}",
+            # Matches the heartbeat-with-lease stage: kwok renews node leases,
+            # the way kubelets do, so the node lifecycle controller keeps the
+            # fake nodes Ready.
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{ports.kwok}",
+            "--cidr=10.244.0.0/16",
+        ]
+
+    # -- state -------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        state: dict[str, Any] = {
+            "server": self.server,
+            "owner": ProcessRecord.of(name="owner", pid=os.getpid()).to_json()
+            if self._owned
+            else None,
+            "processes": [p.record.to_json() for p in self._processes],
+        }
+        path = self.root / _STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+
+    def _log_tails(self) -> str:
+        return "\n".join(
+            f"--- {log.name} (last {_LOG_TAIL_LINES} lines) ---\n{tail(log, lines=_LOG_TAIL_LINES)}"
+            for log in sorted(self.logs.glob("*.log"))
+        )
+
+
+def _http_ok(url: str, *, context: ssl.SSLContext | None) -> bool:
+    try:
+        response = httpx.get(url, verify=context or True, timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == httpx.codes.OK
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    server: str
+    owner: ProcessRecord | None
+    processes: list[ProcessRecord]
+
+
+def _read_state(root: Path) -> _State | None:
+    """The state file, or None if there is none or it cannot be understood.
+
+    The file may come from an older version or a crash mid-write; a broken one
+    is reported and treated as absent rather than failing `up` and `down`.
+    """
+    path = root / _STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        owner = data["owner"]
+        return _State(
+            server=str(data["server"]),
+            owner=ProcessRecord.from_json(owner) if owner is not None else None,
+            processes=[ProcessRecord.from_json(p) for p in data["processes"]],
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"ignoring unreadable {path}: {exc!r}", file=sys.stderr)
+        return None
+
+
+def _clear_state(root: Path) -> list[str]:
+    """Stop what a state folder records and delete it, except the logs.
+
+    Returns the names of processes that were still running.
+    """
+    state = _read_state(root)
+    # Newest first, as `LocalCluster.stop` does: etcd goes last.
+    found = stop_recorded(reversed(state.processes), grace=_STOP_GRACE) if state else []
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name == "logs":
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return found
+
+
+def reap_stale_runs(runs: Path) -> None:
+    """Remove per-run folders under `runs` whose owning process is gone.
+
+    A run killed with SIGKILL leaves its folder (and, if the kernel's
+    parent-death signal could not reach them, its processes) behind.
+    """
+    if not runs.is_dir():
+        return
+    for root in runs.iterdir():
+        state = _read_state(root)
+        owner = state.owner if state else None
+        if owner is not None and process_alive(owner):
+            continue
+        if owner is None and root.name.isdigit() and Path(f"/proc/{root.name}").exists():
+            # A run that has created its folder but not yet written its state.
+            continue
+        _clear_state(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _status(root: Path) -> int:
+    state = _read_state(root)
+    if not state:
+        print(f"no cluster in {root}")
+        return 1
+    records = state.processes
+    for record in records:
+        condition = "running" if process_alive(record) else "gone"
+        print(f"{record.name:<24} pid {record.pid:<8} {condition}")
+    ready = all(process_alive(r) for r in records) and _http_ok(
+        f"{state.server}/readyz",
+        context=_admin_context(root),
+    )
+    print(f"server {state.server}: {'ready' if ready else 'not ready'}")
+    print(f"kubeconfig: {root / 'kubeconfig'}")
+    return 0 if ready else 1
+
+
+def _admin_context(root: Path) -> ssl.SSLContext:
+    pki = root / "pki"
+    context = ssl.create_default_context(cafile=pki / "ca.crt")
+    context.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+    return context
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m powgate_testbed.cluster",
+        description="Start, stop or inspect the local Kubernetes control plane.",
+    )
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes (default 2)")
+    args = parser.parse_args(argv)
+    root = cache_dir() / "cluster"
+    if args.action == "down":
+        found = _clear_state(root)
+        print(f"stopped: {', '.join(found) or 'nothing was running'}")
+        return 0
+    if args.action == "status":
+        return _status(root)
+    try:
+        tools = Tools.locate(cache_dir())
+        LocalCluster(root=root, tools=tools, nodes=args.nodes, owned=False).start()
+    except (ToolsMissingError, StartupError, ValueError) as exc:
+        print(f"cluster up failed: {exc}", file=sys.stderr)
+        return 1
+    print(root / "kubeconfig")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
