@@ -12,6 +12,7 @@ export POWGATE_CACHE := $(CACHE)
 
 include hack/tools.mk
 include hack/kind.mk
+include hack/chart.mk
 
 .PHONY: help
 help: ## List the targets
@@ -51,8 +52,9 @@ unit: venv ## Fast tests only (no control plane, no browser)
 	$(VENV)/bin/pytest tests/unit
 
 .PHONY: crds
-crds: venv ## Regenerate crds/ from the PowPolicy model (a unit test fails on drift)
+crds: venv ## Regenerate crds/ and docs/policy-reference.md from the PowPolicy model
 	$(PY) -m powgate_operator.crd > crds/powpolicy.yaml
+	$(PY) -m powgate_operator.reference > docs/policy-reference.md
 
 .PHONY: bench
 bench: venv system-deps tools ## Benchmarks, printed as tables with same-run references

@@ -1,0 +1,147 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "powgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release + chart, unless the release name already contains the chart name. */}}
+{{- define "powgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects are shared by all releases: their names carry the namespace too. */}}
+{{- define "powgate.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "powgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "powgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "powgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "powgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: powgate
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "powgate.operatorSelectorLabels" -}}
+{{ include "powgate.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "powgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "powgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference: the digest wins over the tag; the tag defaults to appVersion. */}}
+{{- define "powgate.image" -}}
+{{- $image := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "powgate.peeringName" -}}
+{{- default (include "powgate.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{- define "powgate.clusterwide" -}}
+{{- if not .Values.operator.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{- define "powgate.webhookService" -}}
+{{- printf "%s-webhook" (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding the webhook's serving certificate (from cert-manager or the operator). */}}
+{{- define "powgate.webhookCertSecret" -}}
+{{- printf "%s-webhook-tls" (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "powgate.webhookConfigurationName" -}}
+{{- include "powgate.clusterName" . }}
+{{- end }}
+
+{{- define "powgate.injectionConfigName" -}}
+{{- printf "%s-injection" (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Checks that no combination of values can render a broken installation. */}}
+{{- define "powgate.validate" -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.peering.enabled) }}
+{{- fail "operator.replicas > 1 needs peering.enabled=true: without peering every replica would reconcile every policy" }}
+{{- end }}
+{{- if and .Values.certManager.enabled (not .Values.webhook.enabled) }}
+{{- fail "certManager.enabled issues the webhook's certificate: it needs webhook.enabled=true" }}
+{{- end }}
+{{- end }}
+
+{{/* What the operator needs where policies live (a Role per namespace, or cluster-wide). */}}
+{{- define "powgate.policyRules" -}}
+- apiGroups: [powgate.dev]
+  resources: [powpolicies]
+  # patch: kopf's finalizer and progress annotations.
+  verbs: [get, list, watch, patch]
+- apiGroups: [powgate.dev]
+  resources: [powpolicies/status]
+  verbs: [get, patch]
+# The rendered config (one ConfigMap per policy) and the key ring (one Secret
+# per policy). list/watch: the API server only lets the operator grant
+# sidecars what it holds itself (RBAC escalation check), and sidecars watch.
+- apiGroups: [""]
+  resources: [configmaps, secrets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.webhook.enabled }}
+# Per policy, a Role that lets the injected sidecars read their config and
+# keys, bound to the service accounts of the injected pods.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, update, delete]
+{{- end }}
+{{- if and .Values.peering.enabled (not (include "powgate.clusterwide" .)) }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end }}
+
+{{/* The injection settings document (see injection-config.yaml). */}}
+{{- define "powgate.injectionConfig" -}}
+{{- $s := .Values.sidecar -}}
+{{- $doc := dict
+  "image" (include "powgate.image" (list $s.image .))
+  "imagePullPolicy" $s.image.pullPolicy
+  "resources" $s.resources
+  "metricsPort" $s.metricsPort
+  "logLevel" $s.logLevel
+  "nativeSidecar" $s.nativeSidecar
+  "namespaceLabel" .Values.webhook.namespaceLabel
+  "podOptOutLabel" .Values.webhook.podOptOutLabel
+-}}
+{{- toPrettyJson $doc }}
+{{- end }}

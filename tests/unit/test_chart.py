@@ -1,0 +1,730 @@
+"""The Helm chart, rendered by the real `helm template` (built by `make tools`).
+
+Each important switch is rendered and inspected; every rendered manifest of
+every variant is checked structurally (names, labels, namespaces, and a round
+trip through the official client's typed models, which drops any field the
+Kubernetes API does not know). The real API server's validation is in
+tests/integration/test_chart_install.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from powgate_testbed.cluster import cache_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "powgate"
+RELEASE = "pg"
+NAMESPACE = "powgate-system"
+#: A recent API server: the chart has no version-dependent branches, this only satisfies helm.
+KUBE_VERSION = "1.35.0"
+MONITORING = "monitoring.coreos.com/v1"
+FULLNAME = f"{RELEASE}-powgate"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ClusterKopfPeering",
+}
+#: Kinds the official client has typed models for: (module attribute of the model).
+_MODELS = {
+    "ConfigMap": "V1ConfigMap",
+    "ServiceAccount": "V1ServiceAccount",
+    "Service": "V1Service",
+    "Deployment": "V1Deployment",
+    "ClusterRole": "V1ClusterRole",
+    "ClusterRoleBinding": "V1ClusterRoleBinding",
+    "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding",
+    "MutatingWebhookConfiguration": "V1MutatingWebhookConfiguration",
+    "PodDisruptionBudget": "V1PodDisruptionBudget",
+    "NetworkPolicy": "V1NetworkPolicy",
+    "CustomResourceDefinition": "V1CustomResourceDefinition",
+}
+#: Every switch worth rendering, by name; the structural test runs on all of them.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"operator": {"watchNamespaces": ["ai", "ml"]}},
+    "ha": {"operator": {"replicas": 3}},
+    "cert-manager": {"certManager": {"enabled": True}},
+    "cert-manager-issuer": {
+        "certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}
+    },
+    "no-webhook": {"webhook": {"enabled": False}},
+    "everything-off": {
+        "crds": {"install": False},
+        "peering": {"enabled": False},
+        "rbac": {"create": False},
+        "serviceAccount": {"create": False},
+        "webhook": {"enabled": False},
+        "metrics": {"service": {"enabled": False}},
+        "dashboard": {"enabled": False},
+    },
+    "monitoring": {
+        "networkPolicy": {"enabled": True, "metricsNamespaceSelector": {"matchLabels": {"a": "b"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+        },
+    },
+}
+
+
+def helm() -> Path:
+    path = cache_dir() / "bin" / "helm"
+    if not path.exists():
+        message = f"{path} is missing: run `make tools`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@cache
+def _render(values_json: str, api_versions: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    argv = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    argv += ["--kube-version", KUBE_VERSION, "--values", "-"]
+    for version in api_versions:
+        argv += ["--api-versions", version]
+    result = subprocess.run(
+        [str(helm()), *argv],
+        input=values_json,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RenderError(result.stderr)
+    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+
+
+class RenderError(Exception):
+    pass
+
+
+def render(
+    values: Mapping[str, Any] | None = None, *, api_versions: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The manifests of `helm template` with these values (deep copies: tests may edit them)."""
+    docs = _render(json.dumps(values or {}, sort_keys=True), tuple(api_versions))
+    return json.loads(json.dumps(docs))  # type: ignore[no-any-return]
+
+
+def find(docs: Sequence[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
+    return matches[0]
+
+
+def kinds(docs: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def deployment(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return find(docs, "Deployment")
+
+
+def container(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    (only,) = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    return only  # type: ignore[no-any-return]
+
+
+def env(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(docs)["env"]}
+
+
+# -- lint and schema ------------------------------------------------------------
+
+
+def test_helm_lint_is_clean_with_defaults_and_every_option() -> None:
+    for variant in VARIANTS.values():
+        values = json.dumps(variant)
+        result = subprocess.run(
+            [str(helm()), "lint", "--strict", str(CHART), "--values", "-"],
+            input=values,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        # The only note helm lint may print is the optional icon.
+        notes = [line for line in result.stdout.splitlines() if line.startswith("[")]
+        assert notes == ["[INFO] Chart.yaml: icon is recommended"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"replicass": 2}}, "additional properties 'replicass' not allowed"),
+        ({"webhok": {"enabled": False}}, "additional properties 'webhok' not allowed"),
+        ({"sidecar": {"image": {"tags": "x"}}}, "additional properties 'tags' not allowed"),
+        ({"metrics": {"serviceMonitor": {"intervall": "1m"}}}, "'intervall' not allowed"),
+        ({"operator": {"replicas": "two"}}, "/operator/replicas"),
+        ({"webhook": {"failurePolicy": "Maybe"}}, "/webhook/failurePolicy"),
+        ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+        ({"operator": {"image": {"digest": "latest"}}}, "/operator/image/digest"),
+        ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "/operator/watchNamespaces/0"),
+        ({"operator": {"resources": {"requests": {"cpu": "lots"}}}}, "/operator/resources"),
+        ({"webhook": {"namespaceLabel": {"key": "x", "value": "no spaces"}}}, "/value"),
+        ({"certManager": {"duration": "1 year"}}, "/certManager/duration"),
+    ],
+)
+def test_the_schema_rejects_typos_and_bad_types(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"operator": {"replicas": 2}, "peering": {"enabled": False}},
+            "operator.replicas > 1 needs peering.enabled=true",
+        ),
+        (
+            {"certManager": {"enabled": True}, "webhook": {"enabled": False}},
+            "it needs webhook.enabled=true",
+        ),
+    ],
+)
+def test_contradictory_values_fail_with_a_clear_message(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render(values)
+
+
+def _schema_nodes(schema: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, schema
+    for name, child in schema.get("properties", {}).items():
+        yield from _schema_nodes(child, f"{path}/{name}")
+
+
+def test_every_object_in_the_schema_rejects_unknown_keys() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    loose = [
+        path
+        for path, node in _schema_nodes(schema)
+        if "properties" in node and node.get("additionalProperties") is not False
+    ]
+    assert loose == []
+
+
+def test_values_yaml_documents_every_key() -> None:
+    """Each key has a comment right above it, or sits inside a documented key."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w-]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        previous = lines[number - 1].strip() if number else ""
+        commented = previous.startswith("#")
+        inherited = any(doc for _, doc in stack)
+        is_leaf = not line.rstrip().endswith(":")
+        if is_leaf and not commented and not inherited:
+            undocumented.append(f"{number + 1}: {line.strip()}")
+        stack.append((indent, commented or inherited))
+    assert undocumented == []
+
+
+# -- every manifest, structurally -----------------------------------------------
+
+
+def _all_variant_docs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, values in VARIANTS.items():
+        for doc in render(values, api_versions=[MONITORING]):
+            yield name, doc
+
+
+def _round_trip(doc: dict[str, Any]) -> dict[str, Any]:
+    """The manifest parsed into the client's model and serialized back."""
+    api = k8s.ApiClient()
+    model = api._ApiClient__deserialize(doc, _MODELS[doc["kind"]])  # type: ignore[attr-defined]
+    result: dict[str, Any] = api.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _strip_free_form(doc: dict[str, Any]) -> dict[str, Any]:
+    """CRD schemas are free-form JSON the client models only in part (defaults, CEL rules)."""
+    if doc["kind"] == "CustomResourceDefinition":
+        doc = json.loads(json.dumps(doc))
+        for version in doc["spec"]["versions"]:
+            version.pop("schema", None)
+    return doc
+
+
+def test_every_rendered_manifest_is_well_formed() -> None:
+    problems: list[str] = []
+    for variant, doc in _all_variant_docs():
+        where = f"{variant}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        meta = doc["metadata"]
+        if not _DNS_SUBDOMAIN.match(meta["name"]) or len(meta["name"]) > 253:
+            problems.append(f"{where}: bad name")
+        if doc["kind"] in {"Service", "Namespace"} and not _DNS_LABEL.match(meta["name"]):
+            problems.append(f"{where}: a {doc['kind']} name must be a DNS label")
+        if (doc["kind"] in _CLUSTER_SCOPED) == ("namespace" in meta):
+            problems.append(f"{where}: namespace field does not match the kind's scope")
+        for key, value in meta.get("labels", {}).items():
+            if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+                problems.append(f"{where}: label {key}={value!r} is not a valid label value")
+        if meta.get("labels", {}).get("app.kubernetes.io/instance") != RELEASE:
+            problems.append(f"{where}: missing the release's labels")
+        if doc["kind"] in _MODELS:
+            original = _strip_free_form(doc)
+            if _round_trip(original) != original:
+                problems.append(f"{where}: fields the API does not know, or wrong types")
+    assert problems == []
+
+
+def test_no_variant_renders_an_empty_document() -> None:
+    for name, values in VARIANTS.items():
+        result = subprocess.run(
+            [str(helm()), "template", RELEASE, str(CHART), "-n", NAMESPACE, "--values", "-"],
+            input=json.dumps(values),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        raw = result.stdout.split("\n---\n")
+        empty = [d for d in raw if not yaml.safe_load(d)]
+        assert empty == [], name
+
+
+def test_the_structural_check_catches_a_misspelled_field() -> None:
+    """The round trip really drops unknown fields (so the test above can fail)."""
+    doc = deployment(render())
+    doc["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    assert _round_trip(doc) != doc
+
+
+# -- the switches -----------------------------------------------------------------
+
+
+def test_defaults_install_a_cluster_wide_single_operator() -> None:
+    docs = render()
+    assert kinds(docs) == sorted(
+        [
+            "ClusterKopfPeering",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "ConfigMap",  # dashboard
+            "ConfigMap",  # injection settings
+            "CustomResourceDefinition",  # PowPolicy
+            "CustomResourceDefinition",  # ClusterKopfPeering
+            "Deployment",
+            "MutatingWebhookConfiguration",
+            "Role",  # the webhook's certificate Secret
+            "RoleBinding",
+            "Service",  # metrics
+            "Service",  # webhook
+            "ServiceAccount",
+        ]
+    )
+    spec = deployment(docs)["spec"]
+    assert spec["replicas"] == 1
+    # One replica: the old pod stops before the new one starts.
+    assert spec["strategy"] == {"type": "Recreate"}
+    args = container(docs)["args"]
+    assert "--all-namespaces" in args
+    assert f"--peering={FULLNAME}" in args
+    assert not any(d["kind"] == "PodDisruptionBudget" for d in docs)
+
+
+def test_replicas_roll_one_at_a_time_under_a_disruption_budget() -> None:
+    docs = render({"operator": {"replicas": 3}})
+    strategy = deployment(docs)["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    pdb = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert (
+        pdb["spec"]["selector"]["matchLabels"]
+        == deployment(docs)["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_the_peering_object_is_a_post_install_hook_of_the_right_scope() -> None:
+    peering = find(render(), "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == FULLNAME
+    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    crd = find(render(), "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
+    assert crd["spec"]["scope"] == "Cluster"
+
+    docs = render({"operator": {"watchNamespaces": ["ai", "ml"]}, "peering": {"name": "p"}})
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["ai", "ml"]
+    assert {p["metadata"]["name"] for p in peerings} == {"p"}
+    assert find(docs, "CustomResourceDefinition", "kopfpeerings.kopf.dev")["spec"]["scope"] == (
+        "Namespaced"
+    )
+    assert "--peering=p" in container(docs)["args"]
+
+
+def test_without_peering_there_are_no_peering_objects() -> None:
+    docs = render({"peering": {"enabled": False}})
+    assert not [d for d in docs if "kopf" in d["kind"].lower() or "kopf" in str(d["metadata"])]
+    assert not any(a.startswith("--peering") for a in container(docs)["args"])
+
+
+def test_watched_namespaces_get_roles_and_nothing_cluster_wide_about_policies() -> None:
+    docs = render({"operator": {"watchNamespaces": ["ai", "ml"]}})
+    args = container(docs)["args"]
+    assert "--namespace=ai" in args
+    assert "--namespace=ml" in args
+    assert "--all-namespaces" not in args
+    roles = {
+        d["metadata"]["namespace"]: d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"] == FULLNAME
+    }
+    assert sorted(roles) == ["ai", "ml"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == FULLNAME]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ai", "ml"]
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+        ]
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert resources == {"customresourcedefinitions", "namespaces", "mutatingwebhookconfigurations"}
+
+
+def _rules(docs: Sequence[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in {"Role", "ClusterRole"}:
+            for rule in doc["rules"]:
+                yield doc, rule
+
+
+def test_rbac_has_no_wildcards_and_keeps_secrets_out_of_the_cluster_scoped_role() -> None:
+    for variant in VARIANTS.values():
+        docs = render(variant)
+        for role, rule in _rules(docs):
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
+            # Nothing may read every Secret of the cluster, except the policies' role.
+            if role["kind"] == "ClusterRole" and not role["metadata"]["name"].endswith("-policies"):
+                assert "secrets" not in rule["resources"]
+                assert "configmaps" not in rule["resources"]
+
+
+def test_the_webhook_configuration_is_only_patchable_by_name() -> None:
+    docs = render()
+    webhook_config = find(docs, "MutatingWebhookConfiguration")
+    name = webhook_config["metadata"]["name"]
+    assert name == f"{NAMESPACE}-{FULLNAME}"
+    (rule,) = [r for _, r in _rules(docs) if "mutatingwebhookconfigurations" in r["resources"]]
+    assert rule["resourceNames"] == [name]
+    assert env(docs)["POWGATE_WEBHOOK_CONFIGURATION"] == name
+
+
+def test_webhook_defaults_fail_open_and_skip_system_namespaces() -> None:
+    docs = render()
+    (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] == 5
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "operations": ["CREATE"],
+            "scope": "Namespaced",
+        }
+    ]
+    expressions = hook["namespaceSelector"]["matchExpressions"]
+    assert {"key": "powgate.dev/injection", "operator": "In", "values": ["enabled"]} in expressions
+    assert {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-system", NAMESPACE],
+    } in expressions
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": "powgate.dev/inject", "operator": "NotIn", "values": ["false"]}
+    ]
+    service = find(docs, "Service", f"{FULLNAME}-webhook")
+    assert hook["clientConfig"]["service"] == {
+        "name": service["metadata"]["name"],
+        "namespace": NAMESPACE,
+        "path": "/inject",
+        "port": service["spec"]["ports"][0]["port"],
+    }
+    # The operator manages the CA bundle: the chart must not own (and reset) it.
+    assert "caBundle" not in hook["clientConfig"]
+    assert "cert-manager.io/inject-ca-from" not in find(docs, "MutatingWebhookConfiguration")[
+        "metadata"
+    ].get("annotations", {})
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+    assert ports["webhook"] == 8443
+
+
+def test_failure_policy_and_labels_are_configurable() -> None:
+    docs = render(
+        {
+            "webhook": {
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 2,
+                "namespaceLabel": {"key": "example.com/pow", "value": "on"},
+            }
+        }
+    )
+    (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] == 2
+    assert {"key": "example.com/pow", "operator": "In", "values": ["on"]} in hook[
+        "namespaceSelector"
+    ]["matchExpressions"]
+    injection = json.loads(
+        find(docs, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
+    )
+    assert injection["namespaceLabel"] == {"key": "example.com/pow", "value": "on"}
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
+    docs = render({"certManager": {"enabled": True}})
+    certificate = find(docs, "Certificate")
+    issuer = find(docs, "Issuer")
+    webhook_config = find(docs, "MutatingWebhookConfiguration")
+    service = find(docs, "Service", f"{FULLNAME}-webhook")
+    meta = certificate["metadata"]
+    assert webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{meta['namespace']}/{meta['name']}"
+    )
+    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+    assert f"{service['metadata']['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert env(docs)["POWGATE_WEBHOOK_CERT_MANAGER"] == "true"
+    assert env(docs)["POWGATE_WEBHOOK_CERT_DIR"] == "/etc/powgate/webhook-tls"
+
+
+def test_cert_manager_with_an_existing_issuer_creates_none() -> None:
+    docs = render(
+        {"certManager": {"enabled": True, "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}
+    )
+    assert not any(d["kind"] == "Issuer" for d in docs)
+    assert find(docs, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_without_the_webhook_nothing_of_it_is_rendered() -> None:
+    docs = render({"webhook": {"enabled": False}})
+    assert not any(d["kind"] == "MutatingWebhookConfiguration" for d in docs)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == [
+        f"{FULLNAME}-metrics"
+    ]
+    assert not any(name.startswith("POWGATE_WEBHOOK") for name in env(docs))
+    assert not [r for _, r in _rules(docs) if "roles" in r["resources"]]
+
+
+def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> None:
+    docs = render()
+    injection = json.loads(
+        find(docs, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
+    )
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert injection["image"] == f"powgate-sidecar:{chart['appVersion']}"
+    assert injection["resources"]["limits"] == {"memory": "256Mi"}
+    assert injection["nativeSidecar"] == "auto"
+    assert env(docs)["POWGATE_INJECTION_CONFIG"] == "/etc/powgate/injection/injection.json"
+    digest = "sha256:" + "a" * 64
+    changed = render({"sidecar": {"image": {"digest": digest}, "logLevel": "debug"}})
+    injection = json.loads(
+        find(changed, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
+    )
+    assert injection["image"] == f"powgate-sidecar@{digest}"
+    assert injection["logLevel"] == "debug"
+
+    def checksum(d: Sequence[dict[str, Any]]) -> str:
+        return str(
+            deployment(d)["spec"]["template"]["metadata"]["annotations"]["checksum/injection"]
+        )
+
+    assert checksum(docs) != checksum(changed)
+
+
+def test_operator_image_tag_defaults_to_the_app_version_and_digest_wins() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert container(render())["image"] == f"powgate-operator:{chart['appVersion']}"
+    assert container(render({"operator": {"image": {"tag": "1.2.3"}}}))["image"] == (
+        "powgate-operator:1.2.3"
+    )
+    digest = "sha256:" + "b" * 64
+    assert (
+        container(render({"operator": {"image": {"tag": "1.2.3", "digest": digest}}}))["image"]
+        == f"powgate-operator@{digest}"
+    )
+
+
+def test_the_operator_runs_locked_down_with_probes() -> None:
+    docs = render()
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    main = container(docs)
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert "--health-listen=0.0.0.0:8081" in main["args"]
+    assert "--metrics-listen=0.0.0.0:9090" in main["args"]
+    assert env(docs)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+# -- CRDs -------------------------------------------------------------------------
+
+
+def test_the_charts_crd_copy_matches_the_generated_crd() -> None:
+    """`make chart-crds` copies crds/powpolicy.yaml into the chart; they must not drift."""
+    copy = (CHART / "files" / "powpolicy.yaml").read_text()
+    assert copy == (ROOT / "crds" / "powpolicy.yaml").read_text()
+
+
+def test_the_rendered_crd_is_the_generated_one_and_kept_on_uninstall() -> None:
+    crd = find(render(), "CustomResourceDefinition", "powpolicies.powgate.dev")
+    generated = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())
+    # Byte-for-byte equal after a YAML round trip: helm's number handling changed nothing.
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for key, value in generated["metadata"].get("annotations", {}).items():
+        assert crd["metadata"]["annotations"][key] == value
+
+
+def test_crds_can_be_left_out_or_left_to_uninstall() -> None:
+    names = [
+        d["metadata"]["name"]
+        for d in render({"crds": {"install": False}})
+        if d["kind"] == "CustomResourceDefinition"
+    ]
+    assert names == ["clusterkopfpeerings.kopf.dev"]
+    crd = find(
+        render({"crds": {"keep": False}}), "CustomResourceDefinition", "powpolicies.powgate.dev"
+    )
+    assert "helm.sh/resource-policy" not in crd["metadata"]["annotations"]
+
+
+# -- metrics, monitoring, dashboard ---------------------------------------------
+
+
+def test_monitoring_objects_need_the_prometheus_operator() -> None:
+    values = {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+        }
+    }
+    monitoring_kinds = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    assert not monitoring_kinds & set(kinds(render(values)))
+    docs = render(values, api_versions=[MONITORING])
+    assert monitoring_kinds <= set(kinds(docs))
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    service = find(docs, "Service", f"{FULLNAME}-metrics")
+    for key, value in monitor["spec"]["selector"]["matchLabels"].items():
+        assert service["metadata"]["labels"][key] == value
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    pod_monitor = find(docs, "PodMonitor")
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    # Nothing is rendered for a disabled option even when the CRDs exist.
+    assert not monitoring_kinds & set(kinds(render(api_versions=[MONITORING])))
+
+
+def _metric_names() -> set[str]:
+    """Every series name the sidecar and the operator export (with _total/_bucket forms)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    import powgate_operator._metrics  # noqa: F401  (registers the operator's metrics)
+    from powgate_sidecar._metrics import Metrics
+
+    registries: list[CollectorRegistry] = [Metrics().registry, REGISTRY]
+    # The registry's own index of names: it covers metrics that have no samples yet.
+    return {
+        name
+        for registry in registries
+        for names in registry._collector_to_names.values()
+        for name in names
+    }
+
+
+_METRIC = re.compile(r"\b(powgate_[a-z_]+)")
+
+
+def test_dashboard_and_alerts_query_only_metrics_that_exist() -> None:
+    docs = render({"metrics": {"prometheusRule": {"enabled": True}}}, api_versions=[MONITORING])
+    dashboard = json.loads(find(docs, "ConfigMap", f"{FULLNAME}-dashboard")["data"]["powgate.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for g in find(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in _METRIC.findall(e)}
+    assert used
+    assert used - _metric_names() == set()
+
+
+def test_the_dashboard_shows_difficulty_reasons_rollout_and_queue() -> None:
+    cm = find(render(), "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["powgate.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for needle in (
+        "powgate_difficulty",
+        'outcome="admitted"',
+        "by (outcome, reason)",
+        "powgate_config_info",
+        "powgate_queue_depth",
+        "powgate_queue_wait_seconds_bucket",
+    ):
+        assert needle in exprs
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_network_policy_opens_the_webhook_and_limits_metrics() -> None:
+    docs = render(
+        {
+            "networkPolicy": {
+                "enabled": True,
+                "metricsNamespaceSelector": {"matchLabels": {"m": "1"}},
+            }
+        }
+    )
+    policy = find(docs, "NetworkPolicy")
+    by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+    assert "from" not in by_port["webhook"]
+    assert by_port["metrics"]["from"] == [{"namespaceSelector": {"matchLabels": {"m": "1"}}}]
+    container_ports = {p["name"] for p in container(docs)["ports"]}
+    assert set(by_port) <= container_ports
