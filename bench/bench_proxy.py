@@ -1,0 +1,586 @@
+"""The sidecar's throughput and added latency, next to nginx, in one run.
+
+Load comes from ``wrk`` on loopback. The proxy under test (the sidecar, or
+nginx as the industry reference) is pinned to core 0; ``wrk`` and the
+upstream (an nginx that answers ``200 ok``) share core 1. Rows:
+
+* direct to the upstream, through nginx (``proxy_pass`` with upstream
+  keep-alive), through the sidecar with a valid fresh solution per request
+  (a pre-solved pool, so the replay cache works as in production);
+* rejections: the sidecar without a solution and with a forged signature,
+  against nginx answering a static 428 (the cheapest an HTTP server can
+  refuse);
+* unloaded latency (one connection): p50 added over the direct path;
+* time to the first Server-Sent Event of a streamed chat completion from the
+  stand-in AI service, direct, through nginx (``proxy_buffering off``) and
+  through the sidecar.
+
+``python -m bench.bench_proxy --profile`` samples the sidecar with py-spy
+under the pass load and prints where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bench import table
+from powgate import Issuer, KeyRing, solve
+from powgate._protocol import decode_solution
+from powgate.config import RouteConfig, SidecarConfig
+
+PROXY_CORE: Final = "0"
+LOAD_CORE: Final = "1"
+SECONDS: Final = 5
+CONNECTIONS: Final = 50
+#: Distinct solutions for the pass path: more than the sidecar serves in one run.
+POOL: Final = 60_000
+SSE_SAMPLES: Final = 200
+LUA: Final = Path(__file__).with_name("proxy_wrk.lua")
+CONFIG: Final = SidecarConfig(
+    policy="bench/proxy",
+    version="bench",
+    difficulty=10,
+    challenge_ttl_seconds=3600,
+    routes=[RouteConfig(name="chat", paths=["/v1/*"], methods=["GET", "POST"])],
+)
+BINDING: Final = f"{CONFIG.policy}:chat"
+TOOLS: Final = ("wrk", "nginx", "taskset")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    requests: int
+    seconds: float
+    status_errors: int
+    socket_errors: int
+    p50_ms: float
+    p99_ms: float
+    #: CPU time the proxy process(es) used during the run (None: no proxy measured).
+    cpu_seconds: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def per_cpu_second(self) -> float | None:
+        """Requests per CPU-second of the proxy: its capacity per core, whatever else runs."""
+        return self.requests / self.cpu_seconds if self.cpu_seconds else None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its children (nginx's workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, *, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited early:\n{log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after 30 s")
+
+
+class Processes:
+    """Background servers pinned to cores, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        name: str,
+        *,
+        argv: Sequence[str],
+        core: str,
+        port: int,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        log = self.root / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                ["taskset", "-c", core, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._started.append(process)
+        _wait_port(port, process=process, log=log)
+        return process.pid
+
+    def close(self) -> None:
+        for process in reversed(self._started):
+            process.terminate()
+        for process in self._started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _nginx(procs: Processes, *, name: str, servers: str, core: str, port: int) -> int:
+    root = procs.root / name
+    root.mkdir()
+    temp = "\n".join(
+        f"  {kind}_temp_path {root}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+{temp}
+{servers}
+}}
+"""
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return procs.start(
+        name,
+        argv=[nginx, "-p", str(root), "-c", str(conf), "-e", f"{root}/error.log"],
+        core=core,
+        port=port,
+    )
+
+
+def _wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    proxy: int | None = None,
+    pool: Path | None = None,
+    header: str | None = None,
+) -> Run:
+    env = {**os.environ, "POWGATE_POOL": str(pool or ""), "POWGATE_SOLUTION": header or ""}
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+    ]
+    before = _cpu_seconds(proxy) if proxy is not None else 0.0
+    out = subprocess.run(
+        [*argv, "-s", str(LUA), url], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    cpu = _cpu_seconds(proxy) - before if proxy is not None else None
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    requests, duration_us, status, sockets, p50, p99 = (int(v) for v in line.split()[1:])
+    return Run(requests, duration_us / 1e6, status, sockets, p50 / 1000, p99 / 1000, cpu)
+
+
+def _solutions(keyring: KeyRing, count: int) -> list[str]:
+    issuer = Issuer(keyring=keyring)
+    out = []
+    for _ in range(count):
+        challenge = issuer.issue(
+            difficulty=CONFIG.difficulty, ttl=CONFIG.challenge_ttl_seconds, binding=BINDING
+        )
+        out.append(challenge.solution(solve(challenge).number).encode())
+    return out
+
+
+def _first_event_ms(port: int, *, headers: str = "") -> float:
+    """Milliseconds from sending a streamed chat completion to its first ``data:`` line."""
+    body = json.dumps(
+        {
+            "model": "standin",
+            "stream": True,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+    ).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n{headers}\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        started = time.perf_counter()
+        sock.sendall(request)
+        seen = b""
+        while b"data:" not in seen:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"stream ended before its first event: {seen[:300]!r}")
+            seen += chunk
+        return (time.perf_counter() - started) * 1000
+
+
+def _sidecar(
+    procs: Processes, *, name: str, upstream: str, keys: Path, config: Path
+) -> tuple[int, int]:
+    port, metrics = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "POWGATE_LISTEN": f"127.0.0.1:{port}",
+        "POWGATE_UPSTREAM": upstream,
+        "POWGATE_METRICS_LISTEN": f"127.0.0.1:{metrics}",
+        "POWGATE_KEY_FILE": str(keys),
+        "POWGATE_CONFIG_FILE": str(config),
+        "POWGATE_LOG_LEVEL": "warning",
+    }
+    powgate = str(Path(sys.executable).with_name("powgate"))
+    pid = procs.start(name, argv=[powgate, "sidecar"], core=PROXY_CORE, port=port, env=env)
+    return port, pid
+
+
+#: The upstream of the throughput rows: the cheapest answer an HTTP server gives.
+_UPSTREAM: Final = '  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}'
+#: nginx as the reference proxy: keep-alive to both upstreams, no response buffering (SSE),
+#: and the reference rejection: a static 428 of the sidecar's size and headers.
+_PROXY: Final = """
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_buffering off;
+  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  upstream standin {{ server 127.0.0.1:{standin}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /reject {{
+      add_header WWW-Authenticate 'PoW realm="powgate", algorithm="SHA-256"' always;
+      add_header Cache-Control no-store always;
+      default_type application/json;
+      return 428 '{body}';
+    }}
+    location / {{ proxy_pass http://backend; }}
+  }}
+  server {{ listen 127.0.0.1:{sse}; location / {{ proxy_pass http://standin; }} }}
+"""
+
+
+@dataclass
+class Setup:
+    upstream: int
+    nginx_proxy: int
+    nginx_proxy_pid: int
+    sidecar: int
+    sidecar_pid: int
+    nginx_sse: int
+    standin: int
+    sidecar_sse: int
+    pool: Path
+    forged: str
+    issuer: Issuer
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # The servers run in sessions of their own: only a normal exit stops them.
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _setup() -> Iterator[Setup]:
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with _servers() as setup:
+            yield setup
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _servers() -> Iterator[Setup]:
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+        root = Path(tmp)
+        procs = Processes(root)
+        try:
+            keyring = KeyRing.generate()
+            keys, config = root / "keyring.json", root / "config.json"
+            keyring.save(keys)
+            config.write_text(CONFIG.to_json())
+            solutions = _solutions(keyring, POOL + 1)
+            pool = root / "pool.txt"
+            pool.write_text("\n".join(solutions[1:]) + "\n")
+            forged_payload = dataclasses.replace(
+                decode_solution(solutions[0]), signature="0" * 64
+            ).encode()
+            upstream, nginx_proxy, nginx_sse, standin = (_free_port() for _ in range(4))
+            _nginx(
+                procs,
+                name="upstream",
+                servers=_UPSTREAM.format(port=upstream),
+                core=LOAD_CORE,
+                port=upstream,
+            )
+            proxy = _PROXY.format(
+                upstream=upstream,
+                standin=standin,
+                port=nginx_proxy,
+                sse=nginx_sse,
+                body=solutions[0][:280],
+            )
+            powgate = str(Path(sys.executable).with_name("powgate"))
+            procs.start(
+                "standin",
+                argv=[powgate, "standin", "--listen", f"127.0.0.1:{standin}", "--model", "standin",
+                 "--tokens-per-second", "1000", "--concurrency", "64"],
+                core=LOAD_CORE,
+                port=standin,
+            )  # fmt: skip
+            nginx_pid = _nginx(
+                procs, name="proxy", servers=proxy, core=PROXY_CORE, port=nginx_proxy
+            )
+            sidecar, pid = _sidecar(
+                procs,
+                name="sidecar",
+                upstream=f"http://127.0.0.1:{upstream}",
+                keys=keys,
+                config=config,
+            )
+            sidecar_sse, _ = _sidecar(
+                procs,
+                name="sidecar-sse",
+                upstream=f"http://127.0.0.1:{standin}",
+                keys=keys,
+                config=config,
+            )
+            yield Setup(
+                upstream=upstream,
+                nginx_proxy=nginx_proxy,
+                nginx_proxy_pid=nginx_pid,
+                sidecar=sidecar,
+                sidecar_pid=pid,
+                nginx_sse=nginx_sse,
+                standin=standin,
+                sidecar_sse=sidecar_sse,
+                pool=pool,
+                forged=forged_payload,
+                issuer=Issuer(keyring=keyring),
+            )
+        finally:
+            procs.close()
+
+
+def _sse_median(port: int, *, issuer: Issuer | None) -> float:
+    samples = []
+    for _ in range(SSE_SAMPLES):
+        headers = ""
+        if issuer is not None:
+            challenge = issuer.issue(difficulty=CONFIG.difficulty, ttl=600, binding=BINDING)
+            headers = (
+                f"X-Powgate-Solution: {challenge.solution(solve(challenge).number).encode()}\r\n"
+            )
+        samples.append(_first_event_ms(port, headers=headers))
+    return statistics.median(samples)
+
+
+def _fmt(value: float, *, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def main() -> None:
+    missing = [
+        tool
+        for tool in TOOLS
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()
+    ]
+    if missing:
+        print(f"skipped: {', '.join(missing)} not installed (make system-deps)")
+        return
+    with _setup() as s:
+        url = "http://127.0.0.1:{}/v1/chat"
+        _wrk(url.format(s.nginx_proxy), connections=CONNECTIONS, seconds=1)  # warm-up
+        loaded = functools.partial(_wrk, connections=CONNECTIONS, seconds=SECONDS)
+        nginx_pid, sidecar_pid = s.nginx_proxy_pid, s.sidecar_pid
+        direct = loaded(url.format(s.upstream))
+        nginx = loaded(url.format(s.nginx_proxy), proxy=nginx_pid)
+        passed = loaded(url.format(s.sidecar), proxy=sidecar_pid, pool=s.pool)
+        nginx_reject = loaded(f"http://127.0.0.1:{s.nginx_proxy}/reject", proxy=nginx_pid)
+        missing_run = loaded(url.format(s.sidecar), proxy=sidecar_pid)
+        forged = loaded(url.format(s.sidecar), proxy=sidecar_pid, header=s.forged)
+        # Unloaded: one connection; the pool's tail is still unused.
+        quiet_direct = _wrk(url.format(s.upstream), connections=1, seconds=3)
+        quiet_nginx = _wrk(url.format(s.nginx_proxy), connections=1, seconds=3)
+        quiet_sidecar = _wrk(url.format(s.sidecar), connections=1, seconds=3, pool=s.pool)
+        sse_direct = _sse_median(s.standin, issuer=None)
+        sse_nginx = _sse_median(s.nginx_sse, issuer=None)
+        sse_sidecar = _sse_median(s.sidecar_sse, issuer=s.issuer)
+
+    def row(name: str, run: Run, reference: Run, *, expect_ok: bool) -> tuple[str, ...]:
+        wrong = run.status_errors if expect_ok else run.requests - run.status_errors
+        per_cpu, reference_per_cpu = run.per_cpu_second, reference.per_cpu_second
+        if per_cpu is None or reference_per_cpu is None:
+            return (
+                name,
+                _fmt(run.rate),
+                "-",
+                _fmt(run.p50_ms, digits=2),
+                _fmt(run.p99_ms, digits=2),
+                "-",
+                "-",
+            )
+        return (
+            name, _fmt(run.rate), _fmt(per_cpu),
+            _fmt(run.p50_ms, digits=2), _fmt(run.p99_ms, digits=2),
+            f"{per_cpu / reference_per_cpu:.2f}", str(wrong + run.socket_errors),
+        )  # fmt: skip
+
+    print(f"throughput: wrk -t1 -c{CONNECTIONS} -d{SECONDS}s", end="; ")
+    print(f"proxy on core {PROXY_CORE}, wrk + upstream on core {LOAD_CORE}")
+    print("req/CPU-s: requests per CPU-second the proxy process used (its capacity per core,")
+    print("robust to other load on the machine); x nginx compares that figure.")
+    header = ("path", "req/s", "req/CPU-s", "p50 ms", "p99 ms", "x nginx", "unexpected")
+    print(
+        table(
+            header,
+            [
+                row("direct to upstream", direct, nginx, expect_ok=True),
+                row("nginx proxy_pass (reference)", nginx, nginx, expect_ok=True),
+                row("sidecar, pass (fresh solution each)", passed, nginx, expect_ok=True),
+                row("nginx static 428 (reference)", nginx_reject, nginx_reject, expect_ok=False),
+                row("sidecar, reject: no solution", missing_run, nginx_reject, expect_ok=False),
+                row("sidecar, reject: bad signature", forged, nginx_reject, expect_ok=False),
+            ],
+        )
+    )
+    print()
+    print(
+        "unloaded latency (wrk -c1, 3 s) and time to first SSE event (median of",
+        SSE_SAMPLES,
+        "streams)",
+    )
+    print(
+        table(
+            ("path", "p50 ms", "added ms", "x nginx added", "first event ms", "added ms"),
+            [
+                (
+                    "direct",
+                    _fmt(quiet_direct.p50_ms, digits=3),
+                    "-",
+                    "-",
+                    _fmt(sse_direct, digits=3),
+                    "-",
+                ),
+                (
+                    "nginx (reference)",
+                    _fmt(quiet_nginx.p50_ms, digits=3),
+                    _fmt(quiet_nginx.p50_ms - quiet_direct.p50_ms, digits=3),
+                    "1.00",
+                    _fmt(sse_nginx, digits=3),
+                    _fmt(sse_nginx - sse_direct, digits=3),
+                ),
+                (
+                    "sidecar (pass)",
+                    _fmt(quiet_sidecar.p50_ms, digits=3),
+                    _fmt(quiet_sidecar.p50_ms - quiet_direct.p50_ms, digits=3),
+                    _ratio(
+                        quiet_sidecar.p50_ms - quiet_direct.p50_ms,
+                        reference=quiet_nginx.p50_ms - quiet_direct.p50_ms,
+                    ),
+                    _fmt(sse_sidecar, digits=3),
+                    _fmt(sse_sidecar - sse_direct, digits=3),
+                ),
+            ],
+        )
+    )
+
+
+def _ratio(value: float, *, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference > 0 else "-"
+
+
+def profile(*, load: str, seconds: int = 10) -> None:
+    """Sample the sidecar with py-spy under ``load`` ("pass" or "reject"); print where time goes."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    with _setup() as s, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.txt"
+        argv = [py_spy, "record", "--pid", str(s.sidecar_pid), "--duration", str(seconds)]
+        argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
+        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pool = s.pool if load == "pass" else None
+        url = f"http://127.0.0.1:{s.sidecar}/v1/chat"
+        _wrk(url, connections=CONNECTIONS, seconds=seconds + 2, pool=pool)
+        sampler.wait(timeout=60)
+        own: collections.Counter[str] = collections.Counter()
+        inclusive: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            # "function (path/file.py:line)" → "file.py:function", lines merged.
+            names = [_frame_name(frame) for frame in stack.split(";")]
+            own[names[-1]] += int(count)
+            for name in set(names):
+                inclusive[name] += int(count)
+            total += int(count)
+    print(f"py-spy: {total} samples of the sidecar under {load} load")
+    rows = [
+        (name, f"{n / total:.1%}", f"{inclusive[name] / total:.1%}")
+        for name, n in own.most_common(20)
+    ]
+    print(table(("function (top own time)", "own", "incl."), rows))
+    print()
+    busiest = [
+        (name, f"{n / total:.1%}") for name, n in inclusive.most_common(40) if n < total * 0.95
+    ]
+    print(table(("function (top inclusive time)", "incl."), busiest))
+
+
+def _frame_name(frame: str) -> str:
+    function, _, where = frame.partition(" (")
+    return f"{where.rsplit('/', 1)[-1].split(':')[0]}:{function}"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--profile",
+        choices=["pass", "reject"],
+        help="sample the sidecar with py-spy under this load instead",
+    )
+    args = parser.parse_args()
+    if args.profile:
+        profile(load=args.profile)
+    else:
+        main()

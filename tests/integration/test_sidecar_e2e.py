@@ -1,0 +1,514 @@
+"""The sidecar follows its rendered config object through a real API server.
+
+Credentials are those of a pod: a ServiceAccount token limited by RBAC to the
+one ConfigMap, and the cluster CA; the watcher code is the one the sidecar
+runs (in-process here, and as `powgate sidecar` in the last test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from powgate import CHALLENGE_PATH, Challenge, Issuer, KeyRing, solve
+from powgate.client import PowAuth
+from powgate.config import CONFIG_DATA_KEY, RouteConfig, SidecarConfig
+from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint
+from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
+from powgate_testbed.cluster import ClusterAccess
+
+NAME = "powgate-chat"
+_DEADLINE = 60.0
+
+
+def config(difficulty: int, version: str) -> SidecarConfig:
+    return SidecarConfig(
+        policy="team/chat",
+        version=version,
+        difficulty=difficulty,
+        routes=[RouteConfig(name="chat", paths=["/v1/*"])],
+    )
+
+
+@dataclass
+class Sink:
+    """Records what the watcher delivers, through the same parsing the sidecar uses."""
+
+    applied: list[SidecarConfig] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+
+    def apply_document(self, text: str | bytes | None, *, source: str) -> bool:
+        if text is None:
+            self.results.append("missing")
+            return False
+        try:
+            parsed = SidecarConfig.from_json(text)
+        except ValueError:
+            self.results.append("invalid")
+            return False
+        self.applied.append(parsed)
+        self.results.append("applied")
+        return True
+
+    def report_source_error(self, *, source: str, why: str) -> None:
+        self.results.append("error")
+
+
+async def eventually(check: Callable[[], bool], *, what: str) -> None:
+    deadline = time.monotonic() + _DEADLINE
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not reached within {_DEADLINE:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class PodCredentials:
+    api_url: str
+    token_file: Path
+    ca_file: Path
+
+    def endpoint(self) -> KubeEndpoint:
+        return KubeEndpoint(api_url=self.api_url, token_file=self.token_file, ca_file=self.ca_file)
+
+
+@pytest.fixture
+def pod_credentials(
+    cluster: ClusterAccess, kube_client: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> PodCredentials:
+    """A ServiceAccount allowed to get/list/watch the one ConfigMap, as the chart grants it."""
+    core, rbac = k8s.CoreV1Api(kube_client), k8s.RbacAuthorizationV1Api(kube_client)
+    core.create_namespaced_service_account(
+        namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="sidecar"))
+    )
+    rbac.create_namespaced_role(
+        namespace,
+        k8s.V1Role(
+            metadata=k8s.V1ObjectMeta(name="sidecar"),
+            # list/watch cannot be limited by resourceNames unless the request
+            # names the object by a field selector, which is what the sidecar sends.
+            rules=[
+                k8s.V1PolicyRule(
+                    api_groups=[""],
+                    resources=["configmaps"],
+                    resource_names=[NAME],
+                    verbs=["get", "list", "watch"],
+                )
+            ],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name="sidecar"),
+            role_ref=k8s.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="sidecar"
+            ),
+            subjects=[
+                k8s.RbacV1Subject(kind="ServiceAccount", name="sidecar", namespace=namespace)
+            ],
+        ),
+    )
+    status = core.create_namespaced_service_account_token(
+        "sidecar",
+        namespace,
+        k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[])),
+    ).status
+    assert status is not None
+    token = str(status.token)
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    entry = kubeconfig["clusters"][0]["cluster"]
+    ca_file, token_file = tmp_path / "ca.crt", tmp_path / "token"
+    ca_file.write_bytes(base64.b64decode(entry["certificate-authority-data"]))
+    token_file.write_text(token)
+    return PodCredentials(entry["server"], token_file, ca_file)
+
+
+def put_config(kube_client: k8s.ApiClient, namespace: str, document: str) -> None:
+    core = k8s.CoreV1Api(kube_client)
+    body = k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name=NAME), data={CONFIG_DATA_KEY: document})
+    try:
+        core.replace_namespaced_config_map(NAME, namespace, body)
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+        core.create_namespaced_config_map(namespace, body)
+
+
+@pytest.fixture
+async def kube(pod_credentials: PodCredentials) -> AsyncIterator[KubeClient]:
+    async with KubeClient(pod_credentials.endpoint()) as client:
+        yield client
+
+
+async def test_watch_applies_changes_and_keeps_the_last_good_on_bad_input(
+    kube: KubeClient, kube_client: k8s.ApiClient, namespace: str
+) -> None:
+    put_config(kube_client, namespace, config(100, "v1").to_json())
+    sink = Sink()
+    watcher = ConfigMapWatcher(client=kube, namespace=namespace, name=NAME, sink=sink)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await eventually(lambda: [c.version for c in sink.applied] == ["v1"], what="initial list")
+        put_config(kube_client, namespace, config(400, "v2").to_json())
+        await eventually(lambda: len(sink.applied) == 2, what="update through the watch")
+        assert sink.applied[-1].difficulty == 400
+        put_config(kube_client, namespace, '{"difficulty": 0}')
+        await eventually(lambda: sink.results[-1] == "invalid", what="invalid document seen")
+        k8s.CoreV1Api(kube_client).delete_namespaced_config_map(NAME, namespace)
+        await eventually(lambda: sink.results[-1] == "missing", what="deletion seen")
+        put_config(kube_client, namespace, config(500, "v3").to_json())
+        await eventually(lambda: sink.applied[-1].version == "v3", what="re-creation seen")
+        assert "error" not in sink.results
+    finally:
+        task.cancel()
+
+
+async def test_rbac_refusal_is_an_error_then_a_rotated_token_is_used(
+    pod_credentials: PodCredentials, kube_client: k8s.ApiClient, namespace: str
+) -> None:
+    put_config(kube_client, namespace, config(100, "v1").to_json())
+    good = pod_credentials.token_file.read_text()
+    pod_credentials.token_file.write_text("not-a-token")
+    sink = Sink()
+    async with KubeClient(pod_credentials.endpoint()) as client:
+        watcher = ConfigMapWatcher(
+            client=client, namespace=namespace, name=NAME, sink=sink, backoff_base=0.05
+        )
+        task = asyncio.create_task(watcher.run())
+        try:
+            await eventually(
+                lambda: sink.results.count("error") >= 2, what="401 answers counted as errors"
+            )
+            assert sink.applied == []
+            pod_credentials.token_file.write_text(
+                good
+            )  # the kubelet's rotation: same path, new content
+            await eventually(lambda: bool(sink.applied), what="the rotated token accepted")
+        finally:
+            task.cancel()
+
+
+async def test_many_watchers_share_one_client(
+    kube: KubeClient, kube_client: k8s.ApiClient, namespace: str
+) -> None:
+    put_config(kube_client, namespace, config(100, "v1").to_json())
+    sinks = [Sink() for _ in range(50)]
+    watchers = [
+        ConfigMapWatcher(client=kube, namespace=namespace, name=NAME, sink=s) for s in sinks
+    ]
+    tasks = [asyncio.create_task(w.run()) for w in watchers]
+    try:
+        await eventually(lambda: all(s.applied for s in sinks), what="every watcher synced")
+        put_config(kube_client, namespace, config(300, "v2").to_json())
+        await eventually(
+            lambda: all(s.applied[-1].version == "v2" for s in sinks), what="every watcher updated"
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+# -- the sidecar as a process, in front of the stand-in AI service ---------------
+
+
+@dataclass
+class Stack:
+    """`powgate standin` behind `powgate sidecar`, both real processes."""
+
+    sidecar_url: str
+    metrics_url: str
+    standin_url: str
+    config_file: Path
+    key_file: Path
+    processes: list[ManagedProcess]
+
+    def metric(self, url: str, sample: str) -> float:
+        """The value of one exposition line (0 if absent)."""
+        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def sidecar_metric(self, sample: str) -> float:
+        return self.metric(self.metrics_url, sample)
+
+    def upstream_requests(self) -> float:
+        text = httpx.get(self.standin_url + "/metrics", timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("powgate_standin_requests_total{")
+        )
+
+    def challenge(self, path: str = "/v1/chat/completions") -> Challenge:
+        response = httpx.get(self.sidecar_url + CHALLENGE_PATH, params={"path": path}, timeout=10)
+        assert response.status_code == 200
+        return Challenge.from_json(response.content)
+
+
+def _powgate(*args: str) -> list[str]:
+    # The console script of this environment, as a container would run it.
+    return [str(Path(sys.executable).with_name("powgate")), *args]
+
+
+@contextlib.contextmanager
+def stack(
+    tmp_path: Path, *, config_args: list[str] | None = None, extra: Sequence[str] = ()
+) -> Iterator[Stack]:
+    standin_port, port, metrics_port = free_ports(3)
+    config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
+    config_file.write_text(config(100, "v1").to_json())
+    KeyRing.generate().save(key_file)
+    standin = ManagedProcess(
+        name="standin",
+        argv=_powgate(
+            "standin",
+            "--listen",
+            f"127.0.0.1:{standin_port}",
+            "--tokens-per-second",
+            "20",
+            "--model",
+            "standin",
+        ),
+        log_path=tmp_path / "standin.log",
+        die_with_parent=True,
+    )
+    processes = [standin]
+    try:
+        sidecar = ManagedProcess(
+            name="sidecar",
+            # Configured through the environment, as the injected container is.
+            argv=[
+                "env",
+                f"POWGATE_LISTEN=127.0.0.1:{port}",
+                f"POWGATE_UPSTREAM=http://127.0.0.1:{standin_port}",
+                f"POWGATE_METRICS_LISTEN=127.0.0.1:{metrics_port}",
+                f"POWGATE_KEY_FILE={key_file}",
+                "POWGATE_HEADER_TIMEOUT=1",
+                *_powgate(
+                    "sidecar",
+                    *(
+                        config_args
+                        if config_args is not None
+                        else ["--config-file", str(config_file)]
+                    ),
+                    *extra,
+                ),
+            ],
+            log_path=tmp_path / "sidecar.log",
+            die_with_parent=True,
+        )
+        processes.insert(0, sidecar)
+        result = Stack(
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{metrics_port}",
+            f"http://127.0.0.1:{standin_port}",
+            config_file,
+            key_file,
+            processes,
+        )
+        wait_until(
+            lambda: _ready(result.standin_url + "/healthz"),
+            what="stand-in up",
+            timeout=_DEADLINE,
+            watch=processes,
+        )
+        wait_until(
+            lambda: _ready(result.metrics_url + "/readyz"),
+            what="sidecar ready",
+            timeout=_DEADLINE,
+            watch=processes,
+        )
+        yield result
+    finally:
+        stop_all(processes, grace=10)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Stack]:
+    with stack(tmp_path) as started:
+        yield started
+
+
+CHAT = {"model": "standin", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+
+
+def test_sdk_client_solves_through_the_sidecar(running: Stack) -> None:
+    with httpx.Client(base_url=running.sidecar_url, auth=PowAuth(), timeout=30) as client:
+        response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    assert (
+        running.sidecar_metric(
+            'powgate_requests_total{outcome="admitted",reason="ok",route="chat"}'
+        )
+        == 1
+    )
+    assert (
+        running.sidecar_metric(
+            'powgate_requests_total{outcome="challenged",reason="missing",route="chat"}'
+        )
+        == 1
+    )
+    assert running.upstream_requests() == 1
+
+
+def test_openai_sdk_streams_through_the_sidecar(running: Stack) -> None:
+    openai = pytest.importorskip("openai")
+    http_client = httpx.Client(auth=PowAuth(), timeout=30)
+    client = openai.OpenAI(
+        base_url=running.sidecar_url + "/v1", api_key="unused", http_client=http_client
+    )
+    stream = client.chat.completions.create(
+        model="standin", messages=CHAT["messages"], max_tokens=8, stream=True
+    )
+    first = next(iter(stream))
+    # The first event is here while the stand-in is still generating the rest.
+    assert running.metric(running.standin_url, "powgate_standin_in_flight_requests") == 1
+    assert first.choices is not None
+    rest = list(stream)
+    assert rest
+    http_client.close()
+
+
+def test_hostile_requests_never_reach_the_upstream(running: Stack, tmp_path: Path) -> None:
+    url = running.sidecar_url + "/v1/chat/completions"
+    keyring = KeyRing.load(running.key_file)
+    binding = "team/chat:chat"
+    stale = Issuer(keyring=keyring, clock=lambda: time.time() - 3600).issue(
+        difficulty=100, ttl=60, binding=binding
+    )
+    fresh = running.challenge()
+    good = fresh.solution(solve(fresh).number).encode()
+    forged = Challenge(fresh.algorithm, fresh.challenge, fresh.maxnumber, fresh.salt, "0" * 64)
+    cases = {
+        "expired": stale.solution(solve(stale).number).encode(),
+        "bad_signature": forged.solution(solve(forged).number).encode(),
+        "malformed": "%%%",
+        "oversized": "A" * 5000,  # over the payload cap, under the header-size cap
+    }
+    for reason, payload in cases.items():
+        response = httpx.post(url, json=CHAT, headers={"X-Powgate-Solution": payload}, timeout=10)
+        assert response.status_code == 428, reason
+        assert Challenge.from_json(response.content).maxnumber == 100
+        sample = f'powgate_requests_total{{outcome="rejected",reason="{reason}",route="chat"}}'
+        assert running.sidecar_metric(sample) == 1, reason
+    huge = httpx.post(url, content=b"x" * (40 * 1024 * 1024), timeout=60)
+    assert huge.status_code == 428  # no solution: refused before the body matters
+    assert (
+        httpx.post(url, json=CHAT, headers={"X-Powgate-Solution": good}, timeout=30).status_code
+        == 200
+    )
+    replay = httpx.post(url, json=CHAT, headers={"X-Powgate-Solution": good}, timeout=30)
+    assert replay.status_code == 428
+    assert (
+        running.sidecar_metric(
+            'powgate_requests_total{outcome="rejected",reason="replayed",route="chat"}'
+        )
+        == 1
+    )
+    # Slowloris: headers never finished; the sidecar hangs up after its header timeout.
+    host, port = running.sidecar_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert sock.recv(1024) == b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n")
+        assert sock.recv(1024).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert running.sidecar_metric('powgate_client_errors_total{kind="bad_request"}') == 1
+    assert running.upstream_requests() == 1  # only the one admitted request
+
+
+def test_config_file_reload_in_a_running_process(running: Stack) -> None:
+    old = running.challenge()
+    running.config_file.write_text(config(250, "v2").to_json())
+    wait_until(
+        lambda: running.challenge().maxnumber == 250,
+        what="new difficulty",
+        timeout=_DEADLINE,
+        watch=running.processes,
+    )
+    payload = old.solution(solve(old).number).encode()
+    with httpx.Client(base_url=running.sidecar_url, timeout=30) as client:
+        response = client.post(
+            "/v1/chat/completions", json=CHAT, headers={"X-Powgate-Solution": payload}
+        )
+    assert response.status_code == 200  # issued before the change, still valid
+    running.config_file.write_text("{ not json")
+    sample = 'powgate_config_reloads_total{result="invalid",source="file"}'
+    wait_until(
+        lambda: running.sidecar_metric(sample) == 1,
+        what="invalid counted",
+        timeout=_DEADLINE,
+        watch=running.processes,
+    )
+    assert running.challenge().maxnumber == 250
+    assert running.sidecar_metric('powgate_config_info{policy="team/chat",version="v2"}') == 1
+
+
+def test_workers_share_the_port(tmp_path: Path) -> None:
+    with stack(tmp_path, extra=["--workers", "2"]) as running:
+        port = int(running.metrics_url.rsplit(":", 1)[1])
+        second = f"http://127.0.0.1:{port + 1}"
+        wait_until(
+            lambda: _ready(second + "/readyz"),
+            what="second worker",
+            timeout=_DEADLINE,
+            watch=running.processes,
+        )
+        with httpx.Client(base_url=running.sidecar_url, auth=PowAuth(), timeout=30) as client:
+            for _ in range(20):
+                assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        admitted = 'powgate_requests_total{outcome="admitted",reason="ok",route="chat"}'
+        assert running.sidecar_metric(admitted) + running.metric(second, admitted) == 20
+
+
+def test_sidecar_process_follows_the_config_object(
+    pod_credentials: PodCredentials, kube_client: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    put_config(kube_client, namespace, config(100, "v1").to_json())
+    args = [
+        "--config-object", f"{namespace}/{NAME}",
+        "--kube-api-url", pod_credentials.api_url,
+        "--kube-token-file", str(pod_credentials.token_file),
+        "--kube-ca-file", str(pod_credentials.ca_file),
+    ]  # fmt: skip
+    with stack(tmp_path, config_args=args) as running:
+        assert running.challenge().maxnumber == 100
+        put_config(kube_client, namespace, config(700, "v2").to_json())
+        wait_until(
+            lambda: running.challenge().maxnumber == 700,
+            what="watched update",
+            timeout=_DEADLINE,
+            watch=running.processes,
+        )
+        assert running.sidecar_metric('powgate_config_info{policy="team/chat",version="v2"}') == 1
+        put_config(kube_client, namespace, '{"mode": "sometimes"}')
+        sample = 'powgate_config_reloads_total{result="invalid",source="kubernetes"}'
+        wait_until(
+            lambda: running.sidecar_metric(sample) == 1,
+            what="invalid counted",
+            timeout=_DEADLINE,
+            watch=running.processes,
+        )
+        assert running.challenge().maxnumber == 700

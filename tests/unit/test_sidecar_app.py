@@ -1,0 +1,577 @@
+"""The sidecar's request handler against a fake upstream (an in-process aiohttp app)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer, TestClient, TestServer
+
+from powgate import Challenge, Issuer, KeyRing, solve
+from powgate.config import Mode, QueueConfig, RouteConfig, SidecarConfig
+from powgate_sidecar import Limits, Sidecar
+
+POLICY = "team/chat"
+
+
+@dataclass
+class Upstream:
+    """What the fake upstream saw, and a gate that holds the streaming endpoint open."""
+
+    seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    release_stream: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    slow: float = 0.0
+
+    def app(self) -> web.Application:
+        async def echo(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            self.seen.append((request.method, request.path_qs, dict(request.headers), body))
+            if self.slow:
+                await asyncio.sleep(self.slow)
+            return web.json_response({"ok": True, "bytes": len(body)})
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            self.seen.append((request.method, request.path_qs, dict(request.headers), b""))
+            self.arrived.set()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: first\n\n")
+            await self.release_stream.wait()
+            await response.write(b"data: [DONE]\n\n")
+            return response
+
+        app = web.Application()
+        app.router.add_route("*", "/v1/stream", stream)
+        app.router.add_route("*", "/{tail:.*}", echo)
+        return app
+
+
+def make_config(**overrides: object) -> SidecarConfig:
+    base: dict[str, object] = {
+        "policy": POLICY,
+        "difficulty": 200,
+        "min_difficulty": 50,
+        "routes": [
+            RouteConfig(name="chat", paths=["/v1/*"], methods=["POST"]),
+            RouteConfig(
+                name="pages",
+                paths=["/app", "/app/*"],
+                methods=["GET", "POST"],
+                difficulty_multiplier=0.5,
+            ),
+        ],
+    }
+    base.update(overrides)
+    return SidecarConfig.model_validate(base)
+
+
+@dataclass
+class Harness:
+    sidecar: Sidecar
+    client: TestClient[web.Request, None]
+    upstream: Upstream
+    keyring: KeyRing
+
+    def count(self, route: str, outcome: str, reason: str) -> float:
+        value = self.sidecar.metrics.registry.get_sample_value(
+            "powgate_requests_total", {"route": route, "outcome": outcome, "reason": reason}
+        )
+        return value or 0.0
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.sidecar.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    async def challenge(self, path: str = "/v1/chat", method: str = "POST") -> Challenge:
+        response = await self.client.get(
+            "/.well-known/powgate/challenge", params={"method": method, "path": path}
+        )
+        assert response.status == 200
+        return Challenge.from_json(await response.read())
+
+    async def solution(self, path: str = "/v1/chat", method: str = "POST") -> str:
+        challenge = await self.challenge(path, method)
+        return challenge.solution(solve(challenge).number).encode()
+
+
+async def build(
+    *,
+    config: SidecarConfig | None = None,
+    limits: Limits | None = None,
+    upstream_url: str | None = None,
+) -> AsyncIterator[Harness]:
+    upstream = Upstream()
+    upstream_server = TestServer(upstream.app())
+    await upstream_server.start_server()
+    keyring = KeyRing.generate()
+    sidecar = Sidecar(
+        upstream=upstream_url or str(upstream_server.make_url("/")),
+        keyring=keyring,
+        config=config or make_config(),
+        limits=limits,
+    )
+    await sidecar.start()
+    client: TestClient[web.Request, None] = TestClient(RawTestServer(sidecar.handle))
+    await client.start_server()
+    try:
+        yield Harness(sidecar, client, upstream, keyring)
+    finally:
+        await client.close()
+        await sidecar.close()
+        await upstream_server.close()
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    async for harness in build():
+        yield harness
+
+
+async def test_missing_solution_gets_a_uniform_428_challenge(h: Harness) -> None:
+    response = await h.client.post("/v1/chat", json={"q": 1})
+    assert response.status == 428
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["WWW-Authenticate"] == 'PoW realm="powgate", algorithm="SHA-256"'
+    assert response.headers["Cache-Control"] == "no-store"
+    challenge = Challenge.from_json(await response.read())
+    assert challenge.maxnumber == 200
+    assert challenge.params.binding == f"{POLICY}:chat"
+    assert h.upstream.seen == []
+    assert h.count("chat", "challenged", "missing") == 1
+
+
+async def test_valid_solution_is_forwarded_without_the_solution_header(h: Harness) -> None:
+    payload = await h.solution()
+    response = await h.client.post(
+        "/v1/chat?x=1",
+        data=b'{"q": 1}',
+        headers={"X-Powgate-Solution": payload, "X-Powgate-Solve-Ms": "1500"},
+    )
+    assert response.status == 200
+    assert await response.json() == {"ok": True, "bytes": 8}
+    [(method, path, headers, body)] = h.upstream.seen
+    assert (method, path, body) == ("POST", "/v1/chat?x=1", b'{"q": 1}')
+    assert "X-Powgate-Solution" not in headers
+    assert "X-Powgate-Solve-Ms" not in headers
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
+    assert headers["X-Forwarded-Proto"] == "http"
+    assert h.count("chat", "admitted", "ok") == 1
+    assert h.sample("powgate_client_solve_seconds_sum") == 1.5
+    assert h.sample("powgate_verify_seconds_count") == 1
+    assert h.sample("powgate_upstream_seconds_count", {"route": "chat", "status_class": "2xx"}) == 1
+
+
+async def test_replayed_solution_is_rejected_and_never_reaches_upstream(h: Harness) -> None:
+    payload = await h.solution()
+    first = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    second = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert (first.status, second.status) == (200, 428)
+    assert len(h.upstream.seen) == 1
+    assert h.count("chat", "rejected", "replayed") == 1
+    assert h.sample("powgate_replay_cache_entries") == 1
+
+
+def forge(payload: str, **changes: object) -> str:
+    data = json.loads(base64.b64decode(payload))
+    data.update(changes)
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("mutation", "reason"),
+    [
+        ({"signature": "0" * 64}, "bad_signature"),
+        ({"number": 10**9}, "wrong_number"),
+        ({"algorithm": "MD5"}, "unknown_algorithm"),
+    ],
+)
+async def test_tampered_solutions_are_rejected_with_their_reason(
+    h: Harness, mutation: dict[str, object], reason: str
+) -> None:
+    payload = forge(await h.solution(), **mutation)
+    response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert response.status == 428
+    Challenge.from_json(await response.read())  # the same uniform body: a fresh challenge
+    assert h.count("chat", "rejected", reason) == 1
+    assert h.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("%%% not base64 %%%", "malformed"),
+        ("A" * 5000, "oversized"),
+        (base64.b64encode(b"[1,2]").decode(), "malformed"),
+    ],
+)
+async def test_garbage_solutions_are_rejected(h: Harness, payload: str, reason: str) -> None:
+    response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert response.status == 428
+    assert h.count("chat", "rejected", reason) == 1
+    assert h.upstream.seen == []
+
+
+async def solved_by(issuer: Issuer, *, difficulty: int, ttl: float, binding: str) -> str:
+    challenge = issuer.issue(difficulty=difficulty, ttl=ttl, binding=binding)
+    return challenge.solution(solve(challenge).number).encode()
+
+
+async def test_expired_wrong_binding_insufficient_and_foreign_key_are_rejected(h: Harness) -> None:
+    binding = f"{POLICY}:chat"
+    past = Issuer(keyring=h.keyring, clock=lambda: time.time() - 3600)
+    cases = {
+        "expired": await solved_by(past, difficulty=200, ttl=60, binding=binding),
+        "wrong_binding": await solved_by(
+            Issuer(keyring=h.keyring), difficulty=200, ttl=60, binding=f"{POLICY}:pages"
+        ),
+        "insufficient": await solved_by(
+            Issuer(keyring=h.keyring), difficulty=10, ttl=60, binding=binding
+        ),
+        "unknown_key": await solved_by(
+            Issuer(keyring=KeyRing.generate(kid="other")), difficulty=200, ttl=60, binding=binding
+        ),
+        "bad_signature": await solved_by(
+            Issuer(keyring=KeyRing.generate()), difficulty=200, ttl=60, binding=binding
+        ),
+    }
+    for reason, payload in cases.items():
+        response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+        assert response.status == 428, reason
+        assert h.count("chat", "rejected", reason) == 1, reason
+    assert h.upstream.seen == []
+
+
+async def test_urlencoded_form_field_carries_the_solution_and_the_body_is_forwarded_intact(
+    h: Harness,
+) -> None:
+    payload = await h.solution("/app/login")
+    form = {"user": "ada", "altcha": payload}
+    response = await h.client.post("/app/login", data=form)
+    assert response.status == 200
+    [(_, _, _, body)] = h.upstream.seen
+    assert body == urlencode(form).encode()
+    assert h.count("pages", "admitted", "ok") == 1
+
+
+async def test_multipart_form_field_carries_the_solution(h: Harness) -> None:
+    payload = await h.solution("/app/upload")
+    form = aiohttp.FormData()
+    form.add_field("file", b"\x00" * 1000, filename="a.bin")
+    form.add_field("altcha", payload)
+    response = await h.client.post("/app/upload", data=form)
+    assert response.status == 200
+    [(_, _, headers, body)] = h.upstream.seen
+    assert headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert payload.encode() in body
+    assert b"\x00" * 1000 in body
+
+
+async def test_oversized_form_is_not_searched_and_counts_as_oversized(h: Harness) -> None:
+    response = await h.client.post(
+        "/app/x", data={"pad": "x" * 70_000, "altcha": await h.solution("/app/x")}
+    )
+    assert response.status == 428
+    assert h.count("pages", "rejected", "oversized") == 1
+    assert h.upstream.seen == []
+
+
+async def test_cookie_is_single_use_stripped_upstream_and_cleared(h: Harness) -> None:
+    payload = await h.solution("/app", "GET")
+    response = await h.client.get(
+        "/app", headers={"Cookie": f"theme=dark; powgate_solution={payload}; sid=1"}
+    )
+    assert response.status == 200
+    assert "powgate_solution=; Max-Age=0" in response.headers["Set-Cookie"]
+    [(_, _, headers, _)] = h.upstream.seen
+    assert headers["Cookie"] == "theme=dark; sid=1"
+
+
+async def test_browser_navigation_gets_the_interstitial_page(h: Harness) -> None:
+    response = await h.client.get("/app", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert response.status == 428
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = await response.text()
+    assert "__POWGATE_CHALLENGE__" not in page
+    assert '"maxnumber":100' in page  # the pages route: 200 x 0.5
+
+
+async def test_challenge_endpoint(h: Harness) -> None:
+    response = await h.client.get(
+        "/.well-known/powgate/challenge", params={"method": "POST", "path": "/v1/x"}
+    )
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert Challenge.from_json(await response.read()).params.binding == f"{POLICY}:chat"
+    not_routed = await h.client.get(
+        "/.well-known/powgate/challenge", params={"method": "GET", "path": "/v1/x"}
+    )
+    assert not_routed.status == 404
+    no_path = await h.client.get("/.well-known/powgate/challenge")
+    assert no_path.status == 400
+    wrong_method = await h.client.post("/.well-known/powgate/challenge")
+    assert wrong_method.status == 405
+
+
+async def test_solver_assets_are_served_with_etags(h: Harness) -> None:
+    response = await h.client.get("/.well-known/powgate/solver.js")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    etag = response.headers["ETag"]
+    cached = await h.client.get("/.well-known/powgate/worker.js")
+    assert cached.status == 200
+    again = await h.client.get("/.well-known/powgate/solver.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert (await h.client.get("/.well-known/powgate/nothing.js")).status == 404
+
+
+async def test_exempt_and_unprotected_requests_pass_and_are_counted(h: Harness) -> None:
+    assert (await h.client.get("/healthz")).status == 200
+    assert (await h.client.post("/healthz")).status == 200
+    assert (await h.client.get("/v1/models")).status == 200  # GET is not a paying method of "chat"
+    assert (await h.client.get("/other")).status == 200
+    assert h.count("none", "exempt", "none") == 2
+    assert h.count("none", "unprotected", "none") == 2
+    assert len(h.upstream.seen) == 4
+
+
+async def raw_exchange(h: Harness, request: bytes) -> bytes:
+    """Send bytes as they are (no client library normalising them) and read the answer."""
+    assert h.client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.port)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    return answer
+
+
+async def test_non_canonical_paths_are_refused(h: Harness) -> None:
+    for path in ("/healthz/../v1/chat", "/x//v1/chat", "/v1/./chat"):
+        answer = await raw_exchange(
+            h, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 400"), path
+    assert h.upstream.seen == []
+    assert h.sample("powgate_client_errors_total", {"kind": "bad_path"}) == 3
+
+
+async def test_observe_mode_forwards_everything_and_counts_the_verdict(h: Harness) -> None:
+    h.sidecar.apply_config(make_config(mode=Mode.OBSERVE), source="test")
+    assert (await h.client.post("/v1/chat")).status == 200
+    assert (await h.client.post("/v1/chat", headers={"X-Powgate-Solution": "junk"})).status == 200
+    assert h.count("chat", "observed", "missing") == 1
+    assert h.count("chat", "observed", "malformed") == 1
+
+
+async def test_off_mode_is_a_plain_proxy(h: Harness) -> None:
+    h.sidecar.apply_config(make_config(mode=Mode.OFF), source="test")
+    assert (await h.client.post("/v1/chat")).status == 200
+    assert h.count("chat", "unprotected", "none") == 1
+    no_challenge = await h.client.get("/.well-known/powgate/challenge", params={"path": "/v1/chat"})
+    assert no_challenge.status == 404
+
+
+async def test_hot_reload_new_difficulty_applies_and_old_challenges_still_verify(
+    h: Harness,
+) -> None:
+    old = await h.solution()
+    assert h.sidecar.apply_config(make_config(difficulty=400, version="v2"), source="test")
+    assert (await h.challenge()).maxnumber == 400
+    assert (await h.client.post("/v1/chat", headers={"X-Powgate-Solution": old})).status == 200
+    assert h.sample("powgate_difficulty", {"route": "chat"}) == 400
+    assert h.sample("powgate_config_info", {"policy": POLICY, "version": "v2"}) == 1
+    exposition = h.sidecar.metrics.registry.collect()
+    info = [s for m in exposition if m.name == "powgate_config_info" for s in m.samples]
+    assert len(info) == 1
+
+
+async def test_invalid_document_keeps_the_last_good_config(h: Harness) -> None:
+    before = h.sidecar.config
+    assert not h.sidecar.apply_document(b'{"difficulty": -5}', source="file")
+    assert not h.sidecar.apply_document(b"not json", source="file")
+    assert not h.sidecar.apply_document(None, source="kubernetes")
+    assert not h.sidecar.apply_config(make_config(algorithm="ROT13"), source="file")
+    assert h.sidecar.config is before
+    assert h.sample("powgate_config_reloads_total", {"source": "file", "result": "invalid"}) == 3
+    assert (
+        h.sample("powgate_config_reloads_total", {"source": "kubernetes", "result": "missing"}) == 1
+    )
+    assert (await h.challenge()).maxnumber == 200
+
+
+async def test_key_rotation_signs_with_the_new_key_and_drops_removed_ones(h: Harness) -> None:
+    old = await h.solution()
+    h.sidecar.apply_keyring(KeyRing.generate(kid="k9"))
+    assert (await h.challenge()).params.kid == "k9"
+    assert (await h.client.post("/v1/chat", headers={"X-Powgate-Solution": old})).status == 428
+    assert h.count("chat", "rejected", "unknown_key") == 1
+
+
+async def test_sse_events_arrive_before_the_upstream_finishes(h: Harness) -> None:
+    response = await h.client.post(
+        "/v1/stream", headers={"X-Powgate-Solution": await h.solution("/v1/stream")}
+    )
+    assert response.status == 200
+    first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=10)
+    assert first == b"data: first\n\n"
+    assert not h.upstream.release_stream.is_set()
+    h.upstream.release_stream.set()
+    assert await response.content.read() == b"data: [DONE]\n\n"
+
+
+async def test_hop_by_hop_headers_are_not_forwarded(h: Harness) -> None:
+    await h.client.get(
+        "/other", headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "x"}
+    )
+    [(_, _, headers, _)] = h.upstream.seen
+    assert "X-Secret-Hop" not in headers
+    assert "TE" not in headers
+
+
+async def test_declared_huge_body_is_refused_before_upstream() -> None:
+    async for h in build(limits=Limits(max_body_bytes=1000)):
+        payload = await h.solution()
+        response = await h.client.post(
+            "/v1/chat", data=b"x" * 5000, headers={"X-Powgate-Solution": payload}
+        )
+        assert response.status == 413
+        unsolved = await h.client.post("/v1/chat", data=b"x" * 5000)
+        assert unsolved.status == 428
+        assert h.upstream.seen == []
+        assert h.sample("powgate_client_errors_total", {"kind": "body_too_large"}) == 1
+
+
+async def test_chunked_huge_body_is_cut_off() -> None:
+    async for h in build(limits=Limits(max_body_bytes=1000)):
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(20):
+                yield b"y" * 500
+
+        response = await h.client.post("/other", data=chunks())
+        assert response.status == 413
+        assert h.upstream.seen == []
+
+
+async def test_unreachable_upstream_is_a_502() -> None:
+    async for h in build(upstream_url="http://127.0.0.1:9"):
+        response = await h.client.get("/other")
+        assert response.status == 502
+        assert h.sample("powgate_upstream_errors_total", {"kind": "connect"}) == 1
+
+
+async def test_slow_upstream_is_a_504() -> None:
+    async for h in build(limits=Limits(upstream_read_seconds=0.2)):
+        h.upstream.slow = 2
+        response = await h.client.get("/other")
+        assert response.status == 504
+        assert h.sample("powgate_upstream_errors_total", {"kind": "timeout"}) == 1
+
+
+async def test_before_any_config_every_request_is_refused() -> None:
+    sidecar = Sidecar(upstream="http://127.0.0.1:9", keyring=KeyRing.generate(), config=None)
+    await sidecar.start()
+    client: TestClient[web.Request, None] = TestClient(RawTestServer(sidecar.handle))
+    async with client:
+        assert (await client.post("/v1/chat")).status == 503
+        assert (
+            await client.get("/.well-known/powgate/challenge", params={"path": "/"})
+        ).status == 503
+    await sidecar.close()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+async def queued() -> AsyncIterator[Harness]:
+    config = make_config(queue=QueueConfig(max_concurrent=1, max_waiting=10, max_wait_seconds=30))
+    async for harness in build(config=config):
+        yield harness
+
+
+async def test_queue_admits_the_harder_solution_first(queued: Harness) -> None:
+    h = queued
+    holder = asyncio.create_task(
+        h.client.post("/v1/stream", headers={"X-Powgate-Solution": await h.solution("/v1/stream")})
+    )
+    await h.upstream.arrived.wait()
+    order: list[int] = []
+    issuer = Issuer(keyring=h.keyring)
+
+    async def send(difficulty: int) -> None:
+        payload = await solved_by(issuer, difficulty=difficulty, ttl=60, binding=f"{POLICY}:chat")
+        response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+        assert response.status == 200
+        order.append(difficulty)
+
+    cheap = asyncio.create_task(send(200))
+    await until(lambda: h.sample("powgate_queue_depth") == 1)
+    dear = asyncio.create_task(send(800))
+    await until(lambda: h.sample("powgate_queue_depth") == 2)
+    h.upstream.release_stream.set()
+    await asyncio.gather(cheap, dear)
+    await (await holder).read()
+    assert order == [800, 200]
+
+
+async def test_full_queue_answers_503_with_a_fresh_challenge() -> None:
+    config = make_config(queue=QueueConfig(max_concurrent=1, max_waiting=0, max_wait_seconds=30))
+    async for h in build(config=config):
+        holder = asyncio.create_task(
+            h.client.post(
+                "/v1/stream", headers={"X-Powgate-Solution": await h.solution("/v1/stream")}
+            )
+        )
+        await h.upstream.arrived.wait()
+        response = await h.client.post(
+            "/v1/chat", headers={"X-Powgate-Solution": await h.solution()}
+        )
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        Challenge.from_json(await response.read())
+        assert h.sample("powgate_queue_dropped_total", {"route": "chat", "cause": "full"}) == 1
+        h.upstream.release_stream.set()
+        await (await holder).read()
+
+
+def test_forwarding_on_uvloop() -> None:
+    """The sidecar runs on uvloop, whose transports are not asyncio's classes."""
+
+    async def scenario() -> None:
+        async for h in build(limits=Limits(max_body_bytes=10_000)):
+            payload = await h.solution()
+            response = await h.client.post(
+                "/v1/chat", data=b"x" * 5000, headers={"X-Powgate-Solution": payload}
+            )
+            assert await response.json() == {"ok": True, "bytes": 5000}
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(30):
+                    yield b"y" * 500
+
+            assert (await h.client.post("/other", data=chunks())).status == 413
+            stream = await h.client.post(
+                "/v1/stream", headers={"X-Powgate-Solution": await h.solution("/v1/stream")}
+            )
+            assert await stream.content.readuntil(b"\n\n") == b"data: first\n\n"
+            h.upstream.release_stream.set()
+            assert await stream.content.read() == b"data: [DONE]\n\n"
+            assert [path for _, path, _, _ in h.upstream.seen] == ["/v1/chat", "/v1/stream"]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

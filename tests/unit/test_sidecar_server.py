@@ -1,0 +1,270 @@
+"""The sidecar as it runs (``serve``): listeners, hostile connections, reloads, shutdown.
+
+Everything runs in the test's event loop against a fake upstream; the
+command-line process itself is exercised by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from powgate import CHALLENGE_PATH, Challenge, KeyRing, KeyRingError, solve
+from powgate.config import RouteConfig, SidecarConfig
+from powgate_sidecar import Settings, serve
+
+CONFIG = SidecarConfig(
+    policy="team/chat",
+    difficulty=100,
+    routes=[RouteConfig(name="chat", paths=["/v1/*"], methods=["POST"])],
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Running:
+    base: str
+    metrics: str
+    port: int
+    config_file: Path
+    key_file: Path
+    seen: list[str]
+    release: asyncio.Event
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def get(self, session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+        async with session.get(url) as response:
+            return response.status, await response.text()
+
+    async def challenge(self, session: aiohttp.ClientSession) -> Challenge:
+        async with session.get(self.base + CHALLENGE_PATH, params={"path": "/v1/chat"}) as response:
+            assert response.status == 200
+            return Challenge.from_json(await response.read())
+
+    async def metric(self, session: aiohttp.ClientSession, line_start: str) -> float | None:
+        _, text = await self.get(session, self.metrics + "/metrics")
+        for line in text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+async def upstream_app(seen: list[str], release: asyncio.Event) -> web.Application:
+    async def any_path(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        if request.path != "/v1/stream":
+            return web.Response(text="ok")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: one\n\n")
+        await release.wait()
+        await response.write(b"data: two\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_path)
+    return app
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    seen: list[str] = []
+    release = asyncio.Event()
+    upstream = TestServer(await upstream_app(seen, release))
+    await upstream.start_server()
+    config_file = tmp_path / "config.json"
+    config_file.write_text(CONFIG.to_json())
+    key_file = tmp_path / "keyring.json"
+    KeyRing.generate(kid="k1").save(key_file)
+    port, metrics_port = free_port(), free_port()
+    settings = Settings(
+        listen=("127.0.0.1", port),
+        upstream=str(upstream.make_url("/")),
+        metrics_listen=("127.0.0.1", metrics_port),
+        key_file=key_file,
+        config_file=config_file,
+        header_timeout=0.5,
+        shutdown_timeout=10,
+        poll_interval=0.05,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop=stop))
+    base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(metrics + "/readyz") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.02)
+    yield Running(base, metrics, port, config_file, key_file, seen, release, stop, task)
+    stop.set()
+    release.set()
+    await asyncio.wait_for(task, timeout=30)
+    await upstream.close()
+
+
+async def raw(port: int, data: bytes, *, wait_for_eof: bool = False) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(
+        reader.read() if wait_for_eof else reader.read(65536), timeout=20
+    )
+    writer.close()
+    return answer
+
+
+async def listener_closed(port: int) -> None:
+    for _ in range(500):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"port {port} still accepts connections")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n",
+        b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"POST /v1/chat HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+        b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+    ],
+    ids=["tls-bytes", "huge-header", "too-many-headers", "conflicting-length", "bad-header-name"],
+)
+async def test_garbage_requests_are_refused_and_counted(
+    running: Running, request_bytes: bytes
+) -> None:
+    answer = await raw(running.port, request_bytes)
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400", b"HTTP/1.1 431", b"HTTP/1.0 431"))
+    assert running.seen == []
+    async with aiohttp.ClientSession() as session:
+        assert await running.metric(session, 'powgate_client_errors_total{kind="bad_request"}') == 1
+
+
+async def test_slowloris_connection_is_closed_without_reaching_upstream(running: Running) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    # The header timeout is 0.5 s: the server hangs up, the client never finished.
+    assert await asyncio.wait_for(reader.read(), timeout=20) == b""
+    writer.close()
+    assert running.seen == []
+
+
+async def test_config_file_change_is_applied_and_a_bad_one_is_kept_out(running: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        old = await running.challenge(session)
+        running.config_file.write_text(
+            CONFIG.model_copy(update={"difficulty": 300, "version": "v2"}).to_json()
+        )
+        for _ in range(500):
+            if (await running.challenge(session)).maxnumber == 300:
+                break
+            await asyncio.sleep(0.02)
+        assert (await running.challenge(session)).maxnumber == 300
+        # The challenge issued before the change still verifies.
+        payload = old.solution(solve(old).number).encode()
+        async with session.post(
+            running.base + "/v1/chat", headers={"X-Powgate-Solution": payload}
+        ) as response:
+            assert response.status == 200
+        running.config_file.write_text('{"difficulty": "lots"}')
+        line = 'powgate_config_reloads_total{result="invalid",source="file"}'
+        for _ in range(500):
+            if await running.metric(session, line) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert await running.metric(session, line) == 1
+        assert (await running.challenge(session)).maxnumber == 300
+        assert (
+            await running.metric(session, 'powgate_config_info{policy="team/chat",version="v2"}')
+            == 1
+        )
+
+
+async def test_key_file_swap_is_picked_up(running: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert (await running.challenge(session)).params.kid == "k1"
+        # Replace the file the way a Secret update does: a new inode behind the same name.
+        KeyRing.generate(kid="k2").save(running.key_file)
+        for _ in range(500):
+            if (await running.challenge(session)).params.kid == "k2":
+                break
+            await asyncio.sleep(0.02)
+        assert (await running.challenge(session)).params.kid == "k2"
+        running.key_file.write_text(json.dumps({"version": 1, "active": "nope", "keys": []}))
+        line = 'powgate_config_reloads_total{result="invalid",source="keyfile"}'
+        for _ in range(500):
+            if await running.metric(session, line) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (await running.challenge(session)).params.kid == "k2"
+
+
+async def test_metrics_and_health_endpoints(running: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(running.base + "/v1/chat") as response:
+            assert response.status == 428
+        status, text = await running.get(session, running.metrics + "/metrics")
+        assert status == 200
+        for name in (
+            'powgate_requests_total{outcome="challenged",reason="missing",route="chat"} 1.0',
+            'powgate_difficulty{route="chat"} 100.0',
+            "powgate_verify_seconds_count 1.0",
+            "powgate_inflight 0.0",
+            "powgate_queue_depth 0.0",
+            "powgate_replay_cache_entries 0.0",
+        ):
+            assert name in text
+        assert (await running.get(session, running.metrics + "/healthz"))[0] == 200
+
+
+async def test_shutdown_drains_a_stream_in_flight(running: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        challenge = await running.challenge(session)
+        payload = challenge.solution(solve(challenge).number).encode()
+        async with session.post(
+            running.base + "/v1/stream", headers={"X-Powgate-Solution": payload}
+        ) as response:
+            assert await response.content.readuntil(b"\n\n") == b"data: one\n\n"
+            running.stop.set()
+            await listener_closed(running.port)  # shutdown has begun; the stream stays
+            assert not running.task.done()
+            running.release.set()
+            assert await response.content.read() == b"data: two\n\n"
+    await asyncio.wait_for(running.task, timeout=30)
+
+
+async def test_unusable_key_file_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "keyring.json").write_text("{}")
+    settings = Settings(
+        listen=("127.0.0.1", free_port()),
+        upstream="http://127.0.0.1:9",
+        metrics_listen=("127.0.0.1", free_port()),
+        key_file=tmp_path,
+        config_file=None,
+    )
+    with pytest.raises(KeyRingError, match=r"keyring\.json"):
+        await serve(settings, stop=asyncio.Event())
