@@ -1,0 +1,236 @@
+"""Rollout latency: a config edit → every sidecar watcher has applied it.
+
+A local control plane (etcd + kube-apiserver, as in the integration tests)
+serves one rendered config ConfigMap. N watchers — the sidecar's own
+:class:`powgate_sidecar.ConfigMapWatcher`, each with its own watch, using a
+service-account token limited by the Role the operator grants injected pods —
+run in a few worker processes (1000 sidecars' watches without 1000 Python
+interpreters). The parent edits the difficulty and times, per watcher, the
+edit → the moment the parsed, validated document arrived. The reference is
+the same edit seen by a single watcher, in the same run.
+
+Also reported: the API server's CPU time spent per edit (from /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from powgate.config import CONFIG_DATA_KEY, SidecarConfig
+from powgate.policy import LabelSelector, config_map_name
+from powgate_operator._inject import PolicyRef, role_binding_body, role_body, role_name
+from powgate_testbed.cluster import LocalCluster, Tools, cache_dir
+
+SIZES: Final = (1, 10, 100, 1000)
+EDITS: Final = 5
+#: Watchers per worker process; 1000 watchers → 4 processes on this 2-core machine.
+PER_PROCESS: Final = 250
+NAMESPACE: Final = "rollout"
+POLICY: Final = "bench"
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _config(difficulty: int) -> str:
+    config = SidecarConfig(policy=f"{NAMESPACE}/{POLICY}", difficulty=difficulty)
+    return config.model_copy(update={"version": config.content_version()}).to_json()
+
+
+# -- worker process: many watchers, one report line per applied edit ---------------------
+
+
+class _Sink:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        #: Set by the first document: the initial LIST is done.
+        self.synced = asyncio.Event()
+
+    def apply_document(self, text: str | bytes | None, *, source: str) -> bool:
+        if text is None:
+            return False
+        # The sidecar's own parse and validation: the document is usable at this moment.
+        config = SidecarConfig.from_json(text)
+        now = time.monotonic()
+        if self.synced.is_set():
+            sys.stdout.write(f"{self.index} {config.difficulty} {now}\n")
+        self.synced.set()
+        return True
+
+    def report_source_error(self, *, source: str, why: str) -> None:
+        sys.stderr.write(f"watcher {self.index}: {why}\n")
+
+
+async def _worker(spec: dict[str, Any]) -> None:
+    from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint
+
+    endpoint = KubeEndpoint(
+        api_url=spec["server"], token_file=Path(spec["token"]), ca_file=Path(spec["ca"])
+    )
+    async with KubeClient(endpoint) as client:
+        sinks = [_Sink(i) for i in range(spec["first"], spec["first"] + spec["count"])]
+        watchers = [
+            ConfigMapWatcher(
+                client=client, namespace=NAMESPACE, name=config_map_name(POLICY), sink=sink
+            )
+            for sink in sinks
+        ]
+        tasks = [asyncio.create_task(w.run()) for w in watchers]
+        await asyncio.gather(*(sink.synced.wait() for sink in sinks))
+        sys.stdout.write("synced\n")
+        sys.stdout.flush()
+        # Flush reports in batches: one write per event burst, not per watcher.
+        while True:
+            await asyncio.sleep(0.01)
+            sys.stdout.flush()
+            if tasks[0].done():
+                tasks[0].result()
+
+
+# -- parent ----------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _apiserver_pid(root: Path) -> int:
+    state = json.loads((root / "state.json").read_text())
+    return next(int(p["pid"]) for p in state["processes"] if p["name"] == "kube-apiserver")
+
+
+def _setup(api: k8s.ApiClient, folder: Path, server: str, ca: Path) -> Path:
+    """Namespace, ConfigMap, and a token for an account that may read only that ConfigMap."""
+    core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": "model"}})
+    body = {"metadata": {"name": config_map_name(POLICY)}, "data": {CONFIG_DATA_KEY: _config(1)}}
+    created = core.create_namespaced_config_map(NAMESPACE, body)
+    policy = PolicyRef(
+        namespace=NAMESPACE,
+        name=POLICY,
+        uid=str(created.metadata.uid),
+        selector=LabelSelector(match_labels={"app": "bench"}),
+    )
+    role, binding = role_body(policy), role_binding_body(policy, ["model"])
+    for manifest in (role, binding):
+        del manifest["metadata"]["ownerReferences"]  # no PowPolicy here: the namespace owns them
+    rbac.create_namespaced_role(NAMESPACE, role)
+    rbac.create_namespaced_role_binding(NAMESPACE, binding)
+    assert role_name(POLICY) == binding["roleRef"]["name"]
+    token = core.create_namespaced_service_account_token(
+        "model", NAMESPACE, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    path = folder / "token"
+    path.write_text(token)
+    return path
+
+
+def _measure(
+    core: k8s.CoreV1Api, *, n: int, spec: dict[str, Any], apiserver: int, start: int
+) -> tuple[list[float], float]:
+    """Latencies (s) of every watcher over EDITS edits, and API server CPU s per edit."""
+    workers = []
+    counts = [min(PER_PROCESS, n - first) for first in range(0, n, PER_PROCESS)]
+    for first, count in zip(range(0, n, PER_PROCESS), counts, strict=True):
+        worker_spec = {**spec, "first": first, "count": count}
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.bench_rollout", json.dumps(worker_spec)],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+        )
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            if worker.stdout.readline() != "synced\n":
+                raise RuntimeError("a watcher process ended before it synced")
+        latencies: list[float] = []
+        cpu = 0.0
+        for edit in range(EDITS):
+            difficulty = start + edit
+            cpu_before = _cpu_seconds(apiserver)
+            t0 = time.monotonic()
+            core.patch_namespaced_config_map(
+                config_map_name(POLICY), NAMESPACE, {"data": {CONFIG_DATA_KEY: _config(difficulty)}}
+            )
+            for worker, count in zip(workers, counts, strict=True):
+                assert worker.stdout is not None
+                got = 0
+                while got < count:
+                    _, value, at = worker.stdout.readline().split()
+                    if int(value) == difficulty:
+                        latencies.append(float(at) - t0)
+                        got += 1
+            cpu += _cpu_seconds(apiserver) - cpu_before
+            time.sleep(0.2)
+        return latencies, cpu / EDITS
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    tools = Tools.locate(cache_dir())
+    with tempfile.TemporaryDirectory(prefix="powgate-rollout-") as tmp:
+        folder = Path(tmp)
+        with LocalCluster(root=folder / "cluster", tools=tools, nodes=1) as cluster:
+            api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+            core = k8s.CoreV1Api(api)
+            token = _setup(api, folder, cluster.server, cluster.ca_file)
+            kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+            spec = {
+                "server": kubeconfig["clusters"][0]["cluster"]["server"],
+                "token": str(token),
+                "ca": str(cluster.ca_file),
+            }
+            apiserver = _apiserver_pid(folder / "cluster")
+            print(
+                f"{'watchers':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+                f"{'max/ref':>8} {'apiserver CPU ms/edit':>22}"
+            )
+            reference: float | None = None
+            for round_, n in enumerate(SIZES):
+                latencies, cpu = _measure(
+                    core, n=n, spec=spec, apiserver=apiserver, start=1000 * (round_ + 1)
+                )
+                worst = max(latencies)
+                reference = reference or worst
+                print(
+                    f"{n:>8} {statistics.median(latencies) * 1e3:>8.1f} "
+                    f"{_quantile(latencies, 0.99) * 1e3:>8.1f} {worst * 1e3:>8.1f} "
+                    f"{worst / reference:>8.1f} {cpu * 1e3:>22.0f}",
+                    flush=True,
+                )
+            print(
+                f"(reference: the same edit seen by 1 watcher; {EDITS} edits per row; "
+                f"{PER_PROCESS} watchers per process; target: max < 1000 ms at 1000)"
+            )
+            api.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        asyncio.run(_worker(json.loads(sys.argv[1])))
+    else:
+        main()

@@ -1,0 +1,56 @@
+"""The operator's own metrics (served on ``--metrics-listen``)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "DECISIONS",
+    "DIFFICULTY",
+    "EVALUATION_LAG",
+    "QUERIES",
+    "QUERY_SECONDS",
+    "RECONCILES",
+    "RECONCILE_SECONDS",
+]
+
+_PREFIX: Final = "powgate_operator"
+
+RECONCILES: Final = Counter(
+    f"{_PREFIX}_reconciles_total",
+    "Reconciles of PowPolicies, by trigger (spec, evaluation) and result (ok or the error).",
+    ["trigger", "result"],
+)
+RECONCILE_SECONDS: Final = Histogram(
+    f"{_PREFIX}_reconcile_duration_seconds",
+    "Time for one reconcile, from reading the policy to writing its status.",
+    ["trigger"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DECISIONS: Final = Counter(
+    f"{_PREFIX}_decisions_total",
+    "Controller decisions, by reason; `changed` says whether difficulty moved.",
+    ["reason", "changed"],
+)
+QUERIES: Final = Counter(
+    f"{_PREFIX}_signal_queries_total",
+    "Signal queries to Prometheus, by outcome (OK, Empty or the failure's reason).",
+    ["outcome"],
+)
+QUERY_SECONDS: Final = Histogram(
+    f"{_PREFIX}_signal_query_duration_seconds",
+    "Time to read all the signals of one policy.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVALUATION_LAG: Final = Histogram(
+    f"{_PREFIX}_evaluation_lag_seconds",
+    "How late an evaluation started compared with its schedule (the operator keeping up).",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DIFFICULTY: Final = Gauge(
+    f"{_PREFIX}_difficulty",
+    "The difficulty the operator last published, per policy (namespace/name).",
+    ["policy"],
+)

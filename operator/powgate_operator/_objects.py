@@ -1,0 +1,283 @@
+"""Pure builders of what the operator writes: key rotation, owned objects, status.
+
+No I/O here: :mod:`._reconcile` reads the cluster, calls these, and writes
+the results, so every rule is unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from powgate import KEYRING_SECRET_KEY, HmacKey, KeyRing
+from powgate._keys import new_secret
+from powgate.config import CONFIG_DATA_KEY, SidecarConfig
+from powgate.controller import Decision
+from powgate.policy import (
+    API_VERSION,
+    KIND,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    KeyRotationSpec,
+    LastDecision,
+    PolicySpec,
+    PolicyStatus,
+    RolloutStatus,
+    SignalHealth,
+    SignalStatus,
+    config_map_name,
+    key_secret_name,
+)
+
+__all__ = [
+    "MANAGED_BY",
+    "config_map_body",
+    "key_secret_body",
+    "next_key_ring",
+    "owner_reference",
+    "ring_from_secret",
+    "set_condition",
+    "status_after",
+]
+
+MANAGED_BY: Final = "powgate-operator"
+POLICY_LABEL: Final = "powgate.dev/policy"
+_KID = re.compile(r"^k(\d{1,12})$")
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+def _kid(now: int) -> str:
+    # The id records when the key was made: rotation needs no other state.
+    return f"k{now}"
+
+
+def _created(key: HmacKey) -> int:
+    match = _KID.match(key.kid)
+    # A key with a foreign id (imported by hand) counts as old: it is the first to rotate.
+    return int(match.group(1)) if match else 0
+
+
+def next_key_ring(
+    ring: KeyRing | None, *, keys: KeyRotationSpec, lifetime_seconds: int, now: int
+) -> KeyRing:
+    """The ring to store now: created, rotated one phase further, or ``ring`` unchanged.
+
+    Two-phase rotation: publish a new key (listed, not signing); once it has
+    been published for ``propagationSeconds`` every sidecar has it, so it
+    starts signing, and the previous key keeps verifying until every
+    challenge it may still sign (sidecars learn of the switch within the
+    propagation time) has expired.
+    """
+    if ring is None:
+        return KeyRing(active=_kid(now), keys=(HmacKey(_kid(now), new_secret()),))
+    ring = ring.pruned(now=now)
+    pending = [k for k in ring.keys if k.kid != ring.active and k.not_after is None]
+    if pending:
+        newest = max(pending, key=_created)
+        if now - _created(newest) < keys.propagation_seconds:
+            return ring
+        retire_at = now + keys.propagation_seconds + lifetime_seconds
+        return ring.activated(newest.kid, retire_previous_at=retire_at)
+    interval = keys.rotation_interval_seconds
+    if interval and now - _created(ring.signing_key) >= interval and _kid(now) not in ring:
+        return ring.with_key(HmacKey(_kid(now), new_secret()))
+    return ring
+
+
+def ring_from_secret(secret_data: Mapping[str, str | bytes] | None) -> KeyRing | None:
+    """The ring stored in a Secret's ``data`` (base64 values); None when absent.
+
+    Raises :class:`powgate.KeyRingError` when the document is malformed: the
+    operator then keeps the Secret as it is (sidecars keep their last good
+    ring) and reports it, rather than replacing keys that may be in use.
+    """
+    if not secret_data or KEYRING_SECRET_KEY not in secret_data:
+        return None
+    return KeyRing.from_json(base64.b64decode(secret_data[KEYRING_SECRET_KEY]))
+
+
+# -- owned objects ------------------------------------------------------------
+
+
+def owner_reference(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """Makes the policy the controller of an object: deleting it collects the object."""
+    meta = policy["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(policy: Mapping[str, Any], name: str) -> dict[str, Any]:
+    meta = policy["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, POLICY_LABEL: meta["name"]},
+        "ownerReferences": [owner_reference(policy)],
+    }
+
+
+def config_map_body(policy: Mapping[str, Any], config: SidecarConfig) -> dict[str, Any]:
+    metadata = _metadata(policy, config_map_name(policy["metadata"]["name"]))
+    metadata["annotations"] = {"powgate.dev/config-version": config.version}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {CONFIG_DATA_KEY: config.to_json()},
+    }
+
+
+def key_secret_body(policy: Mapping[str, Any], ring: KeyRing) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(policy, key_secret_name(policy["metadata"]["name"])),
+        "data": {KEYRING_SECRET_KEY: base64.b64encode(ring.to_json().encode()).decode()},
+    }
+
+
+# -- status -------------------------------------------------------------------
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    *,
+    kind: ConditionType,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[Condition]:
+    """``conditions`` with ``kind`` set; its transition time moves only when its status does."""
+    previous = next((c for c in conditions if c.type is kind), None)
+    since = previous.last_transition_time if previous and previous.status is status else now
+    updated = Condition(
+        type=kind, status=status, reason=reason, message=message[:1024], last_transition_time=since
+    )
+    others = [c for c in conditions if c.type is not kind]
+    return sorted([*others, updated], key=lambda c: list(ConditionType).index(c.type))
+
+
+def status_after(
+    *,
+    previous: PolicyStatus,
+    spec: PolicySpec,
+    generation: int,
+    decision: Decision | None,
+    config: SidecarConfig,
+    rollout: RolloutStatus | None,
+    now: datetime,
+) -> PolicyStatus:
+    """The status once ``config`` is published (``decision`` None: difficulty unchanged)."""
+    status = previous
+    conditions = list(previous.conditions)
+    if decision is not None:
+        failing = [s for s in decision.signals if s.health is SignalHealth.FAILING]
+        status = status.model_copy(
+            update={
+                "signals": list(decision.signals),
+                "history": list(decision.history),
+                "recommendations": list(decision.recommendations),
+                "last_decision": LastDecision(
+                    time=now,
+                    difficulty=decision.difficulty,
+                    reason=decision.reason,
+                    message=decision.message[:1024],
+                    signal=decision.signal,
+                    recommended=decision.recommended,
+                ),
+            }
+        )
+        conditions = _signal_conditions(
+            conditions, spec=spec, decision=decision, failing=failing, now=now
+        )
+    conditions = set_condition(
+        conditions,
+        kind=ConditionType.READY,
+        status=ConditionStatus.TRUE,
+        reason="ConfigPublished",
+        message=f"config {config.version} at difficulty {config.difficulty}",
+        now=now,
+    )
+    return status.model_copy(
+        update={
+            "observed_generation": generation,
+            "difficulty": config.difficulty,
+            "mode": spec.mode,
+            "config_version": config.version,
+            "conditions": conditions,
+            "rollout": previous.rollout if rollout is None else rollout,
+        }
+    )
+
+
+def _signal_conditions(
+    conditions: list[Condition],
+    *,
+    spec: PolicySpec,
+    decision: Decision,
+    failing: Sequence[SignalStatus],
+    now: datetime,
+) -> list[Condition]:
+    if not spec.signals:
+        healthy = (ConditionStatus.TRUE, "NoSignals", "the policy has no signals")
+    elif failing:
+        detail = "; ".join(f"{s.name}: {s.reason} {s.message}".strip() for s in failing)
+        healthy = (ConditionStatus.FALSE, "QueryFailed", detail)
+    else:
+        healthy = (ConditionStatus.TRUE, "QueriesSucceeded", "every signal returned a value")
+    conditions = set_condition(
+        conditions,
+        kind=ConditionType.SIGNALS_HEALTHY,
+        status=healthy[0],
+        reason=healthy[1],
+        message=healthy[2],
+        now=now,
+    )
+    fallback = (
+        (
+            ConditionStatus.TRUE,
+            spec.fallback.action.value,
+            "a signal fails: difficulty is not lowered",
+        )
+        if decision.fallback_active
+        else (ConditionStatus.FALSE, "SignalsHealthy", "")
+    )
+    conditions = set_condition(
+        conditions,
+        kind=ConditionType.FALLBACK_ACTIVE,
+        status=fallback[0],
+        reason=fallback[1],
+        message=fallback[2],
+        now=now,
+    )
+    limited = (
+        (
+            ConditionStatus.TRUE,
+            "BoundOrStepPolicy",
+            f"signals recommend {decision.recommended}, difficulty is {decision.difficulty}",
+        )
+        if decision.limited
+        else (ConditionStatus.FALSE, "FollowingSignals", "")
+    )
+    return set_condition(
+        conditions,
+        kind=ConditionType.LIMITED,
+        status=limited[0],
+        reason=limited[1],
+        message=limited[2],
+        now=now,
+    )

@@ -1,0 +1,237 @@
+"""Reading signals from Prometheus, with every way a query can fail made explicit.
+
+Each failure becomes a :class:`powgate.controller.Failure` with a short reason
+(the lesson of KEDA's Prometheus scaler: a silent zero on error relaxes the
+defence exactly when it is needed). The client, ``prometheus-api-client``,
+is blocking, so queries run in a bounded thread pool off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import requests
+import urllib3
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.exceptions import NewConnectionError
+from urllib3.util.retry import Retry
+
+from powgate.controller import Empty, Failure, Reading, Sample
+from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
+
+__all__ = ["Credentials", "FailureReason", "SignalReader", "reading_from_result"]
+
+
+class FailureReason(enum.StrEnum):
+    """The causes a signal can fail with (status ``reason`` and a metric label)."""
+
+    TIMEOUT = "Timeout"
+    UNREACHABLE = "Unreachable"
+    AUTH_FAILED = "AuthFailed"
+    BAD_QUERY = "BadQuery"
+    HTTP_ERROR = "HTTPError"
+    BAD_RESPONSE = "BadResponse"
+    MULTIPLE_SERIES = "MultipleSeries"
+    NOT_A_NUMBER = "NotANumber"
+    CREDENTIALS = "CredentialsUnavailable"
+
+
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+_MESSAGE_LIMIT: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How to authenticate to Prometheus (from the policy's auth Secret)."""
+
+    bearer_token: str | None = field(default=None, repr=False)
+    basic: tuple[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_secret_data(cls, data: Mapping[str, str]) -> Credentials:
+        """From decoded Secret data: ``token``, or ``username`` and ``password``."""
+        if token := data.get("token", "").strip():
+            return cls(bearer_token=token)
+        username, password = data.get("username"), data.get("password")
+        if username and password is not None:
+            return cls(basic=(username, password))
+        raise ValueError("the Secret holds neither `token` nor `username` and `password`")
+
+
+def reading_from_result(result: Any, *, aggregate: Aggregate) -> Reading:
+    """Turn the ``data.result`` of an instant query into a reading."""
+    if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+        # A scalar result is a bare [timestamp, "value"] pair.
+        values: list[str] = [result[1]]
+    elif isinstance(result, list):
+        try:
+            values = [series["value"][1] for series in result]
+        except (KeyError, IndexError, TypeError):
+            return Failure(FailureReason.BAD_RESPONSE, "result is not an instant vector")
+    else:
+        return Failure(
+            FailureReason.BAD_RESPONSE, f"unexpected result type {type(result).__name__}"
+        )
+    if not values:
+        return Empty()
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return Failure(FailureReason.BAD_RESPONSE, "a sample value is not a number")
+    bad = [n for n in numbers if not math.isfinite(n)]
+    if bad:
+        return Failure(FailureReason.NOT_A_NUMBER, f"query returned {bad[0]}")
+    return _aggregate(numbers, aggregate=aggregate)
+
+
+def _aggregate(numbers: Sequence[float], *, aggregate: Aggregate) -> Reading:
+    if len(numbers) == 1:
+        return Sample(numbers[0])
+    match aggregate:
+        case Aggregate.FAIL:
+            return Failure(
+                FailureReason.MULTIPLE_SERIES,
+                f"query returned {len(numbers)} series: aggregate it (sum, max) or set `aggregate`",
+            )
+        case Aggregate.MAX:
+            return Sample(max(numbers))
+        case Aggregate.SUM:
+            return Sample(math.fsum(numbers))
+        case Aggregate.MEAN:
+            return Sample(math.fsum(numbers) / len(numbers))
+
+
+def _failure_from_exception(exc: Exception) -> Failure:
+    text = str(exc)[:_MESSAGE_LIMIT]
+    if isinstance(exc, ValueError):
+        # The client parses JSON itself: a proxy's HTML page or a truncated body ends here.
+        return Failure(FailureReason.BAD_RESPONSE, f"response is not the query API's JSON: {text}")
+    if isinstance(exc, NewConnectionError):
+        # urllib3 files refused connections under its connect-timeout class; they are not slow.
+        return Failure(FailureReason.UNREACHABLE, text)
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
+        return Failure(FailureReason.TIMEOUT, text)
+    if isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError | OSError):
+        return Failure(FailureReason.UNREACHABLE, text)
+    if isinstance(exc, PrometheusApiClientException):
+        match = _STATUS.search(text)
+        status = int(match.group(1)) if match else 0
+        if status in (401, 403):
+            return Failure(FailureReason.AUTH_FAILED, f"HTTP {status}: check the auth Secret")
+        if status in (400, 422):
+            return Failure(FailureReason.BAD_QUERY, text)
+        return Failure(FailureReason.HTTP_ERROR, text)
+    return Failure(FailureReason.BAD_RESPONSE, f"{type(exc).__name__}: {text}")
+
+
+class SignalReader:
+    """Queries Prometheus for the signals of policies, off the event loop."""
+
+    def __init__(self, *, max_workers: int = 16) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="promql")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def read(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        signals: Sequence[SignalSpec],
+        namespace: str,
+        name: str,
+    ) -> dict[str, Reading]:
+        """One reading per signal; never raises for a failing query."""
+        loop = asyncio.get_running_loop()
+        client = _client(prometheus=prometheus, credentials=credentials)
+        try:
+            readings = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        self._pool,
+                        _query,
+                        client,
+                        signal.render_query(namespace=namespace, name=name),
+                        signal.aggregate,
+                        prometheus.timeout_seconds,
+                    )
+                    for signal in signals
+                )
+            )
+        finally:
+            client.close()
+        return {signal.name: reading for signal, reading in zip(signals, readings, strict=True)}
+
+    async def rollout(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        policy: str,
+        version: str,
+    ) -> RolloutStatus | Failure:
+        """How many sidecars report ``version`` for ``policy`` (``powgate_config_info``)."""
+        # Label values are quoted by json.dumps: a PromQL string literal accepts JSON escapes.
+        promql = f"count by (version) (powgate_config_info{{policy={json.dumps(policy)}}})"
+        loop = asyncio.get_running_loop()
+        client = _client(prometheus=prometheus, credentials=credentials)
+        try:
+            return await loop.run_in_executor(
+                self._pool, _rollout, client, promql, version, prometheus.timeout_seconds
+            )
+        finally:
+            client.close()
+
+
+def _rollout(
+    client: PrometheusConnect, promql: str, version: str, timeout: float
+) -> RolloutStatus | Failure:
+    try:
+        result = client.custom_query(promql, params={"timeout": _duration(timeout)})
+        counts = {
+            series["metric"].get("version", ""): int(float(series["value"][1])) for series in result
+        }
+    except Exception as exc:  # every failure is classified: none may escape into the loop
+        return _failure_from_exception(exc)
+    return RolloutStatus(
+        version=version, updated=counts.get(version, 0), total=sum(counts.values())
+    )
+
+
+def _duration(seconds: float) -> str:
+    # Prometheus durations take no fractions ("2.5s" is invalid): whole milliseconds.
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _client(*, prometheus: PrometheusSpec, credentials: Credentials | None) -> PrometheusConnect:
+    headers = None
+    if credentials is not None and credentials.bearer_token is not None:
+        headers = {"Authorization": f"Bearer {credentials.bearer_token}"}
+    return PrometheusConnect(
+        url=prometheus.address.rstrip("/"),
+        headers=headers,
+        auth=None if credentials is None else credentials.basic,
+        disable_ssl=prometheus.insecure_skip_verify,
+        # No retries: the next evaluation is the retry, and a retry would overrun the timeout.
+        retry=Retry(total=False),
+        timeout=prometheus.timeout_seconds,
+    )
+
+
+def _query(client: PrometheusConnect, promql: str, aggregate: Aggregate, timeout: float) -> Reading:
+    try:
+        # Prometheus abandons the query at the same deadline as the client.
+        result = client.custom_query(promql, params={"timeout": _duration(timeout)})
+    except Exception as exc:  # every failure is classified: none may escape into the loop
+        return _failure_from_exception(exc)
+    return reading_from_result(result, aggregate=aggregate)

@@ -1,0 +1,445 @@
+"""One reconcile of one PowPolicy: read it, decide, publish keys and config, write status.
+
+Everything durable lives in the API server (difficulty, recommendations,
+history, keys), so any replica can pick up where another stopped. Spec
+events and the evaluation loop both run :meth:`Reconciler.reconcile`, one at
+a time per policy, and it always starts from a fresh read of the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Final, TypeVar, cast
+
+import kopf
+from kubernetes import client as k8s
+from pydantic import ValidationError
+
+from powgate import KeyRing, KeyRingError
+from powgate.config import SidecarConfig
+from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
+from powgate.policy import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ConditionStatus,
+    ConditionType,
+    PolicySpec,
+    PolicyStatus,
+    RolloutStatus,
+    config_map_name,
+    key_secret_name,
+    render_config,
+)
+
+from . import _metrics as metrics
+from ._objects import (
+    config_map_body,
+    key_secret_body,
+    next_key_ring,
+    ring_from_secret,
+    set_condition,
+    status_after,
+)
+from ._prometheus import Credentials, FailureReason, SignalReader
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("powgate.operator")
+
+#: Status is rewritten at least this often even when only timestamps moved, so the
+#: "last seen" times of recommendations stay accurate across operator restarts; and
+#: the owned objects are re-read at least this often, so a hand edit or deletion of
+#: them is repaired within it. In between, what the operator last wrote is trusted:
+#: with many policies, a read of each object on every evaluation would dominate.
+STATUS_HEARTBEAT_SECONDS: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    namespace: str
+    name: str
+
+
+class Reconciler:
+    """Reconciles PowPolicies through the official Kubernetes client (in worker threads)."""
+
+    def __init__(
+        self,
+        *,
+        api: k8s.ApiClient,
+        reader: SignalReader,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._core = k8s.CoreV1Api(api)
+        self._custom = k8s.CustomObjectsApi(api)
+        self._reader = reader
+        self._clock = clock
+        self._locks: dict[_Key, asyncio.Lock] = {}
+        self._last_write: dict[_Key, float] = {}
+        self._rings: dict[_Key, tuple[KeyRing, float]] = {}
+        self._configs: dict[_Key, tuple[str, float]] = {}
+
+    def forget(self, *, namespace: str, name: str) -> None:
+        """Drop what is kept in memory for a policy that is gone."""
+        key = _Key(namespace, name)
+        self._locks.pop(key, None)
+        self._last_write.pop(key, None)
+        self._rings.pop(key, None)
+        self._configs.pop(key, None)
+
+    async def reconcile(self, *, namespace: str, name: str, evaluate_signals: bool) -> None:
+        """Bring one policy's objects and status up to date; with signals, also decide."""
+        key = _Key(namespace, name)
+        trigger = "evaluation" if evaluate_signals else "spec"
+        started = time.perf_counter()
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            try:
+                result = await self._reconcile(key, evaluate_signals=evaluate_signals)
+            except k8s.ApiException as exc:
+                metrics.RECONCILES.labels(trigger, f"HTTP{exc.status}").inc()
+                raise
+            except Exception:
+                metrics.RECONCILES.labels(trigger, "error").inc()
+                raise
+            metrics.RECONCILES.labels(trigger, result).inc()
+        metrics.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
+
+    async def _reconcile(self, key: _Key, *, evaluate_signals: bool) -> str:
+        """One reconcile; returns its result for the metric ("ok" or what was wrong)."""
+        policy = await self._get_policy(key)
+        if policy is None or policy["metadata"].get("deletionTimestamp"):
+            return "gone"
+        now = self._clock()
+        generation = int(policy["metadata"].get("generation", 0))
+        try:
+            spec = PolicySpec.model_validate(policy.get("spec") or {})
+        except ValidationError as exc:
+            # The CRD rejects such specs; this guards against a CRD older than the operator.
+            await self._report_invalid(key, policy, generation=generation, error=exc, now=now)
+            return "InvalidSpec"
+        previous = _previous_status(policy)
+
+        decision: Decision | None
+        rollout: RolloutStatus | None = None
+        if evaluate_signals:
+            credentials = await self._credentials(key, spec)
+            readings = await self._read_signals(key, spec, credentials)
+            decision = evaluate(spec=spec, status=previous, readings=readings, now=now)
+        else:
+            credentials = None
+            decision = follow_bounds(spec=spec, status=previous, now=now)
+        difficulty = (
+            decision.difficulty
+            if decision is not None
+            else spec.difficulty.clamp(previous.difficulty or spec.difficulty.start)
+        )
+        keys_problem = await self._ensure_keys(key, policy, spec, now=now)
+        config = render_config(
+            spec=spec, namespace=key.namespace, name=key.name, difficulty=difficulty
+        )
+        await self._ensure_config(key, policy, config)
+        if evaluate_signals and not isinstance(credentials, Failure):
+            rollout = await self._rollout(key, spec, credentials, config.version)
+
+        status = status_after(
+            previous=previous,
+            spec=spec,
+            generation=generation,
+            decision=decision,
+            config=config,
+            rollout=rollout,
+            now=now,
+        )
+        if keys_problem:
+            status = status.model_copy(
+                update={
+                    "conditions": set_condition(
+                        status.conditions,
+                        kind=ConditionType.READY,
+                        status=ConditionStatus.FALSE,
+                        reason="KeySecretInvalid",
+                        message=keys_problem,
+                        now=now,
+                    )
+                }
+            )
+        await self._write_status(key, previous=previous, status=status)
+        if decision is not None:
+            self._announce(policy, decision)
+        return "KeySecretInvalid" if keys_problem else "ok"
+
+    # -- reads ------------------------------------------------------------------
+
+    async def _get_policy(self, key: _Key) -> dict[str, Any] | None:
+        try:
+            policy = await asyncio.to_thread(
+                self._custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                key.namespace,
+                PLURAL,
+                key.name,
+            )
+        except k8s.ApiException as exc:
+            if exc.status == HTTPStatus.NOT_FOUND:
+                return None
+            raise
+        if not isinstance(policy, dict):
+            raise TypeError(f"API server returned {type(policy).__name__} for a PowPolicy")
+        return policy
+
+    async def _read_secret(self, key: _Key, name: str) -> k8s.V1Secret | None:
+        try:
+            return await asyncio.to_thread(self._core.read_namespaced_secret, name, key.namespace)
+        except k8s.ApiException as exc:
+            if exc.status == HTTPStatus.NOT_FOUND:
+                return None
+            raise
+
+    async def _credentials(self, key: _Key, spec: PolicySpec) -> Credentials | Failure | None:
+        ref = spec.prometheus.auth_secret_ref
+        if ref is None:
+            return None
+        try:
+            secret = await self._read_secret(key, ref.name)
+        except k8s.ApiException as exc:
+            return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name}: HTTP {exc.status}")
+        if secret is None:
+            return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name} does not exist")
+        try:
+            data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+            return Credentials.from_secret_data(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name}: {exc}")
+
+    async def _read_signals(
+        self, key: _Key, spec: PolicySpec, credentials: Credentials | Failure | None
+    ) -> dict[str, Reading]:
+        if not spec.signals:
+            return {}
+        if isinstance(credentials, Failure):
+            readings: dict[str, Reading] = {s.name: credentials for s in spec.signals}
+        else:
+            started = time.perf_counter()
+            readings = await self._reader.read(
+                prometheus=spec.prometheus,
+                credentials=credentials,
+                signals=spec.signals,
+                namespace=key.namespace,
+                name=key.name,
+            )
+            metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
+        for reading in readings.values():
+            metrics.QUERIES.labels(_outcome(reading)).inc()
+        return readings
+
+    async def _rollout(
+        self, key: _Key, spec: PolicySpec, credentials: Credentials | None, version: str
+    ) -> RolloutStatus | None:
+        result = await self._reader.rollout(
+            prometheus=spec.prometheus,
+            credentials=credentials,
+            policy=f"{key.namespace}/{key.name}",
+            version=version,
+        )
+        if isinstance(result, Failure):
+            # Rollout is informational: keep the last known numbers rather than report zero.
+            log.debug("rollout of %s/%s unknown: %s", key.namespace, key.name, result.message)
+            return None
+        return result
+
+    # -- writes -----------------------------------------------------------------
+
+    async def _ensure_keys(
+        self, key: _Key, policy: dict[str, Any], spec: PolicySpec, *, now: datetime
+    ) -> str:
+        """Create or rotate the key Secret; a message when it cannot be used (left untouched)."""
+        name = key_secret_name(key.name)
+        unix_now = int(now.timestamp())
+        known = _fresh(self._rings.get(key))
+        if known is not None and _next_ring(known, spec, unix_now) == known:
+            return ""
+        secret = await self._read_secret(key, name)
+        try:
+            ring: KeyRing | None = ring_from_secret(None if secret is None else secret.data)
+        except (KeyRingError, ValueError) as exc:
+            message = f"Secret {name} holds no valid key ring ({exc}); delete it to regenerate"
+            kopf.warn(_body(policy), reason="KeySecretInvalid", message=message)
+            return message
+        wanted = _next_ring(ring, spec, unix_now)
+        if wanted == ring and secret is not None:
+            self._rings[key] = (wanted, time.monotonic())
+            return ""
+        body = key_secret_body(policy, wanted)
+        if secret is None:
+            await asyncio.to_thread(self._core.create_namespaced_secret, key.namespace, _raw(body))
+            kopf.info(_body(policy), reason="KeysCreated", message=f"key {wanted.active} signs")
+        else:
+            await asyncio.to_thread(
+                self._core.patch_namespaced_secret, name, key.namespace, _raw(body)
+            )
+            assert ring is not None
+            if wanted.active != ring.active:
+                kopf.info(
+                    _body(policy), reason="KeyRotated", message=f"key {wanted.active} signs now"
+                )
+        self._rings[key] = (wanted, time.monotonic())
+        return ""
+
+    async def _ensure_config(
+        self, key: _Key, policy: dict[str, Any], config: SidecarConfig
+    ) -> None:
+        if _fresh(self._configs.get(key)) == config.version:
+            return
+        name = config_map_name(key.name)
+        body = config_map_body(policy, config)
+        try:
+            current = await asyncio.to_thread(
+                self._core.read_namespaced_config_map, name, key.namespace
+            )
+        except k8s.ApiException as exc:
+            if exc.status != HTTPStatus.NOT_FOUND:
+                raise
+            await asyncio.to_thread(
+                self._core.create_namespaced_config_map, key.namespace, _raw(body)
+            )
+        else:
+            if current.data != body["data"]:
+                await asyncio.to_thread(
+                    self._core.patch_namespaced_config_map, name, key.namespace, _raw(body)
+                )
+        self._configs[key] = (config.version, time.monotonic())
+
+    async def _write_status(
+        self, key: _Key, *, previous: PolicyStatus, status: PolicyStatus
+    ) -> None:
+        heartbeat_due = (
+            time.monotonic() - self._last_write.get(key, float("-inf")) >= STATUS_HEARTBEAT_SECONDS
+        )
+        if _essence(status) == _essence(previous) and not heartbeat_due:
+            return
+        body = {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        await asyncio.to_thread(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            key.namespace,
+            PLURAL,
+            key.name,
+            body,
+        )
+        self._last_write[key] = time.monotonic()
+
+    async def _report_invalid(
+        self,
+        key: _Key,
+        policy: dict[str, Any],
+        *,
+        generation: int,
+        error: ValidationError,
+        now: datetime,
+    ) -> None:
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )[:1024]
+        kopf.warn(_body(policy), reason="InvalidSpec", message=message)
+        previous = _previous_status(policy)
+        status = previous.model_copy(
+            update={
+                "observed_generation": generation,
+                "conditions": set_condition(
+                    previous.conditions,
+                    kind=ConditionType.READY,
+                    status=ConditionStatus.FALSE,
+                    reason="InvalidSpec",
+                    message=message,
+                    now=now,
+                ),
+            }
+        )
+        await self._write_status(key, previous=previous, status=status)
+
+    def _announce(self, policy: dict[str, Any], decision: Decision) -> None:
+        name = f"{policy['metadata']['namespace']}/{policy['metadata']['name']}"
+        metrics.DECISIONS.labels(decision.reason.value, str(decision.changed).lower()).inc()
+        metrics.DIFFICULTY.labels(name).set(decision.difficulty)
+        if decision.changed:
+            kopf.info(
+                _body(policy),
+                reason="DifficultyChanged",
+                message=f"{decision.previous} → {decision.difficulty} ({decision.reason}): "
+                f"{decision.message}",
+            )
+
+
+T = TypeVar("T")
+
+
+def _fresh(entry: tuple[T, float] | None) -> T | None:
+    """A remembered value, if it was written or read within the heartbeat."""
+    if entry is None or time.monotonic() - entry[1] >= STATUS_HEARTBEAT_SECONDS:
+        return None
+    return entry[0]
+
+
+def _next_ring(ring: KeyRing | None, spec: PolicySpec, now: int) -> KeyRing:
+    return next_key_ring(
+        ring, keys=spec.keys, lifetime_seconds=spec.challenge.lifetime_seconds, now=now
+    )
+
+
+def _previous_status(policy: dict[str, Any]) -> PolicyStatus:
+    try:
+        return PolicyStatus.model_validate(policy.get("status") or {})
+    except ValidationError as exc:
+        # Only the operator writes status; an unreadable one (a hand edit) restarts the
+        # history but never the difficulty, which is salvaged when it is a valid number.
+        log.warning(
+            "status of %s is unreadable, rebuilding it: %s", policy["metadata"]["name"], exc
+        )
+        raw = (policy.get("status") or {}).get("difficulty")
+        try:
+            return PolicyStatus(difficulty=raw)
+        except ValidationError:
+            return PolicyStatus()
+
+
+def _body(policy: dict[str, Any]) -> kopf.Body:
+    """The policy as kopf's event target (kopf reads only its identity from it)."""
+    return kopf.Body(cast(kopf.RawBody, policy))
+
+
+def _raw(body: dict[str, Any]) -> Any:
+    """A manifest as the client's ``body``: it sends dicts as they are (camelCase, as here),
+    though its type hints name only its model classes."""
+    return body
+
+
+def _essence(status: PolicyStatus) -> dict[str, Any]:
+    """The status without the timestamps that move on every evaluation."""
+    return status.model_dump(
+        mode="json",
+        exclude={
+            "last_decision": {"time"},
+            "recommendations": True,
+            "signals": {"__all__": {"last_success_time"}},
+        },
+    )
+
+
+def _outcome(reading: Reading) -> str:
+    match reading:
+        case Sample():
+            return "OK"
+        case Empty():
+            return "Empty"
+        case Failure(reason=reason):
+            return reason

@@ -1,0 +1,173 @@
+"""``powgate operator``: run the PowPolicy operator.
+
+Examples::
+
+    powgate operator --namespace ai               # one namespace, a single replica
+    powgate operator --all-namespaces --peering powgate   # cluster-wide, HA replicas
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from ._prometheus import SignalReader
+from ._reconcile import Reconciler
+from ._server import Endpoint, start_servers
+from .handlers import build_registry
+from .webhook import add_arguments as add_webhook_arguments
+from .webhook import install as install_webhook
+from .webhook import options_from_args as webhook_options
+
+__all__ = ["add_command", "run"]
+
+log = logging.getLogger("powgate.operator")
+
+_PREFIX: Final = "powgate.dev"
+_KUBE_THREADS: Final = 32
+_LOG_FORMATS: Final = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
+
+
+def _endpoint(text: str) -> Endpoint:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the PowPolicy operator",
+        description="Reconcile PowPolicies: keys, rendered sidecar config, adaptive difficulty.",
+    )
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable)",
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--metrics-listen",
+        type=_endpoint,
+        default=_endpoint("127.0.0.1:9090"),
+        metavar="HOST:PORT",
+        help="serve /metrics here (default 127.0.0.1:9090; in a pod, 0.0.0.0:9090)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        type=_endpoint,
+        default=_endpoint("127.0.0.1:8081"),
+        metavar="HOST:PORT",
+        help="serve /healthz and /readyz here (default 127.0.0.1:8081; in a pod, 0.0.0.0:8081)",
+    )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate replicas through this KopfPeering object (one active); "
+        "without it the operator runs standalone",
+    )
+    parser.add_argument(
+        "--priority", type=int, default=0, help="peering priority: the highest one is active"
+    )
+    parser.add_argument("--log-format", choices=sorted(_LOG_FORMATS), default="plain")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    add_webhook_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        args.webhook = webhook_options(args)
+    except ValueError as exc:
+        print(f"powgate operator: {exc}", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=args.verbose, log_format=_LOG_FORMATS[args.log_format])
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def settings(*, peering: str | None, priority: int) -> kopf.OperatorSettings:
+    """Production settings: state in annotations, bounded timeouts, optional peering."""
+    result = kopf.OperatorSettings()
+    # Status belongs to the CRD's schema; kopf's own bookkeeping goes to annotations.
+    result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=_PREFIX)
+    result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=_PREFIX, key="last-handled-configuration"
+    )
+    result.persistence.finalizer = f"{_PREFIX}/operator"
+    # Watches end server-side before the client gives up; a silent connection is noticed.
+    result.watching.server_timeout = 300
+    result.watching.client_timeout = 330
+    result.watching.connect_timeout = 10
+    result.networking.request_timeout = 30
+    result.networking.connect_timeout = 10
+    result.posting.level = logging.INFO
+    result.peering.standalone = peering is None
+    if peering is not None:
+        result.peering.name = peering
+        result.peering.priority = priority
+        result.peering.mandatory = True
+    return result
+
+
+# The kubernetes package leaves its config loaders unannotated, hence the ignores below.
+def _api_client() -> k8s.ApiClient:
+    """In a pod, its service account; elsewhere ``$KUBECONFIG`` or ``~/.kube/config``."""
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # One kept-alive connection per worker thread: a smaller pool would discard
+    # connections and pay a TLS handshake on most requests.
+    configuration.connection_pool_maxsize = _KUBE_THREADS
+    return k8s.ApiClient(configuration)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    # Kubernetes calls run in threads (the official client blocks); the default pool of
+    # a few threads would queue them behind each other with many policies.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=_KUBE_THREADS, thread_name_prefix="kube")
+    )
+    api = _api_client()
+    reader = SignalReader()
+    ready = asyncio.Event()
+    runners = await start_servers(
+        metrics=args.metrics_listen, health=args.health_listen, ready=ready
+    )
+    registry = build_registry(Reconciler(api=api, reader=reader))
+    operator_settings = settings(peering=args.peering, priority=args.priority)
+    if args.webhook is not None:
+        install_webhook(registry, operator_settings, options=args.webhook, api=api)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=operator_settings,
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace,
+            peering_name=args.peering,
+            standalone=args.peering is None,
+            ready_flag=ready,
+        )
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        reader.close()
+        api.close()  # type: ignore[no-untyped-call]

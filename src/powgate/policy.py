@@ -1,0 +1,580 @@
+"""The PowPolicy resource: spec and status models, and rendering the sidecar config.
+
+These models are the one source of truth for the CRD: the operator generates
+the OpenAPI schema of ``crds/powpolicy.yaml`` from them (``python -m
+powgate_operator.crd``), including the CEL rules declared here next to the
+validators that enforce the same rules in Python. Field names are camelCase
+on the wire, as everywhere in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import enum
+import string
+from datetime import datetime
+from typing import Annotated, Any, Final, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from .config import MAX_DIFFICULTY, Mode, PathPattern, QueueConfig, RouteConfig, SidecarConfig
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "MAX_HISTORY",
+    "MAX_RECOMMENDATIONS",
+    "MAX_WINDOW_SECONDS",
+    "PLURAL",
+    "SHORT_NAME",
+    "VERSION",
+    "Aggregate",
+    "Behavior",
+    "ChallengeSpec",
+    "Condition",
+    "ConditionStatus",
+    "ConditionType",
+    "DecisionReason",
+    "DifficultyChange",
+    "DifficultyRange",
+    "FallbackAction",
+    "FallbackSpec",
+    "KeyRotationSpec",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "LastDecision",
+    "OnEmpty",
+    "PolicySpec",
+    "PolicyStatus",
+    "PrometheusSpec",
+    "Recommendation",
+    "RolloutStatus",
+    "SecretKeyRef",
+    "SelectPolicy",
+    "SignalHealth",
+    "SignalSpec",
+    "SignalStatus",
+    "StepPolicy",
+    "StepPolicyType",
+    "StepRules",
+    "config_map_name",
+    "key_secret_name",
+    "render_config",
+]
+
+GROUP: Final = "powgate.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "PowPolicy"
+PLURAL: Final = "powpolicies"
+SHORT_NAME: Final = "pow"
+
+#: Status lists are bounded so that a long-lived policy never grows its object.
+MAX_HISTORY: Final = 20
+MAX_RECOMMENDATIONS: Final = 240
+#: The longest window or period a behavior may use (one hour, as the HPA allows).
+MAX_WINDOW_SECONDS: Final = 3600
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """Attach CEL rules (rule, message) to a model's schema for the API server."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}
+
+
+def _list_map(key: str) -> dict[str, Any]:
+    """Mark a list as a map keyed by ``key``: the API server rejects duplicate keys."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+# -- spec ---------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    """One ``matchExpressions`` entry of a Kubernetes label selector."""
+
+    key: str = Field(min_length=1, max_length=317)
+    operator: str = Field(pattern=r"^(In|NotIn|Exists|DoesNotExist)$")
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        wants_values = self.operator in ("In", "NotIn")
+        if wants_values != bool(self.values):
+            raise ValueError(
+                "values must be non-empty for In/NotIn and empty for Exists/DoesNotExist"
+            )
+        return self
+
+
+class LabelSelector(_Model):
+    """Which pods a policy protects (a standard Kubernetes label selector)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "(has(self.matchLabels) && size(self.matchLabels) > 0)"
+                " || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                "selector must not be empty: a policy never selects every pod by accident",
+            )
+        )
+    )
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.match_labels and not self.match_expressions:
+            raise ValueError(
+                "selector must not be empty: a policy never selects every pod by accident"
+            )
+        return self
+
+
+class DifficultyRange(_Model):
+    """The bounds of the difficulty (the ``maxnumber`` of challenges) and where it starts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("self.min <= self.max", "difficulty.min must not exceed difficulty.max"),
+            (
+                "!has(self.initial) || (self.min <= self.initial && self.initial <= self.max)",
+                "difficulty.initial must lie within [difficulty.min, difficulty.max]",
+            ),
+        )
+    )
+
+    min: int = Field(
+        default=10_000,
+        ge=1,
+        le=MAX_DIFFICULTY,
+        description="Lowest difficulty; sidecars also refuse solutions of easier challenges.",
+    )
+    max: int = Field(default=5_000_000, ge=1, le=MAX_DIFFICULTY, description="Highest difficulty.")
+    initial: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DIFFICULTY,
+        description="Difficulty of a new policy; `min` when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.min > self.max:
+            raise ValueError("difficulty.min must not exceed difficulty.max")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError("difficulty.initial must lie within [difficulty.min, difficulty.max]")
+        return self
+
+    @property
+    def start(self) -> int:
+        return self.min if self.initial is None else self.initial
+
+    def clamp(self, value: int) -> int:
+        return max(self.min, min(self.max, value))
+
+
+class ChallengeSpec(_Model):
+    """What each challenge looks like."""
+
+    algorithm: str = Field(default="SHA-256", pattern=r"^[A-Za-z0-9-]{1,32}$")
+    lifetime_seconds: int = Field(
+        default=300, ge=5, le=86_400, description="How long a challenge stays solvable."
+    )
+
+
+class KeyRotationSpec(_Model):
+    """How often the operator rotates the HMAC key that signs challenges."""
+
+    rotation_interval_seconds: int = Field(
+        default=7 * 86_400,
+        ge=0,
+        le=366 * 86_400,
+        description="0 never rotates; otherwise at least the challenge lifetime.",
+    )
+    propagation_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a new key is published before it signs (sidecars must have it).",
+    )
+
+
+class SecretKeyRef(_Model):
+    """A Secret in the policy's namespace holding Prometheus credentials.
+
+    Keys: ``token`` (sent as a bearer token) or ``username`` and ``password``
+    (HTTP basic).
+    """
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class PrometheusSpec(_Model):
+    """Where the signals come from."""
+
+    address: str = Field(
+        default="http://prometheus.monitoring.svc:9090",
+        min_length=1,
+        max_length=512,
+        pattern=r"^https?://[^\s]+$",
+    )
+    auth_secret_ref: SecretKeyRef | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    insecure_skip_verify: bool = False
+
+
+class OnEmpty(enum.StrEnum):
+    """What an empty query result means (a quiet service often has no series at all)."""
+
+    ZERO = "Zero"  # the value is 0: no traffic, no pressure
+    FAILURE = "Failure"  # the signal failed: counts towards the fallback
+
+
+class Aggregate(enum.StrEnum):
+    """How a query that returns several series becomes one value."""
+
+    FAIL = "Fail"  # several series are an error in the query: aggregate in PromQL
+    MAX = "Max"
+    SUM = "Sum"
+    MEAN = "Mean"
+
+
+class SignalSpec(_Model):
+    """One PromQL query with a target: above the target, difficulty rises in proportion."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=_DNS_LABEL)
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL; `$namespace`, `$name` and `$policy` (namespace/name) are substituted.",
+    )
+    target: float = Field(gt=0, le=1e15, description="The value the controller steers towards.")
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="Scales how strongly this signal moves difficulty: 1 is proportional.",
+    )
+    on_empty: OnEmpty = OnEmpty.ZERO
+    aggregate: Aggregate = Aggregate.FAIL
+
+    def render_query(self, *, namespace: str, name: str) -> str:
+        values = {"namespace": namespace, "name": name, "policy": f"{namespace}/{name}"}
+        return string.Template(self.query).safe_substitute(values)
+
+
+class StepPolicyType(enum.StrEnum):
+    PERCENT = "Percent"  # change by at most this percentage of the period's starting value
+    ABSOLUTE = "Absolute"  # change by at most this much difficulty
+
+
+class StepPolicy(_Model):
+    """At most ``value`` change per ``periodSeconds`` (HPA's scaling policies)."""
+
+    type: StepPolicyType
+    value: int = Field(ge=1, le=MAX_DIFFICULTY)
+    period_seconds: int = Field(ge=1, le=MAX_WINDOW_SECONDS)
+
+
+class SelectPolicy(enum.StrEnum):
+    MAX = "Max"  # the policy that allows the largest change
+    MIN = "Min"  # the policy that allows the smallest change
+    DISABLED = "Disabled"  # no change in this direction
+
+
+class StepRules(_Model):
+    """The rules of one direction (increase or decrease), with HPA semantics."""
+
+    stabilization_window_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_WINDOW_SECONDS,
+        description="Increase: to the lowest recommendation of this window; decrease: to the "
+        "highest. Note: a direction written out in full gets 0 unless set here.",
+    )
+    select_policy: SelectPolicy = SelectPolicy.MAX
+    policies: list[StepPolicy] = Field(
+        default_factory=list, max_length=8, description="Step limits per period; none: no limit."
+    )
+
+
+def _default_increase() -> StepRules:
+    # React within one evaluation: up to 4x per 30 s, no stabilization.
+    return StepRules(
+        policies=[StepPolicy(type=StepPolicyType.PERCENT, value=300, period_seconds=30)]
+    )
+
+
+def _default_decrease() -> StepRules:
+    # Relax slowly: the highest recommendation of the last 5 minutes, at most halving per minute.
+    return StepRules(
+        stabilization_window_seconds=300,
+        policies=[StepPolicy(type=StepPolicyType.PERCENT, value=50, period_seconds=60)],
+    )
+
+
+class Behavior(_Model):
+    """How fast difficulty may move (HPA's ``behavior``, for difficulty instead of replicas)."""
+
+    tolerance: float = Field(
+        default=0.1, ge=0, le=1, description="No change while |value/target - 1| ≤ tolerance."
+    )
+    increase: StepRules = Field(default_factory=_default_increase)
+    decrease: StepRules = Field(default_factory=_default_decrease)
+
+
+class FallbackAction(enum.StrEnum):
+    HOLD = "Hold"  # keep the current difficulty (never relax because a query failed)
+    FIXED = "Fixed"  # after `afterFailures` failed evaluations, use `difficulty`
+
+
+class FallbackSpec(_Model):
+    """What happens while signals fail."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.action != 'Fixed' || has(self.difficulty)",
+                "fallback.difficulty is required when fallback.action is Fixed",
+            )
+        )
+    )
+
+    action: FallbackAction = Field(
+        default=FallbackAction.HOLD,
+        description="Hold: never lower while a signal fails. Fixed: use `difficulty` after "
+        "`afterFailures` consecutive failures.",
+    )
+    after_failures: int = Field(default=3, ge=1, le=1000)
+    difficulty: int | None = Field(default=None, ge=1, le=MAX_DIFFICULTY)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.action is FallbackAction.FIXED and self.difficulty is None:
+            raise ValueError("fallback.difficulty is required when fallback.action is Fixed")
+        return self
+
+
+class PolicySpec(_Model):
+    """The desired state of a PowPolicy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.fallback.difficulty) || (self.fallback.difficulty >= self.difficulty.min"
+                " && self.fallback.difficulty <= self.difficulty.max)",
+                "fallback.difficulty must lie within [difficulty.min, difficulty.max]",
+            ),
+            (
+                "self.keys.rotationIntervalSeconds == 0"
+                " || self.keys.rotationIntervalSeconds >= self.challenge.lifetimeSeconds",
+                "keys.rotationIntervalSeconds must be 0 or at least challenge.lifetimeSeconds",
+            ),
+        )
+    )
+
+    selector: LabelSelector
+    mode: Mode = Mode.ENFORCE
+    routes: list[RouteConfig] = Field(
+        default_factory=lambda: [RouteConfig(name="default", paths=["/*"])],
+        min_length=1,
+        max_length=64,
+        json_schema_extra=_list_map("name"),
+    )
+    exempt_paths: list[PathPattern] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/livez", "/metrics"], max_length=64
+    )
+    difficulty: DifficultyRange = Field(default_factory=DifficultyRange)
+    challenge: ChallengeSpec = Field(default_factory=ChallengeSpec)
+    keys: KeyRotationSpec = Field(default_factory=KeyRotationSpec)
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
+    signals: list[SignalSpec] = Field(
+        default_factory=list, max_length=16, json_schema_extra=_list_map("name")
+    )
+    behavior: Behavior = Field(default_factory=Behavior)
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec)
+    evaluation_interval_seconds: int = Field(
+        default=15, ge=1, le=3600, description="How often the signals are queried and applied."
+    )
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for field, items in (("routes", self.routes), ("signals", self.signals)):
+            names = [item.name for item in items]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{field} names must be unique")
+        fixed = self.fallback.difficulty
+        if fixed is not None and not self.difficulty.min <= fixed <= self.difficulty.max:
+            raise ValueError("fallback.difficulty must lie within [difficulty.min, difficulty.max]")
+        interval = self.keys.rotation_interval_seconds
+        if interval and interval < self.challenge.lifetime_seconds:
+            raise ValueError(
+                "keys.rotationIntervalSeconds must be 0 or at least challenge.lifetimeSeconds"
+            )
+        return self
+
+
+# -- status -------------------------------------------------------------------
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    SIGNALS_HEALTHY = "SignalsHealthy"
+    FALLBACK_ACTIVE = "FallbackActive"
+    LIMITED = "Limited"
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str = Field(max_length=128)
+    message: str = Field(default="", max_length=1024)
+    last_transition_time: datetime
+
+
+class DecisionReason(enum.StrEnum):
+    """Why the controller chose the difficulty it chose."""
+
+    INITIAL = "Initial"
+    NO_SIGNALS = "NoSignals"
+    ABOVE_TARGET = "AboveTarget"
+    BELOW_TARGET = "BelowTarget"
+    WITHIN_TOLERANCE = "WithinTolerance"
+    STABILIZED = "Stabilized"
+    RATE_LIMITED = "RateLimited"
+    AT_BOUND = "AtBound"
+    BOUNDS_CHANGED = "BoundsChanged"
+    FALLBACK_HOLD = "FallbackHold"
+    FALLBACK_FIXED = "FallbackFixed"
+
+
+class LastDecision(_Model):
+    """The last evaluation, whether or not it changed anything."""
+
+    time: datetime
+    difficulty: int = Field(ge=1, le=MAX_DIFFICULTY)
+    reason: DecisionReason
+    message: str = Field(default="", max_length=1024)
+    #: The signal that set the recommendation, and the raw recommendation before limits.
+    signal: str = Field(default="", max_length=63)
+    recommended: int = Field(default=0, ge=0, le=MAX_DIFFICULTY)
+
+
+class SignalHealth(enum.StrEnum):
+    OK = "OK"
+    EMPTY = "Empty"
+    FAILING = "Failing"
+    UNKNOWN = "Unknown"
+
+
+class SignalStatus(_Model):
+    """What the last query of one signal returned."""
+
+    name: str = Field(max_length=63)
+    health: SignalHealth = SignalHealth.UNKNOWN
+    value: float | None = None
+    last_success_time: datetime | None = None
+    consecutive_failures: int = Field(default=0, ge=0)
+    reason: str = Field(default="", max_length=128, description="The failure's cause, if failing.")
+    message: str = Field(default="", max_length=1024)
+
+
+class RolloutStatus(_Model):
+    """How many sidecars run the current config version (from their metric)."""
+
+    version: str = Field(default="", max_length=64)
+    updated: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0)
+
+
+class Recommendation(_Model):
+    """One raw recommendation, kept for the stabilization windows."""
+
+    time: datetime
+    difficulty: int = Field(ge=1, le=MAX_DIFFICULTY)
+
+
+class DifficultyChange(_Model):
+    """One applied change, kept for the step policies and for humans."""
+
+    time: datetime
+    previous: int = Field(ge=1, le=MAX_DIFFICULTY)
+    difficulty: int = Field(ge=1, le=MAX_DIFFICULTY)
+    reason: DecisionReason
+
+
+class PolicyStatus(_Model):
+    """The observed state of a PowPolicy, written by the operator only."""
+
+    observed_generation: int = Field(default=0, ge=0)
+    difficulty: int | None = Field(default=None, ge=1, le=MAX_DIFFICULTY)
+    mode: Mode | None = None
+    config_version: str = Field(default="", max_length=64)
+    last_decision: LastDecision | None = None
+    signals: list[SignalStatus] = Field(
+        default_factory=list, max_length=16, json_schema_extra=_list_map("name")
+    )
+    rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=8, json_schema_extra=_list_map("type")
+    )
+    history: list[DifficultyChange] = Field(default_factory=list, max_length=MAX_HISTORY)
+    recommendations: list[Recommendation] = Field(
+        default_factory=list, max_length=MAX_RECOMMENDATIONS
+    )
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type is kind), None)
+
+
+# -- owned objects ------------------------------------------------------------
+
+
+def config_map_name(policy: str) -> str:
+    """The ConfigMap holding a policy's rendered sidecar config (data key ``config.json``)."""
+    return f"{policy}-powgate-config"
+
+
+def key_secret_name(policy: str) -> str:
+    """The Secret holding a policy's HMAC key ring (data key ``keyring.json``)."""
+    return f"{policy}-powgate-keys"
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: int) -> SidecarConfig:
+    """The sidecar config for ``spec`` at ``difficulty``, with its content version set."""
+    config = SidecarConfig(
+        policy=f"{namespace}/{name}",
+        mode=spec.mode,
+        difficulty=spec.difficulty.clamp(difficulty),
+        min_difficulty=spec.difficulty.min,
+        algorithm=spec.challenge.algorithm,
+        challenge_ttl_seconds=spec.challenge.lifetime_seconds,
+        routes=spec.routes,
+        exempt_paths=spec.exempt_paths,
+        queue=spec.queue,
+    )
+    return config.model_copy(update={"version": config.content_version()})

@@ -1,0 +1,521 @@
+"""The operator against the real API server (and a real Prometheus for the signal tests).
+
+The operator runs as its own process (``python -m powgate_operator``), watching
+only the test's namespace, exactly as it would in a pod except for how it
+finds the API server (a kubeconfig instead of a service account).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from powgate import KeyRing
+from powgate.config import SidecarConfig
+from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_testbed.cluster import ClusterAccess
+from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())
+#: Generous bounds for waits on a loaded 2-core machine; they bound a hang, never measure speed.
+WAIT = 60.0
+T = TypeVar("T")
+#: The last policy read, for the message of a wait that timed out.
+LAST_SEEN: dict[str, Any] = {}
+
+pytestmark = pytest.mark.slow
+
+
+def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            seen = json.dumps(LAST_SEEN.get("status"), indent=1)
+            pytest.fail(f"timed out waiting for {what}; last status seen:\n{seen}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def crd(kube_client: k8s.ApiClient) -> None:
+    api = k8s.ApiextensionsV1Api(kube_client)
+    name = CRD["metadata"]["name"]
+    try:
+        current = api.read_custom_resource_definition(name)
+    except k8s.ApiException as exc:
+        if exc.status != HTTPStatus.NOT_FOUND:
+            raise
+        api.create_custom_resource_definition(CRD)
+    else:
+        body = copy.deepcopy(CRD)
+        assert current.metadata is not None
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        api.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        status = api.read_custom_resource_definition(name).status
+        conditions = (status.conditions if status else None) or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    eventually(established, what="the CRD to be established")
+
+
+@pytest.fixture
+def custom(kube_client: k8s.ApiClient, crd: None) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(kube_client)
+
+
+@pytest.fixture
+def core(kube_client: k8s.ApiClient) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(kube_client)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Operator:
+    """One operator process (its own process group, its output in a log file); restartable."""
+
+    def __init__(self, *, cluster: ClusterAccess, namespace: str, logs: Path) -> None:
+        self._env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self._namespace = namespace
+        self._logs = logs
+        self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        argv = [
+            sys.executable,
+            "-m",
+            "powgate_operator",
+            "--namespace",
+            self._namespace,
+            "--metrics-listen",
+            f"127.0.0.1:{free_port()}",
+            "--health-listen",
+            f"127.0.0.1:{free_port()}",
+            "--verbose",
+        ]
+        with (self._logs / f"operator-{self.starts}.log").open("wb") as log:
+            self._process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._process is None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self._logs.glob("*.log")))
+
+
+@pytest.fixture
+def operator(
+    cluster: ClusterAccess, namespace: str, custom: k8s.CustomObjectsApi, tmp_path: Path
+) -> Iterator[Operator]:
+    process = Operator(cluster=cluster, namespace=namespace, logs=tmp_path)
+    process.start()
+    try:
+        yield process
+        # Policies carry the operator's finalizer: delete them while it runs, so the
+        # namespace can go afterwards.
+        if process.stopped:
+            process.start()
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+
+        def none_left() -> bool:
+            listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            return isinstance(listed, dict) and not listed["items"]
+
+        eventually(none_left, what="the policies to be deleted")
+    finally:
+        process.stop()
+        # Shown by pytest only when the test failed.
+        print(process.log()[-6000:])
+
+
+def policy(name: str, **spec: Any) -> dict[str, Any]:
+    body = {"selector": {"matchLabels": {"app": name}}}
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PowPolicy",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def create(custom: k8s.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def get(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    assert isinstance(obj, dict)
+    LAST_SEEN["status"] = obj.get("status")
+    return obj
+
+
+def patch_spec(
+    custom: k8s.CustomObjectsApi, namespace: str, name: str, spec: dict[str, Any]
+) -> None:
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def condition(obj: dict[str, Any], kind: str) -> str | None:
+    for entry in obj.get("status", {}).get("conditions", []):
+        if entry["type"] == kind:
+            return str(entry["status"])
+    return None
+
+
+def rendered(core: k8s.CoreV1Api, namespace: str, name: str) -> SidecarConfig | None:
+    try:
+        config_map = core.read_namespaced_config_map(config_map_name(name), namespace)
+    except k8s.ApiException as exc:
+        if exc.status == HTTPStatus.NOT_FOUND:
+            return None
+        raise
+    assert config_map.data is not None
+    return SidecarConfig.from_json(config_map.data["config.json"])
+
+
+# -- the API server validates policies --------------------------------------------------
+
+REJECTED = [
+    ("min above max", {"difficulty": {"min": 500, "max": 100}}, "difficulty.min must not exceed"),
+    (
+        "initial outside the range",
+        {"difficulty": {"min": 100, "max": 500, "initial": 900}},
+        "difficulty.initial must lie within",
+    ),
+    ("unknown mode", {"mode": "panic"}, "spec.mode"),
+    ("zero interval", {"evaluationIntervalSeconds": 0}, "evaluationIntervalSeconds"),
+    ("empty selector", {"selector": {}}, "selector must not be empty"),
+    (
+        "duplicate signal names",
+        {
+            "signals": [
+                {"name": "a", "query": "x", "target": 1},
+                {"name": "a", "query": "y", "target": 2},
+            ]
+        },
+        "Duplicate value",
+    ),
+    (
+        "fixed fallback outside the range",
+        {"difficulty": {"min": 10, "max": 20}, "fallback": {"action": "Fixed", "difficulty": 99}},
+        "fallback.difficulty must lie within",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [r[1:] for r in REJECTED], ids=[r[0] for r in REJECTED]
+)
+def test_api_server_rejects_bad_policies(
+    custom: k8s.CustomObjectsApi, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(k8s.ApiException) as caught:
+        create(custom, namespace, policy("bad", **spec))
+    assert caught.value.status == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert message in str(caught.value.body)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_apply_cleanly(custom: k8s.CustomObjectsApi, namespace: str, path: Path) -> None:
+    for document in yaml.safe_load_all(path.read_text()):
+        document["metadata"]["namespace"] = namespace
+        create(custom, namespace, document)
+        stored = get(custom, namespace, document["metadata"]["name"])
+        # The API server filled in the defaults the model declares.
+        assert stored["spec"]["behavior"]["decrease"]["stabilizationWindowSeconds"] >= 0
+        assert stored["spec"]["fallback"]["action"] in {"Hold", "Fixed"}
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+
+def test_policy_lifecycle(
+    operator: Operator, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
+) -> None:
+    create(
+        custom, namespace, policy("chat", difficulty={"min": 1000, "initial": 4000, "max": 90_000})
+    )
+
+    def ready() -> dict[str, Any] | None:
+        obj = get(custom, namespace, "chat")
+        return obj if condition(obj, "Ready") == "True" else None
+
+    obj = eventually(ready, what="Ready=True")
+    assert obj["status"]["difficulty"] == 4000
+    config = eventually(lambda: rendered(core, namespace, "chat"), what="the config map")
+    assert (config.difficulty, config.policy, config.mode) == (4000, f"{namespace}/chat", "enforce")
+    assert config.version == obj["status"]["configVersion"]
+    secret = core.read_namespaced_secret(key_secret_name("chat"), namespace)
+    assert secret.data is not None
+    assert secret.metadata is not None
+    ring = KeyRing.from_json(base64.b64decode(secret.data["keyring.json"]))
+    assert len(ring.signing_key.secret) >= 32
+    owners = {ref.uid for ref in secret.metadata.owner_references or []}
+    assert owners == {obj["metadata"]["uid"]}
+
+    # An edit of mode and bounds reaches the config object in one reconcile.
+    patch_spec(
+        custom, namespace, "chat", {"mode": "observe", "difficulty": {"min": 6000, "initial": None}}
+    )
+
+    def edited() -> SidecarConfig | None:
+        current = rendered(core, namespace, "chat")
+        return current if current and current.mode == "observe" else None
+
+    config = eventually(edited, what="the edit in the config map")
+    assert (config.difficulty, config.min_difficulty) == (6000, 6000)
+    history = get(custom, namespace, "chat")["status"]["history"]
+    assert history[-1]["reason"] == "BoundsChanged"
+
+    # Deleting the policy removes what it owns (garbage collection by owner reference).
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
+
+    def gone() -> bool:
+        maps = core.list_namespaced_config_map(namespace).items
+        names = {c.metadata.name for c in maps if c.metadata}
+        secrets = {
+            s.metadata.name for s in core.list_namespaced_secret(namespace).items if s.metadata
+        }
+        return config_map_name("chat") not in names and key_secret_name("chat") not in secrets
+
+    eventually(gone, what="owned objects to be collected")
+
+
+def test_bad_key_secret_is_kept_and_reported(
+    operator: Operator, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
+) -> None:
+    junk = base64.b64encode(b"{not json").decode()
+    core.create_namespaced_secret(
+        namespace,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name=key_secret_name("keys")), data={"keyring.json": junk}
+        ),
+    )
+    create(custom, namespace, policy("keys"))
+
+    def not_ready() -> dict[str, Any] | None:
+        obj = get(custom, namespace, "keys")
+        return obj if condition(obj, "Ready") == "False" else None
+
+    obj = eventually(not_ready, what="Ready=False")
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "KeySecretInvalid"
+    secret = core.read_namespaced_secret(key_secret_name("keys"), namespace)
+    assert secret.data == {"keyring.json": junk}
+
+
+# -- signals from a real Prometheus -------------------------------------------------------
+
+
+TARGET = 10
+
+
+class Pressure:
+    """A gauge served on 127.0.0.1 for Prometheus to scrape: the test sets the signal."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.gauge = Gauge("test_pressure", "what the signal reads", registry=self.registry)
+        # At the policies' target from the first scrape on: a default 0 would be a real
+        # (very low) reading and lower difficulty before the test has set anything.
+        self.gauge.set(TARGET)
+        self.port = free_port()
+        self.server, self.thread = start_http_server(
+            self.port, addr="127.0.0.1", registry=self.registry
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def pressure(prometheus: PrometheusServer) -> Iterator[Pressure]:
+    source = Pressure()
+    prometheus.set_targets(
+        [ScrapeTarget(job=f"pressure-{source.port}", address=f"127.0.0.1:{source.port}")]
+    )
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+def difficulty(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> int | None:
+    value = get(custom, namespace, name).get("status", {}).get("difficulty")
+    return None if value is None else int(value)
+
+
+def test_signals_drive_difficulty(
+    operator: Operator,
+    custom: k8s.CustomObjectsApi,
+    core: k8s.CoreV1Api,
+    namespace: str,
+    prometheus: PrometheusServer,
+    pressure: Pressure,
+) -> None:
+    create(
+        custom,
+        namespace,
+        policy(
+            "adaptive",
+            difficulty={"min": 1000, "initial": 10_000, "max": 1_000_000},
+            prometheus={"address": prometheus.url, "timeoutSeconds": 2},
+            signals=[
+                {
+                    "name": "pressure",
+                    "query": f'max(test_pressure{{job="pressure-{pressure.port}"}})',
+                    "target": TARGET,
+                    # Until Prometheus has scraped the gauge once, hold (no series yet).
+                    "onEmpty": "Failure",
+                }
+            ],
+            behavior={
+                "increase": {"policies": []},
+                "decrease": {"stabilizationWindowSeconds": 8, "policies": []},
+            },
+            evaluationIntervalSeconds=1,
+        ),
+    )
+
+    def healthy() -> dict[str, Any] | None:
+        obj = get(custom, namespace, "adaptive")
+        return obj if condition(obj, "SignalsHealthy") == "True" else None
+
+    eventually(healthy, what="SignalsHealthy=True")
+    assert difficulty(custom, namespace, "adaptive") == 10_000
+
+    # Four times the target: difficulty rises proportionally (no step policy configured).
+    pressure.gauge.set(40)
+    eventually(lambda: difficulty(custom, namespace, "adaptive") == 40_000, what="the increase")
+
+    def raised_config() -> SidecarConfig | None:
+        current = rendered(core, namespace, "adaptive")
+        return current if current and current.difficulty == 40_000 else None
+
+    eventually(raised_config, what="the raised config")
+
+    # Back to a tenth of the target: held for the decrease window, then lowered.
+    pressure.gauge.set(1)
+    eventually(lambda: difficulty(custom, namespace, "adaptive") != 40_000, what="the decrease")
+    raised, lowered = get(custom, namespace, "adaptive")["status"]["history"][-2:]
+    assert (raised["reason"], lowered["reason"]) == ("AboveTarget", "BelowTarget")
+    # High recommendations went on after the raise, so the window kept the decrease back.
+    assert seconds_between(raised["time"], lowered["time"]) >= 8
+
+    # A Prometheus outage (the address now leads nowhere) holds difficulty and says so.
+    held = difficulty(custom, namespace, "adaptive")
+    patch_spec(
+        custom,
+        namespace,
+        "adaptive",
+        {"prometheus": {"address": f"http://127.0.0.1:{free_port()}"}},
+    )
+
+    def failing() -> dict[str, Any] | None:
+        current = get(custom, namespace, "adaptive")
+        return current if condition(current, "SignalsHealthy") == "False" else None
+
+    obj = eventually(failing, what="SignalsHealthy=False")
+    assert condition(obj, "FallbackActive") == "True"
+    assert obj["status"]["signals"][0]["reason"] == "Unreachable"
+    assert difficulty(custom, namespace, "adaptive") == held
+
+    # Recovery clears it.
+    patch_spec(custom, namespace, "adaptive", {"prometheus": {"address": prometheus.url}})
+    obj = eventually(healthy, what="SignalsHealthy=True again")
+    assert condition(obj, "FallbackActive") == "False"
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def test_restart_keeps_difficulty(
+    operator: Operator,
+    custom: k8s.CustomObjectsApi,
+    namespace: str,
+    prometheus: PrometheusServer,
+    pressure: Pressure,
+) -> None:
+    pressure.gauge.set(30)
+    create(
+        custom,
+        namespace,
+        policy(
+            "sticky",
+            difficulty={"min": 1000, "initial": 10_000, "max": 1_000_000},
+            prometheus={"address": prometheus.url},
+            signals=[
+                {
+                    "name": "pressure",
+                    "query": f'max(test_pressure{{job="pressure-{pressure.port}"}})',
+                    "target": TARGET,
+                    # Until Prometheus has scraped the gauge once, hold (no series yet).
+                    "onEmpty": "Failure",
+                }
+            ],
+            behavior={
+                "increase": {"policies": []},
+                "decrease": {"stabilizationWindowSeconds": 600},
+            },
+            evaluationIntervalSeconds=1,
+        ),
+    )
+    eventually(lambda: difficulty(custom, namespace, "sticky") == 30_000, what="the increase")
+    operator.stop()
+    pressure.gauge.set(TARGET)  # at target: a fresh start from `initial` would settle at 10000
+    operator.start()
+
+    def evaluated_again() -> dict[str, Any] | None:
+        obj = get(custom, namespace, "sticky")
+        signals = obj["status"].get("signals", [])
+        return obj if signals and signals[0].get("value") == TARGET else None
+
+    obj = eventually(evaluated_again, what="an evaluation by the new process")
+    assert obj["status"]["difficulty"] == 30_000
+    assert json.dumps(obj["status"]["history"]).count("AboveTarget") == 1

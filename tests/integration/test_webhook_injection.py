@@ -1,0 +1,326 @@
+"""Sidecar injection by the operator's webhook, against the real API server.
+
+The operator runs as its own process with the webhook on, watching only the
+test's namespace; the API server calls it over TLS with the CA bundle the
+operator issued and wrote into its MutatingWebhookConfiguration. Pods come
+from a real Deployment (controller manager → ReplicaSet → pods), and the
+assertions read the pods as stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_operator._inject import (
+    INJECTED_ANNOTATION,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    OPT_OUT_LABEL,
+    SIDECAR_NAME,
+    role_name,
+)
+from powgate_testbed.cluster import ClusterAccess
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())
+#: Bounds a hang on a busy 2-core machine; never a speed assertion.
+WAIT = 60.0
+T = TypeVar("T")
+
+pytestmark = pytest.mark.slow
+
+
+def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def crd(kube_client: k8s.ApiClient) -> None:
+    api = k8s.ApiextensionsV1Api(kube_client)
+    name = CRD["metadata"]["name"]
+    try:
+        current = api.read_custom_resource_definition(name)
+    except k8s.ApiException as exc:
+        if exc.status != HTTPStatus.NOT_FOUND:
+            raise
+        api.create_custom_resource_definition(CRD)
+    else:
+        body = copy.deepcopy(CRD)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        api.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        conditions = api.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    eventually(established, what="the CRD to be established")
+
+
+class Operator:
+    """The operator process with the injection webhook on."""
+
+    def __init__(self, *, cluster: ClusterAccess, namespace: str, root: Path) -> None:
+        port = _free_port()
+        self.configuration = f"injector-{namespace}"
+        self._argv = [
+            sys.executable,
+            "-m",
+            "powgate_operator",
+            "--namespace",
+            namespace,
+            "--metrics-listen",
+            f"127.0.0.1:{_free_port()}",
+            "--health-listen",
+            f"127.0.0.1:{_free_port()}",
+            "--webhook-listen",
+            f"127.0.0.1:{port}",
+            "--webhook-url",
+            f"https://127.0.0.1:{port}",
+            "--webhook-configuration",
+            self.configuration,
+            "--webhook-cert-dir",
+            str(root / "certs"),
+            "--operator-namespace",
+            "default",
+            "--sidecar-image",
+            "powgate/sidecar:test",
+            "--verbose",
+        ]
+        self._env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self._log = root / "operator.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")
+
+
+@pytest.fixture
+def opted_in(kube_client: k8s.ApiClient, namespace: str) -> str:
+    k8s.CoreV1Api(kube_client).patch_namespace(
+        namespace, {"metadata": {"labels": {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE}}}
+    )
+    return namespace
+
+
+@pytest.fixture
+def operator(
+    cluster: ClusterAccess,
+    kube_client: k8s.ApiClient,
+    crd: None,
+    opted_in: str,
+    tmp_path: Path,
+) -> Iterator[Operator]:
+    if not cluster.reaches_loopback:
+        pytest.skip("the API server cannot call a webhook on this machine's loopback")
+    process = Operator(cluster=cluster, namespace=opted_in, root=tmp_path)
+    process.start()
+    admission = k8s.AdmissionregistrationV1Api(kube_client)
+    try:
+        yield process
+    finally:
+        process.stop()
+        try:
+            admission.delete_mutating_webhook_configuration(process.configuration)
+        except k8s.ApiException as exc:
+            if exc.status != HTTPStatus.NOT_FOUND:
+                raise
+        if os.environ.get("POWGATE_SHOW_LOGS"):
+            print(process.log())
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PowPolicy",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": "llm"}}},
+    }
+
+
+def _pod_spec(*, automount: bool = True) -> dict[str, Any]:
+    return {
+        "automountServiceAccountToken": automount,
+        "containers": [
+            {
+                "name": "model",
+                "image": "standin:test",
+                "ports": [{"name": "http", "containerPort": 8000}],
+                "readinessProbe": {"httpGet": {"path": "/v1/models", "port": "http"}},
+            }
+        ],
+    }
+
+
+def _deployment(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"deployment": name}},
+            "template": {
+                "metadata": {"labels": {**labels, "deployment": name}},
+                "spec": _pod_spec(automount=False),
+            },
+        },
+    }
+
+
+def _create_pod(core: k8s.CoreV1Api, namespace: str, name: str, labels: dict[str, str]) -> Any:
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}}
+    body["spec"] = _pod_spec()
+    return core.api_client.sanitize_for_serialization(core.create_namespaced_pod(namespace, body))
+
+
+def _injected_probe(core: k8s.CoreV1Api, namespace: str) -> Callable[[], dict[str, Any] | None]:
+    """Creates a throw-away selected pod until one comes back injected (webhook in force)."""
+    counter = iter(range(10_000))
+
+    def probe() -> dict[str, Any] | None:
+        name = f"probe-{next(counter)}"
+        pod = _create_pod(core, namespace, name, {"app": "llm"})
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        return pod if INJECTED_ANNOTATION in (pod["metadata"].get("annotations") or {}) else None
+
+    return probe
+
+
+def _sidecar(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["spec"].get("initContainers", []) if c["name"] == SIDECAR_NAME)
+
+
+def test_selected_pods_get_the_sidecar_and_others_are_untouched(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    namespace = opted_in
+    core, apps = k8s.CoreV1Api(kube_client), k8s.AppsV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
+    eventually(_injected_probe(core, namespace), what="the webhook to inject")
+
+    apps.create_namespaced_deployment(namespace, _deployment("llm", {"app": "llm"}))
+
+    def deployed_pod() -> dict[str, Any] | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="deployment=llm").items
+        return core.api_client.sanitize_for_serialization(pods[0]) if pods else None
+
+    pod = eventually(deployed_pod, what="the Deployment's pod")
+    sidecar = _sidecar(pod)
+    assert sidecar["restartPolicy"] == "Always"  # native sidecar on this 1.29+ API server
+    assert sidecar["image"] == "powgate/sidecar:test"
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]} == {
+        "http": 8480,
+        "powgate-metrics": 9480,
+    }
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["POWGATE_UPSTREAM"] == "http://127.0.0.1:8000"
+    assert env["POWGATE_CONFIG_OBJECT"] == f"{namespace}/{config_map_name('llm')}"
+    assert env["POWGATE_KEY_FILE"] == "/etc/powgate/keys"
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    (model,) = pod["spec"]["containers"]
+    assert model["ports"][0]["name"] == "http-app"
+    assert model["ports"][0]["containerPort"] == 8000
+    assert model["readinessProbe"]["httpGet"]["port"] == "http-app"
+    # The pod turns automounting off, yet the sidecar has its own projected token.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    sources = volumes["powgate-token"]["projected"]["sources"]
+    assert any("serviceAccountToken" in s for s in sources)
+    assert volumes["powgate-keys"]["secret"]["secretName"] == key_secret_name("llm")
+    assert pod["metadata"]["annotations"][INJECTED_ANNOTATION] == "llm"
+
+    # The pod's service account may read exactly the policy's ConfigMap and Secret.
+    rbac = k8s.RbacAuthorizationV1Api(kube_client)
+    role = rbac.read_namespaced_role(role_name("llm"), namespace)
+    assert sorted(n for r in role.rules for n in r.resource_names) == sorted(
+        [config_map_name("llm"), key_secret_name("llm")]
+    )
+    binding = rbac.read_namespaced_role_binding(role_name("llm"), namespace)
+    assert [(s.kind, s.name) for s in binding.subjects] == [("ServiceAccount", "default")]
+
+    # Not selected, and opted out: stored exactly as sent.
+    for name, labels in (
+        ("other", {"app": "other"}),
+        ("opted-out", {"app": "llm", OPT_OUT_LABEL: "false"}),
+    ):
+        stored = _create_pod(core, namespace, name, labels)
+        assert INJECTED_ANNOTATION not in (stored["metadata"].get("annotations") or {})
+        assert "initContainers" not in stored["spec"]
+        assert stored["spec"]["containers"][0]["ports"][0]["name"] == "http"
+
+    # Re-applying the Deployment changes nothing: same template, same single pod.
+    apps.patch_namespaced_deployment("llm", namespace, _deployment("llm", {"app": "llm"}))
+    time.sleep(2)
+    pods = core.list_namespaced_pod(namespace, label_selector="deployment=llm").items
+    assert [p.metadata.name for p in pods] == [pod["metadata"]["name"]]
+    assert sum(c.name == SIDECAR_NAME for c in pods[0].spec.init_containers) == 1
+
+
+def test_webhook_down_with_ignore_does_not_block_pods(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    namespace = opted_in
+    core = k8s.CoreV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
+    eventually(_injected_probe(core, namespace), what="the webhook to inject")
+    operator.stop()
+
+    admission = k8s.AdmissionregistrationV1Api(kube_client)
+    (webhook,) = admission.read_mutating_webhook_configuration(operator.configuration).webhooks
+    assert webhook.failure_policy == "Ignore"
+    # The configuration still sends pods to the stopped webhook; Ignore admits them as sent.
+    stored = _create_pod(core, namespace, "while-down", {"app": "llm"})
+    assert INJECTED_ANNOTATION not in (stored["metadata"].get("annotations") or {})
+    assert stored["spec"]["containers"][0]["ports"][0]["name"] == "http"

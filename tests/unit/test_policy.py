@@ -1,0 +1,139 @@
+"""The PowPolicy models: validation and rendering of the sidecar config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from powgate.config import Mode, SidecarConfig
+from powgate.policy import PolicySpec, PolicyStatus, SignalSpec, render_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def spec(**fields: Any) -> PolicySpec:
+    return PolicySpec.model_validate({"selector": {"matchLabels": {"app": "llm"}}, **fields})
+
+
+def test_defaults_are_complete_and_sane() -> None:
+    policy = spec()
+    assert policy.mode is Mode.ENFORCE
+    assert policy.difficulty.start == policy.difficulty.min
+    assert policy.fallback.action == "Hold"
+    assert policy.behavior.decrease.stabilization_window_seconds == 300
+
+
+BAD = [
+    ("empty selector", {"selector": {}}, "selector must not be empty"),
+    ("min above max", {"difficulty": {"min": 10, "max": 5}}, "min must not exceed"),
+    ("initial outside", {"difficulty": {"min": 10, "max": 50, "initial": 60}}, "initial must lie"),
+    ("unknown mode", {"mode": "panic"}, "mode"),
+    ("zero interval", {"evaluationIntervalSeconds": 0}, "evaluationIntervalSeconds"),
+    ("zero target", {"signals": [{"name": "a", "query": "q", "target": 0}]}, "target"),
+    (
+        "duplicate signals",
+        {"signals": [{"name": "a", "query": "q", "target": 1}] * 2},
+        "signals names must be unique",
+    ),
+    (
+        "fixed fallback without difficulty",
+        {"fallback": {"action": "Fixed"}},
+        "fallback.difficulty is required",
+    ),
+    (
+        "fixed fallback out of range",
+        {"difficulty": {"min": 10, "max": 50}, "fallback": {"action": "Fixed", "difficulty": 99}},
+        "fallback.difficulty must lie",
+    ),
+    (
+        "rotation shorter than a challenge lifetime",
+        {"keys": {"rotationIntervalSeconds": 60}, "challenge": {"lifetimeSeconds": 300}},
+        "rotationIntervalSeconds must be 0 or at least",
+    ),
+    ("unknown field", {"difficulty": {"minimum": 3}}, "minimum"),
+    (
+        "In without values",
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}},
+        "values must be non-empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_invalid_specs_are_rejected_with_a_clear_message(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(**fields)
+
+
+def test_query_placeholders() -> None:
+    signal = SignalSpec(
+        name="junk",
+        query='sum(rate(x{namespace="$namespace",policy="$policy"}[1m])) / $unknown',
+        target=1,
+    )
+    assert signal.render_query(namespace="ai", name="chat") == (
+        'sum(rate(x{namespace="ai",policy="ai/chat"}[1m])) / $unknown'
+    )
+
+
+def test_render_config_carries_the_policy_and_a_content_version() -> None:
+    policy = spec(
+        mode="observe",
+        difficulty={"min": 1000, "max": 9000},
+        challenge={"lifetimeSeconds": 60},
+        routes=[{"name": "chat", "paths": ["/v1/chat/*"], "difficultyMultiplier": 2}],
+    )
+    config = render_config(spec=policy, namespace="ai", name="chat", difficulty=5000)
+    assert config.policy == "ai/chat"
+    assert (config.mode, config.difficulty, config.min_difficulty) == (Mode.OBSERVE, 5000, 1000)
+    assert config.challenge_ttl_seconds == 60
+    assert config.routes == policy.routes
+    assert config.version == config.content_version()
+    assert SidecarConfig.from_json(config.to_json()) == config
+    # The rendered difficulty never leaves the policy's bounds.
+    assert render_config(spec=policy, namespace="ai", name="chat", difficulty=1).difficulty == 1000
+    other = render_config(spec=policy, namespace="ai", name="chat", difficulty=6000)
+    assert other.version != config.version
+
+
+def test_status_round_trips_through_json() -> None:
+    status = PolicyStatus.model_validate(
+        {
+            "observedGeneration": 3,
+            "difficulty": 5000,
+            "history": [
+                {
+                    "time": "2026-01-01T00:00:00Z",
+                    "previous": 1000,
+                    "difficulty": 5000,
+                    "reason": "AboveTarget",
+                }
+            ],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Rendered",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+    )
+    again = PolicyStatus.model_validate_json(status.model_dump_json(by_alias=True))
+    assert again == status
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid_policies(path: Path) -> None:
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    policies = [d for d in documents if d.get("kind") == "PowPolicy"]
+    assert policies, f"{path.name} holds no PowPolicy"
+    for document in policies:
+        assert document["apiVersion"] == "powgate.dev/v1alpha1"
+        PolicySpec.model_validate(document["spec"])
