@@ -115,6 +115,7 @@ class InjectionSettings:
     proxy_port: int = 8480
     metrics_port: int = 9480
     native_sidecar: bool = True
+    log_level: str = "info"
     run_as_user: int = 65532
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_resources)
 
@@ -331,6 +332,7 @@ def _sidecar(
                 "value": f"{namespace}/{config_map_name(policy.name)}",
             },
             {"name": "POWGATE_KEY_FILE", "value": KEYS_MOUNT},
+            {"name": "POWGATE_LOG_LEVEL", "value": settings.log_level},
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("POD_IP", "status.podIP"),

@@ -28,7 +28,6 @@ __all__ = [
     "CA_LIFETIME",
     "CA_RENEW_BEFORE",
     "SERVING_LIFETIME",
-    "SERVING_RENEW_BEFORE",
     "WebhookTLS",
     "not_after",
     "renewed",
@@ -36,8 +35,8 @@ __all__ = [
 
 CA_LIFETIME: Final = dt.timedelta(days=365)
 CA_RENEW_BEFORE: Final = dt.timedelta(days=90)
+#: The default; ``--webhook-cert-validity-days`` sets it. Renewal starts with a third left.
 SERVING_LIFETIME: Final = dt.timedelta(days=90)
-SERVING_RENEW_BEFORE: Final = dt.timedelta(days=30)
 #: Tolerates clocks of API servers a little behind the operator's.
 _BACKDATE: Final = dt.timedelta(minutes=5)
 _KEYS: Final = ("ca.crt", "ca.key", "tls.crt", "tls.key", "ca-previous.crt")
@@ -83,28 +82,51 @@ def not_after(pem: bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc
 
 
-def renewed(current: WebhookTLS | None, *, hosts: Sequence[str], now: dt.datetime) -> WebhookTLS:
-    """``current`` if it serves ``hosts`` for a while yet; otherwise what replaces it."""
+def renewed(
+    current: WebhookTLS | None,
+    *,
+    hosts: Sequence[str],
+    now: dt.datetime,
+    lifetime: dt.timedelta = SERVING_LIFETIME,
+) -> WebhookTLS:
+    """``current`` if it serves ``hosts`` for a while yet; otherwise what replaces it.
+
+    The serving certificate lives ``lifetime`` and renews when a third of it is
+    left. The CA outlives it at least fourfold and renews while it can still
+    sign a full-lifetime certificate, so a serving certificate is never cut
+    short by its CA (which would renew it on every check).
+    """
+    if lifetime <= dt.timedelta(0):
+        raise ValueError("the serving certificate lifetime must be positive")
+    ca_lifetime = max(CA_LIFETIME, 4 * lifetime)
+    ca_renew_before = max(CA_RENEW_BEFORE, lifetime + lifetime / 3)
     if current is None:
-        ca_cert, ca_key = _new_ca(now)
-        return _with_serving(WebhookTLS(ca_cert, ca_key, b"", b""), hosts=hosts, now=now)
+        ca_cert, ca_key = _new_ca(now, lifetime=ca_lifetime)
+        return _with_serving(
+            WebhookTLS(ca_cert, ca_key, b"", b""), hosts=hosts, now=now, lifetime=lifetime
+        )
     tls = current
     if tls.previous_ca and not_after(tls.previous_ca) <= now:
         tls = replace(tls, previous_ca=b"")
-    if not_after(tls.ca_cert) - now <= CA_RENEW_BEFORE:
-        ca_cert, ca_key = _new_ca(now)
+    if not_after(tls.ca_cert) - now <= ca_renew_before:
+        ca_cert, ca_key = _new_ca(now, lifetime=ca_lifetime)
         return _with_serving(
-            WebhookTLS(ca_cert, ca_key, b"", b"", previous_ca=tls.ca_cert), hosts=hosts, now=now
+            WebhookTLS(ca_cert, ca_key, b"", b"", previous_ca=tls.ca_cert),
+            hosts=hosts,
+            now=now,
+            lifetime=lifetime,
         )
-    if _serving_needs_renewal(tls, hosts=hosts, now=now):
-        return _with_serving(tls, hosts=hosts, now=now)
+    if _serving_needs_renewal(tls, hosts=hosts, now=now, renew_before=lifetime / 3):
+        return _with_serving(tls, hosts=hosts, now=now, lifetime=lifetime)
     return tls
 
 
-def _serving_needs_renewal(tls: WebhookTLS, *, hosts: Sequence[str], now: dt.datetime) -> bool:
+def _serving_needs_renewal(
+    tls: WebhookTLS, *, hosts: Sequence[str], now: dt.datetime, renew_before: dt.timedelta
+) -> bool:
     cert = x509.load_pem_x509_certificate(tls.cert)
     ca = x509.load_pem_x509_certificate(tls.ca_cert)
-    if cert.not_valid_after_utc - now <= SERVING_RENEW_BEFORE or cert.issuer != ca.subject:
+    if cert.not_valid_after_utc - now <= renew_before or cert.issuer != ca.subject:
         return True
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -138,7 +160,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _new_ca(now: dt.datetime) -> tuple[bytes, bytes]:
+def _new_ca(now: dt.datetime, *, lifetime: dt.timedelta) -> tuple[bytes, bytes]:
     key = _new_key()
     # A unique subject per CA: a certificate's issuer then tells which CA signed it.
     name = x509.Name(
@@ -151,7 +173,7 @@ def _new_ca(now: dt.datetime) -> tuple[bytes, bytes]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -173,7 +195,9 @@ def _new_ca(now: dt.datetime) -> tuple[bytes, bytes]:
     return _cert_pem(cert), _key_pem(key)
 
 
-def _with_serving(tls: WebhookTLS, *, hosts: Sequence[str], now: dt.datetime) -> WebhookTLS:
+def _with_serving(
+    tls: WebhookTLS, *, hosts: Sequence[str], now: dt.datetime, lifetime: dt.timedelta
+) -> WebhookTLS:
     if not hosts:
         raise ValueError("the serving certificate needs at least one host name or address")
     ca_cert = x509.load_pem_x509_certificate(tls.ca_cert)
@@ -194,7 +218,7 @@ def _with_serving(tls: WebhookTLS, *, hosts: Sequence[str], now: dt.datetime) ->
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(min(now + SERVING_LIFETIME, ca_cert.not_valid_after_utc))
+        .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -10,30 +10,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import logging
+import os
+import secrets
 import sys
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from ._options import add_webhook_arguments, webhook_options
 from ._prometheus import SignalReader
 from ._reconcile import Reconciler
 from ._server import Endpoint, start_servers
 from .handlers import build_registry
-from .webhook import add_arguments as add_webhook_arguments
+from .webhook import Injector
 from .webhook import install as install_webhook
-from .webhook import options_from_args as webhook_options
 
-__all__ = ["add_command", "run"]
+__all__ = ["add_command", "peering_priority", "run"]
 
 log = logging.getLogger("powgate.operator")
 
 _PREFIX: Final = "powgate.dev"
 _KUBE_THREADS: Final = 32
 _LOG_FORMATS: Final = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
+#: Derived peering priorities stay below this; an explicit ``--priority`` may exceed it.
+_PRIORITY_RANGE: Final = 2**31
 
 
 def _endpoint(text: str) -> Endpoint:
@@ -80,7 +87,11 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "without it the operator runs standalone",
     )
     parser.add_argument(
-        "--priority", type=int, default=0, help="peering priority: the highest one is active"
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority: the highest one is active (default: derived from $POD_ID, "
+        "else random, so that no two replicas tie — kopf pauses replicas that tie)",
     )
     parser.add_argument("--log-format", choices=sorted(_LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -100,6 +111,21 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def peering_priority(*, explicit: int | None, pod_id: str | None) -> int:
+    """This replica's peering priority: ``explicit``, or one no other replica shares.
+
+    kopf pauses every replica that shares the highest priority, so equal
+    defaults would leave no replica active. A hash of the pod's name is stable
+    across restarts of the same pod; without one, a random number does.
+    """
+    if explicit is not None:
+        return explicit
+    if pod_id:
+        digest = hashlib.sha256(pod_id.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % _PRIORITY_RANGE
+    return secrets.randbelow(_PRIORITY_RANGE)
 
 
 def settings(*, peering: str | None, priority: int) -> kopf.OperatorSettings:
@@ -148,15 +174,32 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     api = _api_client()
     reader = SignalReader()
-    ready = asyncio.Event()
-    runners = await start_servers(
-        metrics=args.metrics_listen, health=args.health_listen, ready=ready
-    )
-    registry = build_registry(Reconciler(api=api, reader=reader))
-    operator_settings = settings(peering=args.peering, priority=args.priority)
-    if args.webhook is not None:
-        install_webhook(registry, operator_settings, options=args.webhook, api=api)
-    try:
+    started = asyncio.Event()  # kopf's: start-up handlers done
+    ready = asyncio.Event()  # /readyz
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(api.close)
+        stack.callback(reader.close)
+        runners = await start_servers(
+            metrics=args.metrics_listen, health=args.health_listen, ready=ready
+        )
+        for runner in runners:
+            stack.push_async_callback(runner.cleanup)
+        registry = build_registry(Reconciler(api=api, reader=reader))
+        priority = peering_priority(explicit=args.priority, pod_id=os.environ.get("POD_ID"))
+        operator_settings = settings(peering=args.peering, priority=priority)
+        if args.peering is not None:
+            log.info("peering %s with priority %d", args.peering, priority)
+        injector: Injector | None = None
+        if args.webhook is not None:
+            injector = install_webhook(
+                registry,
+                operator_settings,
+                options=args.webhook,
+                api=api,
+                namespaces=None if args.all_namespaces else args.namespace,
+            )
+            _background(stack, injector.follow(), name="policy listing")
+        _background(stack, _readiness(started, injector, ready), name="readiness")
         await kopf.operator(
             registry=registry,
             settings=operator_settings,
@@ -164,10 +207,33 @@ async def _serve(args: argparse.Namespace) -> None:
             namespaces=args.namespace,
             peering_name=args.peering,
             standalone=args.peering is None,
-            ready_flag=ready,
+            ready_flag=started,
         )
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        reader.close()
-        api.close()  # type: ignore[no-untyped-call]
+
+
+def _background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], *, name: str
+) -> None:
+    """Run ``work`` until the stack unwinds, then cancel it."""
+    task = asyncio.create_task(work, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
+
+
+async def _readiness(
+    started: asyncio.Event, injector: Injector | None, ready: asyncio.Event
+) -> None:
+    """Ready once kopf has started and, with the webhook, it serves and knows every policy.
+
+    Before that, a pod admitted by this replica could miss its sidecar.
+    """
+    await started.wait()
+    if injector is not None:
+        await injector.serving.wait()
+        await injector.listed.wait()
+    ready.set()

@@ -2,11 +2,20 @@
 
 :func:`install` adds to the operator's registry an index of PowPolicy
 selectors, the Pod CREATE handler (which runs :func:`._inject.plan`) and a
-kopf admission server that manages its own TLS: a CA and serving certificate
-kept in a Secret, renewed before expiry, with the CA bundle written into the
-MutatingWebhookConfiguration the operator also owns (kopf's own managed
-configuration cannot express the namespace selector, the short timeout or
-the failure policy this webhook needs).
+kopf admission server. Who owns what:
+
+- The MutatingWebhookConfiguration belongs to whoever installed powgate: the
+  Helm chart creates it (without ``caBundle``, so an upgrade never resets
+  it) and the operator only patches ``caBundle`` of the named object. With
+  ``--webhook-create-configuration`` (running without the chart) the
+  operator creates and updates the whole object itself (kopf's own managed
+  configuration cannot express the namespace selector, the short timeout or
+  the failure policy this webhook needs).
+- TLS: by default the operator runs its own CA, keeps it with the serving
+  certificate in a Secret (every replica serves the same certificate) and
+  renews both before expiry. With ``--webhook-cert-manager`` it serves the
+  mounted files of ``--webhook-cert-dir`` (reloaded when they change) and
+  leaves certificates and ``caBundle`` to cert-manager.
 
 The handler never refuses a pod: whatever goes wrong, the pod is admitted
 (unchanged, or injected with a warning) and the reason is logged and
@@ -17,15 +26,13 @@ and pods created meanwhile run without the sidecar — see docs/injection.md).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import copy
 import datetime as dt
 import logging
-import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -53,14 +60,14 @@ from ._inject import (
 )
 from ._objects import MANAGED_BY
 from ._reconcile import _raw
-from ._webhook_certs import WebhookTLS, not_after, renewed
+from ._webhook_certs import SERVING_LIFETIME, WebhookTLS, not_after, renewed
 
 __all__ = [
     "HANDLER_ID",
+    "WEBHOOK_NAME",
+    "Injector",
     "WebhookOptions",
-    "add_arguments",
     "install",
-    "options_from_args",
     "webhook_configuration_body",
 ]
 
@@ -68,10 +75,15 @@ log = logging.getLogger("powgate.operator.webhook")
 
 #: kopf routes ``<server>/<handler id>`` to the handler: the path in the client config.
 HANDLER_ID: Final = "inject"
-_WEBHOOK_NAME: Final = "inject.powgate.dev"
-_SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+WEBHOOK_NAME: Final = "inject.powgate.dev"
 #: How often the certificates are checked; renewal starts weeks before expiry.
 _RENEW_CHECK_SECONDS: Final = 3600.0
+#: After a failed certificate or configuration step (e.g. RBAC not there yet).
+_RETRY_SECONDS: Final = 10.0
+#: kopf restarts its server when the certificate files change; this is how often it looks.
+_FILE_CHECK_SECONDS: Final = 10.0
+#: Until kopf's index holds every listed policy, admissions use a listing this fresh.
+_RELIST_SECONDS: Final = 5.0
 _CONFLICT_RETRIES: Final = 5
 #: kopf passes an index to handlers under its function's name.
 _INDEX: Final = "powgate_policy_selectors"
@@ -84,6 +96,15 @@ INJECTIONS: Final = Counter(
 RBAC_ERRORS: Final = Counter(
     "powgate_operator_injection_rbac_errors_total",
     "Failures to grant an injected pod's service account read access to its config.",
+)
+TLS_ERRORS: Final = Counter(
+    "powgate_operator_webhook_tls_errors_total",
+    "Failed steps of keeping the webhook's certificate and caBundle current, by step.",
+    ["step"],
+)
+POLICY_LISTING_ERRORS: Final = Counter(
+    "powgate_operator_webhook_policy_listing_errors_total",
+    "Failed listings of PowPolicies while the webhook's index is not yet complete.",
 )
 CERT_EXPIRY: Final = Gauge(
     "powgate_operator_webhook_certificate_expiry_timestamp_seconds",
@@ -102,15 +123,24 @@ class WebhookOptions:
     #: Exactly one of ``url`` (the API server calls it directly) and ``service``.
     url: str | None = None
     service: tuple[str, str, int] | None = None
+    #: Create and update the whole configuration; otherwise only patch its ``caBundle``.
+    create_configuration: bool = False
+    #: Only used when the operator creates the configuration (the chart sets its own).
     failure_policy: str = "Ignore"
     timeout_seconds: int = 5
+    #: Where the serving certificate files are: written by the operator, or mounted.
     cert_dir: Path | None = None
+    #: The Secret holding the self-managed CA and serving certificate.
+    cert_secret: str | None = None
+    #: cert-manager (or anyone else) provides the files in ``cert_dir`` and the caBundle.
+    cert_manager: bool = False
+    cert_lifetime: dt.timedelta = SERVING_LIFETIME
     #: "auto" asks the API server's version; "native" or "container" force the form.
     sidecar_mode: str = "auto"
 
     @property
     def tls_secret(self) -> str:
-        return f"{self.configuration}-tls"
+        return self.cert_secret or f"{self.configuration}-tls"
 
     def hosts(self) -> list[str]:
         """The names the serving certificate must carry."""
@@ -148,7 +178,7 @@ def webhook_configuration_body(options: WebhookOptions, *, ca_bundle: bytes) -> 
         },
         "webhooks": [
             {
-                "name": _WEBHOOK_NAME,
+                "name": WEBHOOK_NAME,
                 "clientConfig": client,
                 "rules": [
                     {
@@ -198,6 +228,7 @@ class _Cluster:
         self._rbac = k8s.RbacAuthorizationV1Api(api)
         self._admission = k8s.AdmissionregistrationV1Api(api)
         self._version = k8s.VersionApi(api)
+        self._custom = k8s.CustomObjectsApi(api)
         self._options = options
         #: (policy uid, service account) pairs already granted: admission stays one lookup.
         self._granted: set[tuple[str, str]] = set()
@@ -254,7 +285,7 @@ class _Cluster:
             return
         raise RuntimeError(f"RoleBinding {namespace}/{name} kept changing; gave up")
 
-    def sync_tls(self, now: dt.datetime) -> WebhookTLS:
+    def sync_tls(self, now: dt.datetime, lifetime: dt.timedelta) -> WebhookTLS:
         """The certificates from the Secret, renewed and stored when due (first writer wins)."""
         name, namespace = self._options.tls_secret, self._options.operator_namespace
         for _ in range(_CONFLICT_RETRIES):
@@ -273,7 +304,7 @@ class _Cluster:
                 except ValueError as exc:
                     # A damaged Secret is replaced: the webhook cannot serve without it.
                     log.warning("%s; issuing new certificates", exc)
-            wanted = renewed(current, hosts=self._options.hosts(), now=now)
+            wanted = renewed(current, hosts=self._options.hosts(), now=now, lifetime=lifetime)
             if wanted == current:
                 return wanted
             body: dict[str, Any] = {
@@ -302,7 +333,10 @@ class _Cluster:
         raise RuntimeError(f"Secret {namespace}/{name} kept changing; gave up")
 
     def register(self, ca_bundle: bytes) -> None:
-        """Create or update the MutatingWebhookConfiguration (with the current CA bundle)."""
+        """Put the CA bundle into the MutatingWebhookConfiguration (or write all of it)."""
+        if not self._options.create_configuration:
+            self._patch_ca_bundle(ca_bundle)
+            return
         body = webhook_configuration_body(self._options, ca_bundle=ca_bundle)
         name = self._options.configuration
         try:
@@ -315,20 +349,92 @@ class _Cluster:
         body["metadata"]["resourceVersion"] = _resource_version(current)
         self._admission.replace_mutating_webhook_configuration(name, _raw(body))
 
+    def _patch_ca_bundle(self, ca_bundle: bytes) -> None:
+        """Set ``caBundle`` of each webhook of the named configuration, and nothing else.
+
+        The installer (the chart) owns every other field. Each change is guarded
+        by a ``test`` of the webhook's name, so a concurrent edit that reorders
+        the webhooks makes the patch fail instead of landing on the wrong one.
+        """
+        name = self._options.configuration
+        try:
+            current = self._admission.read_mutating_webhook_configuration(name)
+        except k8s.ApiException as exc:
+            if exc.status == HTTPStatus.NOT_FOUND:
+                raise RuntimeError(
+                    f"MutatingWebhookConfiguration {name} does not exist: install it with the "
+                    "chart, or let the operator create it (--webhook-create-configuration)"
+                ) from exc
+            raise
+        encoded = base64.b64encode(ca_bundle).decode()
+        operations: list[dict[str, str]] = []
+        for index, hook in enumerate(current.webhooks or []):
+            if hook.client_config.ca_bundle == encoded:
+                continue
+            operations += [
+                {"op": "test", "path": f"/webhooks/{index}/name", "value": hook.name},
+                {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded},
+            ]
+        if operations:
+            self._admission.patch_mutating_webhook_configuration(name, operations)
+            log.info("caBundle of MutatingWebhookConfiguration %s updated", name)
+
+    def list_policies(self, namespaces: Sequence[str] | None) -> list[PolicyRef]:
+        """Every PowPolicy in scope (``None``: all namespaces), read directly from the API."""
+        if namespaces is None:
+            listings = [self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
+        else:
+            listings = [
+                self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                for namespace in namespaces
+            ]
+        items = [
+            item for listing in listings if isinstance(listing, dict) for item in listing["items"]
+        ]
+        refs = []
+        for item in items:
+            meta = item.get("metadata") or {}
+            ref = _policy_ref(
+                namespace=meta.get("namespace"),
+                name=meta.get("name"),
+                uid=meta.get("uid"),
+                spec=item.get("spec") or {},
+            )
+            if ref is not None:
+                refs.append(ref)
+        return refs
+
+
+def _policy_ref(
+    *, namespace: str | None, name: str | None, uid: str | None, spec: Any
+) -> PolicyRef | None:
+    """What injection needs of a policy; ``None`` when its selector is unusable."""
+    if namespace is None or name is None or uid is None:
+        return None
+    try:
+        selector = LabelSelector.model_validate(spec.get("selector"))
+    except ValidationError as exc:
+        # The CRD rejects such selectors; an invalid one selects nothing.
+        log.warning("PowPolicy %s/%s: unusable selector: %s", namespace, name, exc)
+        return None
+    return PolicyRef(namespace=namespace, name=name, uid=uid, selector=selector)
+
 
 def _resource_version(obj: Any) -> str:
     """The resourceVersion of an object read with the official client."""
     return str(obj.metadata.resource_version)
 
 
-class _InjectorServer(kopf.WebhookServer):
+class _SelfManagedServer(kopf.WebhookServer):
     """kopf's HTTPS server, fed with certificates this operator issues and renews.
 
     kopf reloads the certificate files when they change; the CA bundle goes
     into the webhook configuration before a certificate from a new CA is served.
     """
 
-    def __init__(self, *, cluster: _Cluster, options: WebhookOptions, cert_dir: Path) -> None:
+    def __init__(
+        self, *, cluster: _Cluster, options: WebhookOptions, cert_dir: Path, serving: asyncio.Event
+    ) -> None:
         host, port = options.listen
         super().__init__(
             addr=host,
@@ -336,37 +442,86 @@ class _InjectorServer(kopf.WebhookServer):
             certfile=cert_dir / "tls.crt",
             pkeyfile=cert_dir / "tls.key",
             cafile=cert_dir / "ca.crt",
-            file_check_interval=10.0,
+            file_check_interval=_FILE_CHECK_SECONDS,
         )
         self._cluster = cluster
+        self._options = options
         self._cert_dir = cert_dir
+        self._serving = serving
 
     async def _refresh(self) -> None:
-        tls = await asyncio.to_thread(self._cluster.sync_tls, dt.datetime.now(dt.UTC))
-        # Trust first, serve second: the bundle holds the new CA before the files change.
-        await asyncio.to_thread(self._cluster.register, tls.ca_bundle)
+        try:
+            tls = await asyncio.to_thread(
+                self._cluster.sync_tls, dt.datetime.now(dt.UTC), self._options.cert_lifetime
+            )
+        except Exception:
+            TLS_ERRORS.labels("secret").inc()
+            raise
+        try:
+            # Trust first, serve second: the bundle holds the new CA before the files change.
+            await asyncio.to_thread(self._cluster.register, tls.ca_bundle)
+        except Exception:
+            TLS_ERRORS.labels("configuration").inc()
+            raise
         _write_private(self._cert_dir / "ca.crt", tls.ca_bundle)
         _write_private(self._cert_dir / "tls.key", tls.key)
         _write_private(self._cert_dir / "tls.crt", tls.cert)
         CERT_EXPIRY.set(not_after(tls.cert).timestamp())
 
-    async def _renew_forever(self) -> None:
+    async def _refresh_forever(self) -> None:
+        delay = 0.0
         while True:
-            await asyncio.sleep(_RENEW_CHECK_SECONDS)
+            await asyncio.sleep(delay)
             try:
                 await self._refresh()
             except Exception:
-                # The current certificate is valid for weeks yet: retry on the next check.
-                log.exception("webhook certificate renewal failed")
+                # Before the first success nothing is served (the pod stays unready); after
+                # it, the current certificate is valid for weeks yet. Either way: retry soon.
+                log.exception("webhook certificate or caBundle update failed")
+                delay = _RETRY_SECONDS
+                continue
+            self._serving.set()
+            delay = _RENEW_CHECK_SECONDS
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
-        await self._refresh()
-        renewal = asyncio.create_task(self._renew_forever())
+        refresher = asyncio.create_task(self._refresh_forever())
         try:
+            await self._serving.wait()
             async for client_config in super().__call__(fn):
                 yield client_config
         finally:
-            renewal.cancel()
+            refresher.cancel()
+
+
+class _MountedCertServer(kopf.WebhookServer):
+    """kopf's HTTPS server on mounted certificate files (cert-manager's Secret).
+
+    kopf restarts the listener when the files change, which is how a renewed
+    certificate is picked up; the caBundle is cert-manager's CA injector's job.
+    """
+
+    def __init__(self, *, options: WebhookOptions, cert_dir: Path, serving: asyncio.Event) -> None:
+        host, port = options.listen
+        super().__init__(
+            addr=host,
+            port=port,
+            certfile=cert_dir / "tls.crt",
+            pkeyfile=cert_dir / "tls.key",
+            file_check_interval=_FILE_CHECK_SECONDS,
+        )
+        self._cert_dir = cert_dir
+        self._serving = serving
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        # The Secret volume may be empty until cert-manager has issued the certificate.
+        while not all((self._cert_dir / f).is_file() for f in ("tls.crt", "tls.key")):
+            TLS_ERRORS.labels("mounted-files").inc()
+            log.warning("waiting for tls.crt and tls.key in %s", self._cert_dir)
+            await asyncio.sleep(_RETRY_SECONDS)
+        CERT_EXPIRY.set(not_after((self._cert_dir / "tls.crt").read_bytes()).timestamp())
+        self._serving.set()
+        async for client_config in super().__call__(fn):
+            yield client_config
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -380,19 +535,82 @@ def _write_private(path: Path, data: bytes) -> None:
 # -- kopf wiring ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Injector:
+    """What the operator's readiness waits for once the webhook is installed."""
+
+    #: The listener has its certificate (and the caBundle is in place).
+    serving: asyncio.Event
+    #: Admissions know every policy: a first full listing has arrived.
+    listed: asyncio.Event
+    #: Keeps the listing current; the caller runs it for the operator's lifetime.
+    follow: Callable[[], Coroutine[Any, Any, None]]
+
+
+class _Policies:
+    """The policies admissions see: kopf's index, merged with a periodic direct listing.
+
+    kopf fills its index from a watch that starts only after start-up and is
+    paused on standby replicas (peering), yet every replica behind the webhook
+    Service answers admissions. The listing covers both gaps: a pod created in
+    the first moments, or handled by a standby, still finds its policy. The
+    index wins for a policy both know (it is fresher); a deleted policy may
+    linger in the listing for one interval.
+    """
+
+    def __init__(self, cluster: _Cluster, namespaces: Sequence[str] | None) -> None:
+        self._cluster = cluster
+        self._namespaces = None if namespaces is None else tuple(namespaces)
+        self._listing: dict[str, list[PolicyRef]] = {}
+        self.listed = asyncio.Event()
+
+    def in_namespace(self, namespace: str, index: kopf.Index[str, PolicyRef]) -> list[PolicyRef]:
+        indexed = list(index.get(namespace, []))
+        known = {p.name for p in indexed}
+        return indexed + [p for p in self._listing.get(namespace, []) if p.name not in known]
+
+    async def follow(self) -> None:
+        while True:
+            try:
+                refs = await asyncio.to_thread(self._cluster.list_policies, self._namespaces)
+            except Exception as exc:
+                POLICY_LISTING_ERRORS.inc()
+                log.warning("listing PowPolicies failed (retrying): %s", exc)
+            else:
+                grouped: dict[str, list[PolicyRef]] = {}
+                for ref in refs:
+                    grouped.setdefault(ref.namespace, []).append(ref)
+                self._listing = grouped
+                self.listed.set()
+            await asyncio.sleep(_RELIST_SECONDS)
+
+
 def install(
     registry: kopf.OperatorRegistry,
     settings: kopf.OperatorSettings,
     *,
     options: WebhookOptions,
     api: k8s.ApiClient,
-) -> None:
-    """Register the injector's index, admission handler and server with the operator."""
+    namespaces: Sequence[str] | None,
+) -> Injector:
+    """Register the injector's index, admission handler and server with the operator.
+
+    ``namespaces`` is the operator's scope (``None``: every namespace).
+    """
     cluster = _Cluster(api, options)
+    policies = _Policies(cluster, namespaces)
+    serving = asyncio.Event()
     cert_dir = options.cert_dir or Path(tempfile.mkdtemp(prefix="powgate-webhook-"))
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    settings.admission.server = _InjectorServer(cluster=cluster, options=options, cert_dir=cert_dir)
-    settings.admission.managed = None  # the configuration is ours: see webhook_configuration_body
+    server: kopf.WebhookServer
+    if options.cert_manager:
+        server = _MountedCertServer(options=options, cert_dir=cert_dir, serving=serving)
+    else:
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        server = _SelfManagedServer(
+            cluster=cluster, options=options, cert_dir=cert_dir, serving=serving
+        )
+    settings.admission.server = server
+    settings.admission.managed = None  # never kopf's: see the module's docstring
     injection = _Holder(options.injection)
 
     @kopf.on.startup(registry=registry)
@@ -407,15 +625,8 @@ def install(
     def policy_selectors(
         *, namespace: str | None, name: str | None, uid: str | None, spec: kopf.Spec, **_: Any
     ) -> dict[str, PolicyRef]:
-        try:
-            selector = LabelSelector.model_validate(spec.get("selector"))
-        except ValidationError as exc:
-            # The CRD rejects such selectors; an invalid one selects nothing.
-            log.warning("PowPolicy %s/%s: unusable selector: %s", namespace, name, exc)
-            return {}
-        if namespace is None or name is None or uid is None:
-            return {}
-        return {namespace: PolicyRef(namespace=namespace, name=name, uid=uid, selector=selector)}
+        ref = _policy_ref(namespace=namespace, name=name, uid=uid, spec=spec)
+        return {} if ref is None else {ref.namespace: ref}
 
     @kopf.on.mutate(
         "pods",
@@ -433,10 +644,12 @@ def install(
         dryrun: bool,
         **kwargs: Any,
     ) -> None:
+        pod = copy.deepcopy(dict(body))
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
         try:
             await _admit(
-                pod=copy.deepcopy(dict(body)),
-                index=kwargs[_INDEX],
+                pod=pod,
+                policies=policies.in_namespace(namespace, kwargs[_INDEX]),
                 settings=injection.value,
                 cluster=cluster,
                 dryrun=dryrun,
@@ -449,6 +662,8 @@ def install(
             log.exception("injection failed; the pod is admitted without the sidecar")
             patch.clear()
 
+    return Injector(serving=serving, listed=policies.listed, follow=policies.follow)
+
 
 @dataclass(slots=True)
 class _Holder:
@@ -460,7 +675,7 @@ class _Holder:
 async def _admit(
     *,
     pod: dict[str, Any],
-    index: kopf.Index[str, PolicyRef],
+    policies: Sequence[PolicyRef],
     settings: InjectionSettings,
     cluster: _Cluster,
     dryrun: bool,
@@ -468,7 +683,7 @@ async def _admit(
     warnings: list[str],
 ) -> None:
     namespace = str((pod.get("metadata") or {}).get("namespace") or "")
-    outcome = plan(pod, namespace=namespace, policies=index.get(namespace, []), settings=settings)
+    outcome = plan(pod, namespace=namespace, policies=policies, settings=settings)
     warnings.extend(outcome.warnings)
     if outcome.pod is None:
         INJECTIONS.labels(str(outcome.skip)).inc()
@@ -496,105 +711,3 @@ def _replacing(pod: dict[str, Any]) -> Callable[[Any], None]:
         raw.update(copy.deepcopy(pod))
 
     return apply
-
-
-# -- command line ------------------------------------------------------------------
-
-
-def _operator_namespace() -> str:
-    if namespace := os.environ.get("POD_NAMESPACE"):
-        return namespace
-    try:
-        return _SA_NAMESPACE_FILE.read_text().strip()
-    except OSError:
-        return "powgate-system"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The injector's flags on ``powgate operator`` (off unless ``--webhook-listen`` is given)."""
-    group = parser.add_argument_group("sidecar injection (mutating webhook)")
-    group.add_argument(
-        "--webhook-listen",
-        metavar="HOST:PORT",
-        help="serve the injection webhook here (in a pod, 0.0.0.0:9443); off when absent",
-    )
-    where = group.add_mutually_exclusive_group()
-    where.add_argument(
-        "--webhook-service",
-        metavar="NAMESPACE/NAME[:PORT]",
-        help="the Service in front of the operator that the API server calls (port 443)",
-    )
-    where.add_argument(
-        "--webhook-url",
-        metavar="URL",
-        help="call the webhook at this https URL instead (an operator outside the cluster)",
-    )
-    group.add_argument(
-        "--webhook-configuration",
-        default="powgate-sidecar-injector",
-        metavar="NAME",
-        help="the MutatingWebhookConfiguration the operator owns",
-    )
-    group.add_argument("--webhook-failure-policy", choices=["Ignore", "Fail"], default="Ignore")
-    group.add_argument(
-        "--webhook-timeout", type=int, default=5, metavar="SECONDS", help="1 to 30 (default 5)"
-    )
-    group.add_argument("--webhook-cert-dir", type=Path, metavar="DIR")
-    group.add_argument(
-        "--operator-namespace",
-        default=None,
-        metavar="NS",
-        help="never injected (default: $POD_NAMESPACE or the service account's namespace)",
-    )
-    group.add_argument("--sidecar-image", default="powgate/sidecar:0.1.0", metavar="IMAGE")
-    group.add_argument("--sidecar-mode", choices=["auto", "native", "container"], default="auto")
-    group.add_argument(
-        "--sidecar-port-name",
-        default="http",
-        metavar="NAME",
-        help="the app port the sidecar takes over (per pod: annotation powgate.dev/port)",
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> WebhookOptions | None:
-    """The options, or None when the webhook is off; ``ValueError`` names the bad flag."""
-    if args.webhook_listen is None:
-        return None
-    host, sep, port = str(args.webhook_listen).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--webhook-listen {args.webhook_listen!r} is not HOST:PORT")
-    if not 1 <= args.webhook_timeout <= 30:
-        raise ValueError("--webhook-timeout must be between 1 and 30 seconds")
-    service: tuple[str, str, int] | None = None
-    if args.webhook_service:
-        ref, _, service_port = str(args.webhook_service).partition(":")
-        namespace, slash, name = ref.partition("/")
-        if not slash or not namespace or not name or (service_port and not service_port.isdigit()):
-            raise ValueError(f"--webhook-service {args.webhook_service!r} is not NS/NAME[:PORT]")
-        service = (namespace, name, int(service_port or 443))
-    elif args.webhook_url:
-        if (
-            not str(args.webhook_url).startswith("https://")
-            or not urlsplit(args.webhook_url).hostname
-        ):
-            raise ValueError(f"--webhook-url {args.webhook_url!r} must be an https:// URL")
-    else:
-        raise ValueError("--webhook-listen needs --webhook-service or --webhook-url")
-    operator_namespace = args.operator_namespace or _operator_namespace()
-    return WebhookOptions(
-        listen=(host.strip("[]"), int(port)),
-        configuration=args.webhook_configuration,
-        operator_namespace=operator_namespace,
-        injection=InjectionSettings(
-            image=args.sidecar_image,
-            operator_namespace=operator_namespace,
-            port_name=args.sidecar_port_name,
-            native_sidecar=args.sidecar_mode != "container",
-        ),
-        url=args.webhook_url,
-        service=service,
-        failure_policy=args.webhook_failure_policy,
-        timeout_seconds=args.webhook_timeout,
-        cert_dir=args.webhook_cert_dir,
-        sidecar_mode=args.sidecar_mode,
-    )

@@ -107,6 +107,8 @@ class Operator:
             f"https://127.0.0.1:{port}",
             "--webhook-configuration",
             self.configuration,
+            # No chart here: the operator creates the configuration itself.
+            "--webhook-create-configuration",
             "--webhook-cert-dir",
             str(root / "certs"),
             "--operator-namespace",

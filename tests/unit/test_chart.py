@@ -9,6 +9,7 @@ tests/integration/test_chart_install.py.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,11 +18,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 from kubernetes import client as k8s
 
+from powgate_operator._inject import (
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    OPT_OUT_LABEL,
+)
+from powgate_operator._options import webhook_options
+from powgate_operator.cli import add_command
+from powgate_operator.webhook import HANDLER_ID, WEBHOOK_NAME, WebhookOptions
 from powgate_testbed.cluster import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +195,8 @@ def test_helm_lint_is_clean_with_defaults_and_every_option() -> None:
         ({"operator": {"image": {"digest": "latest"}}}, "/operator/image/digest"),
         ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "/operator/watchNamespaces/0"),
         ({"operator": {"resources": {"requests": {"cpu": "lots"}}}}, "/operator/resources"),
-        ({"webhook": {"namespaceLabel": {"key": "x", "value": "no spaces"}}}, "/value"),
+        ({"sidecar": {"mode": "always"}}, "/sidecar/mode"),
+        ({"webhook": {"path": "/elsewhere"}}, "additional properties 'path' not allowed"),
         ({"certManager": {"duration": "1 year"}}, "/certManager/duration"),
     ],
 )
@@ -336,7 +347,6 @@ def test_defaults_install_a_cluster_wide_single_operator() -> None:
             "ClusterRoleBinding",
             "ClusterRoleBinding",
             "ConfigMap",  # dashboard
-            "ConfigMap",  # injection settings
             "CustomResourceDefinition",  # PowPolicy
             "CustomResourceDefinition",  # ClusterKopfPeering
             "Deployment",
@@ -489,26 +499,24 @@ def test_webhook_defaults_fail_open_and_skip_system_namespaces() -> None:
     assert ports["webhook"] == 8443
 
 
-def test_failure_policy_and_labels_are_configurable() -> None:
-    docs = render(
-        {
-            "webhook": {
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 2,
-                "namespaceLabel": {"key": "example.com/pow", "value": "on"},
-            }
-        }
-    )
+def test_failure_policy_and_timeout_are_configurable() -> None:
+    docs = render({"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 2}})
     (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["failurePolicy"] == "Fail"
     assert hook["timeoutSeconds"] == 2
-    assert {"key": "example.com/pow", "operator": "In", "values": ["on"]} in hook[
+
+
+def test_the_webhook_configuration_matches_what_the_operator_checks() -> None:
+    """The chart's selectors and names are the operator's constants, not a second copy."""
+    (hook,) = find(render(), "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["name"] == WEBHOOK_NAME
+    assert hook["clientConfig"]["service"]["path"] == f"/{HANDLER_ID}"
+    assert {"key": NAMESPACE_LABEL, "operator": "In", "values": [NAMESPACE_LABEL_VALUE]} in hook[
         "namespaceSelector"
     ]["matchExpressions"]
-    injection = json.loads(
-        find(docs, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
-    )
-    assert injection["namespaceLabel"] == {"key": "example.com/pow", "value": "on"}
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
+    ]
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
@@ -525,8 +533,10 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
     assert f"{service['metadata']['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
     volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
     assert volumes["webhook-tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
-    assert env(docs)["POWGATE_WEBHOOK_CERT_MANAGER"] == "true"
-    assert env(docs)["POWGATE_WEBHOOK_CERT_DIR"] == "/etc/powgate/webhook-tls"
+    mount = {m["name"]: m for m in container(docs)["volumeMounts"]}["webhook-tls"]
+    opts = webhook_options_of(docs)
+    assert opts.cert_manager is True
+    assert opts.cert_dir == Path(mount["mountPath"])
 
 
 def test_cert_manager_with_an_existing_issuer_creates_none() -> None:
@@ -553,28 +563,123 @@ def test_without_the_webhook_nothing_of_it_is_rendered() -> None:
 
 def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> None:
     docs = render()
-    injection = json.loads(
-        find(docs, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
-    )
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert injection["image"] == f"powgate-sidecar:{chart['appVersion']}"
-    assert injection["resources"]["limits"] == {"memory": "256Mi"}
-    assert injection["nativeSidecar"] == "auto"
-    assert env(docs)["POWGATE_INJECTION_CONFIG"] == "/etc/powgate/injection/injection.json"
+    injection = webhook_options_of(docs).injection
+    assert injection.image == f"powgate-sidecar:{chart['appVersion']}"
+    assert injection.resources["limits"] == {"memory": "256Mi"}
+    assert injection.metrics_port == 9480
     digest = "sha256:" + "a" * 64
-    changed = render({"sidecar": {"image": {"digest": digest}, "logLevel": "debug"}})
-    injection = json.loads(
-        find(changed, "ConfigMap", f"{FULLNAME}-injection")["data"]["injection.json"]
+    changed = render(
+        {
+            "sidecar": {
+                "image": {"digest": digest, "pullPolicy": "Always"},
+                "logLevel": "debug",
+                "mode": "container",
+                "resources": {"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}},
+            }
+        }
     )
-    assert injection["image"] == f"powgate-sidecar@{digest}"
-    assert injection["logLevel"] == "debug"
+    opts = webhook_options_of(changed)
+    assert opts.injection.image == f"powgate-sidecar@{digest}"
+    assert opts.injection.image_pull_policy == "Always"
+    assert opts.injection.log_level == "debug"
+    assert opts.injection.native_sidecar is False
+    assert opts.sidecar_mode == "container"
+    # Helm merges with the defaults: the memory request stays.
+    assert opts.injection.resources == {
+        "requests": {"cpu": "250m", "memory": "64Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    # The settings are in the pod template, so changing them rolls the operator.
+    template = deployment(docs)["spec"]["template"]
+    assert template != deployment(changed)["spec"]["template"]
 
-    def checksum(d: Sequence[dict[str, Any]]) -> str:
-        return str(
-            deployment(d)["spec"]["template"]["metadata"]["annotations"]["checksum/injection"]
-        )
 
-    assert checksum(docs) != checksum(changed)
+# -- the chart and the operator's parser agree ------------------------------------
+
+#: What the kubelet would put into fieldRef variables.
+_FIELDS = {"metadata.name": f"{FULLNAME}-5d9c7b-x2x4q", "metadata.namespace": NAMESPACE}
+#: Variables read by something other than the operator's parser (kopf: the peering identity).
+_NOT_FLAGS = {"POD_ID"}
+
+
+def parse_operator(docs: Sequence[dict[str, Any]]) -> WebhookOptions | None:
+    """The Deployment's args and env through the operator's real parser, as in the pod."""
+    main = container(docs)
+    values = {
+        e["name"]: e["value"] if "value" in e else _FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in main.get("env", [])
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("POWGATE_")}
+    with mock.patch.dict(os.environ, {**clean, **values}, clear=True):
+        parser = argparse.ArgumentParser(prog="powgate")
+        add_command(parser.add_subparsers(dest="command", required=True))
+        return webhook_options(parser.parse_args(["operator", *main["args"]]))
+
+
+def webhook_options_of(docs: Sequence[dict[str, Any]]) -> WebhookOptions:
+    opts = parse_operator(docs)
+    assert opts is not None
+    return opts
+
+
+def _operator_env_names() -> set[str]:
+    parser = argparse.ArgumentParser(prog="powgate")
+    add_command(parser.add_subparsers(dest="command", required=True))
+    (subparser,) = [
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ]  # the documented way to reach a subcommand's help
+    text = subparser.choices["operator"].format_help()
+    return set(re.findall(r"\[env (POWGATE_[A-Z_]+)\]", re.sub(r"\s+", " ", text)))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_setting_the_chart_passes_is_one_the_operator_reads(variant: str) -> None:
+    docs = render(VARIANTS[variant])
+    names = {e["name"] for e in container(docs).get("env", [])}
+    assert names - _operator_env_names() - _NOT_FLAGS == set()
+    opts = parse_operator(docs)  # an unknown flag would exit here
+    webhook = VARIANTS[variant].get("webhook", {}).get("enabled", True)
+    assert (opts is not None) == webhook
+    if opts is None:
+        return
+    hook_config = find(docs, "MutatingWebhookConfiguration")
+    (hook,) = hook_config["webhooks"]
+    service = hook["clientConfig"]["service"]
+    assert opts.service == (service["namespace"], service["name"], service["port"])
+    assert opts.configuration == hook_config["metadata"]["name"]
+    assert opts.create_configuration is False  # the chart owns it
+    assert opts.operator_namespace == NAMESPACE
+    assert opts.listen == ("0.0.0.0", container_port(docs, "webhook"))
+    if opts.cert_manager:
+        assert find(docs, "Certificate")["spec"]["secretName"] == secret_volume(docs)
+    else:
+        (rule,) = [
+            r
+            for d in docs
+            if d["kind"] == "Role" and d["metadata"]["name"] == f"{FULLNAME}-webhook"
+            for r in d["rules"]
+            if r.get("resourceNames")
+        ]
+        assert rule["resourceNames"] == [opts.tls_secret]
+        assert opts.cert_lifetime.days == 90
+
+
+def container_port(docs: Sequence[dict[str, Any]], name: str) -> int:
+    return int({p["name"]: p["containerPort"] for p in container(docs)["ports"]}[name])
+
+
+def secret_volume(docs: Sequence[dict[str, Any]]) -> str:
+    volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    return str(volumes["webhook-tls"]["secret"]["secretName"])
+
+
+def test_the_parser_check_fails_on_a_variable_the_operator_does_not_read() -> None:
+    """The check above can fail: a misspelled variable is caught."""
+    docs = render()
+    container(docs)["env"].append({"name": "POWGATE_WEBHOOK_LISTENN", "value": "x"})
+    names = {e["name"] for e in container(docs)["env"]}
+    assert names - _operator_env_names() - _NOT_FLAGS == {"POWGATE_WEBHOOK_LISTENN"}
 
 
 def test_operator_image_tag_defaults_to_the_app_version_and_digest_wins() -> None:

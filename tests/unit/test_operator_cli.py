@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from powgate_operator._server import start_servers
-from powgate_operator.cli import add_command, settings
+from powgate_operator.cli import add_command, peering_priority, settings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -56,6 +56,20 @@ def test_settings() -> None:
         "powgate",
         5,
     )
+
+
+def test_peering_priorities_differ_per_replica_unless_given() -> None:
+    assert peering_priority(explicit=7, pod_id="pg-1") == 7
+    # Stable for one pod (a restart keeps its place), distinct across pods.
+    assert peering_priority(explicit=None, pod_id="pg-1") == peering_priority(
+        explicit=None, pod_id="pg-1"
+    )
+    derived = {peering_priority(explicit=None, pod_id=f"pg-{i}") for i in range(200)}
+    assert len(derived) == 200
+    assert all(0 <= p < 2**31 for p in derived)
+    randoms = {peering_priority(explicit=None, pod_id=None) for _ in range(50)}
+    assert len(randoms) > 1
+    assert parse("-n", "ai").priority is None
 
 
 def free_port() -> int:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import os
+import re
 import ssl
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cryptography import x509
 
 from powgate_operator._inject import NAMESPACE_LABEL, OPT_OUT_LABEL
+from powgate_operator._options import add_webhook_arguments, webhook_options
 from powgate_operator._webhook_certs import (
     CA_LIFETIME,
     SERVING_LIFETIME,
@@ -19,12 +23,7 @@ from powgate_operator._webhook_certs import (
     not_after,
     renewed,
 )
-from powgate_operator.webhook import (
-    WebhookOptions,
-    add_arguments,
-    options_from_args,
-    webhook_configuration_body,
-)
+from powgate_operator.webhook import WebhookOptions, webhook_configuration_body
 
 # Certificates are checked by a real TLS handshake, which uses the real clock.
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -89,6 +88,25 @@ def test_nothing_changes_while_both_are_fresh() -> None:
     assert renewed(tls, hosts=HOSTS, now=NOW + dt.timedelta(days=59)) is tls
 
 
+def test_a_shorter_lifetime_renews_with_a_third_left_and_never_loops() -> None:
+    week = dt.timedelta(days=7)
+    tls = renewed(None, hosts=HOSTS, now=NOW, lifetime=week)
+    assert not_after(tls.cert) == NOW + week
+    assert renewed(tls, hosts=HOSTS, now=NOW + dt.timedelta(days=4), lifetime=week) is tls
+    again = renewed(tls, hosts=HOSTS, now=NOW + dt.timedelta(days=5), lifetime=week)
+    assert again.cert != tls.cert
+    # A long lifetime: the CA outlives it, so a fresh certificate is never cut short
+    # (which would renew it on every check).
+    year = dt.timedelta(days=365)
+    long = renewed(None, hosts=HOSTS, now=NOW, lifetime=year)
+    assert not_after(long.cert) == NOW + year
+    for days in range(0, 4 * 365, 30):
+        now = NOW + dt.timedelta(days=days)
+        long = renewed(long, hosts=HOSTS, now=now, lifetime=year)
+        assert renewed(long, hosts=HOSTS, now=now, lifetime=year) is long
+        assert not_after(long.cert) - now > year / 3
+
+
 def test_serving_certificate_renews_a_month_before_expiry() -> None:
     tls = renewed(None, hosts=HOSTS, now=NOW)
     later = NOW + dt.timedelta(days=61)
@@ -135,10 +153,12 @@ def test_secret_round_trip_and_damage() -> None:
 # -- the configuration object ------------------------------------------------------
 
 
-def options(*argv: str) -> WebhookOptions | None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return options_from_args(parser.parse_args(list(argv)))
+def options(*argv: str, env: dict[str, str] | None = None) -> WebhookOptions | None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("POWGATE_")}
+    with mock.patch.dict(os.environ, {**clean, **(env or {})}, clear=True):
+        parser = argparse.ArgumentParser()
+        add_webhook_arguments(parser)
+        return webhook_options(parser.parse_args(list(argv)))
 
 
 def test_webhook_is_off_without_listen() -> None:
@@ -180,6 +200,74 @@ def test_configuration_selects_opted_in_namespaces_and_honours_opt_out() -> None
         "powgate.powgate-system.svc",
         "powgate.powgate-system.svc.cluster.local",
     ]
+
+
+def test_the_environment_configures_every_flag_and_the_command_line_wins() -> None:
+    env = {
+        "POWGATE_WEBHOOK_LISTEN": "0.0.0.0:8443",
+        "POWGATE_WEBHOOK_SERVICE": "ops/pg-webhook:443",
+        "POWGATE_WEBHOOK_CONFIGURATION": "ops-pg",
+        "POWGATE_WEBHOOK_CERT_SECRET": "pg-webhook-tls",
+        "POWGATE_WEBHOOK_CERT_MANAGER": "false",
+        "POWGATE_WEBHOOK_CERT_VALIDITY_DAYS": "30",
+        "POWGATE_OPERATOR_NAMESPACE": "ops",
+        "POWGATE_SIDECAR_IMAGE": "reg/sidecar:1",
+        "POWGATE_SIDECAR_PULL_POLICY": "Always",
+        "POWGATE_SIDECAR_RESOURCES": '{"requests": {"cpu": "1"}, "limits": {"memory": 1024}}',
+        "POWGATE_SIDECAR_METRICS_PORT": "9999",
+        "POWGATE_SIDECAR_LOG_LEVEL": "debug",
+        "POWGATE_SIDECAR_MODE": "container",
+    }
+    opts = options(env=env)
+    assert opts is not None
+    assert opts.service == ("ops", "pg-webhook", 443)
+    assert (opts.configuration, opts.tls_secret) == ("ops-pg", "pg-webhook-tls")
+    assert (opts.create_configuration, opts.cert_manager) == (False, False)
+    assert opts.cert_lifetime == dt.timedelta(days=30)
+    assert opts.operator_namespace == opts.injection.operator_namespace == "ops"
+    injection = opts.injection
+    assert (injection.image, injection.image_pull_policy) == ("reg/sidecar:1", "Always")
+    assert injection.resources == {"requests": {"cpu": "1"}, "limits": {"memory": "1024"}}
+    assert (injection.metrics_port, injection.log_level) == (9999, "debug")
+    assert injection.native_sidecar is False
+    overridden = options(
+        "--webhook-configuration", "mine", "--webhook-create-configuration", env=env
+    )
+    assert overridden is not None
+    assert (overridden.configuration, overridden.create_configuration) == ("mine", True)
+    assert overridden.tls_secret == "pg-webhook-tls"
+
+
+def test_cert_manager_serves_mounted_files() -> None:
+    base = {"POWGATE_WEBHOOK_LISTEN": "0.0.0.0:8443", "POWGATE_WEBHOOK_SERVICE": "a/b"}
+    opts = options(env={**base, "POWGATE_WEBHOOK_CERT_MANAGER": "true",
+                        "POWGATE_WEBHOOK_CERT_DIR": "/etc/tls"})  # fmt: skip
+    assert opts is not None
+    assert opts.cert_manager is True
+    assert opts.cert_dir == Path("/etc/tls")
+    with pytest.raises(ValueError, match="needs --webhook-cert-dir"):
+        options(env={**base, "POWGATE_WEBHOOK_CERT_MANAGER": "true"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POWGATE_WEBHOOK_CERT_MANAGER": "maybe"}, "POWGATE_WEBHOOK_CERT_MANAGER='maybe'"),
+        ({"POWGATE_SIDECAR_MODE": "always"}, "--sidecar-mode 'always' is not one of"),
+        ({"POWGATE_SIDECAR_PULL_POLICY": "Sometimes"}, "--sidecar-pull-policy"),
+        ({"POWGATE_WEBHOOK_FAILURE_POLICY": "Maybe"}, "--webhook-failure-policy"),
+        ({"POWGATE_SIDECAR_RESOURCES": "{not json"}, "not JSON"),
+        ({"POWGATE_SIDECAR_RESOURCES": '{"limit": {}}'}, "requests and/or limits"),
+        ({"POWGATE_SIDECAR_RESOURCES": '{"limits": {"cpu": true}}'}, "quantities"),
+        ({"POWGATE_WEBHOOK_CERT_VALIDITY_DAYS": "0"}, "between 1 and 3650"),
+        ({"POWGATE_SIDECAR_METRICS_PORT": "70000"}, "between 1 and 65535"),
+        ({"POWGATE_WEBHOOK_URL": "https://a"}, "not both"),
+    ],
+)
+def test_bad_environment_values_are_named(env: dict[str, str], message: str) -> None:
+    base = {"POWGATE_WEBHOOK_LISTEN": "0.0.0.0:8443", "POWGATE_WEBHOOK_SERVICE": "a/b"}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        options(env={**base, **env})
 
 
 def test_url_mode_and_fail_policy() -> None:

@@ -84,10 +84,6 @@ app.kubernetes.io/component: operator
 {{- include "powgate.clusterName" . }}
 {{- end }}
 
-{{- define "powgate.injectionConfigName" -}}
-{{- printf "%s-injection" (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
-{{- end }}
-
 {{/* Checks that no combination of values can render a broken installation. */}}
 {{- define "powgate.validate" -}}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.peering.enabled) }}
@@ -128,20 +124,4 @@ app.kubernetes.io/component: operator
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]
 {{- end }}
-{{- end }}
-
-{{/* The injection settings document (see injection-config.yaml). */}}
-{{- define "powgate.injectionConfig" -}}
-{{- $s := .Values.sidecar -}}
-{{- $doc := dict
-  "image" (include "powgate.image" (list $s.image .))
-  "imagePullPolicy" $s.image.pullPolicy
-  "resources" $s.resources
-  "metricsPort" $s.metricsPort
-  "logLevel" $s.logLevel
-  "nativeSidecar" $s.nativeSidecar
-  "namespaceLabel" .Values.webhook.namespaceLabel
-  "podOptOutLabel" .Values.webhook.podOptOutLabel
--}}
-{{- toPrettyJson $doc }}
 {{- end }}

@@ -1,0 +1,283 @@
+"""The injector's flags on ``powgate operator``; each also read from a ``POWGATE_*`` variable.
+
+Same convention as ``powgate sidecar``: ``--webhook-listen`` ↔
+``POWGATE_WEBHOOK_LISTEN``, and a flag given on the command line wins. The
+Helm chart configures the operator through these variables (its Deployment's
+``env``); a unit test parses the rendered Deployment with this parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from ._inject import InjectionSettings
+from .webhook import WebhookOptions
+
+__all__ = ["add_webhook_arguments", "env_name", "webhook_options"]
+
+_SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_CHOICES: Final = {
+    "webhook_failure_policy": ("Ignore", "Fail"),
+    "sidecar_mode": ("auto", "native", "container"),
+    "sidecar_pull_policy": ("Always", "IfNotPresent", "Never"),
+    "sidecar_log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def env_name(flag: str) -> str:
+    """The environment variable a flag falls back to."""
+    return "POWGATE_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(group: Any, flag: str, *, help: str, **kwargs: Any) -> None:
+    # Values from the environment are strings: argparse applies ``type`` to a string
+    # default, and the rest (choices, booleans) is checked in webhook_options().
+    env = env_name(flag)
+    default = os.environ.get(env, kwargs.pop("default", None))
+    group.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
+
+
+def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
+    """The injector's flags (the webhook is off unless ``--webhook-listen`` is given)."""
+    group = parser.add_argument_group("sidecar injection (mutating webhook)")
+    _add(
+        group,
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="serve the injection webhook here (in a pod, 0.0.0.0:8443); off when absent",
+    )
+    _add(
+        group,
+        "--webhook-service",
+        metavar="NAMESPACE/NAME[:PORT]",
+        help="the Service in front of the operator that the API server calls (port 443)",
+    )
+    _add(
+        group,
+        "--webhook-url",
+        metavar="URL",
+        help="call the webhook at this https URL instead (an operator outside the cluster)",
+    )
+    _add(
+        group,
+        "--webhook-configuration",
+        default="powgate-sidecar-injector",
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration whose caBundle the operator keeps current",
+    )
+    _add(
+        group,
+        "--webhook-create-configuration",
+        action=argparse.BooleanOptionalAction,
+        help="create and update the whole configuration (without the chart); "
+        "otherwise only its caBundle is patched",
+    )
+    _add(
+        group,
+        "--webhook-failure-policy",
+        default="Ignore",
+        metavar="|".join(_CHOICES["webhook_failure_policy"]),
+        help="with --webhook-create-configuration (the chart sets its own)",
+    )
+    _add(
+        group,
+        "--webhook-timeout",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="1 to 30, with --webhook-create-configuration",
+    )
+    _add(
+        group,
+        "--webhook-cert-dir",
+        type=Path,
+        metavar="DIR",
+        help="certificate files: written here (default: a temporary folder), "
+        "or read from here with --webhook-cert-manager",
+    )
+    _add(
+        group,
+        "--webhook-cert-secret",
+        metavar="NAME",
+        help="the Secret of the self-managed CA and certificate (default <configuration>-tls)",
+    )
+    _add(
+        group,
+        "--webhook-cert-manager",
+        action=argparse.BooleanOptionalAction,
+        help="serve tls.crt/tls.key of --webhook-cert-dir (reloaded on change) and leave "
+        "certificates and caBundle to cert-manager",
+    )
+    _add(
+        group,
+        "--webhook-cert-validity-days",
+        type=int,
+        default=90,
+        metavar="DAYS",
+        help="lifetime of the self-managed serving certificate; renewed with a third left",
+    )
+    _add(
+        group,
+        "--operator-namespace",
+        metavar="NS",
+        help="never injected (default: the service account's namespace)",
+    )
+    _add(group, "--sidecar-image", default="powgate/sidecar:0.1.0", metavar="IMAGE", help="image")
+    _add(
+        group,
+        "--sidecar-pull-policy",
+        default="IfNotPresent",
+        metavar="|".join(_CHOICES["sidecar_pull_policy"]),
+        help="imagePullPolicy",
+    )
+    _add(
+        group,
+        "--sidecar-resources",
+        metavar="JSON",
+        help='resources, e.g. {"requests": {"cpu": "100m"}, "limits": {"memory": "256Mi"}}',
+    )
+    _add(
+        group,
+        "--sidecar-metrics-port",
+        type=int,
+        default=9480,
+        metavar="PORT",
+        help="the sidecar's /metrics and probes (moved up when the pod uses it)",
+    )
+    _add(
+        group,
+        "--sidecar-log-level",
+        default="info",
+        metavar="|".join(_CHOICES["sidecar_log_level"]),
+        help="the injected sidecar's log level",
+    )
+    _add(
+        group,
+        "--sidecar-mode",
+        default="auto",
+        metavar="|".join(_CHOICES["sidecar_mode"]),
+        help="native sidecar (init container), regular container, or auto (1.29+: native)",
+    )
+    _add(
+        group,
+        "--sidecar-port-name",
+        default="http",
+        metavar="NAME",
+        help="the app port the sidecar takes over (per pod: annotation powgate.dev/port)",
+    )
+
+
+def _flag(value: object, flag: str) -> bool:
+    """A boolean flag: True/False from the command line, a string from the environment."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{env_name(flag)}={value!r} is not true or false")
+
+
+def _resources(text: str | None) -> dict[str, dict[str, str]] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--sidecar-resources is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not set(value) <= {"requests", "limits"}:
+        raise ValueError("--sidecar-resources must be an object with requests and/or limits")
+    result: dict[str, dict[str, str]] = {}
+    for key, amounts in value.items():
+        if not isinstance(amounts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+            for k, v in amounts.items()
+        ):
+            raise ValueError(f"--sidecar-resources: {key} must map resource names to quantities")
+        result[key] = {k: str(v) for k, v in amounts.items()}
+    return result
+
+
+def _operator_namespace() -> str:
+    try:
+        return _SA_NAMESPACE_FILE.read_text().strip()
+    except OSError:
+        return "powgate-system"
+
+
+def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
+    """The options, or None when the webhook is off; ``ValueError`` names the bad flag."""
+    if not args.webhook_listen:
+        return None
+    for dest, allowed in _CHOICES.items():
+        if getattr(args, dest) not in allowed:
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} {getattr(args, dest)!r} is not one of {', '.join(allowed)}")
+    host, sep, port = str(args.webhook_listen).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--webhook-listen {args.webhook_listen!r} is not HOST:PORT")
+    if not 1 <= args.webhook_timeout <= 30:
+        raise ValueError("--webhook-timeout must be between 1 and 30 seconds")
+    if not 1 <= args.webhook_cert_validity_days <= 3650:
+        raise ValueError("--webhook-cert-validity-days must be between 1 and 3650")
+    if not 0 < args.sidecar_metrics_port < 65536:
+        raise ValueError("--sidecar-metrics-port must be between 1 and 65535")
+    cert_manager = _flag(args.webhook_cert_manager, "--webhook-cert-manager")
+    if cert_manager and args.webhook_cert_dir is None:
+        raise ValueError("--webhook-cert-manager needs --webhook-cert-dir (the mounted Secret)")
+    service: tuple[str, str, int] | None = None
+    if args.webhook_service and args.webhook_url:
+        raise ValueError("give --webhook-service or --webhook-url, not both")
+    if args.webhook_service:
+        ref, _, service_port = str(args.webhook_service).partition(":")
+        namespace, slash, name = ref.partition("/")
+        if not slash or not namespace or not name or (service_port and not service_port.isdigit()):
+            raise ValueError(f"--webhook-service {args.webhook_service!r} is not NS/NAME[:PORT]")
+        service = (namespace, name, int(service_port or 443))
+    elif args.webhook_url:
+        if (
+            not str(args.webhook_url).startswith("https://")
+            or not urlsplit(args.webhook_url).hostname
+        ):
+            raise ValueError(f"--webhook-url {args.webhook_url!r} must be an https:// URL")
+    else:
+        raise ValueError("--webhook-listen needs --webhook-service or --webhook-url")
+    operator_namespace = args.operator_namespace or _operator_namespace()
+    resources = _resources(args.sidecar_resources)
+    injection = InjectionSettings(
+        image=args.sidecar_image,
+        operator_namespace=operator_namespace,
+        image_pull_policy=args.sidecar_pull_policy,
+        port_name=args.sidecar_port_name,
+        metrics_port=args.sidecar_metrics_port,
+        native_sidecar=args.sidecar_mode != "container",
+        log_level=args.sidecar_log_level,
+    )
+    if resources is not None:
+        injection = replace(injection, resources=resources)
+    return WebhookOptions(
+        listen=(host.strip("[]"), int(port)),
+        configuration=args.webhook_configuration,
+        operator_namespace=operator_namespace,
+        injection=injection,
+        url=args.webhook_url,
+        service=service,
+        create_configuration=_flag(
+            args.webhook_create_configuration, "--webhook-create-configuration"
+        ),
+        failure_policy=args.webhook_failure_policy,
+        timeout_seconds=args.webhook_timeout,
+        cert_dir=args.webhook_cert_dir,
+        cert_secret=args.webhook_cert_secret,
+        cert_manager=cert_manager,
+        cert_lifetime=dt.timedelta(days=args.webhook_cert_validity_days),
+        sidecar_mode=args.sidecar_mode,
+    )
