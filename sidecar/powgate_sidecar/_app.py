@@ -106,6 +106,9 @@ class Limits:
 _Body: TypeAlias = bytes | AsyncIterator[bytes] | None
 
 
+_MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
+
+
 class _BodyTooLargeError(Exception):
     """A chunked request body passed ``max_body_bytes`` while being forwarded."""
 
@@ -300,11 +303,15 @@ class Sidecar:
                 return read
             body, payload, verdict = read
         if verdict is None:
-            started = time.perf_counter()
-            verdict = self._verifier.verify(
-                payload, binding=route.binding, min_difficulty=route.min_difficulty
-            )
-            self.metrics.verify_seconds.observe(time.perf_counter() - started)
+            if payload is None:
+                # The flood's commonest request: nothing to verify, nothing to time.
+                verdict = _MISSING
+            else:
+                started = time.perf_counter()
+                verdict = self._verifier.verify(
+                    payload, binding=route.binding, min_difficulty=route.min_difficulty
+                )
+                self.metrics.verify_seconds.observe(time.perf_counter() - started)
         metrics = self.metrics
         if verdict.ok:
             solve_ms = headers.get(SOLVE_MS_HEADER)

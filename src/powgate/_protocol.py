@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import json.encoder
 import json.scanner
 import re
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class SaltParams:
     binding: str | None
 
 
+#: JSON string quoting as json.dumps does it (ASCII output), in C.
+_quote_json: Final = json.encoder.encode_basestring_ascii
 # What quote() would leave as it is: checking first skips its slow path.
 _UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~/:-]*")
 
@@ -148,7 +151,13 @@ class Challenge:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        # What json.dumps(self.to_dict(), separators=(",", ":")) gives, without
+        # its generic machinery: every refusal on the reject path renders one.
+        return (
+            f'{{"algorithm":{_quote_json(self.algorithm)},'
+            f'"challenge":{_quote_json(self.challenge)},"maxnumber":{self.maxnumber:d},'
+            f'"salt":{_quote_json(self.salt)},"signature":{_quote_json(self.signature)}}}'
+        )
 
     @property
     def params(self) -> SaltParams:

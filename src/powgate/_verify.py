@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import hmac
-import secrets
+import os
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple
@@ -36,6 +36,8 @@ __all__ = ["Issuer", "Reason", "Verdict", "Verifier"]
 Clock = Callable[[], float]
 #: Difficulty is ``maxnumber``; above this a browser would search for minutes.
 MAX_DIFFICULTY: Final = 1 << 40
+_NONCE_BYTES: Final = 12
+_MAX_SUFFIXES: Final = 256
 
 
 class Reason(enum.StrEnum):
@@ -80,7 +82,7 @@ MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
 class Issuer:
     """Creates signed challenges with the ring's active key."""
 
-    __slots__ = ("_algorithm", "_clock", "keyring")
+    __slots__ = ("_algorithm", "_clock", "_suffixes", "keyring")
 
     def __init__(
         self, *, keyring: KeyRing, algorithm: str = "SHA-256", clock: Clock = time.time
@@ -90,6 +92,7 @@ class Issuer:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         self._algorithm: Algorithm = found
         self._clock = clock
+        self._suffixes: dict[tuple[str, int, str | None], str] = {}
         #: Replace to rotate; issuing reads it once per challenge.
         self.keyring = keyring
 
@@ -98,20 +101,33 @@ class Issuer:
         if not 1 <= difficulty <= MAX_DIFFICULTY:
             raise ValueError(f"difficulty must be within 1..{MAX_DIFFICULTY}")
         key = self.keyring.signing_key
-        params = {
-            PARAM_EXPIRES: str(int(self._clock() + ttl)),
-            PARAM_KID: key.kid,
-            PARAM_DIFFICULTY: str(difficulty),
-        }
-        if binding is not None:
-            params[PARAM_BINDING] = binding
-        salt = format_salt(secrets.token_hex(12), params)
-        # Uniform below maxnumber: mean work difficulty/2, worst case difficulty.
-        number = secrets.randbelow(difficulty)
+        suffix = self._suffixes.get((key.kid, difficulty, binding))
+        if suffix is None:
+            suffix = self._suffix(kid=key.kid, difficulty=difficulty, binding=binding)
+        # One read of the system's randomness for both the nonce and the
+        # number. Uniform below maxnumber (mean work difficulty/2, worst case
+        # difficulty); the modulo bias of 64 random bits over at most 2**40 is
+        # below 2**-24.
+        raw = os.urandom(_NONCE_BYTES + 8)
+        number = int.from_bytes(raw[_NONCE_BYTES:]) % difficulty
+        salt = f"{raw[:_NONCE_BYTES].hex()}?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
         algorithm = self._algorithm
         challenge = algorithm.work_hex(f"{salt}{number}".encode())
         signature = algorithm.sign(key.secret, challenge.encode())
         return Challenge(algorithm.name, challenge, difficulty, salt, signature)
+
+    def _suffix(self, *, kid: str, difficulty: int, binding: str | None) -> str:
+        """The salt's parameters after ``expires``: the same for every challenge of a route."""
+        params = {PARAM_KID: kid, PARAM_DIFFICULTY: str(difficulty)}
+        if binding is not None:
+            params[PARAM_BINDING] = binding
+        # format_salt with an empty nonce gives "?k=v&...&"; drop the "?".
+        suffix = format_salt("", params)[1:]
+        if len(self._suffixes) >= _MAX_SUFFIXES:
+            # Difficulty moves with the operator: old entries are dead weight.
+            self._suffixes.clear()
+        self._suffixes[(kid, difficulty, binding)] = suffix
+        return suffix
 
 
 class Verifier:
