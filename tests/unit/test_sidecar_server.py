@@ -227,11 +227,17 @@ async def test_metrics_and_health_endpoints(running: Running) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(running.base + "/v1/chat") as response:
             assert response.status == 428
+        # A request without a solution is not timed: there was nothing to verify.
+        async with session.post(
+            running.base + "/v1/chat", headers={"X-Powgate-Solution": "bm90IGEgcGF5bG9hZA=="}
+        ) as response:
+            assert response.status == 428
         status, text = await running.get(session, running.metrics + "/metrics")
         assert status == 200
         for name in (
             'powgate_requests_total{outcome="challenged",reason="missing",route="chat"} 1.0',
             'powgate_difficulty{route="chat"} 100.0',
+            'powgate_requests_total{outcome="rejected",reason="malformed",route="chat"} 1.0',
             "powgate_verify_seconds_count 1.0",
             "powgate_inflight 0.0",
             "powgate_queue_depth 0.0",
