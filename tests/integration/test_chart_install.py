@@ -1,15 +1,19 @@
 """The Helm chart against the real API server: install, run the operator with the
-chart's RBAC, apply examples/, see the policies Ready, uninstall.
+chart's RBAC, apply examples/, see the policies Ready, inject a sidecar, uninstall.
 
 The operator Deployment's pods are fake under kwok (nothing runs in them), so
 the operator runs here as a local process with exactly the container's
-arguments and, as its credentials, a token of the chart's ServiceAccount from
-the TokenRequest API: if the chart's RBAC misses a permission, the policies
-never become Ready (or the operator logs a 403), and the test fails.
+arguments and environment and, as its credentials, a token of the chart's
+ServiceAccount from the TokenRequest API: if the chart's RBAC misses a
+permission, the policies never become Ready, a pod misses its sidecar, or the
+operator logs a 403, and the test fails. Only the listeners move to loopback,
+and the webhook is called by URL instead of through its Service (this
+machine's API server reaches no Service).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,10 +34,23 @@ import yaml
 from kubernetes import client as k8s
 
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_operator._inject import (
+    INJECTED_ANNOTATION,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    SIDECAR_NAME,
+    role_name,
+)
+from powgate_operator.webhook import HANDLER_ID, WEBHOOK_NAME
 from powgate_testbed.cluster import ClusterAccess, cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "powgate"
+RELEASE = "powgate"
+#: The objects' names: the release name contains the chart name, so it is used as is.
+FULLNAME = "powgate"
+#: What the operator logs when the API server refuses it something.
+FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden|Not enough permissions")
 #: Bounds a hang on a loaded 2-core machine; never a speed measurement.
 WAIT = 90.0
 T = TypeVar("T")
@@ -218,6 +236,111 @@ def access(
     return status is not None and status.allowed is True
 
 
+def install_release(
+    kube: Kube, kube_client: k8s.ApiClient, *, namespace: str, watched: str, tmp_path: Path
+) -> str:
+    """`helm install --wait` of the chart, watching `watched`; its output (NOTES)."""
+    values = {"operator": {"watchNamespaces": [watched]}}
+    (tmp_path / "values.json").write_text(json.dumps(values))
+    adopt_existing_crds(
+        k8s.ApiextensionsV1Api(kube_client),
+        names=["powpolicies.powgate.dev", "kopfpeerings.kopf.dev"],
+        release=RELEASE,
+        ns=namespace,
+    )
+    started = time.perf_counter()
+    install = kube.run(
+        "helm", "install", RELEASE, str(CHART), "--namespace", namespace,
+        "--values", str(tmp_path / "values.json"), "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    print(f"helm install --wait: {time.perf_counter() - started:.1f} s")
+    return install.stdout
+
+
+def container_env(container: k8s.V1Container, *, pod: str, namespace: str) -> dict[str, str]:
+    """The container's environment as the kubelet sets it (the downward-API fields
+    the chart uses resolve to this pod's name and namespace)."""
+    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    env = {}
+    for var in container.env or []:
+        if var.value_from is None:
+            env[var.name] = var.value or ""
+        else:
+            field = var.value_from.field_ref
+            assert field is not None, f"{var.name}: only fieldRef values are resolved here"
+            env[var.name] = fields[field.field_path]
+    return env
+
+
+@dataclass(frozen=True)
+class ChartOperator:
+    """The operator the chart's Deployment describes, running as a local process."""
+
+    #: The base URL its webhook is served at (loopback).
+    webhook_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def chart_operator(
+    *, kube: Kube, kube_client: k8s.ApiClient, namespace: str, root: Path
+) -> Iterator[ChartOperator]:
+    """Run the chart Deployment's container locally with its ServiceAccount's token.
+
+    Arguments and environment are the container's; the listeners move to free
+    loopback ports, and the webhook is named by that URL instead of the
+    Service (its certificate must carry the address the API server dials).
+    """
+    deployment = k8s.AppsV1Api(kube_client).read_namespaced_deployment(FULLNAME, namespace)
+    assert deployment.spec is not None
+    assert deployment.spec.template.spec is not None
+    (container,) = deployment.spec.template.spec.containers
+    token_config = service_account_kubeconfig(
+        core=k8s.CoreV1Api(kube_client),
+        admin_kubeconfig=kube.kubeconfig,
+        account=FULLNAME,
+        namespace=namespace,
+        path=root / "operator.kubeconfig",
+    )
+    port = free_port()
+    operator = ChartOperator(
+        webhook_url=f"https://127.0.0.1:{port}", log_path=root / "operator.log"
+    )
+    env = container_env(container, pod="local-operator", namespace=namespace)
+    assert "POWGATE_WEBHOOK_SERVICE" in env  # replaced by the URL below
+    del env["POWGATE_WEBHOOK_SERVICE"]
+    env |= {
+        "POWGATE_WEBHOOK_LISTEN": f"127.0.0.1:{port}",
+        "POWGATE_WEBHOOK_URL": operator.webhook_url,
+        "POWGATE_WEBHOOK_CERT_DIR": str(root / "webhook-certs"),
+    }
+    with operator.log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "powgate_operator", *local_args(container.args or [])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "KUBECONFIG": str(token_config)},
+            start_new_session=True,
+        )
+    try:
+        yield operator
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(operator.log()[-6000:])  # shown only when the test failed
+
+
+def forbidden(log: str) -> list[str]:
+    return [line for line in log.splitlines() if FORBIDDEN.search(line)]
+
+
 def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
     kube: Kube,
     kube_client: k8s.ApiClient,
@@ -225,44 +348,26 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
     policy_namespace: str,
     tmp_path: Path,
 ) -> None:
-    release = "powgate"
-    fullname = "powgate"  # the release name contains the chart name
-    values = {"operator": {"watchNamespaces": [policy_namespace]}}
-    (tmp_path / "values.json").write_text(json.dumps(values))
-    extensions = k8s.ApiextensionsV1Api(kube_client)
-    adopt_existing_crds(
-        extensions,
-        names=["powpolicies.powgate.dev", "kopfpeerings.kopf.dev"],
-        release=release,
-        ns=namespace,
+    stdout = install_release(
+        kube, kube_client, namespace=namespace, watched=policy_namespace, tmp_path=tmp_path
     )
-
-    started = time.perf_counter()
-    install = kube.run(
-        "helm", "install", release, str(CHART), "--namespace", namespace,
-        "--values", str(tmp_path / "values.json"), "--wait", "--timeout", "180s",
-    )  # fmt: skip
-    install_seconds = time.perf_counter() - started
-    print(f"helm install --wait: {install_seconds:.1f} s")
     # NOTES guide to a first policy in the watched namespace.
-    assert "kind: PowPolicy" in install.stdout
-    assert f"kubectl label namespace {policy_namespace} powgate.dev/injection=enabled" in (
-        install.stdout
-    )
+    assert "kind: PowPolicy" in stdout
+    assert f"kubectl label namespace {policy_namespace} powgate.dev/injection=enabled" in stdout
 
     apps = k8s.AppsV1Api(kube_client)
-    deployment = apps.read_namespaced_deployment(fullname, namespace)
+    deployment = apps.read_namespaced_deployment(FULLNAME, namespace)
     assert deployment.status is not None
     assert deployment.status.available_replicas == 1  # kwok's fake pod, Ready
     # The peering object, a post-install hook of a kind whose CRD is in this release.
     custom = k8s.CustomObjectsApi(kube_client)
     custom.get_namespaced_custom_object(
-        "kopf.dev", "v1", policy_namespace, "kopfpeerings", fullname
+        "kopf.dev", "v1", policy_namespace, "kopfpeerings", FULLNAME
     )
 
     # Least privilege, as the API server's authorizer sees it.
     auth = k8s.AuthorizationV1Api(kube_client)
-    user = f"system:serviceaccount:{namespace}:{fullname}"
+    user = f"system:serviceaccount:{namespace}:{FULLNAME}"
     assert access(
         auth,
         user=user,
@@ -281,32 +386,14 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
     )  # fmt: skip
     assert access(
         auth, user=user, verb="patch", resource="mutatingwebhookconfigurations",
-        group="admissionregistration.k8s.io", name=f"{namespace}-{fullname}",
+        group="admissionregistration.k8s.io", name=f"{namespace}-{FULLNAME}",
     )  # fmt: skip
 
     # The operator, as the chart runs it, with the chart's ServiceAccount.
     core = k8s.CoreV1Api(kube_client)
-    token_config = service_account_kubeconfig(
-        core=core,
-        admin_kubeconfig=kube.kubeconfig,
-        account=fullname,
-        namespace=namespace,
-        path=tmp_path / "operator.kubeconfig",
-    )
-    assert deployment.spec is not None
-    assert deployment.spec.template.spec is not None
-    (args,) = [c.args or [] for c in deployment.spec.template.spec.containers]
-    log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(token_config), "POD_ID": "local-operator"}
-    with log_path.open("wb") as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "powgate_operator", *local_args(args)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
+    with chart_operator(
+        kube=kube, kube_client=kube_client, namespace=namespace, root=tmp_path
+    ) as operator:
         kube.run(
             "kubectl", "apply", "-f", "-", stdin=yaml.safe_dump_all(examples_in(policy_namespace))
         )
@@ -328,7 +415,7 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
                 "local-operator"
                 in as_dict(
                     custom.get_namespaced_custom_object(
-                        "kopf.dev", "v1", policy_namespace, "kopfpeerings", fullname
+                        "kopf.dev", "v1", policy_namespace, "kopfpeerings", FULLNAME
                     )
                 ).get("status", {})
             ),
@@ -336,28 +423,14 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
         )
         listing = kube.run("kubectl", "get", "powpolicies", "-n", policy_namespace).stdout
         assert listing.split("\n")[0].split()[:4] == ["NAME", "DIFFICULTY", "MODE", "READY"]
-    finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
-        log_text = log_path.read_text(errors="replace")
-        print(log_text[-6000:])  # shown only when the test failed
-    forbidden = [
-        line
-        for line in log_text.splitlines()
-        if re.search(r"\b403\b|[Ff]orbidden|Not enough permissions", line)
-    ]
-    assert forbidden == []
+    assert forbidden(operator.log()) == []
 
     # Uninstall: the operator's objects go, the CRD (and with it the policies) stays.
-    kube.run("helm", "uninstall", release, "--namespace", namespace, "--wait")
+    kube.run("helm", "uninstall", RELEASE, "--namespace", namespace, "--wait")
     with pytest.raises(k8s.ApiException) as gone:
-        apps.read_namespaced_deployment(fullname, namespace)
+        apps.read_namespaced_deployment(FULLNAME, namespace)
     assert gone.value.status == HTTPStatus.NOT_FOUND
-    extensions.read_custom_resource_definition("powpolicies.powgate.dev")
+    k8s.ApiextensionsV1Api(kube_client).read_custom_resource_definition("powpolicies.powgate.dev")
     remaining = as_dict(
         custom.list_namespaced_custom_object(GROUP, VERSION, policy_namespace, PLURAL)
     )
@@ -368,6 +441,152 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, policy_namespace, PLURAL, name, {"metadata": {"finalizers": None}}
         )
+
+
+def pod_annotations(pod: k8s.V1Pod) -> dict[str, str] | None:
+    return pod.metadata.annotations if pod.metadata else None
+
+
+def llm_pod_spec(account: str) -> k8s.V1PodSpec:
+    """An app serving on the port named `http`, which the sidecar takes over."""
+    port = k8s.V1ContainerPort(name="http", container_port=8000)
+    return k8s.V1PodSpec(
+        service_account_name=account,
+        containers=[k8s.V1Container(name="model", image="standin:test", ports=[port])],
+    )
+
+
+def test_the_charts_webhook_injects_the_sidecar_with_the_charts_rbac(
+    cluster: ClusterAccess,
+    kube: Kube,
+    kube_client: k8s.ApiClient,
+    namespace: str,
+    policy_namespace: str,
+    tmp_path: Path,
+) -> None:
+    if not cluster.reaches_loopback:
+        pytest.skip("the API server cannot call a webhook on this machine's loopback")
+    install_release(
+        kube, kube_client, namespace=namespace, watched=policy_namespace, tmp_path=tmp_path
+    )
+    core, apps = k8s.CoreV1Api(kube_client), k8s.AppsV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    admission = k8s.AdmissionregistrationV1Api(kube_client)
+    configuration = f"{namespace}-{FULLNAME}"
+    try:
+        with chart_operator(
+            kube=kube, kube_client=kube_client, namespace=namespace, root=tmp_path
+        ) as operator:
+            # As the administrator: the chart's configuration calls the local operator
+            # by URL instead of the Service. The caBundle stays the operator's to patch.
+            admission.patch_mutating_webhook_configuration(
+                configuration,
+                [
+                    {"op": "test", "path": "/webhooks/0/name", "value": WEBHOOK_NAME},
+                    {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+                    {
+                        "op": "add",
+                        "path": "/webhooks/0/clientConfig/url",
+                        "value": f"{operator.webhook_url}/{HANDLER_ID}",
+                    },
+                ],
+            )
+            core.patch_namespace(
+                policy_namespace,
+                {"metadata": {"labels": {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE}}},
+            )
+            for account in ("probe", "llm"):
+                core.create_namespaced_service_account(
+                    policy_namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account))
+                )
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                policy_namespace,
+                PLURAL,
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "PowPolicy",
+                    "metadata": {"name": "llm"},
+                    "spec": {"selector": {"matchLabels": {"app": "llm"}}},
+                },
+            )
+            try:
+                probes = iter(range(10_000))
+
+                def injected_probe() -> bool:
+                    # With failurePolicy Ignore, a pod admitted before the webhook
+                    # serves (or before the API server trusts its CA) is stored as sent.
+                    name = f"probe-{next(probes)}"
+                    body = k8s.V1Pod(
+                        metadata=k8s.V1ObjectMeta(name=name, labels={"app": "llm"}),
+                        spec=llm_pod_spec("probe"),
+                    )
+                    pod = core.create_namespaced_pod(policy_namespace, body)
+                    core.delete_namespaced_pod(name, policy_namespace, grace_period_seconds=0)
+                    return INJECTED_ANNOTATION in (pod_annotations(pod) or {})
+
+                eventually(injected_probe, what="the chart's webhook to inject")
+                labels = {"app": "llm"}
+                apps.create_namespaced_deployment(
+                    policy_namespace,
+                    k8s.V1Deployment(
+                        metadata=k8s.V1ObjectMeta(name="llm"),
+                        spec=k8s.V1DeploymentSpec(
+                            replicas=1,
+                            selector=k8s.V1LabelSelector(match_labels=labels),
+                            template=k8s.V1PodTemplateSpec(
+                                metadata=k8s.V1ObjectMeta(labels=labels),
+                                spec=llm_pod_spec("llm"),
+                            ),
+                        ),
+                    ),
+                )
+
+                def deployed_pod() -> k8s.V1Pod | None:
+                    pods = core.list_namespaced_pod(policy_namespace, label_selector="app=llm")
+                    return pods.items[0] if pods.items else None
+
+                pod = eventually(deployed_pod, what="the Deployment's pod")
+                assert (pod_annotations(pod) or {}).get(INJECTED_ANNOTATION) == "llm"
+                assert pod.spec is not None
+                (sidecar,) = [
+                    c
+                    for c in (pod.spec.init_containers or []) + pod.spec.containers
+                    if c.name == SIDECAR_NAME
+                ]
+                # What the chart's values say is injected.
+                assert str(sidecar.image).startswith("powgate-sidecar:")
+                assert sidecar.resources is not None
+                assert sidecar.resources.requests == {"cpu": "100m", "memory": "64Mi"}
+                env = {e.name: e.value for e in sidecar.env or []}
+                assert env["POWGATE_CONFIG_OBJECT"] == (
+                    f"{policy_namespace}/{config_map_name('llm')}"
+                )
+                # The operator granted both pods' service accounts read access to the
+                # policy's config: creating and then updating the RoleBinding.
+                binding = k8s.RbacAuthorizationV1Api(kube_client).read_namespaced_role_binding(
+                    role_name("llm"), policy_namespace
+                )
+                assert sorted(s.name for s in binding.subjects or []) == ["llm", "probe"]
+            finally:
+                # While the operator runs: it removes its finalizer.
+                custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, policy_namespace, PLURAL, "llm"
+                )
+                eventually(
+                    lambda: (
+                        not as_dict(
+                            custom.list_namespaced_custom_object(
+                                GROUP, VERSION, policy_namespace, PLURAL
+                            )
+                        )["items"]
+                    ),
+                    what="the policy to be deleted",
+                )
+        assert forbidden(operator.log()) == []
+    finally:
+        kube.run("helm", "uninstall", RELEASE, "--namespace", namespace, "--wait")
 
 
 @pytest.mark.parametrize(
