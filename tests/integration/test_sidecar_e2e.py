@@ -174,6 +174,7 @@ async def test_watch_applies_changes_and_keeps_the_last_good_on_bad_input(
         assert "error" not in sink.results
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_rbac_refusal_is_an_error_then_a_rotated_token_is_used(
@@ -199,6 +200,7 @@ async def test_rbac_refusal_is_an_error_then_a_rotated_token_is_used(
             await eventually(lambda: bool(sink.applied), what="the rotated token accepted")
         finally:
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_many_watchers_share_one_client(
@@ -219,6 +221,9 @@ async def test_many_watchers_share_one_client(
     finally:
         for task in tasks:
             task.cancel()
+        # Let every watch unwind and hand its connection back before the
+        # client closes: a cancelled task that never ran again leaks its socket.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- the sidecar as a process, in front of the stand-in AI service ---------------

@@ -240,6 +240,7 @@ async def test_unreachable_api_server_keeps_the_config_and_counts_errors() -> No
                 break
             await asyncio.sleep(0.01)
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert errors_counted(sidecar) >= 3
     assert sidecar.config is not None
     assert sidecar.config.version == "v1"
