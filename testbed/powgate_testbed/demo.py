@@ -1,0 +1,431 @@
+"""``make demo``: adaptive proof of work defending an AI service from a flood, end to end.
+
+On one machine: a local Kubernetes control plane (or the current cluster with
+``--kubeconfig``), Prometheus, the PowPolicy CRD and the operator; the
+stand-in AI service with sidecars in front of it; an example PowPolicy whose
+signals are the service's load and the sidecars' request metrics. Then the
+scripted scenario, quiet → flood (honest bots with a fixed hash budget, at
+least 20 times the legitimate rate) → quiet, once with the adaptive policy
+and once with each baseline (no proof of work; DeepSeek's fixed difficulty),
+with a live view. At the end: ``demo.png`` and ``summary.json`` in the output
+folder, and the verdict. Everything started is stopped, on errors and Ctrl-C too.
+
+    python -m powgate_testbed.demo [--quick] [--kubeconfig [PATH]] [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import uvloop
+from kubernetes import client as k8s
+
+from ._demo_chart import draw_chart
+from ._demo_monitor import Monitor
+from ._demo_scenario import DEFAULT, QUICK, Defence, Phases, Scenario
+from ._demo_stack import DemoStack, Deployment
+from ._demo_verdict import TARGETS, Verdict, check_targets, judge, merge_client_rows
+from ._demo_view import LiveView, Snapshot, format_verdicts
+from ._load_traffic import (
+    AttackMode,
+    AttackTraffic,
+    LegitTraffic,
+    LoadGenerator,
+    LoadReport,
+    RequestShape,
+)
+from .cluster import StartupError, ToolsMissingError, cache_dir
+from .prometheus import PrometheusError, PrometheusNotFoundError
+
+__all__ = [
+    "DEFAULT",
+    "QUICK",
+    "TARGETS",
+    "Defence",
+    "DemoResult",
+    "LiveView",
+    "Scenario",
+    "Verdict",
+    "main",
+    "run_demo",
+]
+
+#: The adaptive run first (the point of the demo), then the baselines.
+RUN_ORDER: Final = (Defence.ADAPTIVE, Defence.STATIC, Defence.NONE)
+#: Bot requests per second before the flood: effectively none (see `_Run`).
+_DORMANT: Final = 1e-9
+#: Rows shown by the live view (the view averages the last few seconds).
+_VIEW_ROWS: Final = 6
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """What a demo produced: per run its timeline and verdict, and the adaptive run's targets."""
+
+    scenario: Scenario
+    timelines: dict[str, list[dict[str, Any]]]
+    verdicts: dict[str, Verdict]
+    targets: dict[str, bool]
+    chart: Path
+    summary: Path
+    #: The machine's load averages (1, 5, 15 minutes) at the end: the context of the numbers.
+    load_average: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": asdict(self.scenario),
+            "machine": {"cores": os.cpu_count(), "load_average": self.load_average},
+            "targets": {"goals": TARGETS, "met": self.targets},
+            "verdicts": {name: verdict.to_dict() for name, verdict in self.verdicts.items()},
+            "timelines": self.timelines,
+        }
+
+
+def _phase(t: int, phases: Phases) -> str:
+    if t < phases.quiet:
+        return "quiet"
+    return "flood" if t < phases.quiet + phases.flood else "after"
+
+
+def _rows(
+    *,
+    monitor: Monitor,
+    series: Sequence[Sequence[Mapping[str, Any]]],
+    phases: Phases,
+    start: int,
+    stop: int,
+) -> list[dict[str, Any]]:
+    """Timeline rows: the service side and both client classes, per second."""
+    service = monitor.seconds(start, stop)
+    return [
+        {
+            "t": second.t,
+            "phase": _phase(second.t, phases),
+            "service": second.to_dict(),
+            **{
+                name: merge_client_rows([rows[second.t][name] for rows in series])
+                for name in ("legit", "attack")
+            },
+        }
+        for second in service
+    ]
+
+
+class _Run:
+    """One run of the scenario against one deployment: the script, the view, the timeline."""
+
+    def __init__(
+        self,
+        *,
+        stack: DemoStack,
+        deployment: Deployment,
+        view: LiveView,
+        index: int,
+        runs: int,
+        seed: int | None,
+    ) -> None:
+        scenario = stack.scenario
+        self.phases = scenario.phases(deployment.defence)
+        self._scenario = scenario
+        self._deployment = deployment
+        self._view = view
+        self._index, self._runs = index, runs
+        share = len(deployment.sidecar_urls)
+        # One generator per sidecar, each with its share of the traffic and of
+        # the bots' budget: clients spread evenly, as a Service would spread them.
+        self._generators = [
+            LoadGenerator(
+                target=url,
+                legit=LegitTraffic(rate=scenario.legit_rate / share),
+                # The bots' solver starts with the run only for a rate above zero;
+                # this one sends nothing before the flood (one arrival per ~30
+                # years), but the bots are ready when it starts, as a botnet is.
+                attack=AttackTraffic(
+                    rate=_DORMANT, mode=AttackMode.HONEST, budget=scenario.attack_budget / share
+                ),
+                request=RequestShape(max_tokens=scenario.backend.max_tokens),
+                max_in_flight=scenario.max_in_flight,
+                seed=None if seed is None else seed + number,
+            )
+            for number, url in enumerate(deployment.sidecar_urls)
+        ]
+        defence = deployment.defence
+        self._monitor = Monitor(
+            standin_url=deployment.standin_url,
+            sidecar_metrics=deployment.sidecar_metrics,
+            backend=scenario.backend,
+            policy_status=lambda: stack.policy_status(defence),
+            policy_period=float(scenario.interval),
+        )
+
+    async def run(self) -> list[dict[str, Any]]:
+        monitor = asyncio.create_task(self._monitor.run())
+        self._monitor.start_clock()
+        loads = [
+            asyncio.create_task(generator.run(duration=self.phases.total))
+            for generator in self._generators
+        ]
+        try:
+            await self._script(loads)
+            reports: list[LoadReport] = await asyncio.gather(*loads)
+        finally:
+            for task in (*loads, monitor):
+                task.cancel()
+            await asyncio.gather(*loads, monitor, return_exceptions=True)
+        length = min(len(report.series) for report in reports)
+        return _rows(
+            monitor=self._monitor,
+            series=[report.series for report in reports],
+            phases=self.phases,
+            start=0,
+            stop=length,
+        )
+
+    async def _script(self, loads: Sequence[asyncio.Task[LoadReport]]) -> None:
+        """quiet → flood → quiet, showing the view until the load ends."""
+        flood_rate = self._scenario.flood_rate / len(self._generators)
+        changes = [
+            (self.phases.quiet, flood_rate),
+            (self.phases.quiet + self.phases.flood, 0.0),
+        ]
+        while not all(task.done() for task in loads):
+            elapsed = self._monitor.elapsed
+            while changes and elapsed >= changes[0][0]:
+                _, rate = changes.pop(0)
+                for generator in self._generators:
+                    generator.set_attack_rate(rate)
+            self._show(elapsed)
+            wake = min([self._view.period, *(at - elapsed for at, _ in changes[:1])])
+            await asyncio.wait(loads, timeout=max(0.05, wake))
+
+    def _show(self, elapsed: float) -> None:
+        series = [generator.series() for generator in self._generators]
+        complete = min(len(rows) for rows in series)
+        rows = (
+            _rows(
+                monitor=self._monitor,
+                series=series,
+                phases=self.phases,
+                start=max(0, complete - _VIEW_ROWS),
+                stop=complete,
+            )
+            if complete
+            else []
+        )
+        self._view.show(
+            Snapshot(
+                run=str(self._deployment.defence),
+                run_index=self._index,
+                runs=self._runs,
+                phase=_phase(int(elapsed), self.phases),
+                elapsed=elapsed,
+                total=self.phases.total,
+                rows=rows,
+            )
+        )
+
+
+def run_demo(
+    *,
+    scenario: Scenario,
+    output: Path,
+    kubeconfig: Path | None = None,
+    defences: Sequence[Defence] = RUN_ORDER,
+    view: LiveView | None = None,
+    seed: int | None = None,
+) -> DemoResult:
+    """Bring the stack up, run the scenario once per defence, judge, draw, tear down."""
+    if Defence.ADAPTIVE not in defences:
+        raise ValueError("the adaptive run is the demo: it cannot be left out")
+    view = view or LiveView()
+    output.mkdir(parents=True, exist_ok=True)
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="powgate-demo-") as scratch,
+        DemoStack(
+            scenario=scenario, workdir=Path(scratch), logs=output / "logs", kubeconfig=kubeconfig
+        ) as stack,
+    ):
+        view.note(
+            f"stack up in {time.monotonic() - started:.0f} s: namespace {stack.namespace}, "
+            f"Prometheus {stack.prometheus.url}, logs in {output / 'logs'}"
+        )
+        for index, defence in enumerate(defences, start=1):
+            with stack.deploy(defence) as deployment:
+                view.note(
+                    f"run {index}/{len(defences)}: {defence} — {scenario.sidecars} sidecars "
+                    f"in front of the stand-in ({scenario.backend.capacity:g} requests/s)"
+                )
+                run = _Run(
+                    stack=stack,
+                    deployment=deployment,
+                    view=view,
+                    index=index,
+                    runs=len(defences),
+                    seed=seed,
+                )
+                timelines[str(defence)] = uvloop.run(run.run())
+    return _conclude(scenario=scenario, output=output, timelines=timelines)
+
+
+def _conclude(
+    *, scenario: Scenario, output: Path, timelines: dict[str, list[dict[str, Any]]]
+) -> DemoResult:
+    verdicts: dict[str, Verdict] = {}
+    # Baselines first in the table and the chart, the adaptive run last:
+    # the comparison reads from left to right.
+    for defence in (d for d in reversed(RUN_ORDER) if str(d) in timelines):
+        phases = scenario.phases(defence)
+        verdicts[str(defence)] = judge(
+            timelines[str(defence)],
+            defence=str(defence),
+            flood_start=math.ceil(phases.quiet),
+            flood_end=math.ceil(phases.quiet + phases.flood),
+            settle=math.ceil(scenario.settle),
+            minimum=scenario.min_difficulty if defence is Defence.ADAPTIVE else None,
+        )
+    targets = check_targets(verdicts[str(Defence.ADAPTIVE)])
+    chart, summary = output / "demo.png", output / "summary.json"
+    result = DemoResult(
+        scenario=scenario,
+        timelines=timelines,
+        verdicts=verdicts,
+        targets=targets,
+        chart=chart,
+        summary=summary,
+        load_average=os.getloadavg(),
+    )
+    summary.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    draw_chart(
+        chart,
+        runs=timelines,
+        verdicts=verdicts,
+        capacity=scenario.backend.capacity,
+        title=(
+            f"powgate demo ({scenario.name}): {scenario.flood_rate:g} bot req/s "
+            f"({scenario.flood_rate / scenario.legit_rate:g}x legit), "
+            f"{scenario.attack_budget:.2g} hashes/s, backend {scenario.backend.capacity:g} req/s"
+        ),
+    )
+    return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM tears down like Ctrl-C does (a CI timeout, `kill`)."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kubeconfig(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no kubeconfig at {path}")
+    return path
+
+
+def _default_kubeconfig() -> str:
+    first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return first or str(Path.home() / ".kube" / "config")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m powgate_testbed.demo",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the reduced scale of the integration test"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        nargs="?",
+        # argparse passes a string `const` through `type` as well.
+        const=_default_kubeconfig(),
+        type=_kubeconfig,
+        metavar="PATH",
+        help="use this cluster instead of starting one (alone: $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=cache_dir() / "demo",
+        help="folder for demo.png, summary.json and the logs (default .cache/demo)",
+    )
+    parser.add_argument(
+        "--sidecars", type=_positive, help="sidecar processes in front of the service (default 2)"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="run only the adaptive defence")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the arrival processes")
+    args = parser.parse_args(argv)
+    scenario = QUICK if args.quick else DEFAULT
+    if args.sidecars is not None:
+        scenario = replace(scenario, sidecars=args.sidecars)
+    defences = (Defence.ADAPTIVE,) if args.no_baselines else RUN_ORDER
+    view = LiveView()
+    try:
+        with _sigterm_as_interrupt():
+            result = run_demo(
+                scenario=scenario,
+                output=args.output,
+                kubeconfig=args.kubeconfig,
+                defences=defences,
+                view=view,
+                seed=args.seed,
+            )
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything the demo started has been stopped", file=sys.stderr)
+        return 130
+    except (
+        StartupError,
+        ToolsMissingError,
+        PrometheusNotFoundError,
+        PrometheusError,
+    ) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    except k8s.ApiException as exc:
+        # A cluster given by --kubeconfig may refuse what the demo needs (RBAC).
+        print(f"demo failed: the API server answered {exc.status} {exc.reason}", file=sys.stderr)
+        return 1
+    view.note("")
+    view.note(format_verdicts(list(result.verdicts.values()), result.targets))
+    one, five, fifteen = result.load_average
+    view.note(
+        f"\nmachine load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) "
+        f"on {os.cpu_count()} cores\nchart: {result.chart}\nsummary: {result.summary}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

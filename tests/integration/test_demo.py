@@ -1,0 +1,176 @@
+"""`make demo` at reduced scale: the real stack, the scripted flood, the verdict's direction.
+
+Everything is real: the control plane (the session's cluster), Prometheus, the
+operator, the stand-in and the sidecars as processes, the traffic generator
+with real hashing. Only the direction of the verdict is checked (difficulty
+rose during the flood, legitimate clients kept being served, difficulty came
+back down afterwards, the baselines did worse); the issue's numeric targets
+belong to the default scale, reported by `make demo` (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from powgate_testbed.cluster import ClusterAccess
+from powgate_testbed.demo import QUICK, DemoResult, LiveView, run_demo
+
+pytestmark = pytest.mark.slow
+
+#: Bounds a hang of the interrupt test; never a measure of speed.
+_WAIT = 180.0
+
+
+@pytest.fixture(scope="module")
+def result(
+    cluster: ClusterAccess, prometheus_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> DemoResult:
+    output = tmp_path_factory.mktemp("demo")
+    with (output / "view.txt").open("w") as stream:
+        return run_demo(
+            scenario=QUICK,
+            output=output,
+            kubeconfig=cluster.kubeconfig,
+            view=LiveView(stream=stream),
+            seed=7,
+        )
+
+
+def test_difficulty_rises_during_the_flood_and_the_backend_recovers(result: DemoResult) -> None:
+    adaptive = result.verdicts["adaptive"]
+    timeline = result.timelines["adaptive"]
+    flood = timeline[adaptive.flood_start : adaptive.flood_end]
+    assert max(row["service"]["difficulty"] or 0 for row in flood) > QUICK.min_difficulty * 4
+    # Adapted within the flood: raised, and the backend under capacity afterwards.
+    assert adaptive.time_to_adapt is not None
+    assert adaptive.time_to_adapt < adaptive.flood_end - adaptive.flood_start
+    # The sidecars enforced what the operator decided.
+    assert any(
+        row["service"]["policy_difficulty"] == row["service"]["difficulty"] > QUICK.min_difficulty
+        for row in flood
+    )
+
+
+def test_legitimate_clients_stay_served_after_adaptation(result: DemoResult) -> None:
+    adaptive = result.verdicts["adaptive"]
+    assert adaptive.legit_success is not None
+    assert adaptive.legit_success >= 0.9
+    # Every admitted bot request cost real hashes, many times the minimum's worth.
+    assert adaptive.attack_hashes_per_admitted is not None
+    assert adaptive.attack_hashes_per_admitted > QUICK.min_difficulty
+
+
+def test_difficulty_comes_back_down_after_the_flood(result: DemoResult) -> None:
+    adaptive = result.verdicts["adaptive"]
+    levels = [row["service"]["difficulty"] for row in result.timelines["adaptive"]]
+    last = next(level for level in reversed(levels) if level is not None)
+    assert adaptive.peak_difficulty is not None
+    assert last <= adaptive.peak_difficulty / 2
+
+
+def test_the_baselines_do_worse_than_the_adaptive_defence(result: DemoResult) -> None:
+    adaptive, static, none = (result.verdicts[name] for name in ("adaptive", "static", "none"))
+    # Without proof of work the bots go straight to the backend.
+    assert none.over_capacity_seconds > adaptive.over_capacity_seconds
+    assert none.attack_goodput is not None
+    assert adaptive.attack_goodput is not None
+    assert none.attack_goodput > adaptive.attack_goodput
+    # A fixed toll below what the flood needs lets more bots through than the adaptive one.
+    assert static.attack_goodput is not None
+    assert static.attack_goodput > adaptive.attack_goodput
+
+
+def test_chart_and_summary_are_written(result: DemoResult) -> None:
+    assert result.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads(result.summary.read_text())
+    assert set(summary["verdicts"]) == {"none", "static", "adaptive"}
+    assert (
+        summary["verdicts"]["adaptive"]["time_to_adapt"]
+        == result.verdicts["adaptive"].time_to_adapt
+    )
+    assert len(summary["timelines"]["adaptive"]) >= QUICK.adaptive.total
+    view = (result.chart.parent / "view.txt").read_text()
+    assert "\x1b" not in view  # no terminal: plain lines
+    assert "adaptive" in view
+    assert "static" in view
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_tears_everything_down(
+    cluster: ClusterAccess,
+    prometheus_binary: Path,
+    kube_client: k8s.ApiClient,
+    tmp_path: Path,
+) -> None:
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "powgate_testbed.demo",
+            "--quick",
+            "--no-baselines",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--output",
+            str(tmp_path),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert demo.stdout is not None
+    namespace = ""
+    deadline = time.monotonic() + _WAIT
+    try:
+        # Wait until the run is under way: the sidecars and the stand-in are up.
+        for line in demo.stdout:
+            if "namespace " in line:
+                namespace = line.split("namespace ", 1)[1].split(",", 1)[0]
+            if line.startswith("run 1/1") or time.monotonic() > deadline:
+                break
+        assert namespace, "the demo never reported its namespace"
+        assert _processes_mentioning(namespace), "the operator and sidecars should be running"
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=_WAIT)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130, rest
+    assert "interrupted" in rest
+    assert _processes_mentioning(namespace) == []
+    assert _namespace_phase(kube_client, namespace) in ("Terminating", "Gone")
+
+
+def _namespace_phase(kube_client: k8s.ApiClient, name: str) -> str:
+    try:
+        status = k8s.CoreV1Api(kube_client).read_namespace(name).status
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return "Gone"
+        raise
+    return str(status.phase if status is not None else None)
