@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, KeyRingError, solve
 from powgate.config import RouteConfig, SidecarConfig
-from powgate_sidecar import Settings, serve
+from powgate_sidecar import Limits, Settings, serve
 
 CONFIG = SidecarConfig(
     policy="team/chat",
@@ -99,6 +99,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         key_file=key_file,
         config_file=config_file,
         header_timeout=0.5,
+        limits=Limits(body_read_seconds=0.5),
         shutdown_timeout=10,
         poll_interval=0.05,
     )
@@ -171,6 +172,25 @@ async def test_slowloris_connection_is_closed_without_reaching_upstream(running:
     assert await asyncio.wait_for(reader.read(), timeout=20) == b""
     writer.close()
     assert running.seen == []
+
+
+async def test_a_paid_request_whose_body_stalls_gets_408_and_never_reaches_upstream(
+    running: Running,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        challenge = await running.challenge(session)
+    payload = challenge.solution(solve(challenge).number).encode()
+    head = (
+        "POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        f"X-Powgate-Solution: {payload}\r\n\r\n"
+    )
+    # Ten bytes of a hundred, then nothing: the body timeout (0.5 s) ends it.
+    answer = await raw(running.port, head.encode() + b"0123456789", wait_for_eof=True)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert running.seen == []
+    async with aiohttp.ClientSession() as session:
+        line = 'powgate_client_errors_total{kind="slow_client"}'
+        assert await running.metric(session, line) == 1
 
 
 async def test_config_file_change_is_applied_and_a_bad_one_is_kept_out(running: Running) -> None:
