@@ -210,12 +210,21 @@ class ConfigMapWatcher:
                 raise ValueError(
                     f"WATCH answered {response.status}: {(await response.text())[:200]}"
                 )
-            # Events are newline-delimited JSON; one event is at most one object.
-            async for line in response.content:
-                if len(line) > _MAX_OBJECT_BYTES * 2:
-                    raise ValueError("watch event larger than any ConfigMap")
-                if line.strip():
-                    version = self._event(json.loads(line), version)
+            try:
+                # Events are newline-delimited JSON; one event is at most one object.
+                async for line in response.content:
+                    if len(line) > _MAX_OBJECT_BYTES * 2:
+                        raise ValueError("watch event larger than any ConfigMap")
+                    if line.strip():
+                        version = self._event(json.loads(line), version)
+            except asyncio.CancelledError:
+                # Stopping: drop the connection at once. A graceful TLS close
+                # finishes on the event loop later, and a loop that is ending
+                # would leave the socket half-closed behind it.
+                connection = response.connection
+                if connection is not None and connection.transport is not None:
+                    connection.transport.abort()
+                raise
         return version
 
     def _event(self, event: Any, version: str) -> str:
