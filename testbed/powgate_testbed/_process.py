@@ -18,14 +18,17 @@ import socket
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 __all__ = [
     "ManagedProcess",
     "ProcessRecord",
+    "Service",
     "StartupError",
     "free_ports",
     "process_alive",
@@ -34,6 +37,29 @@ __all__ = [
     "tail",
     "wait_until",
 ]
+
+
+class Service(ABC):
+    """Something started and stopped as a whole; a `with` block stops it even on error."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
 
 _PR_SET_PDEATHSIG = 1
 # Loaded once in the parent: the child between fork and exec must not import

@@ -30,8 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import yaml
@@ -40,6 +39,7 @@ from powgate_testbed._pki import CertificateAuthority, KeyPair, generate_signing
 from powgate_testbed._process import (
     ManagedProcess,
     ProcessRecord,
+    Service,
     StartupError,
     free_ports,
     process_alive,
@@ -203,7 +203,7 @@ class _Ports:
         return cls(*free_ports(len(fields(cls))))
 
 
-class LocalCluster:
+class LocalCluster(Service):
     """etcd + control plane + kwok under one state folder.
 
     `owned=True` ties the processes to this Python process (stopped when it
@@ -262,18 +262,6 @@ class LocalCluster:
         if self._owned:
             atexit.unregister(self.stop)
         _clear_state(self.root)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- start-up ----------------------------------------------------------
 

@@ -20,14 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import yaml
 
 from powgate_testbed._process import (
     ManagedProcess,
+    Service,
     StartupError,
     free_ports,
     stop_all,
@@ -129,7 +129,7 @@ def _render_config(targets: Sequence[ScrapeTarget], *, interval: float) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-class PrometheusServer:
+class PrometheusServer(Service):
     """A Prometheus process with its own configuration and data under `root`."""
 
     def __init__(
@@ -199,18 +199,6 @@ class PrometheusServer:
             stop_all([self._process], grace=_STOP_GRACE)
             self._process = None
         atexit.unregister(self.stop)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def set_targets(self, targets: Sequence[ScrapeTarget], *, timeout: float = 10.0) -> None:
         """Replace the scrape targets and wait until Prometheus has picked them up.

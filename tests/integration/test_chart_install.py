@@ -18,19 +18,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
+from _operator_process import eventually, free_port
 from kubernetes import client as k8s
 
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
@@ -51,9 +51,6 @@ RELEASE = "powgate"
 FULLNAME = "powgate"
 #: What the operator logs when the API server refuses it something.
 FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden|Not enough permissions")
-#: Bounds a hang on a loaded 2-core machine; never a speed measurement.
-WAIT = 90.0
-T = TypeVar("T")
 
 pytestmark = pytest.mark.slow
 
@@ -66,17 +63,6 @@ def binary(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 class Kube:
@@ -171,13 +157,6 @@ def service_account_kubeconfig(
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def local_args(args: list[str]) -> list[str]:

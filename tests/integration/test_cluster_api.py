@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import pytest
+from _operator_process import eventually, wait_established
 from kubernetes import client as k8s
 from kubernetes import watch
 
@@ -19,14 +19,6 @@ GROUP = "test.powgate.dev"
 # loaded into the cluster.
 WORKLOAD_IMAGE = os.environ.get("POWGATE_TEST_IMAGE", "powgate/workload:test")
 _DEADLINE = 60.0
-
-
-def _eventually(check: Callable[[], bool], *, what: str) -> None:
-    deadline = time.monotonic() + _DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not reached within {_DEADLINE:.0f} s: {what}")
-        time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -97,13 +89,7 @@ def crd(kube_client: k8s.ApiClient) -> Iterator[Crd]:
     extensions = k8s.ApiextensionsV1Api(kube_client)
     # The client sends plain dicts as they are; its annotations ask for models.
     extensions.create_custom_resource_definition(body)  # type: ignore[arg-type]
-
-    def established() -> bool:
-        status = extensions.read_custom_resource_definition(body["metadata"]["name"]).status
-        conditions = (status.conditions if status else None) or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    _eventually(established, what="CRD Established")
+    wait_established(extensions, body["metadata"]["name"])
     yield crd
     extensions.delete_custom_resource_definition(body["metadata"]["name"])
 
@@ -202,7 +188,7 @@ def test_deployment_reaches_running_pods(kube_client: k8s.ApiClient, namespace: 
         pods = core.list_namespaced_pod(namespace, label_selector="app=workload").items
         return [p for p in pods if p.status is not None and p.status.phase == "Running"]
 
-    _eventually(lambda: len(running()) == 3, what="3 Running pods")
+    eventually(lambda: len(running()) == 3, timeout=_DEADLINE, what="3 Running pods")
     # Scheduled onto nodes, given addresses and a mounted service-account
     # token: the controllers, the scheduler and the node agent all took part.
     addresses = set()
@@ -218,4 +204,6 @@ def test_deployment_reaches_running_pods(kube_client: k8s.ApiClient, namespace: 
         status = apps.read_namespaced_deployment_status("workload", namespace).status
         return status.ready_replicas if status else None
 
-    _eventually(lambda: ready_replicas() == 3, what="deployment status readyReplicas=3")
+    eventually(
+        lambda: ready_replicas() == 3, timeout=_DEADLINE, what="deployment status readyReplicas=3"
+    )

@@ -8,14 +8,7 @@ finds the API server (a kubeconfig instead of a service account).
 from __future__ import annotations
 
 import base64
-import copy
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
@@ -24,6 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from _operator_process import OperatorProcess, apply_crd, delete_policies, free_port
+from _operator_process import eventually as wait_for
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -45,39 +40,16 @@ pytestmark = pytest.mark.slow
 
 
 def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            seen = json.dumps(LAST_SEEN.get("status"), indent=1)
-            pytest.fail(f"timed out waiting for {what}; last status seen:\n{seen}")
-        time.sleep(0.2)
+    return wait_for(probe, what=what, timeout=timeout, context=last_status)
+
+
+def last_status() -> str:
+    return "last status seen:\n" + json.dumps(LAST_SEEN.get("status"), indent=1)
 
 
 @pytest.fixture(scope="session")
 def crd(kube_client: k8s.ApiClient) -> None:
-    api = k8s.ApiextensionsV1Api(kube_client)
-    name = CRD["metadata"]["name"]
-    try:
-        current = api.read_custom_resource_definition(name)
-    except k8s.ApiException as exc:
-        if exc.status != HTTPStatus.NOT_FOUND:
-            raise
-        api.create_custom_resource_definition(CRD)
-    else:
-        body = copy.deepcopy(CRD)
-        assert current.metadata is not None
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        status = api.read_custom_resource_definition(name).status
-        conditions = (status.conditions if status else None) or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    eventually(established, what="the CRD to be established")
+    apply_crd(kube_client, CRD)
 
 
 @pytest.fixture
@@ -90,80 +62,21 @@ def core(kube_client: k8s.ApiClient) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(kube_client)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Operator:
-    """One operator process (its own process group, its output in a log file); restartable."""
-
-    def __init__(self, *, cluster: ClusterAccess, namespace: str, logs: Path) -> None:
-        self._env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        self._namespace = namespace
-        self._logs = logs
-        self._process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        argv = [
-            sys.executable,
-            "-m",
-            "powgate_operator",
-            "--namespace",
-            self._namespace,
-            "--metrics-listen",
-            f"127.0.0.1:{free_port()}",
-            "--health-listen",
-            f"127.0.0.1:{free_port()}",
-            "--verbose",
-        ]
-        with (self._logs / f"operator-{self.starts}.log").open("wb") as log:
-            self._process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
-            )
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    @property
-    def stopped(self) -> bool:
-        return self._process is None
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self._logs.glob("*.log")))
-
-
 @pytest.fixture
 def operator(
     cluster: ClusterAccess, namespace: str, custom: k8s.CustomObjectsApi, tmp_path: Path
-) -> Iterator[Operator]:
-    process = Operator(cluster=cluster, namespace=namespace, logs=tmp_path)
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        namespace=namespace, kubeconfig=cluster.kubeconfig, log=tmp_path / "operator.log"
+    )
     process.start()
     try:
         yield process
         # Policies carry the operator's finalizer: delete them while it runs, so the
         # namespace can go afterwards.
-        if process.stopped:
+        if not process.running:
             process.start()
-        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-
-        def none_left() -> bool:
-            listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-            return isinstance(listed, dict) and not listed["items"]
-
-        eventually(none_left, what="the policies to be deleted")
+        delete_policies(custom, namespace=namespace)
     finally:
         process.stop()
         # Shown by pytest only when the test failed.
@@ -273,7 +186,7 @@ def test_examples_apply_cleanly(custom: k8s.CustomObjectsApi, namespace: str, pa
 
 
 def test_policy_lifecycle(
-    operator: Operator, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
+    operator: OperatorProcess, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
 ) -> None:
     create(
         custom, namespace, policy("chat", difficulty={"min": 1000, "initial": 4000, "max": 90_000})
@@ -325,7 +238,7 @@ def test_policy_lifecycle(
 
 
 def test_bad_key_secret_is_kept_and_reported(
-    operator: Operator, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
+    operator: OperatorProcess, custom: k8s.CustomObjectsApi, core: k8s.CoreV1Api, namespace: str
 ) -> None:
     junk = base64.b64encode(b"{not json").decode()
     core.create_namespaced_secret(
@@ -391,7 +304,7 @@ def difficulty(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> int |
 
 
 def test_signals_drive_difficulty(
-    operator: Operator,
+    operator: OperatorProcess,
     custom: k8s.CustomObjectsApi,
     core: k8s.CoreV1Api,
     namespace: str,
@@ -476,7 +389,7 @@ def seconds_between(start: str, end: str) -> float:
 
 
 def test_restart_keeps_difficulty(
-    operator: Operator,
+    operator: OperatorProcess,
     custom: k8s.CustomObjectsApi,
     namespace: str,
     prometheus: PrometheusServer,
@@ -500,7 +413,10 @@ def test_restart_keeps_difficulty(
                 }
             ],
             behavior={
-                "increase": {"policies": []},
+                # The gauge does not answer to difficulty, so each evaluation
+                # would compound (3x per second): one step of at most +200 %
+                # per 10 minutes stops at 30000 and keeps it there.
+                "increase": {"policies": [{"type": "Percent", "value": 200, "periodSeconds": 600}]},
                 "decrease": {"stabilizationWindowSeconds": 600},
             },
             evaluationIntervalSeconds=1,

@@ -11,20 +11,14 @@ standby resumes and reconciles the next edit.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
+from _operator_process import OperatorProcess, delete_policies, eventually, wait_established
 from kubernetes import client as k8s
 
 from powgate.config import SidecarConfig
@@ -41,29 +35,8 @@ POLICY = "chat"
 RESUMING = "Resuming operations after the pause"
 #: What kopf logs (plain format) when a handler has run on an object.
 HANDLED = re.compile(r"kopf\.objects.*Handler '[^']+' succeeded")
-#: Bounds a hang on a loaded 2-core machine; never a speed measurement.
-WAIT = 90.0
-T = TypeVar("T")
 
 pytestmark = pytest.mark.slow
-
-
-def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -78,68 +51,22 @@ def crds(kube_client: k8s.ApiClient) -> None:
             # Already there: another test of this session (or its Helm release) made it.
             if exc.status != HTTPStatus.CONFLICT:
                 raise
-
-        def established(name: str = name) -> bool:
-            status = api.read_custom_resource_definition(name).status
-            conditions = (status.conditions if status else None) or []
-            return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-        eventually(established, what=f"the CRD {name} to be established")
+        wait_established(api, name)
 
 
-class Replica:
+class Replica(OperatorProcess):
     """One operator process of the peering, named by its ``POD_ID``."""
 
     def __init__(self, *, pod_id: str, cluster: ClusterAccess, namespace: str, root: Path) -> None:
+        super().__init__(
+            namespace=namespace,
+            kubeconfig=cluster.kubeconfig,
+            log=root / f"{pod_id}.log",
+            args=["--peering", PEERING],
+            env={"POD_ID": pod_id},
+        )
         self.pod_id = pod_id
         self.priority = peering_priority(explicit=None, pod_id=pod_id)
-        self._argv = [
-            sys.executable,
-            "-m",
-            "powgate_operator",
-            "--namespace",
-            namespace,
-            "--peering",
-            PEERING,
-            "--metrics-listen",
-            f"127.0.0.1:{free_port()}",
-            "--health-listen",
-            f"127.0.0.1:{free_port()}",
-            "--verbose",
-        ]
-        self._env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "POD_ID": pod_id}
-        self._log = root / f"{pod_id}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("wb") as log:
-            self._process = subprocess.Popen(
-                self._argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                start_new_session=True,
-            )
-
-    def stop(self) -> int | None:
-        """SIGTERM, and the exit code (None when it had to be killed, or never ran)."""
-        if self._process is None:
-            return None
-        process, self._process = self._process, None
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            return None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
 
     def handled(self) -> list[str]:
         """kopf's lines for handlers run on objects: in this test's scope, the one policy."""
@@ -171,13 +98,7 @@ def replicas(
         yield active, standby
         # Policies carry the operator's finalizer: delete them while a replica runs,
         # so the namespace can go afterwards.
-        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-
-        def none_left() -> bool:
-            listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-            return isinstance(listed, dict) and not listed["items"]
-
-        eventually(none_left, what="the policies to be deleted")
+        delete_policies(custom, namespace=namespace)
     finally:
         for replica in (active, standby):
             replica.stop()

@@ -9,20 +9,16 @@ assertions read the pods as stored.
 
 from __future__ import annotations
 
-import copy
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
+from _operator_process import OperatorProcess, apply_crd, eventually, free_port
 from kubernetes import client as k8s
 
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
@@ -38,112 +34,42 @@ from powgate_testbed.cluster import ClusterAccess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())
-#: Bounds a hang on a busy 2-core machine; never a speed assertion.
-WAIT = 60.0
-T = TypeVar("T")
 
 pytestmark = pytest.mark.slow
 
 
-def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def crd(kube_client: k8s.ApiClient) -> None:
-    api = k8s.ApiextensionsV1Api(kube_client)
-    name = CRD["metadata"]["name"]
-    try:
-        current = api.read_custom_resource_definition(name)
-    except k8s.ApiException as exc:
-        if exc.status != HTTPStatus.NOT_FOUND:
-            raise
-        api.create_custom_resource_definition(CRD)
-    else:
-        body = copy.deepcopy(CRD)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        conditions = api.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    eventually(established, what="the CRD to be established")
+    apply_crd(kube_client, CRD)
 
 
-class Operator:
+class Operator(OperatorProcess):
     """The operator process with the injection webhook on."""
 
     def __init__(self, *, cluster: ClusterAccess, namespace: str, root: Path) -> None:
-        port = _free_port()
+        port = free_port()
         self.configuration = f"injector-{namespace}"
-        self._argv = [
-            sys.executable,
-            "-m",
-            "powgate_operator",
-            "--namespace",
-            namespace,
-            "--metrics-listen",
-            f"127.0.0.1:{_free_port()}",
-            "--health-listen",
-            f"127.0.0.1:{_free_port()}",
-            "--webhook-listen",
-            f"127.0.0.1:{port}",
-            "--webhook-url",
-            f"https://127.0.0.1:{port}",
-            "--webhook-configuration",
-            self.configuration,
-            # No chart here: the operator creates the configuration itself.
-            "--webhook-create-configuration",
-            "--webhook-cert-dir",
-            str(root / "certs"),
-            "--operator-namespace",
-            "default",
-            "--sidecar-image",
-            "powgate/sidecar:test",
-            "--verbose",
-        ]
-        self._env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        self._log = root / "operator.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen(
-                self._argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace")
+        super().__init__(
+            namespace=namespace,
+            kubeconfig=cluster.kubeconfig,
+            log=root / "operator.log",
+            args=[
+                "--webhook-listen",
+                f"127.0.0.1:{port}",
+                "--webhook-url",
+                f"https://127.0.0.1:{port}",
+                "--webhook-configuration",
+                self.configuration,
+                # No chart here: the operator creates the configuration itself.
+                "--webhook-create-configuration",
+                "--webhook-cert-dir",
+                str(root / "certs"),
+                "--operator-namespace",
+                "default",
+                "--sidecar-image",
+                "powgate/sidecar:test",
+            ],
+        )
 
 
 @pytest.fixture
