@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
+
+from powgate.cliargs import add_env_argument, env_name, parse_host_port
 
 from ._inject import InjectionSettings
 from .webhook import WebhookOptions
 
-__all__ = ["add_webhook_arguments", "env_name", "webhook_options"]
+__all__ = ["add_webhook_arguments", "webhook_options"]
 
 _SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -33,62 +34,49 @@ _CHOICES: Final = {
 }
 
 
-def env_name(flag: str) -> str:
-    """The environment variable a flag falls back to."""
-    return "POWGATE_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _add(group: Any, flag: str, *, help: str, **kwargs: Any) -> None:
-    # Values from the environment are strings: argparse applies ``type`` to a string
-    # default, and the rest (choices, booleans) is checked in webhook_options().
-    env = env_name(flag)
-    default = os.environ.get(env, kwargs.pop("default", None))
-    group.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
-
-
 def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     """The injector's flags (the webhook is off unless ``--webhook-listen`` is given)."""
     group = parser.add_argument_group("sidecar injection (mutating webhook)")
-    _add(
+    add_env_argument(
         group,
         "--webhook-listen",
         metavar="HOST:PORT",
         help="serve the injection webhook here (in a pod, 0.0.0.0:8443); off when absent",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-service",
         metavar="NAMESPACE/NAME[:PORT]",
         help="the Service in front of the operator that the API server calls (port 443)",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-url",
         metavar="URL",
         help="call the webhook at this https URL instead (an operator outside the cluster)",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-configuration",
         default="powgate-sidecar-injector",
         metavar="NAME",
         help="the MutatingWebhookConfiguration whose caBundle the operator keeps current",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-create-configuration",
         action=argparse.BooleanOptionalAction,
         help="create and update the whole configuration (without the chart); "
         "otherwise only its caBundle is patched",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-failure-policy",
         default="Ignore",
         metavar="|".join(_CHOICES["webhook_failure_policy"]),
         help="with --webhook-create-configuration (the chart sets its own)",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-timeout",
         type=int,
@@ -96,7 +84,7 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="1 to 30, with --webhook-create-configuration",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-cert-dir",
         type=Path,
@@ -104,20 +92,20 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         help="certificate files: written here (default: a temporary folder), "
         "or read from here with --webhook-cert-manager",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-cert-secret",
         metavar="NAME",
         help="the Secret of the self-managed CA and certificate (default <configuration>-tls)",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-cert-manager",
         action=argparse.BooleanOptionalAction,
         help="serve tls.crt/tls.key of --webhook-cert-dir (reloaded on change) and leave "
         "certificates and caBundle to cert-manager",
     )
-    _add(
+    add_env_argument(
         group,
         "--webhook-cert-validity-days",
         type=int,
@@ -125,27 +113,29 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DAYS",
         help="lifetime of the self-managed serving certificate; renewed with a third left",
     )
-    _add(
+    add_env_argument(
         group,
         "--operator-namespace",
         metavar="NS",
         help="never injected (default: the service account's namespace)",
     )
-    _add(group, "--sidecar-image", default="powgate/sidecar:0.1.0", metavar="IMAGE", help="image")
-    _add(
+    add_env_argument(
+        group, "--sidecar-image", default="powgate/sidecar:0.1.0", metavar="IMAGE", help="image"
+    )
+    add_env_argument(
         group,
         "--sidecar-pull-policy",
         default="IfNotPresent",
         metavar="|".join(_CHOICES["sidecar_pull_policy"]),
         help="imagePullPolicy",
     )
-    _add(
+    add_env_argument(
         group,
         "--sidecar-resources",
         metavar="JSON",
         help='resources, e.g. {"requests": {"cpu": "100m"}, "limits": {"memory": "256Mi"}}',
     )
-    _add(
+    add_env_argument(
         group,
         "--sidecar-metrics-port",
         type=int,
@@ -153,21 +143,21 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="the sidecar's /metrics and probes (moved up when the pod uses it)",
     )
-    _add(
+    add_env_argument(
         group,
         "--sidecar-log-level",
         default="info",
         metavar="|".join(_CHOICES["sidecar_log_level"]),
         help="the injected sidecar's log level",
     )
-    _add(
+    add_env_argument(
         group,
         "--sidecar-mode",
         default="auto",
         metavar="|".join(_CHOICES["sidecar_mode"]),
         help="native sidecar (init container), regular container, or auto (1.29+: native)",
     )
-    _add(
+    add_env_argument(
         group,
         "--sidecar-port-name",
         default="http",
@@ -221,9 +211,12 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         if getattr(args, dest) not in allowed:
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag} {getattr(args, dest)!r} is not one of {', '.join(allowed)}")
-    host, sep, port = str(args.webhook_listen).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--webhook-listen {args.webhook_listen!r} is not HOST:PORT")
+    try:
+        host, port = parse_host_port(str(args.webhook_listen))
+    except ValueError as exc:
+        raise ValueError(f"--webhook-listen {exc}") from None
+    if port == 0:
+        raise ValueError("--webhook-listen needs a fixed port: the API server dials it")
     if not 1 <= args.webhook_timeout <= 30:
         raise ValueError("--webhook-timeout must be between 1 and 30 seconds")
     if not 1 <= args.webhook_cert_validity_days <= 3650:
@@ -264,7 +257,7 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
     if resources is not None:
         injection = replace(injection, resources=resources)
     return WebhookOptions(
-        listen=(host.strip("[]"), int(port)),
+        listen=(host, port),
         configuration=args.webhook_configuration,
         operator_namespace=operator_namespace,
         injection=injection,

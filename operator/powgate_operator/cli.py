@@ -24,10 +24,12 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from powgate.cliargs import host_port, parse_host_port
+
 from ._options import add_webhook_arguments, webhook_options
 from ._prometheus import SignalReader
 from ._reconcile import Reconciler
-from ._server import Endpoint, start_servers
+from ._server import start_servers
 from .handlers import build_registry
 from .webhook import Injector
 from .webhook import install as install_webhook
@@ -41,13 +43,6 @@ _KUBE_THREADS: Final = 32
 _LOG_FORMATS: Final = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
 #: Derived peering priorities stay below this; an explicit ``--priority`` may exceed it.
 _PRIORITY_RANGE: Final = 2**31
-
-
-def _endpoint(text: str) -> Endpoint:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,15 +63,15 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     parser.add_argument(
         "--metrics-listen",
-        type=_endpoint,
-        default=_endpoint("127.0.0.1:9090"),
+        type=host_port,
+        default=parse_host_port("127.0.0.1:9090"),
         metavar="HOST:PORT",
         help="serve /metrics here (default 127.0.0.1:9090; in a pod, 0.0.0.0:9090)",
     )
     parser.add_argument(
         "--health-listen",
-        type=_endpoint,
-        default=_endpoint("127.0.0.1:8081"),
+        type=host_port,
+        default=parse_host_port("127.0.0.1:8081"),
         metavar="HOST:PORT",
         help="serve /healthz and /readyz here (default 127.0.0.1:8081; in a pod, 0.0.0.0:8081)",
     )

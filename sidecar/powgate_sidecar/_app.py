@@ -20,7 +20,7 @@ from typing import Final, TypeAlias
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from pydantic import ValidationError
 from yarl import URL
 
@@ -109,6 +109,11 @@ _Body: TypeAlias = bytes | AsyncIterator[bytes] | None
 
 
 _MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
+#: Body-limit refusals by the ``kind`` label they are counted under.
+_CLIENT_ERRORS: Final = {
+    "slow_client": (408, "request body too slow\n"),
+    "body_too_large": (413, "request body too large\n"),
+}
 
 
 class _BodyTooLargeError(Exception):
@@ -396,10 +401,7 @@ class Sidecar:
                             Verdict(Reason.OVERSIZED, f"form body over {limit} bytes"),
                         )
         except TimeoutError:
-            self.metrics.client_errors_total.labels("slow_client").inc()
-            return web.Response(
-                status=408, text="request body too slow\n", headers={hdrs.CONNECTION: "close"}
-            )
+            return self._client_error("slow_client")
         body = b"".join(chunks)
         found = form_solution(
             mimetype=request.content_type, header=request.headers[hdrs.CONTENT_TYPE], body=body
@@ -409,12 +411,7 @@ class Sidecar:
     def _challenge(
         self, request: web.BaseRequest, *, table: RouteTable, route: Route, status: int
     ) -> web.Response:
-        challenge = self._issuer.issue(
-            difficulty=route.difficulty,
-            ttl=table.config.challenge_ttl_seconds,
-            binding=route.binding,
-        )
-        document = challenge.to_json()
+        document = self._new_challenge(table=table, route=route)
         page = self._interstitial
         if (
             page is not None
@@ -461,22 +458,21 @@ class Sidecar:
         route = table.match(method=method, path=path)
         if not isinstance(route, Route) or table.mode is Mode.OFF:
             return _json_error(status=404, message=f"no protected route for {method} {path}")
-        challenge = self._issuer.issue(
+        document = self._new_challenge(table=table, route=route)
+        return web.Response(body=document.encode(), headers=_CHALLENGE_HEADERS)
+
+    def _new_challenge(self, *, table: RouteTable, route: Route) -> str:
+        """A fresh challenge document for ``route``, as the client receives it."""
+        return self._issuer.issue(
             difficulty=route.difficulty,
             ttl=table.config.challenge_ttl_seconds,
             binding=route.binding,
-        )
-        return web.Response(body=challenge.to_json().encode(), headers=_CHALLENGE_HEADERS)
+        ).to_json()
 
     # -- forwarding ---------------------------------------------------------
 
     def _upstream_headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        headers = CIMultiDict(request.headers)
-        for name in headers.getall(hdrs.CONNECTION, ()):
-            for token in name.split(","):
-                headers.popall(token.strip(), None)
-        for name in _REQUEST_STRIP:
-            headers.popall(name, None)
+        headers = _forwardable(request.headers, strip=_REQUEST_STRIP)
         cookie = headers.get(hdrs.COOKIE)
         if cookie is not None and SOLUTION_COOKIE in cookie:
             _, rest = split_cookie(cookie)
@@ -500,10 +496,7 @@ class Sidecar:
         if body is None and request.body_exists:
             length = request.content_length
             if length is not None and length > self.limits.max_body_bytes:
-                self.metrics.client_errors_total.labels("body_too_large").inc()
-                return web.Response(
-                    status=413, text="request body too large\n", headers={hdrs.CONNECTION: "close"}
-                )
+                return self._client_error("body_too_large")
             if length is None:
                 data = self._bounded(request.content)
             elif length <= _SMALL_BODY:
@@ -515,12 +508,7 @@ class Sidecar:
                     async with asyncio.timeout(self.limits.body_read_seconds):
                         data = await request.content.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError):
-                    self.metrics.client_errors_total.labels("slow_client").inc()
-                    return web.Response(
-                        status=408,
-                        text="request body too slow\n",
-                        headers={hdrs.CONNECTION: "close"},
-                    )
+                    return self._client_error("slow_client")
             else:
                 data = request.content
         url = URL(self._base + request.raw_path, encoded=True)
@@ -537,22 +525,14 @@ class Sidecar:
                     allow_redirects=False,
                 )
             except _BodyTooLargeError:
-                metrics.client_errors_total.labels("body_too_large").inc()
-                return web.Response(
-                    status=413, text="request body too large\n", headers={hdrs.CONNECTION: "close"}
-                )
+                return self._client_error("body_too_large")
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 return self._upstream_failed(kind="timeout", status=504)
             except aiohttp.ClientConnectorError:
                 return self._upstream_failed(kind="connect", status=502)
             except aiohttp.ClientError as exc:
                 if isinstance(exc.__cause__, _BodyTooLargeError):
-                    metrics.client_errors_total.labels("body_too_large").inc()
-                    return web.Response(
-                        status=413,
-                        text="request body too large\n",
-                        headers={hdrs.CONNECTION: "close"},
-                    )
+                    return self._client_error("body_too_large")
                 return self._upstream_failed(kind="protocol", status=502)
             metrics.observe_upstream(
                 route=route, status=upstream.status, seconds=time.perf_counter() - started
@@ -563,6 +543,12 @@ class Sidecar:
                 upstream.release()
         finally:
             metrics.inflight.dec()
+
+    def _client_error(self, kind: str) -> web.Response:
+        """The one answer to a client that broke a body limit: counted, then hung up on."""
+        self.metrics.client_errors_total.labels(kind).inc()
+        status, text = _CLIENT_ERRORS[kind]
+        return web.Response(status=status, text=text, headers={hdrs.CONNECTION: "close"})
 
     def _upstream_failed(self, *, kind: str, status: int) -> web.Response:
         self.metrics.upstream_errors_total.labels(kind).inc()
@@ -587,12 +573,7 @@ class Sidecar:
     async def _relay(
         self, request: web.BaseRequest, *, upstream: aiohttp.ClientResponse, clear_cookie: bool
     ) -> web.StreamResponse:
-        headers = CIMultiDict(upstream.headers)
-        for name in headers.getall(hdrs.CONNECTION, ()):
-            for token in name.split(","):
-                headers.popall(token.strip(), None)
-        for name in _HOP_BY_HOP:
-            headers.popall(name, None)
+        headers = _forwardable(upstream.headers, strip=_HOP_BY_HOP)
         if clear_cookie:
             headers.add(hdrs.SET_COOKIE, _CLEAR_COOKIE)
         length = upstream.content_length
@@ -623,6 +604,17 @@ class Sidecar:
             if transport is not None:
                 transport.abort()
         return response
+
+
+def _forwardable(headers: CIMultiDictProxy[str], *, strip: Sequence[istr]) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop fields: ``strip`` and those ``Connection`` names."""
+    copy = CIMultiDict(headers)
+    for value in copy.getall(hdrs.CONNECTION, ()):
+        for token in value.split(","):
+            copy.popall(token.strip(), None)
+    for name in strip:
+        copy.popall(name, None)
+    return copy
 
 
 def _upstream_socket(addr_info: AddrInfoType) -> socket.socket:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from powgate import KeyRingError
+from powgate.cliargs import add_env_argument, env_name, host_port
 
 from ._app import Limits
 from ._kube import KubeEndpoint
@@ -27,24 +26,6 @@ from ._logging import configure_logging
 from ._server import Settings, serve
 
 __all__ = ["add_command", "run"]
-
-
-def _env_name(flag: str) -> str:
-    return "POWGATE_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _add(parser: argparse.ArgumentParser, *, flag: str, help: str, **kwargs: Any) -> None:
-    # argparse applies ``type`` to string defaults, so values from the environment are checked too.
-    env = _env_name(flag)
-    default = os.environ.get(env, kwargs.pop("default", None))
-    parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
-
-
-def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means every interface
 
 
 def _object(value: str) -> tuple[str, str]:
@@ -60,86 +41,88 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run the verifier proxy in front of an AI service",
         description="Challenge, verify and forward requests; export metrics; follow the config.",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--listen",
-        type=_host_port,
+        "--listen",
+        type=host_port,
         default="0.0.0.0:8080",
         help="proxy address HOST:PORT",
     )
-    _add(parser, flag="--upstream", help="URL of the protected service, e.g. http://127.0.0.1:8000")
-    _add(
+    add_env_argument(
+        parser, "--upstream", help="URL of the protected service, e.g. http://127.0.0.1:8000"
+    )
+    add_env_argument(
         parser,
-        flag="--metrics-listen",
-        type=_host_port,
+        "--metrics-listen",
+        type=host_port,
         default="0.0.0.0:9090",
         help="metrics address HOST:PORT",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--config-file",
+        "--config-file",
         help="rendered config document (JSON), reloaded when it changes",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--config-object",
+        "--config-object",
         type=_object,
         help="ConfigMap NAMESPACE/NAME to watch (data key config.json)",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--key-file",
+        "--key-file",
         help="key ring file, or a mounted Secret folder holding keyring.json",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--workers",
+        "--workers",
         type=int,
         default="1",
         help="processes sharing the port via SO_REUSEPORT",
     )
-    _add(parser, flag="--kube-api-url", help="API server URL (default: in-cluster)")
-    _add(
+    add_env_argument(parser, "--kube-api-url", help="API server URL (default: in-cluster)")
+    add_env_argument(
         parser,
-        flag="--kube-token-file",
+        "--kube-token-file",
         help="bearer token file (default: the service-account token)",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--kube-ca-file",
+        "--kube-ca-file",
         help="CA bundle of the API server (default: the service-account CA)",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--max-body-bytes",
+        "--max-body-bytes",
         type=int,
         default=str(Limits().max_body_bytes),
         help="request body limit",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--header-timeout",
+        "--header-timeout",
         type=float,
         default="15",
         help="seconds to send headers / idle keep-alive",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--upstream-timeout",
+        "--upstream-timeout",
         type=float,
         default="300",
         help="seconds between two upstream reads",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--shutdown-timeout",
+        "--shutdown-timeout",
         type=float,
         default="30",
         help="seconds to drain in-flight requests",
     )
-    _add(
+    add_env_argument(
         parser,
-        flag="--log-level",
+        "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log level",
@@ -156,7 +139,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     ]
     if missing:
         raise ValueError(
-            f"{' and '.join(missing)} required (or {', '.join(_env_name(f) for f in missing)})"
+            f"{' and '.join(missing)} required (or {', '.join(env_name(f) for f in missing)})"
         )
     if (args.config_file is None) == (args.config_object is None):
         raise ValueError("give exactly one of --config-file and --config-object")

@@ -6,20 +6,11 @@ import argparse
 import math
 
 __all__ = [
-    "listen_address",
     "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
 ]
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
 
 
 def positive_int(value: str) -> int:

@@ -29,9 +29,11 @@ from typing import Final, Self
 import uvloop
 from aiohttp import web
 
+from powgate.cliargs import host_port
+
 from ._standin_api import DEFAULT_MAX_TOKENS, MAX_COMPLETION_TOKENS
 from ._standin_app import StandinSettings, build_app
-from ._standin_args import listen_address, non_negative_int, positive_float, positive_int
+from ._standin_args import non_negative_int, positive_float, positive_int
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -119,7 +121,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     defaults = StandinSettings()
     parser.add_argument(
         "--listen",
-        type=listen_address,
+        type=host_port,
         default=("127.0.0.1", 8000),
         metavar="HOST:PORT",
         help="address to serve on (default 127.0.0.1:8000)",

@@ -351,4 +351,4 @@ def test_command_line_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> N
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
-    assert "expected HOST:PORT" in capsys.readouterr().err
+    assert "is not HOST:PORT" in capsys.readouterr().err
