@@ -11,7 +11,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
+
+#: Makes a keyed HMAC state, ``new_keyed(key, digestmod=name)``, to be copied per message.
+_new_keyed: Callable[..., Any]
+try:
+    # OpenSSL's HMAC object without hmac.HMAC's Python wrapper: copying a
+    # keyed state costs half of a one-shot hmac.digest, which re-derives the
+    # key pads every call. (CPython-internal, hence the fallback.)
+    from _hashlib import hmac_new as _new_keyed
+except ImportError:  # pragma: no cover - builds without OpenSSL
+    _new_keyed = hmac.new
 
 __all__ = ["Algorithm", "HashAlgorithm", "algorithm_names", "get_algorithm", "register_algorithm"]
 
@@ -37,7 +47,7 @@ class Algorithm(Protocol):
 class HashAlgorithm:
     """ALTCHA v1 schemes: a plain hash for the work, HMAC of the same hash to sign."""
 
-    __slots__ = ("_digest", "_name", "new")
+    __slots__ = ("_digest", "_keyed", "_name", "new")
 
     def __init__(self, name: str, digest: str) -> None:
         self._name = name
@@ -48,6 +58,8 @@ class HashAlgorithm:
         self.new: Callable[[bytes], Any] = getattr(hashlib, digest, None) or (
             lambda data: hashlib.new(digest, data)
         )
+        #: Keyed HMAC states by key; a ring holds a handful of keys at most.
+        self._keyed: dict[bytes, Any] = {}
 
     @property
     def name(self) -> str:
@@ -62,10 +74,22 @@ class HashAlgorithm:
         return self.new(data).hexdigest()  # type: ignore[no-any-return]
 
     def sign(self, key: bytes, message: bytes) -> str:
-        # hmac.digest is OpenSSL's one-shot HMAC: no Python-level HMAC object.
-        return hmac.digest(key, message, self._digest).hex()
+        keyed = self._keyed.get(key)
+        if keyed is None:
+            keyed = self._keyed_state(key)
+        mac = keyed.copy()
+        mac.update(message)
+        return mac.hexdigest()  # type: ignore[no-any-return]
+
+    def _keyed_state(self, key: bytes) -> Any:
+        if len(self._keyed) >= _MAX_KEYED_STATES:
+            # Rotated-out keys are dead weight.
+            self._keyed.clear()
+        state = self._keyed[key] = _new_keyed(key, digestmod=self._digest)
+        return state
 
 
+_MAX_KEYED_STATES: Final = 16
 _REGISTRY: dict[str, Algorithm] = {}
 
 

@@ -76,6 +76,14 @@ _quote_json: Final = json.encoder.encode_basestring_ascii
 _UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~/:-]*")
 
 
+#: The salt exactly as :class:`powgate.Issuer` writes it, values needing no
+#: decoding: one C match instead of the general parse below, same result.
+_CANONICAL_SALT: Final = re.compile(
+    rf"[^?]*\?{PARAM_EXPIRES}=([0-9]{{1,18}})&{PARAM_KID}=([A-Za-z0-9._~/:-]*)"
+    rf"&{PARAM_DIFFICULTY}=([0-9]{{1,18}})&(?:{PARAM_BINDING}=([A-Za-z0-9._~/:-]*)&)?"
+)
+
+
 def format_salt(nonce: str, params: dict[str, str]) -> str:
     """``nonce?k=v&k=v&`` with values percent-encoded, as ALTCHA writes it.
 
@@ -106,6 +114,15 @@ def salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str | No
     The verifier's hot path uses this form: building a frozen dataclass costs
     more than the parsing.
     """
+    canonical = _CANONICAL_SALT.fullmatch(salt)
+    if canonical is not None:
+        expires, kid, difficulty, binding = canonical.groups()
+        return int(expires), kid, int(difficulty), binding
+    return _any_salt_fields(salt)
+
+
+def _any_salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str | None]:
+    """:func:`salt_fields` for salts of any shape: other writers', other orders, encoded values."""
     _, sep, query = salt.partition("?")
     if not sep:
         return None, None, None, None

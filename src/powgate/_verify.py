@@ -37,6 +37,7 @@ Clock = Callable[[], float]
 #: Difficulty is ``maxnumber``; above this a browser would search for minutes.
 MAX_DIFFICULTY: Final = 1 << 40
 _NONCE_BYTES: Final = 12
+_RANDOM_BYTES: Final = _NONCE_BYTES + 8
 _MAX_SUFFIXES: Final = 256
 
 
@@ -98,23 +99,43 @@ class Issuer:
 
     def issue(self, *, difficulty: int, ttl: float, binding: str | None = None) -> Challenge:
         """A fresh challenge of ``difficulty`` (its ``maxnumber``), valid for ``ttl`` seconds."""
+        return self.issue_many(1, difficulty=difficulty, ttl=ttl, binding=binding)[0]
+
+    def issue_many(
+        self, count: int, *, difficulty: int, ttl: float, binding: str | None = None
+    ) -> list[Challenge]:
+        """``count`` fresh challenges alike but for their nonce and number.
+
+        A batch shares one clock reading, one read of the system's randomness
+        and one lookup of the salt's fixed part: a server that refuses a flood
+        issues challenges in batches for that reason.
+        """
         if not 1 <= difficulty <= MAX_DIFFICULTY:
             raise ValueError(f"difficulty must be within 1..{MAX_DIFFICULTY}")
         key = self.keyring.signing_key
         suffix = self._suffixes.get((key.kid, difficulty, binding))
         if suffix is None:
             suffix = self._suffix(kid=key.kid, difficulty=difficulty, binding=binding)
-        # One read of the system's randomness for both the nonce and the
-        # number. Uniform below maxnumber (mean work difficulty/2, worst case
+        head = f"?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
+        algorithm, secret, name = self._algorithm, key.secret, self._algorithm.name
+        work_hex, sign = algorithm.work_hex, algorithm.sign
+        # Each challenge takes a nonce and a number from the same read. The
+        # number is uniform below maxnumber (mean work difficulty/2, worst case
         # difficulty); the modulo bias of 64 random bits over at most 2**40 is
         # below 2**-24.
-        raw = os.urandom(_NONCE_BYTES + 8)
-        number = int.from_bytes(raw[_NONCE_BYTES:]) % difficulty
-        salt = f"{raw[:_NONCE_BYTES].hex()}?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
-        algorithm = self._algorithm
-        challenge = algorithm.work_hex(f"{salt}{number}".encode())
-        signature = algorithm.sign(key.secret, challenge.encode())
-        return Challenge(algorithm.name, challenge, difficulty, salt, signature)
+        raw = os.urandom(_RANDOM_BYTES * count)
+        challenges = []
+        for offset in range(0, len(raw), _RANDOM_BYTES):
+            nonce = raw[offset : offset + _NONCE_BYTES].hex()
+            number = (
+                int.from_bytes(raw[offset + _NONCE_BYTES : offset + _RANDOM_BYTES]) % difficulty
+            )
+            salt = nonce + head
+            challenge = work_hex(f"{salt}{number}".encode())
+            challenges.append(
+                Challenge(name, challenge, difficulty, salt, sign(secret, challenge.encode()))
+            )
+        return challenges
 
     def _suffix(self, *, kid: str, difficulty: int, binding: str | None) -> str:
         """The salt's parameters after ``expires``: the same for every challenge of a route."""

@@ -24,7 +24,7 @@ from powgate import (
     parse_salt,
     solve,
 )
-from powgate._protocol import decode_solution, format_salt
+from powgate._protocol import _any_salt_fields, decode_solution, format_salt, salt_fields
 
 NOW = 1_800_000_000.0
 RING = KeyRing.generate()
@@ -98,10 +98,53 @@ def test_solution_encoding_is_an_altcha_payload() -> None:
         ("abc?max=" + "9" * 19 + "&", SaltParams(None, None, None, None)),
         ("abc?other=1&&=&kid&", SaltParams(None, "", None, None)),
         ("abc?bind=%ZZ&", SaltParams(None, None, None, "%ZZ")),
+        # The issuer's own shape, read by the fast path.
+        ("abc?expires=10&kid=k2&max=50&bind=ns/p:r&", SaltParams(10, "k2", 50, "ns/p:r")),
+        ("abc?expires=0010&kid=&max=50&", SaltParams(10, "", 50, None)),
+        # Near misses fall through to the general reader.
+        ("abc?expires=10&kid=k2&max=50&bind=a&bind=b&", SaltParams(10, "k2", 50, "")),
+        ("abc?expires=10&kid=k2&max=50&bind=a", SaltParams(10, "k2", 50, "a")),
+        ("a?b?expires=10&kid=k2&max=50&", SaltParams(None, "k2", 50, None)),
     ],
 )
 def test_parse_salt(salt: str, expected: SaltParams) -> None:
     assert parse_salt(salt) == expected
+
+
+_salt_values = st.one_of(
+    st.integers(min_value=0, max_value=10**19).map(str),
+    st.text(alphabet="az09._~/:-%&=? ", max_size=12),
+)
+
+
+@given(
+    nonce=st.text(alphabet="0123456789abcdef?", max_size=8),
+    params=st.lists(
+        st.tuples(st.sampled_from(["expires", "kid", "max", "bind", "other"]), _salt_values),
+        max_size=6,
+    ),
+    raw=st.booleans(),
+)
+def test_salt_fast_path_reads_as_the_general_reader(
+    nonce: str, params: list[tuple[str, str]], raw: bool
+) -> None:
+    # Raw joins produce the canonical shape (and near misses) as often as
+    # format_salt produces encoded values: both readers must agree on all.
+    if raw:
+        salt = f"{nonce}?" + "".join(f"{k}={v}&" for k, v in params)
+    else:
+        salt = format_salt(nonce, dict(params))
+    assert salt_fields(salt) == _any_salt_fields(salt)
+
+
+@given(
+    values=st.lists(_salt_values, min_size=3, max_size=4),
+    nonce=st.text(alphabet="0123456789abcdef?", max_size=8),
+)
+def test_salt_fast_path_in_the_issuers_order(values: list[str], nonce: str) -> None:
+    names = ("expires", "kid", "max", "bind")
+    salt = f"{nonce}?" + "".join(f"{k}={v}&" for k, v in zip(names, values, strict=False))
+    assert salt_fields(salt) == _any_salt_fields(salt)
 
 
 def test_format_salt_round_trips_through_parse_salt() -> None:
