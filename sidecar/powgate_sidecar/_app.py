@@ -13,7 +13,7 @@ import logging
 import posixpath
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -46,6 +46,7 @@ from ._carriers import (
     parse_solve_ms,
     split_cookie,
 )
+from ._challenges import ChallengeStock
 from ._metrics import NO_LABEL, Metrics, Outcome
 from ._queue import EffortQueue
 from ._routes import EXEMPT, Route, RouteTable
@@ -58,18 +59,24 @@ log = logging.getLogger("powgate.sidecar")
 WELL_KNOWN: Final = "/.well-known/powgate/"
 _AUTHENTICATE: Final = f'{AUTH_SCHEME} realm="powgate", algorithm="SHA-256"'
 _SMALL_BODY: Final = 64 * 1024
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the solution carriers, which are ours alone.
-_HOP_BY_HOP: Final = tuple(
-    istr(name)
-    for name in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-        "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+# RFC 9110 §7.6.1 hop-by-hop fields (lower case, as compared), plus the
+# solution carriers, which are ours alone.
+_HOP_BY_HOP: Final = frozenset(
+    (
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
     )
 )  # fmt: skip
-_REQUEST_STRIP: Final = (*_HOP_BY_HOP, SOLUTION_HEADER, SOLVE_MS_HEADER)
 _X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
 _X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
 _X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
+#: Not copied from the request: the hop-by-hop fields, the solution, and
+#: X-Forwarded-For, which is re-written with the peer appended.
+_REQUEST_DROP: Final = _HOP_BY_HOP | {
+    SOLUTION_HEADER.lower(),
+    SOLVE_MS_HEADER.lower(),
+    _X_FORWARDED_FOR.lower(),
+}
 _REJECT_HEADERS: Final = CIMultiDict(
     {
         hdrs.CONTENT_TYPE: "application/json",
@@ -138,7 +145,7 @@ class Sidecar:
         self._replay = replay if replay is not None else MemoryReplayCache()
         self._keyring = keyring
         self._verifier = Verifier(keyring=keyring, replay=self._replay)
-        self._issuer = Issuer(keyring=keyring)
+        self._stock = ChallengeStock(Issuer(keyring=keyring))
         self._table: RouteTable | None = None
         self._queue: EffortQueue | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -166,8 +173,12 @@ class Sidecar:
         if current is not None and current.config == config:
             self.metrics.config_reloads_total.labels(source, "unchanged").inc()
             return True
+        # Difficulties and lifetimes may have changed: no challenge issued
+        # under the old configuration is handed out under the new one.
         if current is None or current.config.algorithm != config.algorithm:
-            self._issuer = Issuer(keyring=self._keyring, algorithm=config.algorithm)
+            self._stock.restock(Issuer(keyring=self._keyring, algorithm=config.algorithm))
+        else:
+            self._stock.restock()
         if self._queue is None:
             self._queue = EffortQueue(config.queue)
         else:
@@ -221,7 +232,8 @@ class Sidecar:
         """Rotate keys: new challenges are signed with the new active key at once."""
         self._keyring = keyring
         self._verifier.keyring = keyring
-        self._issuer.keyring = keyring
+        self._stock.issuer.keyring = keyring
+        self._stock.restock()
         self.metrics.config_reloads_total.labels("keyfile", "applied").inc()
         log.info("key ring applied", extra={"source": "keyfile", "active": keyring.active})
 
@@ -240,12 +252,7 @@ class Sidecar:
             connector=connector,
             auto_decompress=False,
             # Forward what the client sent, nothing the client library would add.
-            skip_auto_headers=(
-                hdrs.USER_AGENT,
-                hdrs.ACCEPT,
-                hdrs.ACCEPT_ENCODING,
-                hdrs.CONTENT_TYPE,
-            ),
+            request_class=_ForwardRequest,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=limits.upstream_connect_seconds,
@@ -417,7 +424,7 @@ class Sidecar:
             and "text/html" in request.headers.get(hdrs.ACCEPT, "")
         ):
             return web.Response(status=status, body=page.render(document), headers=_PAGE_HEADERS)
-        return web.Response(status=status, body=document.encode(), headers=_REJECT_HEADERS)
+        return web.Response(status=status, body=document, headers=_REJECT_HEADERS)
 
     # -- our own endpoints --------------------------------------------------
 
@@ -457,33 +464,35 @@ class Sidecar:
         if not isinstance(route, Route) or table.mode is Mode.OFF:
             return _json_error(status=404, message=f"no protected route for {method} {path}")
         document = self._new_challenge(table=table, route=route)
-        return web.Response(body=document.encode(), headers=_CHALLENGE_HEADERS)
+        return web.Response(body=document, headers=_CHALLENGE_HEADERS)
 
-    def _new_challenge(self, *, table: RouteTable, route: Route) -> str:
+    def _new_challenge(self, *, table: RouteTable, route: Route) -> bytes:
         """A fresh challenge document for ``route``, as the client receives it."""
-        return self._issuer.issue(
+        return self._stock.take(
+            binding=route.binding,
             difficulty=route.difficulty,
             ttl=table.config.challenge_ttl_seconds,
-            binding=route.binding,
-        ).to_json()
+        )
 
     # -- forwarding ---------------------------------------------------------
 
-    def _upstream_headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        headers = _forwardable(request.headers, strip=_REQUEST_STRIP)
+    def _upstream_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
+        headers = request.headers
+        pairs = _forwardable(headers, drop=_REQUEST_DROP)
         cookie = headers.get(hdrs.COOKIE)
         if cookie is not None and SOLUTION_COOKIE in cookie:
             _, rest = split_cookie(cookie)
-            headers.popall(hdrs.COOKIE)
+            pairs = [pair for pair in pairs if pair[0].lower() != "cookie"]
             if rest is not None:
-                headers[hdrs.COOKIE] = rest
+                pairs.append((hdrs.COOKIE, rest))
         peer = request.remote or ""
-        forwarded_for = headers.get(_X_FORWARDED_FOR)
-        headers[_X_FORWARDED_FOR] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-        headers.setdefault(_X_FORWARDED_PROTO, request.scheme)
-        if hdrs.HOST in headers:
-            headers.setdefault(_X_FORWARDED_HOST, headers[hdrs.HOST])
-        return headers
+        prior = headers.getall(_X_FORWARDED_FOR, ())
+        pairs.append((_X_FORWARDED_FOR, ", ".join((*prior, peer)) if prior else peer))
+        if _X_FORWARDED_PROTO not in headers:
+            pairs.append((_X_FORWARDED_PROTO, request.scheme))
+        if _X_FORWARDED_HOST not in headers and (host := headers.get(hdrs.HOST)) is not None:
+            pairs.append((_X_FORWARDED_HOST, host))
+        return pairs
 
     async def _forward(
         self, request: web.BaseRequest, *, route: str, body: _Body, clear_cookie: bool
@@ -511,7 +520,7 @@ class Sidecar:
                 data = request.content
         url = URL(self._base + request.raw_path, encoded=True)
         metrics = self.metrics
-        metrics.inflight.inc()
+        metrics.inflight += 1
         started = time.perf_counter()
         try:
             try:
@@ -540,7 +549,7 @@ class Sidecar:
             finally:
                 upstream.release()
         finally:
-            metrics.inflight.dec()
+            metrics.inflight -= 1
 
     def _client_error(self, kind: str) -> web.Response:
         """The one answer to a client that broke a body limit: counted, then hung up on."""
@@ -571,9 +580,9 @@ class Sidecar:
     async def _relay(
         self, request: web.BaseRequest, *, upstream: aiohttp.ClientResponse, clear_cookie: bool
     ) -> web.StreamResponse:
-        headers = _forwardable(upstream.headers, strip=_HOP_BY_HOP)
+        headers = _forwardable(upstream.headers, drop=_HOP_BY_HOP)
         if clear_cookie:
-            headers.add(hdrs.SET_COOKIE, _CLEAR_COOKIE)
+            headers.append((hdrs.SET_COOKIE, _CLEAR_COOKIE))
         length = upstream.content_length
         if length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD:
             # Small bodies go out in one write with their headers.
@@ -604,15 +613,33 @@ class Sidecar:
         return response
 
 
-def _forwardable(headers: CIMultiDictProxy[str], *, strip: Sequence[istr]) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop fields: ``strip`` and those ``Connection`` names."""
-    copy = CIMultiDict(headers)
-    for value in copy.getall(hdrs.CONNECTION, ()):
-        for token in value.split(","):
-            copy.popall(token.strip(), None)
-    for name in strip:
-        copy.popall(name, None)
-    return copy
+def _forwardable(headers: CIMultiDictProxy[str], *, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """``headers`` as pairs, without ``drop`` (lower-case names) and those ``Connection`` names."""
+    connection = headers.get(hdrs.CONNECTION)
+    if connection is not None:
+        drop = drop.union(
+            token.strip().lower()
+            for value in headers.getall(hdrs.CONNECTION)
+            for token in value.split(",")
+        )
+    return [(name, value) for name, value in headers.items() if name.lower() not in drop]
+
+
+#: What aiohttp's client must not add to a forwarded request on its own.
+_NO_AUTO_HEADERS: Final[CIMultiDict[None]] = CIMultiDict(
+    {hdrs.ACCEPT: None, hdrs.ACCEPT_ENCODING: None, hdrs.USER_AGENT: None, hdrs.CONTENT_TYPE: None}
+)
+
+
+class _ForwardRequest(aiohttp.ClientRequest):
+    """A client request carrying the caller's headers and none of aiohttp's defaults."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        # The base method fills in Accept, Accept-Encoding and User-Agent;
+        # naming them all in the session's skip_auto_headers instead costs a
+        # sort and two header copies per request. The skip set kept here also
+        # stops aiohttp from inventing a Content-Type for a body.
+        self._skip_auto_headers = _NO_AUTO_HEADERS
 
 
 def _upstream_socket(addr_info: AddrInfoType) -> socket.socket:

@@ -2,18 +2,33 @@
 
 A dedicated :class:`CollectorRegistry` (not the process-global default) keeps
 the exposition to exactly what is documented in ``docs/sidecar.md`` and lets
-tests build several sidecars in one process. Label children used on the hot
-path are resolved once and cached: ``Counter.labels`` hashes and locks on
-every call, a dict lookup of a tuple does not.
+tests build several sidecars in one process.
+
+Metrics touched by every request live in plain Python containers read at
+scrape time by one collector. ``prometheus_client``'s own types take a lock on
+every update so that threads may share them; the sidecar updates and scrapes
+its metrics on one event loop thread only, and under a flood those locks, the
+label lookups and the bucket scans were a measurable share of each refusal.
+Metrics that change only on reconfiguration or errors keep the library types.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator, Sequence
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["NO_LABEL", "Metrics", "Outcome"]
+__all__ = ["NO_LABEL", "LoopHistogram", "Metrics", "Outcome"]
 
 #: Label value for "not applicable" (no route matched, no failure reason).
 NO_LABEL: Final = "none"
@@ -36,6 +51,94 @@ _UPSTREAM_BUCKETS: Final = (
 )  # fmt: skip
 _SOLVE_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STATUS_CLASSES: Final = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class _Series:
+    """One histogram series: per-bucket (not cumulative) counts and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.total = 0.0
+
+
+class LoopHistogram:
+    """A histogram for one event loop thread: no lock, one C bisection per observation."""
+
+    __slots__ = ("_bounds", "_series", "documentation", "labelnames", "name")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        *,
+        buckets: Sequence[float],
+        labelnames: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._bounds = tuple(buckets)
+        self._series: dict[tuple[str, ...], _Series] = {}
+        if not self.labelnames:
+            # A series without labels exists from the start, zeros included.
+            self._series[()] = _Series(len(self._bounds) + 1)
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(len(self._bounds) + 1)
+        # Prometheus buckets are "less than or equal": bisect_left finds the
+        # first bound >= value; past the last bound is the +Inf bucket.
+        series.counts[bisect.bisect_left(self._bounds, value)] += 1
+        series.total += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        # The library's own rendering of "le", so the exposition reads as before.
+        edges = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
+        edges.append("+Inf")
+        for labels, series in self._series.items():
+            cumulative, buckets = 0, []
+            for edge, count in zip(edges, series.counts, strict=True):
+                cumulative += count
+                buckets.append((edge, cumulative))
+            family.add_metric(list(labels), buckets, series.total)
+        return family
+
+
+class _HotPath(Collector):
+    """Exposes the per-request metrics kept by :class:`Metrics` at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so the registry can refuse duplicates at registration.
+        yield CounterMetricFamily(
+            "powgate_requests", _REQUESTS_HELP, labels=("route", "outcome", "reason")
+        )
+        yield GaugeMetricFamily("powgate_inflight", _INFLIGHT_HELP)
+        for histogram in self._metrics.histograms:
+            yield HistogramMetricFamily(histogram.name, histogram.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        requests = CounterMetricFamily(
+            "powgate_requests", _REQUESTS_HELP, labels=("route", "outcome", "reason")
+        )
+        for key, count in metrics.requests.items():
+            requests.add_metric(list(key), count)
+        yield requests
+        yield GaugeMetricFamily("powgate_inflight", _INFLIGHT_HELP, value=metrics.inflight)
+        for histogram in metrics.histograms:
+            yield histogram.family()
+
+
+_REQUESTS_HELP: Final = "Requests by route, outcome and verification reason."
+_INFLIGHT_HELP: Final = "Requests being forwarded upstream."
 
 
 class Metrics:
@@ -44,12 +147,36 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.requests_total = Counter(
-            "powgate_requests",
-            "Requests by route, outcome and verification reason.",
-            ["route", "outcome", "reason"],
-            registry=reg,
+        #: ``powgate_requests_total`` by ``(route, outcome, reason)``.
+        self.requests: dict[tuple[str, str, str], int] = {}
+        #: ``powgate_inflight``: requests being forwarded upstream.
+        self.inflight = 0
+        self.verify_seconds = LoopHistogram(
+            "powgate_verify_seconds", "Time to verify one solution.", buckets=_FAST_BUCKETS
         )
+        self.upstream_seconds = LoopHistogram(
+            "powgate_upstream_seconds",
+            "Time from forwarding a request to the upstream's response headers.",
+            buckets=_UPSTREAM_BUCKETS,
+            labelnames=("route", "status_class"),
+        )
+        self.queue_wait_seconds = LoopHistogram(
+            "powgate_queue_wait_seconds",
+            "Time admitted requests waited for an upstream slot.",
+            buckets=_WAIT_BUCKETS,
+        )
+        self.client_solve_seconds = LoopHistogram(
+            "powgate_client_solve_seconds",
+            "Solve time reported by clients in X-Powgate-Solve-Ms.",
+            buckets=_SOLVE_BUCKETS,
+        )
+        self.histograms = (
+            self.verify_seconds,
+            self.upstream_seconds,
+            self.queue_wait_seconds,
+            self.client_solve_seconds,
+        )
+        reg.register(_HotPath(self))
         self.difficulty = Gauge(
             "powgate_difficulty",
             "Difficulty (maxnumber) of new challenges per route.",
@@ -68,41 +195,13 @@ class Metrics:
             ["source", "result"],
             registry=reg,
         )
-        self.verify_seconds = Histogram(
-            "powgate_verify_seconds",
-            "Time to verify one solution.",
-            buckets=_FAST_BUCKETS,
-            registry=reg,
-        )
-        self.upstream_seconds = Histogram(
-            "powgate_upstream_seconds",
-            "Time from forwarding a request to the upstream's response headers.",
-            ["route", "status_class"],
-            buckets=_UPSTREAM_BUCKETS,
-            registry=reg,
-        )
         self.queue_depth = Gauge(
             "powgate_queue_depth", "Requests waiting for an upstream slot.", registry=reg
-        )
-        self.queue_wait_seconds = Histogram(
-            "powgate_queue_wait_seconds",
-            "Time admitted requests waited for an upstream slot.",
-            buckets=_WAIT_BUCKETS,
-            registry=reg,
         )
         self.queue_dropped_total = Counter(
             "powgate_queue_dropped",
             "Admitted requests turned away by the queue (full or waited too long).",
             ["route", "cause"],
-            registry=reg,
-        )
-        self.inflight = Gauge(
-            "powgate_inflight", "Requests being forwarded upstream.", registry=reg
-        )
-        self.client_solve_seconds = Histogram(
-            "powgate_client_solve_seconds",
-            "Solve time reported by clients in X-Powgate-Solve-Ms.",
-            buckets=_SOLVE_BUCKETS,
             registry=reg,
         )
         self.replay_cache_entries = Gauge(
@@ -120,22 +219,14 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
-        self._request_children: dict[tuple[str, str, str], Counter] = {}
-        self._upstream_children: dict[tuple[str, str], Histogram] = {}
 
     def count_request(self, *, route: str, outcome: str, reason: str) -> None:
         key = (route, outcome, reason)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests_total.labels(*key)
-        child.inc()
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
 
     def observe_upstream(self, *, route: str, status: int, seconds: float) -> None:
-        key = (route, _STATUS_CLASSES.get(status // 100, "other"))
-        child = self._upstream_children.get(key)
-        if child is None:
-            child = self._upstream_children[key] = self.upstream_seconds.labels(*key)
-        child.observe(seconds)
+        self.upstream_seconds.observe(seconds, (route, _STATUS_CLASSES.get(status // 100, "other")))
 
     def set_config(self, *, policy: str, version: str, difficulties: dict[str, int]) -> None:
         """Publish the configuration now in force (replacing the previous series)."""
@@ -144,6 +235,3 @@ class Metrics:
         self.difficulty.clear()
         for route, value in difficulties.items():
             self.difficulty.labels(route).set(value)
-
-
-_STATUS_CLASSES: Final = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}

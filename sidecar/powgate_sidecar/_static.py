@@ -64,10 +64,10 @@ class Interstitial:
         self._head = head.encode()
         self._tail = tail.encode()
 
-    def render(self, challenge_json: str) -> bytes:
+    def render(self, challenge_json: bytes) -> bytes:
         # Inside a <script> element, "</script>" would end it early; escaping
         # "<" keeps any JSON inert there and is still the same JSON value.
-        return self._head + challenge_json.replace("<", "\\u003c").encode() + self._tail
+        return self._head + challenge_json.replace(b"<", b"\\u003c") + self._tail
 
 
 def load_interstitial() -> Interstitial | None:

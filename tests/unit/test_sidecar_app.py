@@ -354,6 +354,59 @@ async def raw_exchange(h: Harness, request: bytes) -> bytes:
     return answer
 
 
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        # Nothing is added but X-Forwarded-*: no Accept, Accept-Encoding,
+        # User-Agent or Content-Type of the client library's own.
+        ({}, {}),
+        (
+            {"Accept": "text/event-stream", "User-Agent": "sdk/1", "Content-Type": "x/y"},
+            {"Accept": "text/event-stream", "User-Agent": "sdk/1", "Content-Type": "x/y"},
+        ),
+        # Hop-by-hop fields, and those the Connection header names, stop here.
+        (
+            {"Connection": "keep-alive, X-Trace", "X-Trace": "1", "Keep-Alive": "5", "TE": "x"},
+            {},
+        ),
+        ({"Proxy-Authorization": "Basic eA==", "Upgrade": "h2c"}, {}),
+        # The solution is ours; other cookies go on.
+        ({"Cookie": "a=1; powgate_solution=SOLUTION; b=2"}, {"Cookie": "a=1; b=2"}),
+        ({"Cookie": "powgate_solution=SOLUTION"}, {}),
+        # A proxy in front keeps its X-Forwarded-* (the peer is appended to -For).
+        (
+            {"X-Forwarded-For": "10.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "a"},
+            {"X-Forwarded-For": "10.0.0.1, 127.0.0.1", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "a"},
+        ),
+    ],
+)  # fmt: skip
+async def test_upstream_gets_the_clients_end_to_end_headers_exactly(
+    h: Harness, sent: dict[str, str], forwarded: dict[str, str]
+) -> None:
+    payload = await h.solution()
+    carrier = {} if "Cookie" in sent else {"X-Powgate-Solution": payload}
+    fields = {**carrier, **sent, "Content-Length": "2"}
+    head = "".join(
+        f"{name}: {value.replace('SOLUTION', payload)}\r\n" for name, value in fields.items()
+    )
+    answer = await raw_exchange(
+        h, f"POST /v1/chat HTTP/1.1\r\nHost: svc\r\n{head}\r\n{{}}".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    [(_, _, seen, body)] = h.upstream.seen
+    assert body == b"{}"
+    expected = {
+        "Host": "svc",
+        "Content-Length": "2",
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Forwarded-Proto": "http",
+        "X-Forwarded-Host": "svc",
+        **forwarded,
+    }
+    assert seen == expected
+
+
 async def test_non_canonical_paths_are_refused(h: Harness) -> None:
     for path in ("/healthz/../v1/chat", "/x//v1/chat", "/v1/./chat"):
         answer = await raw_exchange(

@@ -1,0 +1,158 @@
+"""The sidecar's hot-path pieces: loop-local metrics, the challenge stock, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from powgate import Challenge, Issuer, KeyRing, MemoryReplayCache, Reason, Verifier, solve
+from powgate_sidecar._challenges import FRESH_SECONDS, MAX_BATCH, ChallengeStock
+from powgate_sidecar._loop import new_event_loop
+from powgate_sidecar._metrics import LoopHistogram, Metrics
+
+# -- loop-local metrics ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], [0, 0, 0, 0]),
+        # "le": a value equal to a bound lands in that bound's bucket.
+        ([0.1], [1, 1, 1, 1]),
+        ([0.1000001], [0, 1, 1, 1]),
+        ([0.0, -1.0], [2, 2, 2, 2]),
+        ([1.0, 5.0], [0, 1, 2, 2]),
+        ([5.0000001, float("inf")], [0, 0, 0, 2]),
+        ([0.05, 0.5, 3.0, 50.0], [1, 2, 3, 4]),
+    ],
+)
+def test_loop_histogram_buckets_are_cumulative_less_or_equal(
+    values: list[float], expected: list[int]
+) -> None:
+    histogram = LoopHistogram("h_seconds", "h", buckets=(0.1, 1.0, 5.0))
+    for value in values:
+        histogram.observe(value)
+    [sample_set] = [histogram.family()]
+    buckets = [s.value for s in sample_set.samples if s.name == "h_seconds_bucket"]
+    assert buckets == expected
+    count = next(s.value for s in sample_set.samples if s.name == "h_seconds_count")
+    assert count == len(values)
+
+
+def test_metrics_expose_hot_path_series_like_library_types() -> None:
+    metrics = Metrics()
+    registry = metrics.registry
+    # Unlabelled histograms exist before their first observation, as before.
+    assert registry.get_sample_value("powgate_verify_seconds_count") == 0
+    assert registry.get_sample_value("powgate_inflight") == 0
+    metrics.count_request(route="chat", outcome="challenged", reason="missing")
+    metrics.count_request(route="chat", outcome="challenged", reason="missing")
+    metrics.observe_upstream(route="chat", status=503, seconds=0.004)
+    metrics.observe_upstream(route="chat", status=999, seconds=0.004)
+    metrics.inflight += 3
+    labels = {"route": "chat", "outcome": "challenged", "reason": "missing"}
+    assert registry.get_sample_value("powgate_requests_total", labels) == 2
+    assert registry.get_sample_value("powgate_inflight") == 3
+    for status_class in ("5xx", "other"):
+        labels = {"route": "chat", "status_class": status_class, "le": "0.005"}
+        assert registry.get_sample_value("powgate_upstream_seconds_bucket", labels) == 1
+
+
+# -- the challenge stock --------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _stock() -> tuple[ChallengeStock, Clock, Verifier]:
+    keyring = KeyRing.generate()
+    clock = Clock()
+    stock = ChallengeStock(Issuer(keyring=keyring), clock=clock)
+    return stock, clock, Verifier(keyring=keyring, replay=MemoryReplayCache())
+
+
+def test_stock_hands_out_each_challenge_once_and_each_verifies() -> None:
+    stock, _, verifier = _stock()
+    documents = [stock.take(binding="p:r", difficulty=20, ttl=60) for _ in range(3 * MAX_BATCH)]
+    assert len(set(documents)) == len(documents)
+    for document in documents[:: MAX_BATCH // 2]:
+        challenge = Challenge.from_json(document)
+        assert challenge.maxnumber == 20
+        payload = challenge.solution(solve(challenge).number).encode()
+        assert verifier.verify(payload, binding="p:r").reason is Reason.OK
+
+
+def test_stock_batches_follow_demand_and_go_stale() -> None:
+    stock, clock, _ = _stock()
+    sizes = []
+    for _ in range(8):
+        before = len(stock._shelves["p:r"].documents) if "p:r" in stock._shelves else 0
+        stock.take(binding="p:r", difficulty=20, ttl=60)
+        shelf = stock._shelves["p:r"]
+        if before == 0:
+            sizes.append(shelf.size)
+        # Drain the shelf while it is fresh: demand outruns the batch.
+        while shelf.documents:
+            stock.take(binding="p:r", difficulty=20, ttl=60)
+    # A quiet start issues one; each batch emptied while fresh doubles, up to the cap.
+    assert sizes == [1, 2, 4, 8, 16, 32, MAX_BATCH, MAX_BATCH]
+    # A stale shelf is not served from; what was left over halves the next batch.
+    stock.take(binding="p:r", difficulty=20, ttl=60)
+    left = len(stock._shelves["p:r"].documents)
+    assert left > 0
+    clock.now += FRESH_SECONDS + 0.5
+    stock.take(binding="p:r", difficulty=20, ttl=60)
+    assert stock._shelves["p:r"].size == MAX_BATCH // 2
+    # A challenge never loses more than the freshness window of its lifetime.
+    challenge = Challenge.from_json(stock.take(binding="p:r", difficulty=20, ttl=60))
+    assert challenge.params.expires is not None
+
+
+def test_restock_drops_challenges_of_the_old_configuration_and_keys() -> None:
+    stock, _, old_keys = _stock()
+    stock.take(binding="p:r", difficulty=20, ttl=60)
+    rotated = KeyRing.generate()
+    stock.restock(Issuer(keyring=rotated))
+    new = Challenge.from_json(stock.take(binding="p:r", difficulty=40, ttl=60))
+    assert new.maxnumber == 40
+    payload = new.solution(solve(new).number).encode()
+    assert old_keys.verify(payload, binding="p:r").reason is Reason.BAD_SIGNATURE
+    assert Verifier(keyring=rotated, replay=None).verify(payload).reason is Reason.OK
+
+
+# -- the event loop -------------------------------------------------------------
+
+
+def test_loop_connects_to_numeric_addresses_without_resolving() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def no_resolving(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"getaddrinfo{args} was called")
+
+        loop.getaddrinfo = no_resolving  # type: ignore[method-assign]
+        async with server:
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                assert sock.getpeername() == ("127.0.0.1", port)
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                closed = free.getsockname()[1]
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                with pytest.raises(ConnectionRefusedError):
+                    await loop.sock_connect(sock, ("127.0.0.1", closed))
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(scenario())
