@@ -184,7 +184,7 @@ class ConfigMapWatcher:
         if items:
             self._deliver(items[0])
         else:
-            self._sink.apply_document(None, source=_SOURCE)
+            self._deliver_missing()
         version = body.get("metadata", {}).get("resourceVersion")
         if not isinstance(version, str):
             raise ValueError("LIST answer has no resourceVersion")
@@ -237,8 +237,7 @@ class ConfigMapWatcher:
         if kind in ("ADDED", "MODIFIED"):
             self._deliver(obj)
         elif kind == "DELETED":
-            self._last_data = None
-            self._sink.apply_document(None, source=_SOURCE)
+            self._deliver_missing()
         return new_version if isinstance(new_version, str) else version
 
     def _deliver(self, obj: Any) -> None:
@@ -248,6 +247,12 @@ class ConfigMapWatcher:
             return  # a relist or resync of what is already applied
         self._last_data = text if isinstance(text, str) else None
         self._sink.apply_document(text if isinstance(text, str) else None, source=_SOURCE)
+
+    def _deliver_missing(self) -> None:
+        # Forgotten, so that the object coming back with the same document is
+        # delivered again: the sink has been told it is gone.
+        self._last_data = None
+        self._sink.apply_document(None, source=_SOURCE)
 
     @staticmethod
     async def _json(response: aiohttp.ClientResponse) -> Any:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from powgate import KeyRing
-from powgate.config import QueueConfig, RouteConfig, SidecarConfig
+from powgate.config import CONFIG_DATA_KEY, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import (
     ConfigMapWatcher,
     EffortQueue,
@@ -244,3 +250,112 @@ async def test_unreachable_api_server_keeps_the_config_and_counts_errors() -> No
     assert errors_counted(sidecar) >= 3
     assert sidecar.config is not None
     assert sidecar.config.version == "v1"
+
+
+# -- the config watch after 410 Gone, against a scripted API server ---------------
+# (tests/integration/test_sidecar_e2e.py provokes the 410 from a real one)
+
+GONE = "config watch expired (410 Gone); listing again"
+_EXPIRED = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "status": "Failure",
+    "message": "too old resource version: 10 (11)",
+    "reason": "Expired",
+    "code": 410,
+}
+
+
+@dataclass
+class Deliveries:
+    """A config sink that records what it is handed."""
+
+    documents: list[str | bytes | None] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def apply_document(self, text: str | bytes | None, *, source: str) -> bool:
+        self.documents.append(text)
+        return True
+
+    def report_source_error(self, *, source: str, why: str) -> None:
+        self.errors.append(why)
+
+
+def _configmap(document: str, version: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "cfg", "namespace": "ns", "resourceVersion": version},
+        "data": {CONFIG_DATA_KEY: document},
+    }
+
+
+def _listing(items: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    return {"kind": "ConfigMapList", "metadata": {"resourceVersion": version}, "items": items}
+
+
+async def _stream(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for event in events:
+        await response.write(json.dumps(event).encode() + b"\n")
+    return response
+
+
+# A WATCH says 410 in one of two ways: an ERROR event in a 200 stream (what the
+# API server's watch cache sends) or the status of the answer itself.
+@pytest.mark.parametrize("gone", ["event", "status"])
+async def test_expired_watch_lists_again_and_delivers_a_recreated_object(
+    gone: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="powgate.sidecar")
+    v1, v2 = '{"version": "v1"}', '{"version": "v2"}'  # the watcher passes them on unread
+    requests: list[dict[str, str]] = []
+    finished = asyncio.Event()
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        requests.append(dict(request.query))
+        step = len(requests)
+        if step == 1:
+            return web.json_response(_listing([_configmap(v1, "10")], "10"))
+        if step == 2 and gone == "status":
+            return web.json_response(_EXPIRED, status=410)
+        if step == 2:
+            return await _stream(request, [{"type": "ERROR", "object": _EXPIRED}])
+        if step == 3:  # the object was deleted while the watch was gone
+            return web.json_response(_listing([], "12"))
+        # Re-created as it was before, then changed; held open until the end.
+        events = [
+            {"type": "ADDED", "object": _configmap(v1, "13")},
+            {"type": "MODIFIED", "object": _configmap(v2, "14")},
+        ]
+        response = await _stream(request, events)
+        await finished.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
+    sink = Deliveries()
+    async with TestServer(app, host="127.0.0.1") as server:
+        endpoint = KubeEndpoint(
+            api_url=f"http://127.0.0.1:{server.port}", token_file=None, ca_file=None
+        )
+        async with KubeClient(endpoint) as client:
+            watcher = ConfigMapWatcher(client=client, namespace="ns", name="cfg", sink=sink)
+            task = asyncio.create_task(watcher.run())
+            for _ in range(500):
+                if v2 in sink.documents:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            finished.set()
+    # Listed again, and told of the deletion; the object that came back with
+    # the same document is delivered again, since the sink was told it was gone.
+    assert sink.documents == [v1, None, v1, v2]
+    assert [(r.get("watch"), r.get("resourceVersion")) for r in requests] == [
+        (None, None),
+        ("1", "10"),
+        (None, None),
+        ("1", "12"),
+    ]
+    assert caplog.messages.count(GONE) == 1
+    assert sink.errors == []
