@@ -146,22 +146,23 @@ class ConfigMapWatcher:
         self._backoff_cap = backoff_cap
         self._watch_seconds = watch_seconds
         self._last_data: str | None = None
+        #: Where the next WATCH resumes: the last version seen, even by a watch that broke.
+        self._version: str | None = None
 
     async def run(self) -> None:
         """List and watch until cancelled."""
         failures = 0
-        version: str | None = None
         while True:
             try:
-                if version is None:
-                    version = await self._list()
-                version = await self._watch(version)
+                if self._version is None:
+                    self._version = await self._list()
+                await self._watch()
                 failures = 0
             except _GoneError:
                 log.info(
                     "config watch expired (410 Gone); listing again", extra={"source": _SOURCE}
                 )
-                version = None
+                self._version = None
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 failures += 1
                 why = f"API server: {type(exc).__name__}: {exc}"
@@ -190,11 +191,12 @@ class ConfigMapWatcher:
             raise ValueError("LIST answer has no resourceVersion")
         return version
 
-    async def _watch(self, version: str) -> str:
+    async def _watch(self) -> None:
+        assert self._version is not None
         params = {
             **self._selector(),
             "watch": "1",
-            "resourceVersion": version,
+            "resourceVersion": self._version,
             "allowWatchBookmarks": "true",
             # Spread the API server's re-watch load over a window.
             "timeoutSeconds": str(
@@ -216,7 +218,7 @@ class ConfigMapWatcher:
                     if len(line) > _MAX_OBJECT_BYTES * 2:
                         raise ValueError("watch event larger than any ConfigMap")
                     if line.strip():
-                        version = self._event(json.loads(line), version)
+                        self._version = self._event(json.loads(line), self._version)
             except asyncio.CancelledError:
                 # Stopping: drop the connection at once. A graceful TLS close
                 # finishes on the event loop later, and a loop that is ending
@@ -225,7 +227,6 @@ class ConfigMapWatcher:
                 if connection is not None and connection.transport is not None:
                     connection.transport.abort()
                 raise
-        return version
 
     def _event(self, event: Any, version: str) -> str:
         kind, obj = event.get("type"), event.get("object") or {}
