@@ -28,8 +28,20 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Create .venv with powgate and its dev tools
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the tests need (prometheus, chromium, nginx, wrk)
+system-deps: ## Install the Debian packages the tests need (prometheus, chromium, nginx, wrk, node, npm)
 	hack/install-system-deps.sh
+
+# npm packages the browser tests serve to Chromium (the ALTCHA widget), pinned by
+# tests/js/package-lock.json. npm keeps its downloads under $(CACHE)/npm, so a
+# reinstall after `rm -rf tests/js/node_modules` needs no network.
+JS_DEPS := tests/js/node_modules/.package-lock.json
+
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --cache $(CACHE)/npm --prefer-offline --no-audit --no-fund
+	touch $@
+
+.PHONY: js-deps
+js-deps: $(JS_DEPS) ## Install the npm packages of the browser tests (needs npm: make system-deps)
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import rules
@@ -44,7 +56,7 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv system-deps tools lint ## Everything CI runs: lint, unit, integration (real control plane)
+test: venv system-deps tools js-deps lint ## Everything CI runs: lint, unit, integration (real control plane)
 	$(VENV)/bin/pytest
 
 .PHONY: unit
@@ -74,4 +86,4 @@ cluster-down: venv ## Stop the local control plane and remove its state
 
 .PHONY: clean
 clean: ## Remove the venv and caches (keeps the Go build cache)
-	rm -rf $(VENV) $(CACHE) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CACHE) tests/js/node_modules .mypy_cache .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages powgate's tests, benchmarks and demo run
 # against, when they are missing: Prometheus (signals), Chromium (browser
-# solver), nginx and wrk (proxy benchmark references), Node.js (JS solver).
+# solver), nginx and wrk (proxy benchmark references), Node.js (JS solver) and
+# npm (installs the npm packages of the browser tests, `make js-deps`).
 set -euo pipefail
 
 declare -A want=(
@@ -10,6 +11,7 @@ declare -A want=(
   [nginx]=nginx
   [wrk]=wrk
   [node]=nodejs
+  [npm]=npm
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -28,7 +28,7 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from powgate_testbed._process import (
 
 __all__ = [
     "FAKE_NODE_ANNOTATION",
+    "ApiServerReplica",
     "ClusterAccess",
     "LocalCluster",
     "StartupError",
@@ -219,6 +220,7 @@ class LocalCluster(Service):
         self._nodes = nodes
         self._owned = owned
         self._processes: list[ManagedProcess] = []
+        self._ports: _Ports | None = None
         self.server = ""
 
     @property
@@ -277,9 +279,28 @@ class LocalCluster(Service):
         self._save_state()
         return process
 
+    def _retire(self, process: ManagedProcess) -> None:
+        """Stop one process before the others, and forget it (`stop` may have come first)."""
+        if process in self._processes:
+            stop_all([process], grace=_STOP_GRACE)
+            self._processes.remove(process)
+            self._save_state()
+
+    def apiserver_replica(self) -> ApiServerReplica:
+        """A further kube-apiserver on this cluster's etcd, not yet started (`ApiServerReplica`)."""
+        if self._ports is None:
+            raise RuntimeError("the cluster is not running")
+        (port,) = free_ports(1)
+        ports = replace(self._ports, apiserver=port)
+        return ApiServerReplica(
+            cluster=self,
+            argv=self._apiserver_argv(ports, self.root / "pki"),
+            server=f"https://127.0.0.1:{port}",
+        )
+
     def _start(self) -> None:
         t0 = time.monotonic()
-        ports = _Ports.pick()
+        ports = self._ports = _Ports.pick()
         self.server = f"https://127.0.0.1:{ports.apiserver}"
         pki = self._write_pki()
         etcd = self._spawn("etcd", self._etcd_argv(ports))
@@ -476,6 +497,47 @@ class LocalCluster(Service):
             f"--- {log.name} (last {_LOG_TAIL_LINES} lines) ---\n{tail(log, lines=_LOG_TAIL_LINES)}"
             for log in sorted(self.logs.glob("*.log"))
         )
+
+
+class ApiServerReplica(Service):
+    """A further kube-apiserver of a `LocalCluster`, as in a highly available control plane.
+
+    Same etcd, flags, certificates and service-account keys as the first, so
+    the cluster's kubeconfig and tokens work against it. It keeps its address
+    across `stop` and `start`: a client pointed at it meets what clients meet
+    when their API server restarts (an upgrade, a crash) — the same address
+    and a new, empty watch cache. Started through the cluster, it is recorded
+    in its state and stopped with it.
+    """
+
+    def __init__(self, *, cluster: LocalCluster, argv: Sequence[str], server: str) -> None:
+        self.server = server
+        self._cluster = cluster
+        self._argv = list(argv)
+        self._process: ManagedProcess | None = None
+
+    def start(self) -> None:
+        """Start it and return once it answers `/readyz`."""
+        if self._process is not None:
+            raise RuntimeError("the replica is already running")
+        process = self._process = self._cluster._spawn("kube-apiserver-replica", self._argv)
+        context = _admin_context(self._cluster.root)
+        try:
+            wait_until(
+                lambda: _http_ok(f"{self.server}/readyz", context=context),
+                what="kube-apiserver replica /readyz",
+                timeout=_APISERVER_TIMEOUT,
+                watch=[process],
+            )
+        except StartupError as exc:
+            self.stop()
+            log = tail(process.log_path, lines=_LOG_TAIL_LINES)
+            raise StartupError(f"{exc}\n--- {process.log_path.name} ---\n{log}") from exc
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._cluster._retire(self._process)
+            self._process = None
 
 
 def _http_ok(url: str, *, context: ssl.SSLContext | None) -> bool:

@@ -1,20 +1,25 @@
-"""Fixtures for tests against real processes: a Kubernetes control plane and Prometheus.
+"""Fixtures for tests against real processes: a Kubernetes control plane, Prometheus, Chromium.
 
 `cluster` starts the local control plane once per session (or uses the
 cluster of `$POWGATE_KUBECONFIG`, which is how `make e2e-kind` runs this
-suite on kind); `kube_client` is the official client configured for it;
+suite on kind), and `local_cluster` is that control plane itself, for tests
+that act on it; `kube_client` is the official client for the cluster;
 `namespace` gives each test its own namespace. `prometheus` is a Prometheus
-server whose scrape targets a test sets with `set_targets`.
+server whose scrape targets a test sets with `set_targets`. `chromium` is
+Debian's headless Chromium and `open_page` opens a URL in a fresh instance of
+it; `altcha_widget` is the ALTCHA widget from npm (`make js-deps`).
 
 When a binary is missing the fixtures skip with a hint, except under CI
 (`$CI` set), where they fail: CI must never pass by skipping these tests.
-Tests using a fixture get the matching marker (`cluster`, `prometheus`)
-automatically, so `-m "not cluster"` deselects them.
+Tests using a fixture get the matching marker (`cluster`, `prometheus`,
+`browser`, `node`) automatically, so `-m "not cluster"` deselects them.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -25,9 +30,11 @@ from types import FrameType
 from typing import NoReturn
 
 import pytest
+from _browser import CHROMIUM_FLAGS, OpenPage
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from powgate_testbed._process import ManagedProcess, stop_all
 from powgate_testbed.cluster import (
     ClusterAccess,
     LocalCluster,
@@ -39,16 +46,24 @@ from powgate_testbed.cluster import (
 from powgate_testbed.prometheus import PrometheusNotFoundError, PrometheusServer, find_prometheus
 
 # Fixture → marker, for every test that uses the fixture, even indirectly.
-_MARKERS = {"cluster": "cluster", "prometheus_binary": "prometheus"}
+_MARKERS = {
+    "cluster": "cluster",
+    "local_cluster": "cluster",
+    "prometheus_binary": "prometheus",
+    "chromium": "browser",
+    "altcha_widget": "node",
+}
 _ACCOUNT_TIMEOUT = 30.0
+#: The npm packages of the browser tests: package.json, its lock and node_modules.
+_JS_PACKAGES = Path(__file__).resolve().parents[1] / "js"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         used = getattr(item, "fixturenames", ())
-        for fixture, marker in _MARKERS.items():
-            if fixture in used:
-                item.add_marker(marker)
+        # A set: `cluster` and `local_cluster` both mean the `cluster` marker.
+        for marker in {marker for fixture, marker in _MARKERS.items() if fixture in used}:
+            item.add_marker(marker)
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -83,10 +98,14 @@ def tools() -> Tools:
 
 
 @pytest.fixture(scope="session")
-def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterAccess]:
-    existing = os.environ.get("POWGATE_KUBECONFIG")
-    if existing:
-        yield ClusterAccess(kubeconfig=Path(existing), reaches_loopback=False)
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster | None]:
+    """The control plane this run started; None when `$POWGATE_KUBECONFIG` names the cluster.
+
+    For the few tests that act on the control plane itself (another API
+    server on its etcd); the others use `cluster`.
+    """
+    if os.environ.get("POWGATE_KUBECONFIG"):
+        yield None
         return
     # Looked up here, not declared: a cluster given by kubeconfig needs no binaries.
     tools: Tools = request.getfixturevalue("tools")
@@ -95,7 +114,16 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterAccess]:
     runs = cache_dir() / "clusters"
     reap_stale_runs(runs)
     with LocalCluster(root=runs / str(os.getpid()), tools=tools) as local:
-        yield local.access
+        yield local
+
+
+@pytest.fixture(scope="session")
+def cluster(local_cluster: LocalCluster | None) -> ClusterAccess:
+    if local_cluster is None:
+        return ClusterAccess(
+            kubeconfig=Path(os.environ["POWGATE_KUBECONFIG"]), reaches_loopback=False
+        )
+    return local_cluster.access
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +188,54 @@ def prometheus(
         root=tmp_path_factory.mktemp("prometheus"), binary=prometheus_binary
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's `chromium` (`make system-deps`)."""
+    path = shutil.which("chromium")
+    if path is None:
+        _unavailable("chromium is not installed (make system-deps installs it)")
+    return path
+
+
+@pytest.fixture
+def open_page(chromium: str, tmp_path: Path) -> Iterator[OpenPage]:
+    """Opens a URL in a headless Chromium with a fresh profile; every one is stopped afterwards.
+
+    Each browser runs in its own process group, so stopping it also stops
+    the renderer and utility processes it forked.
+    """
+    browsers: list[ManagedProcess] = []
+
+    def open_page(url: str) -> Path:
+        log = tmp_path / f"chromium-{len(browsers)}.log"
+        profile = tmp_path / f"profile-{len(browsers)}"
+        browsers.append(
+            ManagedProcess(
+                name="chromium",
+                argv=[chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
+                log_path=log,
+                die_with_parent=True,
+            )
+        )
+        return log
+
+    yield open_page
+    stop_all(browsers, grace=10)
+
+
+@pytest.fixture(scope="session")
+def altcha_widget() -> bytes:
+    """The ALTCHA widget's browser bundle, in the version ``tests/js/package.json`` pins."""
+    wanted = json.loads((_JS_PACKAGES / "package.json").read_text())["dependencies"]["altcha"]
+    package = _JS_PACKAGES / "node_modules" / "altcha"
+    try:
+        installed = json.loads((package / "package.json").read_text())["version"]
+    except FileNotFoundError:
+        installed = None
+    if installed is None:
+        _unavailable("the altcha npm package is not installed in tests/js (make js-deps)")
+    if installed != wanted:
+        _unavailable(f"tests/js has altcha {installed}, package.json pins {wanted} (make js-deps)")
+    return (package / "dist" / "main" / "altcha.js").read_bytes()

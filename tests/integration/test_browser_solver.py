@@ -10,11 +10,8 @@ included; nothing on the browser side is simulated.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,27 +19,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from _browser import OpenPage, wait_for_page
 
 from powgate import Issuer, KeyRing, MemoryReplayCache, Reason, Verdict, Verifier
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-logging=stderr",
-)
-#: Only guards against a hung browser; the solves here take well under a second.
-WAIT_SECONDS = 120
 STATIC = resources.files("powgate") / "static"
-#: Opens a URL in a fresh headless Chromium; returns the path of its log.
-OpenPage = Callable[[str], Path]
 ASSETS = {"solver.js", "worker.js"}
 TEST_PAGE = """<!doctype html><meta charset="utf-8"><title>solve</title>
 <script src="/.well-known/powgate/solver.js"></script>
@@ -53,16 +36,6 @@ fetch('/challenge').then((r) => r.json())
   .then((report) => fetch('/report', {method: 'POST', body: JSON.stringify(report)}));
 </script>
 """
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (make system-deps installs it)")
-        pytest.skip("chromium is not installed (make system-deps installs it)")
-    return path
 
 
 @dataclass
@@ -193,37 +166,8 @@ def base_url(site: Site) -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture
-def open_page(chromium: str, tmp_path: Path) -> Iterator[OpenPage]:
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def open_page(url: str) -> Path:
-        log = tmp_path / f"chromium-{len(procs)}.log"
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(
-                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append((proc, log))
-        return log
-
-    yield open_page
-    for proc, _ in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _wait(site: Site, log: Path) -> None:
-    if not site.done.wait(WAIT_SECONDS):
-        console = [
-            line for line in log.read_text(errors="replace").splitlines() if "CONSOLE" in line
-        ]
-        pytest.fail("the page never reported back; browser console:\n" + "\n".join(console[-20:]))
+    wait_for_page(site.done.wait, log=log, what="the page's report")
 
 
 def test_solver_in_workers_is_accepted_by_the_verifier(

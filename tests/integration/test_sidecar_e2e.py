@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import logging
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,16 +21,18 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from _sidecar_process import metric_value, powgate, ready, start_sidecar
 from kubernetes import client as k8s
 
 from powgate import CHALLENGE_PATH, Challenge, Issuer, KeyRing, solve
 from powgate.client import PowAuth
 from powgate.config import CONFIG_DATA_KEY, RouteConfig, SidecarConfig
-from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint
+from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint, Sidecar
 from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
-from powgate_testbed.cluster import ClusterAccess
+from powgate_testbed.cluster import ClusterAccess, LocalCluster
 
 NAME = "powgate-chat"
+GONE = "config watch expired (410 Gone); listing again"
 _DEADLINE = 60.0
 
 
@@ -226,6 +229,68 @@ async def test_many_watchers_share_one_client(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Why a restarted API server, and not etcd compaction or a flood of changes:
+# watches are served from the API server's watch cache, not from etcd.
+# Compacting etcd (its /v3/kv/compaction) leaves a version the cache still
+# holds watchable: the cache replays the events, and only drops its list
+# snapshots on compaction. The cache's own window keeps every event of at
+# least the last 75 s (it grows rather than evict fresher ones), so outrunning
+# it means over a minute of waiting. A restarted API server starts its cache
+# at etcd's current revision: a version from before the restart is older than
+# anything it holds, and a WATCH from it answers 410 at once, every time. It is
+# also what sidecars meet on every control-plane upgrade.
+async def test_watch_lists_again_after_its_api_server_restarted(
+    local_cluster: LocalCluster | None,
+    pod_credentials: PodCredentials,
+    kube_client: k8s.ApiClient,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if local_cluster is None:
+        pytest.skip("needs the local control plane: runs a second API server on its etcd")
+    caplog.set_level(logging.INFO, logger="powgate.sidecar")
+    put_config(kube_client, namespace, config(100, "v1").to_json())
+    sidecar = Sidecar(upstream="http://127.0.0.1:9", keyring=KeyRing.generate(), config=None)
+
+    def version() -> str | None:
+        return sidecar.config.version if sidecar.config is not None else None
+
+    with local_cluster.apiserver_replica() as replica:
+        endpoint = dataclasses.replace(pod_credentials.endpoint(), api_url=replica.server)
+        async with KubeClient(endpoint) as client:
+            watcher = ConfigMapWatcher(
+                client=client,
+                namespace=namespace,
+                name=NAME,
+                sink=sidecar,
+                backoff_base=0.05,
+                backoff_cap=0.5,
+            )
+            task = asyncio.create_task(watcher.run())
+            try:
+                await eventually(lambda: version() == "v1", what="initial list")
+                # Off the event loop, so the watcher lives through the outage
+                # as a sidecar does; the change goes through the first API
+                # server while the watcher's is down.
+                await asyncio.to_thread(replica.stop)
+                put_config(kube_client, namespace, config(700, "v2").to_json())
+                await asyncio.to_thread(replica.start)
+                await eventually(lambda: version() == "v2", what="the change made meanwhile")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    # The 410 was met, and the change arrived through the LIST that followed it.
+    messages = [record.getMessage() for record in caplog.records]
+    assert GONE in messages
+    after = caplog.records[messages.index(GONE) :]
+    applied = [r for r in after if r.getMessage() == "configuration applied"]
+    assert [getattr(r, "version", None) for r in applied] == ["v2"]
+    labels = {"source": "kubernetes", "result": "applied"}
+    assert sidecar.metrics.registry.get_sample_value("powgate_config_reloads_total", labels) == 2
+    assert sidecar.config is not None
+    assert sidecar.config.difficulty == 700
+
+
 # -- the sidecar as a process, in front of the stand-in AI service ---------------
 
 
@@ -242,10 +307,7 @@ class Stack:
 
     def metric(self, url: str, sample: str) -> float:
         """The value of one exposition line (0 if absent)."""
-        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return metric_value(url, sample)
 
     def sidecar_metric(self, sample: str) -> float:
         return self.metric(self.metrics_url, sample)
@@ -264,22 +326,18 @@ class Stack:
         return Challenge.from_json(response.content)
 
 
-def _powgate(*args: str) -> list[str]:
-    # The console script of this environment, as a container would run it.
-    return [str(Path(sys.executable).with_name("powgate")), *args]
-
-
 @contextlib.contextmanager
 def stack(
     tmp_path: Path, *, config_args: list[str] | None = None, extra: Sequence[str] = ()
 ) -> Iterator[Stack]:
-    standin_port, port, metrics_port = free_ports(3)
+    (standin_port,) = free_ports(1)
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
     config_file.write_text(config(100, "v1").to_json())
     KeyRing.generate().save(key_file)
+    standin_url = f"http://127.0.0.1:{standin_port}"
     standin = ManagedProcess(
         name="standin",
-        argv=_powgate(
+        argv=powgate(
             "standin",
             "--listen",
             f"127.0.0.1:{standin_port}",
@@ -293,60 +351,34 @@ def stack(
     )
     processes = [standin]
     try:
-        sidecar = ManagedProcess(
-            name="sidecar",
-            # Configured through the environment, as the injected container is.
-            argv=[
-                "env",
-                f"POWGATE_LISTEN=127.0.0.1:{port}",
-                f"POWGATE_UPSTREAM=http://127.0.0.1:{standin_port}",
-                f"POWGATE_METRICS_LISTEN=127.0.0.1:{metrics_port}",
-                f"POWGATE_KEY_FILE={key_file}",
-                "POWGATE_HEADER_TIMEOUT=1",
-                *_powgate(
-                    "sidecar",
-                    *(
-                        config_args
-                        if config_args is not None
-                        else ["--config-file", str(config_file)]
-                    ),
-                    *extra,
-                ),
-            ],
-            log_path=tmp_path / "sidecar.log",
-            die_with_parent=True,
-        )
-        processes.insert(0, sidecar)
-        result = Stack(
-            f"http://127.0.0.1:{port}",
-            f"http://127.0.0.1:{metrics_port}",
-            f"http://127.0.0.1:{standin_port}",
-            config_file,
-            key_file,
-            processes,
-        )
+        # Listening before the sidecar picks its ports, so they cannot collide.
         wait_until(
-            lambda: _ready(result.standin_url + "/healthz"),
+            lambda: ready(standin_url + "/healthz"),
             what="stand-in up",
             timeout=_DEADLINE,
             watch=processes,
         )
+        sidecar, endpoints = start_sidecar(
+            tmp_path=tmp_path,
+            upstream=standin_url,
+            key_file=key_file,
+            config_args=(
+                config_args if config_args is not None else ["--config-file", str(config_file)]
+            ),
+            extra=extra,
+        )
+        processes.insert(0, sidecar)
         wait_until(
-            lambda: _ready(result.metrics_url + "/readyz"),
+            lambda: ready(endpoints.metrics_url + "/readyz"),
             what="sidecar ready",
             timeout=_DEADLINE,
             watch=processes,
         )
-        yield result
+        yield Stack(
+            endpoints.url, endpoints.metrics_url, standin_url, config_file, key_file, processes
+        )
     finally:
         stop_all(processes, grace=10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture
@@ -476,7 +508,7 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
         port = int(running.metrics_url.rsplit(":", 1)[1])
         second = f"http://127.0.0.1:{port + 1}"
         wait_until(
-            lambda: _ready(second + "/readyz"),
+            lambda: ready(second + "/readyz"),
             what="second worker",
             timeout=_DEADLINE,
             watch=running.processes,
