@@ -11,6 +11,11 @@ upstream (an nginx that answers ``200 ok``) share core 1. Rows:
   against nginx answering a static 428 (the cheapest an HTTP server can
   refuse);
 * unloaded latency (one connection): p50 added over the direct path;
+
+every throughput and latency row is the best of ``ROUNDS`` runs interleaved
+with the others (timings on a shared machine are noisy; the best run is the
+one least disturbed, as ``timeit`` takes the minimum), and each pass-path
+run gets solutions of its own;
 * time to the first Server-Sent Event of a streamed chat completion from the
   stand-in AI service, direct, through nginx (``proxy_buffering off``) and
   through the sidecar.
@@ -50,8 +55,12 @@ PROXY_CORE: Final = "0"
 LOAD_CORE: Final = "1"
 SECONDS: Final = 5
 CONNECTIONS: Final = 50
-#: Distinct solutions for the pass path: more than the sidecar serves in one run.
-POOL: Final = 60_000
+#: Every measurement runs this many times, interleaved, and the best run counts.
+ROUNDS: Final = 3
+#: Distinct solutions per pass-path run (loaded, unloaded): more than the sidecar
+#: serves in one run. Each run gets its own, since wrk starts a pool from its top.
+POOL: Final = 40_000
+QUIET_POOL: Final = 20_000
 SSE_SAMPLES: Final = 200
 LUA: Final = Path(__file__).with_name("proxy_wrk.lua")
 CONFIG: Final = SidecarConfig(
@@ -305,12 +314,15 @@ class Setup:
     upstream: int
     nginx_proxy: int
     nginx_proxy_pid: int
+    bare: int
+    bare_pid: int
     sidecar: int
     sidecar_pid: int
     nginx_sse: int
     standin: int
     sidecar_sse: int
-    pool: Path
+    #: ROUNDS pools of solutions for the loaded pass runs, then ROUNDS for the unloaded ones.
+    pools: list[Path]
     forged: str
     issuer: Issuer
 
@@ -340,9 +352,13 @@ def _servers() -> Iterator[Setup]:
             keys, config = root / "keyring.json", root / "config.json"
             keyring.save(keys)
             config.write_text(CONFIG.to_json())
-            solutions = _solutions(keyring, POOL + 1)
-            pool = root / "pool.txt"
-            pool.write_text("\n".join(solutions[1:]) + "\n")
+            sizes = [POOL] * ROUNDS + [QUIET_POOL] * ROUNDS
+            solutions = _solutions(keyring, sum(sizes) + 1)
+            pools, start = [], 1
+            for index, size in enumerate(sizes):
+                pools.append(root / f"pool-{index}.txt")
+                pools[-1].write_text("\n".join(solutions[start : start + size]) + "\n")
+                start += size
             forged_payload = dataclasses.replace(
                 decode_solution(solutions[0]), signature="0" * 64
             ).encode()
@@ -361,6 +377,17 @@ def _servers() -> Iterator[Setup]:
                 sse=nginx_sse,
                 body=solutions[0][:280],
             )
+            bare = _free_port()
+            reject_body = root / "reject.json"
+            reject_body.write_text(Issuer(keyring=keyring).issue(difficulty=10, ttl=60).to_json())
+            bare_pid = procs.start(
+                "aiohttp-bare",
+                argv=[sys.executable, "-m", "bench.aiohttp_bare", str(bare),
+                      f"http://127.0.0.1:{upstream}", str(reject_body)],
+                core=PROXY_CORE,
+                port=bare,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )  # fmt: skip
             powgate = str(Path(sys.executable).with_name("powgate"))
             procs.start(
                 "standin",
@@ -390,12 +417,14 @@ def _servers() -> Iterator[Setup]:
                 upstream=upstream,
                 nginx_proxy=nginx_proxy,
                 nginx_proxy_pid=nginx_pid,
+                bare=bare,
+                bare_pid=bare_pid,
                 sidecar=sidecar,
                 sidecar_pid=pid,
                 nginx_sse=nginx_sse,
                 standin=standin,
                 sidecar_sse=sidecar_sse,
-                pool=pool,
+                pools=pools,
                 forged=forged_payload,
                 issuer=Issuer(keyring=keyring),
             )
@@ -433,98 +462,121 @@ def main() -> None:
         url = "http://127.0.0.1:{}/v1/chat"
         _wrk(url.format(s.nginx_proxy), connections=CONNECTIONS, seconds=1)  # warm-up
         loaded = functools.partial(_wrk, connections=CONNECTIONS, seconds=SECONDS)
+        quiet = functools.partial(_wrk, connections=1, seconds=3)
         nginx_pid, sidecar_pid = s.nginx_proxy_pid, s.sidecar_pid
-        direct = loaded(url.format(s.upstream))
-        nginx = loaded(url.format(s.nginx_proxy), proxy=nginx_pid)
-        passed = loaded(url.format(s.sidecar), proxy=sidecar_pid, pool=s.pool)
-        nginx_reject = loaded(f"http://127.0.0.1:{s.nginx_proxy}/reject", proxy=nginx_pid)
-        missing_run = loaded(url.format(s.sidecar), proxy=sidecar_pid)
-        forged = loaded(url.format(s.sidecar), proxy=sidecar_pid, header=s.forged)
-        # Unloaded: one connection; the pool's tail is still unused.
-        quiet_direct = _wrk(url.format(s.upstream), connections=1, seconds=3)
-        quiet_nginx = _wrk(url.format(s.nginx_proxy), connections=1, seconds=3)
-        quiet_sidecar = _wrk(url.format(s.sidecar), connections=1, seconds=3, pool=s.pool)
+        runs: dict[str, list[Run]] = collections.defaultdict(list)
+        # Interleaved rounds: a slow moment of the shared machine hits one run
+        # of each kind rather than every run of one kind.
+        for round_ in range(ROUNDS):
+            pool, quiet_pool = s.pools[round_], s.pools[ROUNDS + round_]
+            runs["direct"].append(loaded(url.format(s.upstream)))
+            runs["nginx"].append(loaded(url.format(s.nginx_proxy), proxy=nginx_pid))
+            runs["bare"].append(loaded(url.format(s.bare), proxy=s.bare_pid))
+            runs["pass"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid, pool=pool))
+            reject_url = f"http://127.0.0.1:{s.nginx_proxy}/reject"
+            runs["nginx_reject"].append(loaded(reject_url, proxy=nginx_pid))
+            bare_reject_url = f"http://127.0.0.1:{s.bare}/reject"
+            runs["bare_reject"].append(loaded(bare_reject_url, proxy=s.bare_pid))
+            runs["missing"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid))
+            runs["forged"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid, header=s.forged))
+            runs["quiet_direct"].append(quiet(url.format(s.upstream)))
+            runs["quiet_nginx"].append(quiet(url.format(s.nginx_proxy)))
+            runs["quiet_bare"].append(quiet(url.format(s.bare)))
+            runs["quiet_sidecar"].append(quiet(url.format(s.sidecar), pool=quiet_pool))
         sse_direct = _sse_median(s.standin, issuer=None)
         sse_nginx = _sse_median(s.nginx_sse, issuer=None)
         sse_sidecar = _sse_median(s.sidecar_sse, issuer=s.issuer)
+    best = {name: _best(found) for name, found in runs.items() if not name.startswith("quiet")}
+    quiet_direct, quiet_nginx, quiet_bare, quiet_sidecar = (
+        min(runs[name], key=lambda run: run.p50_ms)
+        for name in ("quiet_direct", "quiet_nginx", "quiet_bare", "quiet_sidecar")
+    )
+    if quiet_sidecar.status_errors or quiet_sidecar.socket_errors:
+        print(f"warning: {quiet_sidecar.status_errors} unloaded pass requests were refused")
 
-    def row(name: str, run: Run, reference: Run, *, expect_ok: bool) -> tuple[str, ...]:
+    def row(
+        name: str, run: Run, *, nginx: Run, bare: Run | None, expect_ok: bool
+    ) -> tuple[str, ...]:
         wrong = run.status_errors if expect_ok else run.requests - run.status_errors
-        per_cpu, reference_per_cpu = run.per_cpu_second, reference.per_cpu_second
-        if per_cpu is None or reference_per_cpu is None:
-            return (
-                name,
-                _fmt(run.rate),
-                "-",
-                _fmt(run.p50_ms, digits=2),
-                _fmt(run.p99_ms, digits=2),
-                "-",
-                "-",
-            )
+        per_cpu = run.per_cpu_second
+        if per_cpu is None:
+            return (name, _fmt(run.rate), "-", _fmt(run.p50_ms, digits=2),
+                    _fmt(run.p99_ms, digits=2), "-", "-", "-")  # fmt: skip
         return (
             name, _fmt(run.rate), _fmt(per_cpu),
             _fmt(run.p50_ms, digits=2), _fmt(run.p99_ms, digits=2),
-            f"{per_cpu / reference_per_cpu:.2f}", str(wrong + run.socket_errors),
+            _per_cpu_ratio(run, nginx), _per_cpu_ratio(run, bare) if bare else "-",
+            str(wrong + run.socket_errors),
         )  # fmt: skip
 
-    print(f"throughput: wrk -t1 -c{CONNECTIONS} -d{SECONDS}s", end="; ")
+    print(
+        f"throughput: wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, best of {ROUNDS} interleaved runs",
+        end="; ",
+    )
     print(f"proxy on core {PROXY_CORE}, wrk + upstream on core {LOAD_CORE}")
     print("req/CPU-s: requests per CPU-second the proxy process used (its capacity per core,")
-    print("robust to other load on the machine); x nginx compares that figure.")
-    header = ("path", "req/s", "req/CPU-s", "p50 ms", "p99 ms", "x nginx", "unexpected")
-    print(
-        table(
-            header,
-            [
-                row("direct to upstream", direct, nginx, expect_ok=True),
-                row("nginx proxy_pass (reference)", nginx, nginx, expect_ok=True),
-                row("sidecar, pass (fresh solution each)", passed, nginx, expect_ok=True),
-                row("nginx static 428 (reference)", nginx_reject, nginx_reject, expect_ok=False),
-                row("sidecar, reject: no solution", missing_run, nginx_reject, expect_ok=False),
-                row("sidecar, reject: bad signature", forged, nginx_reject, expect_ok=False),
-            ],
-        )
-    )
+    print("robust to other load on the machine); x nginx and x aiohttp compare that figure")
+    print("with nginx and with aiohttp + uvloop doing the same without PoW (python -m")
+    print("bench.aiohttp_bare), both measured in the same run.")
+    header = (
+        "path", "req/s", "req/CPU-s", "p50 ms", "p99 ms", "x nginx", "x aiohttp", "unexpected"
+    )  # fmt: skip
+    forward, refuse = best["nginx"], best["nginx_reject"]
+    bare, bare_reject = best["bare"], best["bare_reject"]
+    rows = [
+        row("direct to upstream", best["direct"], nginx=forward, bare=None, expect_ok=True),
+        row("nginx proxy_pass (reference)", forward, nginx=forward, bare=None, expect_ok=True),
+        row("aiohttp + uvloop proxy (reference)", bare, nginx=forward, bare=bare, expect_ok=True),
+        row("sidecar, pass (fresh solution each)", best["pass"], nginx=forward, bare=bare,
+            expect_ok=True),
+        row("nginx static 428 (reference)", refuse, nginx=refuse, bare=None, expect_ok=False),
+        row("aiohttp + uvloop static 428 (reference)", bare_reject, nginx=refuse,
+            bare=bare_reject, expect_ok=False),
+        row("sidecar, reject: no solution", best["missing"], nginx=refuse, bare=bare_reject,
+            expect_ok=False),
+        row("sidecar, reject: bad signature", best["forged"], nginx=refuse, bare=bare_reject,
+            expect_ok=False),
+    ]  # fmt: skip
+    print(table(header, rows))
     print()
     print(
-        "unloaded latency (wrk -c1, 3 s) and time to first SSE event (median of",
-        SSE_SAMPLES,
-        "streams)",
+        f"unloaded latency (wrk -c1, 3 s, best p50 of {ROUNDS}) and time to first SSE event",
+        f"(median of {SSE_SAMPLES} streams)",
     )
+    nginx_added = quiet_nginx.p50_ms - quiet_direct.p50_ms
+
+    def latency(name: str, run: Run, sse: float | None) -> tuple[str, ...]:
+        added = run.p50_ms - quiet_direct.p50_ms
+        return (
+            name, _fmt(run.p50_ms, digits=3), _fmt(added, digits=3),
+            _ratio(added, reference=nginx_added),
+            "-" if sse is None else _fmt(sse, digits=3),
+            "-" if sse is None else _fmt(sse - sse_direct, digits=3),
+        )  # fmt: skip
+
+    direct_row = ("direct", _fmt(quiet_direct.p50_ms, digits=3), "-", "-",
+                  _fmt(sse_direct, digits=3), "-")  # fmt: skip
     print(
         table(
             ("path", "p50 ms", "added ms", "x nginx added", "first event ms", "added ms"),
             [
-                (
-                    "direct",
-                    _fmt(quiet_direct.p50_ms, digits=3),
-                    "-",
-                    "-",
-                    _fmt(sse_direct, digits=3),
-                    "-",
-                ),
-                (
-                    "nginx (reference)",
-                    _fmt(quiet_nginx.p50_ms, digits=3),
-                    _fmt(quiet_nginx.p50_ms - quiet_direct.p50_ms, digits=3),
-                    "1.00",
-                    _fmt(sse_nginx, digits=3),
-                    _fmt(sse_nginx - sse_direct, digits=3),
-                ),
-                (
-                    "sidecar (pass)",
-                    _fmt(quiet_sidecar.p50_ms, digits=3),
-                    _fmt(quiet_sidecar.p50_ms - quiet_direct.p50_ms, digits=3),
-                    _ratio(
-                        quiet_sidecar.p50_ms - quiet_direct.p50_ms,
-                        reference=quiet_nginx.p50_ms - quiet_direct.p50_ms,
-                    ),
-                    _fmt(sse_sidecar, digits=3),
-                    _fmt(sse_sidecar - sse_direct, digits=3),
-                ),
+                direct_row,
+                latency("nginx (reference)", quiet_nginx, sse_nginx),
+                latency("aiohttp + uvloop (reference)", quiet_bare, None),
+                latency("sidecar (pass)", quiet_sidecar, sse_sidecar),
             ],
         )
     )
+
+
+def _per_cpu_ratio(run: Run, reference: Run) -> str:
+    ours, theirs = run.per_cpu_second, reference.per_cpu_second
+    return f"{ours / theirs:.2f}" if ours and theirs else "-"
+
+
+def _best(runs: list[Run]) -> Run:
+    """The run least disturbed by the rest of the machine: most requests per CPU-second."""
+    return max(runs, key=lambda run: run.per_cpu_second or run.rate)
 
 
 def _ratio(value: float, *, reference: float) -> str:
@@ -539,7 +591,7 @@ def profile(*, load: str, seconds: int = 10) -> None:
         argv = [py_spy, "record", "--pid", str(s.sidecar_pid), "--duration", str(seconds)]
         argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
         sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pool = s.pool if load == "pass" else None
+        pool = s.pools[0] if load == "pass" else None
         url = f"http://127.0.0.1:{s.sidecar}/v1/chat"
         _wrk(url, connections=CONNECTIONS, seconds=seconds + 2, pool=pool)
         sampler.wait(timeout=60)
