@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from powgate import KeyRing
 from powgate.config import CONFIG_DATA_KEY, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import (
     ConfigMapWatcher,
+    ConfigSink,
     EffortQueue,
     FileWatch,
     KubeClient,
@@ -229,24 +231,33 @@ def errors_counted(sidecar: Sidecar) -> float:
     return sidecar.metrics.registry.get_sample_value("powgate_config_reloads_total", labels) or 0.0
 
 
+async def watch_until(
+    *, api_url: str, sink: ConfigSink, done: Callable[[], bool], seconds: float = 5.0
+) -> None:
+    """Run a config watcher against ``api_url`` until ``done()`` (or ``seconds``), then stop it."""
+    endpoint = KubeEndpoint(api_url=api_url, token_file=None, ca_file=None)
+    async with KubeClient(endpoint) as client:
+        watcher = ConfigMapWatcher(
+            client=client, namespace="ns", name="cfg", sink=sink, backoff_base=0.01
+        )
+        task = asyncio.create_task(watcher.run())
+        for _ in range(int(seconds / 0.01)):
+            if done():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_unreachable_api_server_keeps_the_config_and_counts_errors() -> None:
     sidecar = Sidecar(
         upstream="http://127.0.0.1:9",
         keyring=KeyRing.generate(),
         config=SidecarConfig(version="v1"),
     )
-    endpoint = KubeEndpoint(api_url="http://127.0.0.1:9", token_file=None, ca_file=None)
-    async with KubeClient(endpoint) as client:
-        watcher = ConfigMapWatcher(
-            client=client, namespace="ns", name="cfg", sink=sidecar, backoff_base=0.01
-        )
-        task = asyncio.create_task(watcher.run())
-        for _ in range(500):
-            if errors_counted(sidecar) >= 3:
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await watch_until(
+        api_url="http://127.0.0.1:9", sink=sidecar, done=lambda: errors_counted(sidecar) >= 3
+    )
     assert errors_counted(sidecar) >= 3
     assert sidecar.config is not None
     assert sidecar.config.version == "v1"
@@ -335,19 +346,10 @@ async def test_expired_watch_lists_again_and_delivers_a_recreated_object(
     app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
     sink = Deliveries()
     async with TestServer(app, host="127.0.0.1") as server:
-        endpoint = KubeEndpoint(
-            api_url=f"http://127.0.0.1:{server.port}", token_file=None, ca_file=None
+        await watch_until(
+            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: v2 in sink.documents
         )
-        async with KubeClient(endpoint) as client:
-            watcher = ConfigMapWatcher(client=client, namespace="ns", name="cfg", sink=sink)
-            task = asyncio.create_task(watcher.run())
-            for _ in range(500):
-                if v2 in sink.documents:
-                    break
-                await asyncio.sleep(0.01)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            finished.set()
+        finished.set()
     # Listed again, and told of the deletion; the object that came back with
     # the same document is delivered again, since the sink was told it was gone.
     assert sink.documents == [v1, None, v1, v2]
@@ -387,21 +389,10 @@ async def test_a_broken_watch_resumes_from_the_last_event_it_delivered() -> None
     app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
     sink = Deliveries()
     async with TestServer(app, host="127.0.0.1") as server:
-        endpoint = KubeEndpoint(
-            api_url=f"http://127.0.0.1:{server.port}", token_file=None, ca_file=None
+        await watch_until(
+            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: len(requests) >= 3
         )
-        async with KubeClient(endpoint) as client:
-            watcher = ConfigMapWatcher(
-                client=client, namespace="ns", name="cfg", sink=sink, backoff_base=0.01
-            )
-            task = asyncio.create_task(watcher.run())
-            for _ in range(500):
-                if len(requests) >= 3:
-                    break
-                await asyncio.sleep(0.01)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            finished.set()
+        finished.set()
     assert sink.documents == [v1, v2]
     # Not the version the broken watch started from: no needless 410 and LIST.
     assert [(r.get("watch"), r.get("resourceVersion")) for r in requests] == [
