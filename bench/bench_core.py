@@ -25,6 +25,8 @@ from powgate._protocol import salt_fields, solution_fields
 PAYLOADS = 20_000
 #: Repeats of each timing; the best counts.
 REPEAT = 7
+#: The sidecar issues challenges in batches of up to this many under a flood.
+BATCH = 64
 #: Candidates per solver run; the number sought is the last one (worst case).
 FAST_RANGE = 400_000
 REFERENCE_RANGE = 100_000
@@ -88,6 +90,10 @@ def main() -> None:
         for _ in range(PAYLOADS):
             issuer.issue(difficulty=50_000, ttl=300, binding=BINDING)
 
+    def issue_batches() -> None:
+        for _ in range(PAYLOADS // BATCH):
+            issuer.issue_many(BATCH, difficulty=50_000, ttl=300, binding=BINDING)
+
     def primitives() -> None:
         sha256, digest = hashlib.sha256, hmac.digest
         for _ in range(PAYLOADS):
@@ -100,6 +106,7 @@ def main() -> None:
         "  of which: base64 + JSON decode": decode_all,
         "  of which: salt parameters": salts,
         "issue a challenge": issue_all,
+        f"issue in batches of {BATCH} (per challenge)": issue_batches,
         "reference: 1 SHA-256 + 1 HMAC-SHA256": primitives,
     }
     best = _interleaved_best(runs, repeat=REPEAT)
