@@ -615,8 +615,7 @@ class Sidecar:
 
 def _forwardable(headers: CIMultiDictProxy[str], *, drop: frozenset[str]) -> list[tuple[str, str]]:
     """``headers`` as pairs, without ``drop`` (lower-case names) and those ``Connection`` names."""
-    connection = headers.get(hdrs.CONNECTION)
-    if connection is not None:
+    if hdrs.CONNECTION in headers:
         drop = drop.union(
             token.strip().lower()
             for value in headers.getall(hdrs.CONNECTION)

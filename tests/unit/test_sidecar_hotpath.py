@@ -35,10 +35,10 @@ def test_loop_histogram_buckets_are_cumulative_less_or_equal(
     histogram = LoopHistogram("h_seconds", "h", buckets=(0.1, 1.0, 5.0))
     for value in values:
         histogram.observe(value)
-    [sample_set] = [histogram.family()]
-    buckets = [s.value for s in sample_set.samples if s.name == "h_seconds_bucket"]
+    samples = histogram.family().samples
+    buckets = [s.value for s in samples if s.name == "h_seconds_bucket"]
     assert buckets == expected
-    count = next(s.value for s in sample_set.samples if s.name == "h_seconds_count")
+    count = next(s.value for s in samples if s.name == "h_seconds_count")
     assert count == len(values)
 
 
@@ -106,14 +106,11 @@ def test_stock_batches_follow_demand_and_go_stale() -> None:
     assert sizes == [1, 2, 4, 8, 16, 32, MAX_BATCH, MAX_BATCH]
     # A stale shelf is not served from; what was left over halves the next batch.
     stock.take(binding="p:r", difficulty=20, ttl=60)
-    left = len(stock._shelves["p:r"].documents)
-    assert left > 0
+    left = set(stock._shelves["p:r"].documents)
+    assert left
     clock.now += FRESH_SECONDS + 0.5
-    stock.take(binding="p:r", difficulty=20, ttl=60)
+    assert stock.take(binding="p:r", difficulty=20, ttl=60) not in left
     assert stock._shelves["p:r"].size == MAX_BATCH // 2
-    # A challenge never loses more than the freshness window of its lifetime.
-    challenge = Challenge.from_json(stock.take(binding="p:r", difficulty=20, ttl=60))
-    assert challenge.params.expires is not None
 
 
 def test_restock_drops_challenges_of_the_old_configuration_and_keys() -> None:
