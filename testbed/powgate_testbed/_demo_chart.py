@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from ._demo_verdict import Verdict
+from ._load_stats import ENDINGS
 
 __all__ = ["draw_chart"]
 
@@ -107,21 +108,7 @@ def draw_chart(
     _shade(ax, verdict)
 
     ax = axes[3]
-    ended = [
-        sum(
-            row["legit"][k]
-            for k in (
-                "admitted",
-                "unsolved",
-                "rejected",
-                "overloaded",
-                "errors",
-                "aborted",
-                "dropped",
-            )
-        )
-        for row in rows
-    ]
+    ended = [sum(row["legit"][k] for k in ENDINGS) for row in rows]
     admitted = _smooth(_series(rows, "legit", "admitted"))
     ok = [a / e if e else float("nan") for a, e in zip(admitted, _smooth(ended), strict=True)]
     ax.plot(t, [100 * v for v in ok], label="legit success % (3 s)")

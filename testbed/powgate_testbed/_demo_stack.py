@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import httpx
 import yaml
@@ -39,7 +38,15 @@ from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_n
 from powgate_operator.crd import crd_manifest
 
 from ._demo_scenario import APP_LABEL, Defence, Scenario, policy_manifest
-from ._process import ManagedProcess, StartupError, free_ports, stop_all, tail, wait_until
+from ._process import (
+    ManagedProcess,
+    Service,
+    StartupError,
+    free_ports,
+    stop_all,
+    tail,
+    wait_until,
+)
 from .cluster import LocalCluster, Tools, cache_dir, reap_stale_runs
 from .prometheus import PrometheusServer, ScrapeTarget
 
@@ -104,7 +111,7 @@ class Deployment:
     standin_url: str
 
 
-class DemoStack:
+class DemoStack(Service):
     """The cluster side of the demo, and one deployment at a time on top of it."""
 
     def __init__(
@@ -126,21 +133,16 @@ class DemoStack:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
             self._start()
         except BaseException:
+            # What did start is stopped: a with block never reaches __exit__.
             self._stack.close()
             raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._stack.close()
 
     def _start(self) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from ._load_stats import COUNTERS, OUTCOMES, percentile
+from ._load_stats import COUNTERS, ENDINGS, percentile
 
 __all__ = [
     "HOLD",
@@ -49,7 +49,6 @@ TARGETS: Final = {
 }
 #: Per-second percentiles are the maximum of a second with fewer samples than this.
 _P95_EXACT_BELOW: Final = 20
-_ENDINGS: Final = (*OUTCOMES, "dropped")
 
 
 def merge_client_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -187,7 +186,7 @@ def judge(
     judged = rows[judged_from:flood_end]
     legit = [row["legit"] for row in judged]
     attack = [row["attack"] for row in judged]
-    ended = sum(row[name] for row in legit for name in _ENDINGS)
+    ended = sum(row[name] for row in legit for name in ENDINGS)
     legit_admitted = sum(row["admitted"] for row in legit)
     attack_admitted = sum(row["admitted"] for row in attack)
     attack_hashes = sum(row["hashes"] for row in attack)

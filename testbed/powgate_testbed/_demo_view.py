@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from ._demo_verdict import Verdict
+from ._load_stats import ENDINGS
 
 __all__ = ["LiveView", "Snapshot", "format_difficulty", "format_verdicts"]
 
@@ -72,19 +73,7 @@ def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     recent = list(rows[-_SMOOTHING:])
     last = recent[-1] if recent else None
     service = last["service"] if last else {}
-    legit_ended = sum(
-        row["legit"][name]
-        for row in recent
-        for name in (
-            "admitted",
-            "unsolved",
-            "rejected",
-            "overloaded",
-            "errors",
-            "aborted",
-            "dropped",
-        )
-    )
+    legit_ended = sum(row["legit"][name] for row in recent for name in ENDINGS)
     legit_admitted = sum(row["legit"]["admitted"] for row in recent)
     p95s = [
         row["legit"]["latency_p95"] for row in recent if row["legit"]["latency_p95"] is not None

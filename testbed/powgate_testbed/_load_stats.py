@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
-__all__ = ["COUNTERS", "OUTCOMES", "ClassStats", "Counter", "percentile"]
+__all__ = ["COUNTERS", "ENDINGS", "OUTCOMES", "ClassStats", "Counter", "percentile"]
 
 Counter = Literal[
     "sent",
@@ -38,6 +38,8 @@ OUTCOMES: Final[tuple[Counter, ...]] = (
     "errors",
     "aborted",
 )
+#: Every way a request ends for its client: the outcomes, and never sent at all.
+ENDINGS: Final[tuple[Counter, ...]] = (*OUTCOMES, "dropped")
 
 
 @dataclass(slots=True)
