@@ -5,8 +5,9 @@ TOOLS_DIR := $(CURDIR)/hack/tools
 GO ?= go
 GOBUILD = cd $(TOOLS_DIR)/$(1) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/
 
-KUBE_BINS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
-TOOL_BINS := $(KUBE_BINS) $(BIN)/etcd $(BIN)/kwok $(BIN)/kwokctl $(BIN)/helm
+KUBE_BINS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl \
+	$(BIN)/kubelet $(BIN)/kube-proxy
+TOOL_BINS := $(KUBE_BINS) $(BIN)/etcd $(BIN)/kwok $(BIN)/kwokctl $(BIN)/helm $(BIN)/runc
 # kwok keeps its default stages (how fake nodes and pods move through their
 # lifecycle) in its module, not in its binary; the cluster starter hands them
 # to kwok. Taken from the pinned module, so they always match the binary.
@@ -15,14 +16,21 @@ KWOK_STAGE_FILES := node/fast/node-initialize.yaml node/heartbeat-with-lease/nod
 	pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml
 
 .PHONY: tools
-tools: $(TOOL_BINS) $(KWOK_STAGES) ## Build the control plane, etcd, kwok and helm into .cache/bin
+tools: $(TOOL_BINS) $(KWOK_STAGES) ## Build the control plane, kubelet, kube-proxy, runc, etcd, kwok and helm into .cache/bin
 
-# One go build for all four: they share most packages, and a single
+# One go build for all six: they share most packages, and a single
 # invocation lets the compiler schedule them together.
 $(KUBE_BINS) &: $(TOOLS_DIR)/kubernetes/go.mod $(TOOLS_DIR)/kubernetes/go.sum
-	@echo ">> building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (first build takes minutes)"
-	$(call GOBUILD,kubernetes) k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+	@echo ">> building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy (first build takes minutes)"
+	$(call GOBUILD,kubernetes) k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+	  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 	@touch $(KUBE_BINS)
+
+# runc links libseccomp through cgo (Debian's libseccomp-dev, `make system-deps`):
+# the real node's containers get the default seccomp profile.
+$(BIN)/runc: $(TOOLS_DIR)/runc/go.mod $(TOOLS_DIR)/runc/go.sum
+	@echo ">> building runc"
+	cd $(TOOLS_DIR)/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags seccomp -ldflags='-s -w' -o $(BIN)/runc github.com/opencontainers/runc
 
 $(BIN)/etcd: $(TOOLS_DIR)/etcd/go.mod $(TOOLS_DIR)/etcd/go.sum
 	@echo ">> building etcd"
