@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Create .venv with powgate and its dev tools
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the tests need (prometheus, chromium, nginx, wrk, node, npm)
+system-deps: ## Install the Debian packages the tests need (prometheus, chromium, docker.io, containerd, …)
 	hack/install-system-deps.sh
 
 # npm packages the browser tests serve to Chromium (the ALTCHA widget), pinned by
@@ -56,7 +56,7 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv system-deps tools js-deps lint ## Everything CI runs: lint, unit, integration (real control plane)
+test: venv system-deps tools js-deps images lint ## Everything CI runs: lint, unit, integration (real control plane and node)
 	$(VENV)/bin/pytest
 
 .PHONY: unit

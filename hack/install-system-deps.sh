@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
-# Installs the Debian packages powgate's tests, benchmarks and demo run
-# against, when they are missing: Prometheus (signals), Chromium (browser
-# solver), nginx and wrk (proxy benchmark references), Node.js (JS solver) and
-# npm (installs the npm packages of the browser tests, `make js-deps`).
+# Installs the Debian packages powgate's tests, benchmarks, images and demo
+# run against, when they are missing: Prometheus (signals), Chromium (browser
+# solver), nginx and wrk (proxy benchmark references), Node.js (JS solver),
+# npm (the npm packages of the browser tests, `make js-deps`); for the images
+# and the real node: the Docker engine (docker.io, started by `make images`
+# itself), mmdebstrap (the base image from Debian packages), containerd, the
+# CNI plugins, iptables and conntrack (kube-proxy), libseccomp-dev (runc is
+# built with seccomp, `make tools`).
 set -euo pipefail
 
+# Each package, with a file that shows it is installed.
 declare -A want=(
-  [prometheus]=prometheus
-  [chromium]=chromium
-  [nginx]=nginx
-  [wrk]=wrk
-  [node]=nodejs
-  [npm]=npm
+  [prometheus]=/usr/bin/prometheus
+  [chromium]=/usr/bin/chromium
+  [nginx]=/usr/sbin/nginx
+  [wrk]=/usr/bin/wrk
+  [nodejs]=/usr/bin/node
+  [npm]=/usr/bin/npm
+  [docker.io]=/usr/sbin/dockerd
+  [mmdebstrap]=/usr/bin/mmdebstrap
+  [containerd]=/usr/bin/containerd
+  [containernetworking-plugins]=/usr/lib/cni/bridge
+  [iptables]=/usr/sbin/iptables
+  [conntrack]=/usr/sbin/conntrack
+  [libseccomp-dev]=/usr/include/seccomp.h
 )
 missing=()
-for cmd in "${!want[@]}"; do
-  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/usr/bin/$cmd" ]; then
-    missing+=("${want[$cmd]}")
+for package in "${!want[@]}"; do
+  if [ -e "${want[$package]}" ]; then
+    continue
   fi
+  # Node.js and npm may come from elsewhere than Debian; any on PATH will do.
+  if { [ "$package" = nodejs ] || [ "$package" = npm ]; } && command -v "$(basename "${want[$package]}")" >/dev/null; then
+    continue
+  fi
+  missing+=("$package")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -24,9 +24,12 @@ from test_chart import container, render
 
 from powgate_operator.cli import add_command as add_operator_command
 from powgate_sidecar.cli import add_command as add_sidecar_command
+from powgate_testbed.standin import add_command as add_standin_command
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = ("sidecar", "operator")
+#: Image → the folder of its Dockerfile; each installs the extra of its name.
+DOCKERFILES = {"sidecar": "sidecar", "operator": "operator", "standin": "testbed"}
+COMPONENTS = tuple(DOCKERFILES)
 #: Pinned: a Python minor version and a Debian release in the tag, or a digest.
 _PINNED = re.compile(r"^python:3\.\d+(\.\d+)?-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?$")
 #: What must never be in the runtime stage: package managers, compilers, build front ends.
@@ -105,7 +108,7 @@ def component(request: pytest.FixtureRequest) -> str:
 
 
 def parsed(component: str) -> list[Stage]:
-    return stages((ROOT / component / "Dockerfile").read_text())
+    return stages((ROOT / DOCKERFILES[component] / "Dockerfile").read_text())
 
 
 def test_the_parser_joins_continuations_and_drops_comments() -> None:
@@ -125,7 +128,11 @@ def test_wheels_are_built_in_a_build_stage_and_only_the_result_is_copied(compone
     build, *_, final = parsed(component)
     assert final is not build
     run = " ".join(build.all("RUN"))
-    assert f"pip wheel --wheel-dir /wheels '.[{component}]'" in run
+    wheel = re.search(r"pip wheel --wheel-dir /wheels (.*?) ?'\.\[(\w+)\]'", run)
+    assert wheel, run
+    assert wheel.group(2) == component
+    # Offline (`make images`): only the wheels at $WHEELHOUSE; otherwise pip's index.
+    assert wheel.group(1) in ("", '${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"}')
     # The venv is installed from those wheels only: what was built is what ships.
     assert f"--no-index --find-links /wheels 'powgate[{component}]'" in run
     copies = final.all("COPY")
@@ -179,6 +186,7 @@ def _parse_cli(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyP
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_sidecar_command(subparsers)
     add_operator_command(subparsers)
+    add_standin_command(subparsers)
     parser.parse_args(argv)
 
 
@@ -219,6 +227,19 @@ def test_the_operator_entrypoint_with_the_charts_args_is_accepted_by_the_real_cl
     for values in ({}, {"operator": {"watchNamespaces": ["a", "b"], "verbose": True}}):
         args = container(render(values))["args"]
         _parse_cli(entrypoint[1:] + args, env=_env(final), monkeypatch=monkeypatch)
+
+
+def test_the_standin_entrypoint_with_a_deployments_args_is_accepted_by_the_real_cli(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    final = parsed("standin")[-1]
+    entrypoint = exec_form(final.last("ENTRYPOINT"))
+    assert entrypoint[:2] == ["powgate", "standin"]
+    _parse_cli(
+        [*entrypoint[1:], "--concurrency", "4", "--tokens-per-second", "200"],
+        env=_env(final),
+        monkeypatch=monkeypatch,
+    )
 
 
 def test_a_wrong_flag_is_caught_by_the_cli_check(monkeypatch: pytest.MonkeyPatch) -> None:
