@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from bench import best_seconds, table
 from powgate.config import SidecarConfig
 from powgate.controller import Sample, evaluate
 from powgate.policy import GROUP, PLURAL, VERSION, PolicySpec, PolicyStatus, config_map_name
+from powgate_testbed._process import free_ports
 from powgate_testbed.cluster import LocalCluster, Tools, ToolsMissingError, cache_dir
 from powgate_testbed.prometheus import PrometheusServer
 
@@ -112,7 +112,7 @@ def _operator(kubeconfig: Path, metrics_port: int, log: Path) -> subprocess.Pope
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     argv = [sys.executable, "-m", "powgate_operator", "--namespace", NAMESPACE]
     argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
-    argv += ["--health-listen", f"127.0.0.1:{_free_port()}"]
+    argv += ["--health-listen", f"127.0.0.1:{free_ports(1)[0]}"]
     with log.open("wb") as out:
         return subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -277,7 +277,7 @@ def main() -> None:
         k8s.CoreV1Api(api).create_namespace(
             k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE))
         )
-        metrics_port = _free_port()
+        metrics_port = free_ports(1)[0]
         operator = _operator(cluster.kubeconfig, metrics_port, Path(folder) / "operator.log")
         try:
             print()
@@ -294,10 +294,3 @@ def main() -> None:
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -50,6 +50,7 @@ from bench import table
 from powgate import Issuer, KeyRing, solve
 from powgate._protocol import decode_solution
 from powgate.config import RouteConfig, SidecarConfig
+from powgate_testbed._process import free_ports
 
 PROXY_CORE: Final = "0"
 LOAD_CORE: Final = "1"
@@ -107,13 +108,6 @@ def _cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_port(port: int, *, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -270,7 +264,7 @@ def _first_event_ms(port: int, *, headers: str = "") -> float:
 def _sidecar(
     procs: Processes, *, name: str, upstream: str, keys: Path, config: Path
 ) -> tuple[int, int]:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_ports(1)[0], free_ports(1)[0]
     env = {
         **os.environ,
         "POWGATE_LISTEN": f"127.0.0.1:{port}",
@@ -362,7 +356,7 @@ def _servers() -> Iterator[Setup]:
             forged_payload = dataclasses.replace(
                 decode_solution(solutions[0]), signature="0" * 64
             ).encode()
-            upstream, nginx_proxy, nginx_sse, standin = (_free_port() for _ in range(4))
+            upstream, nginx_proxy, nginx_sse, standin = (free_ports(1)[0] for _ in range(4))
             _nginx(
                 procs,
                 name="upstream",
@@ -377,7 +371,7 @@ def _servers() -> Iterator[Setup]:
                 sse=nginx_sse,
                 body=solutions[0][:280],
             )
-            bare = _free_port()
+            bare = free_ports(1)[0]
             reject_body = root / "reject.json"
             reject_body.write_text(Issuer(keyring=keyring).issue(difficulty=10, ttl=60).to_json())
             bare_pid = procs.start(

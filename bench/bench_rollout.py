@@ -31,7 +31,8 @@ from kubernetes import config as k8s_config
 
 from powgate.config import CONFIG_DATA_KEY, SidecarConfig
 from powgate.policy import LabelSelector, config_map_name
-from powgate_operator._inject import PolicyRef, role_binding_body, role_body, role_name
+from powgate_operator._inject import PolicyRef
+from powgate_operator._objects import role_binding_body, role_body, role_name
 from powgate_testbed.cluster import LocalCluster, Tools, cache_dir
 
 SIZES: Final = (1, 10, 100, 1000)
@@ -124,7 +125,7 @@ def _setup(api: k8s.ApiClient, folder: Path, server: str, ca: Path) -> Path:
         uid=str(created.metadata.uid),
         selector=LabelSelector(match_labels={"app": "bench"}),
     )
-    role, binding = role_body(policy), role_binding_body(policy, ["model"])
+    role, binding = role_body(policy.metadata()), role_binding_body(policy.metadata(), ["model"])
     for manifest in (role, binding):
         del manifest["metadata"]["ownerReferences"]  # no PowPolicy here: the namespace owns them
     rbac.create_namespaced_role(NAMESPACE, role)

@@ -5,8 +5,15 @@ generated from :mod:`powgate.policy` by :mod:`powgate_operator.crd`; the
 difficulty decisions themselves are :mod:`powgate.controller`'s (pure).
 """
 
-from ._prometheus import Credentials, FailureReason, SignalReader
+from ._prometheus import Credentials, FailureReason, SignalReader, Signals
 from ._reconcile import Reconciler
 from .handlers import build_registry
 
-__all__ = ["Credentials", "FailureReason", "Reconciler", "SignalReader", "build_registry"]
+__all__ = [
+    "Credentials",
+    "FailureReason",
+    "Reconciler",
+    "SignalReader",
+    "Signals",
+    "build_registry",
+]

@@ -1,8 +1,8 @@
-"""Sidecar injection as pure functions: a pod, the policies, the settings → the pod to store.
+"""Sidecar injection as pure functions: a pod, the policies, the template → the pod to store.
 
 No kopf and no I/O here: :mod:`.webhook` feeds admission requests through
 :func:`plan` and turns the result into kopf's patch, so every rule (who is
-injected, what the sidecar looks like, which RBAC it gets) is unit-tested
+injected, what the sidecar looks like) is unit-tested
 without a cluster.
 
 Traffic reaches the sidecar by *port takeover*: the app's named port that a
@@ -22,46 +22,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from powgate.contract import (
+    INJECTED_ANNOTATION,
+    METRICS_PORT_NAME,
+    OPT_OUT_LABEL,
+    POLICY_LABEL,
+    PORT_ANNOTATION,
+    SIDECAR_NAME,
+    SidecarFlag,
+)
 from powgate.policy import LabelSelector, config_map_name, key_secret_name
 
-from ._objects import MANAGED_BY, POLICY_LABEL, owner_reference
-
 __all__ = [
-    "INJECTED_ANNOTATION",
-    "NAMESPACE_LABEL",
-    "NAMESPACE_LABEL_VALUE",
-    "OPT_OUT_LABEL",
-    "PORT_ANNOTATION",
-    "SIDECAR_NAME",
-    "InjectionSettings",
-    "Outcome",
+    "Plan",
     "PolicyRef",
+    "SidecarTemplate",
     "Skip",
     "plan",
-    "role_binding_body",
-    "role_body",
-    "role_name",
     "selector_matches",
     "supports_native_sidecars",
 ]
-
-#: A namespace opts in with this label (the webhook's namespaceSelector).
-NAMESPACE_LABEL: Final = "powgate.dev/injection"
-NAMESPACE_LABEL_VALUE: Final = "enabled"
-#: A pod opts out with ``powgate.dev/inject: "false"`` (the webhook's objectSelector).
-OPT_OUT_LABEL: Final = "powgate.dev/inject"
-#: Names the app's port to take over when it is not the settings' default (``http``).
-PORT_ANNOTATION: Final = "powgate.dev/port"
-#: Set on injected pods: the policy whose sidecar they carry (and the idempotency mark).
-INJECTED_ANNOTATION: Final = "powgate.dev/injected"
-SIDECAR_NAME: Final = "powgate-sidecar"
 
 KEYS_MOUNT: Final = "/etc/powgate/keys"
 TOKEN_MOUNT: Final = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
 _KEYS_VOLUME: Final = "powgate-keys"
 _TOKEN_VOLUME: Final = "powgate-token"  # noqa: S105 - a volume name
 _TMP_VOLUME: Final = "powgate-tmp"
-_METRICS_PORT_NAME: Final = "powgate-metrics"
 #: Kubernetes port names: at most 15 characters, lowercase alphanumerics and single dashes.
 _PORT_NAME: Final = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?!-)){0,13}[a-z0-9]$|^[a-z]$")
 #: Kubernetes 1.29 turned native sidecars (init containers with restartPolicy Always) on.
@@ -102,8 +88,8 @@ def _default_resources() -> dict[str, dict[str, str]]:
 
 
 @dataclass(frozen=True, slots=True)
-class InjectionSettings:
-    """What the operator is told about the sidecar it injects."""
+class SidecarTemplate:
+    """What the operator is told about the sidecar it injects (its flags)."""
 
     image: str
     #: The namespace the operator runs in: never injected, like kube-system.
@@ -125,7 +111,7 @@ class InjectionSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Plan:
     """The result of :func:`plan`: the pod to store, or why it is left alone."""
 
     pod: dict[str, Any] | None
@@ -173,11 +159,11 @@ def plan(
     *,
     namespace: str,
     policies: Iterable[PolicyRef],
-    settings: InjectionSettings,
-) -> Outcome:
+    template: SidecarTemplate,
+) -> Plan:
     """Decide on one pod being created in ``namespace``, and build the injected pod."""
-    if namespace in settings.excluded_namespaces:
-        return Outcome(None, skip=Skip.EXCLUDED_NAMESPACE, message=f"namespace {namespace}")
+    if namespace in template.excluded_namespaces:
+        return Plan(None, skip=Skip.EXCLUDED_NAMESPACE, message=f"namespace {namespace}")
     try:
         meta = _mapping(pod.get("metadata", {}), "metadata")
         labels = _strings(meta.get("labels") or {}, "metadata.labels")
@@ -186,19 +172,19 @@ def plan(
         containers = _containers(spec.get("containers"), "spec.containers")
         init_containers = _containers(spec.get("initContainers") or [], "spec.initContainers")
     except ValueError as exc:
-        return Outcome(None, skip=Skip.INVALID_POD, message=str(exc))
+        return Plan(None, skip=Skip.INVALID_POD, message=str(exc))
     if labels.get(OPT_OUT_LABEL) == "false":
-        return Outcome(None, skip=Skip.OPTED_OUT, message=f"label {OPT_OUT_LABEL}=false")
+        return Plan(None, skip=Skip.OPTED_OUT, message=f"label {OPT_OUT_LABEL}=false")
     if INJECTED_ANNOTATION in annotations or any(
         c.get("name") == SIDECAR_NAME for c in [*containers, *init_containers]
     ):
-        return Outcome(None, skip=Skip.ALREADY_INJECTED, message="the pod carries the sidecar")
+        return Plan(None, skip=Skip.ALREADY_INJECTED, message="the pod carries the sidecar")
     matching = sorted(
         (p for p in policies if p.namespace == namespace and selector_matches(p.selector, labels)),
         key=lambda p: p.name,
     )
     if not matching:
-        return Outcome(None, skip=Skip.NO_POLICY, message="no PowPolicy selects the pod")
+        return Plan(None, skip=Skip.NO_POLICY, message="no PowPolicy selects the pod")
     policy = matching[0]
     warnings: tuple[str, ...] = ()
     if len(matching) > 1:
@@ -208,11 +194,11 @@ def plan(
         )
     if spec.get("hostNetwork"):
         # On the node's network the sidecar's port would be the node's port.
-        return Outcome(None, policy=policy, skip=Skip.HOST_NETWORK, message="hostNetwork pod")
-    port_name = annotations.get(PORT_ANNOTATION, settings.port_name)
+        return Plan(None, policy=policy, skip=Skip.HOST_NETWORK, message="hostNetwork pod")
+    port_name = annotations.get(PORT_ANNOTATION, template.port_name)
     found = _find_port(containers, port_name)
     if found is None:
-        return Outcome(
+        return Plan(
             None,
             policy=policy,
             skip=Skip.NO_PORT,
@@ -226,13 +212,13 @@ def plan(
         pod,
         namespace=namespace,
         policy=policy,
-        settings=settings,
+        template=template,
         port_name=port_name,
         app_index=found[0],
         app_port=found[1],
     )
     account = spec.get("serviceAccountName") or "default"
-    return Outcome(
+    return Plan(
         injected,
         policy=policy,
         message=f"sidecar of {policy.name}",
@@ -249,7 +235,7 @@ def _inject(
     *,
     namespace: str,
     policy: PolicyRef,
-    settings: InjectionSettings,
+    template: SidecarTemplate,
     port_name: str,
     app_index: int,
     app_port: int,
@@ -267,13 +253,13 @@ def _inject(
         if isinstance(p.get("containerPort"), int)
     }
     used_names = {p.get("name") for c in containers for p in c.get("ports") or [] if p.get("name")}
-    proxy_port = _free_port(settings.proxy_port, used_ports)
-    metrics_port = _free_port(settings.metrics_port, used_ports | {proxy_port})
+    proxy_port = _free_port(template.proxy_port, used_ports)
+    metrics_port = _free_port(template.metrics_port, used_ports | {proxy_port})
     app_port_name = _renamed(port_name, used_names)
     containers[app_index] = _rename_port(containers[app_index], old=port_name, new=app_port_name)
 
     sidecar = _sidecar(
-        settings=settings,
+        template=template,
         policy=policy,
         namespace=namespace,
         port_name=port_name,
@@ -281,7 +267,7 @@ def _inject(
         metrics_port=metrics_port,
         app_port=app_port,
     )
-    if settings.native_sidecar:
+    if template.native_sidecar:
         # Last of the init containers: the others (migrations, downloads) run first,
         # and the app containers start once the sidecar's startup probe passes.
         spec["initContainers"] = [
@@ -296,7 +282,7 @@ def _inject(
 
 def _sidecar(
     *,
-    settings: InjectionSettings,
+    template: SidecarTemplate,
     policy: PolicyRef,
     namespace: str,
     port_name: str,
@@ -306,7 +292,7 @@ def _sidecar(
 ) -> dict[str, Any]:
     def probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
         return {
-            "httpGet": {"path": path, "port": _METRICS_PORT_NAME},
+            "httpGet": {"path": path, "port": METRICS_PORT_NAME},
             "periodSeconds": period,
             "failureThreshold": failures,
             "timeoutSeconds": 1,
@@ -317,36 +303,36 @@ def _sidecar(
 
     return {
         "name": SIDECAR_NAME,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
         "ports": [
             {"name": port_name, "containerPort": proxy_port, "protocol": "TCP"},
-            {"name": _METRICS_PORT_NAME, "containerPort": metrics_port, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": metrics_port, "protocol": "TCP"},
         ],
         "env": [
-            {"name": "POWGATE_LISTEN", "value": f"0.0.0.0:{proxy_port}"},
-            {"name": "POWGATE_UPSTREAM", "value": f"http://127.0.0.1:{app_port}"},
-            {"name": "POWGATE_METRICS_LISTEN", "value": f"0.0.0.0:{metrics_port}"},
+            {"name": SidecarFlag.LISTEN.env, "value": f"0.0.0.0:{proxy_port}"},
+            {"name": SidecarFlag.UPSTREAM.env, "value": f"http://127.0.0.1:{app_port}"},
+            {"name": SidecarFlag.METRICS_LISTEN.env, "value": f"0.0.0.0:{metrics_port}"},
             {
-                "name": "POWGATE_CONFIG_OBJECT",
+                "name": SidecarFlag.CONFIG_OBJECT.env,
                 "value": f"{namespace}/{config_map_name(policy.name)}",
             },
-            {"name": "POWGATE_KEY_FILE", "value": KEYS_MOUNT},
-            {"name": "POWGATE_LOG_LEVEL", "value": settings.log_level},
+            {"name": SidecarFlag.KEY_FILE.env, "value": KEYS_MOUNT},
+            {"name": SidecarFlag.LOG_LEVEL.env, "value": template.log_level},
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("POD_IP", "status.podIP"),
             field_env("NODE_NAME", "spec.nodeName"),
         ],
-        "resources": {k: dict(v) for k, v in settings.resources.items()},
+        "resources": {k: dict(v) for k, v in template.resources.items()},
         # /readyz answers 200 once a configuration is in force: the app starts after that.
         "startupProbe": probe("/readyz", period=1, failures=120),
         "readinessProbe": probe("/readyz", period=5, failures=3),
         "livenessProbe": probe("/healthz", period=10, failures=3),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
+            "runAsUser": template.run_as_user,
+            "runAsGroup": template.run_as_user,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "privileged": False,
@@ -475,66 +461,3 @@ def _containers(value: Any, where: str) -> list[Mapping[str, Any]]:
         if not isinstance(ports, list) or not all(isinstance(p, Mapping) for p in ports):
             raise ValueError(f"{where}: ports of {container.get('name')!r} are not a list")
     return value
-
-
-# -- least privilege ----------------------------------------------------------
-
-
-def role_name(policy: str) -> str:
-    """The Role (and RoleBinding) that lets a policy's sidecars read their config and keys."""
-    return f"{policy}-powgate-sidecar"
-
-
-def _owned_metadata(policy: PolicyRef) -> dict[str, Any]:
-    return {
-        "name": role_name(policy.name),
-        "namespace": policy.namespace,
-        "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, POLICY_LABEL: policy.name},
-        "ownerReferences": [owner_reference(policy.metadata())],
-    }
-
-
-def role_body(policy: PolicyRef) -> dict[str, Any]:
-    """Read access to exactly the policy's ConfigMap and key Secret, nothing else.
-
-    ``list`` and ``watch`` honour ``resourceNames`` when the request narrows
-    itself with ``fieldSelector=metadata.name=…``, which is how the sidecar asks.
-    """
-    verbs = ["get", "list", "watch"]
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _owned_metadata(policy),
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "resourceNames": [config_map_name(policy.name)],
-                "verbs": verbs,
-            },
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": [key_secret_name(policy.name)],
-                "verbs": verbs,
-            },
-        ],
-    }
-
-
-def role_binding_body(policy: PolicyRef, service_accounts: Iterable[str]) -> dict[str, Any]:
-    """Binds the Role to the service accounts of the policy's injected pods (sorted, unique)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _owned_metadata(policy),
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "Role",
-            "name": role_name(policy.name),
-        },
-        "subjects": [
-            {"kind": "ServiceAccount", "name": account, "namespace": policy.namespace}
-            for account in sorted(set(service_accounts))
-        ],
-    }

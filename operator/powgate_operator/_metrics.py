@@ -7,13 +7,18 @@ from typing import Final
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CERT_EXPIRY",
     "DECISIONS",
     "DIFFICULTY",
     "EVALUATION_LAG",
+    "INJECTIONS",
+    "POLICY_LISTING_ERRORS",
     "QUERIES",
     "QUERY_SECONDS",
+    "RBAC_ERRORS",
     "RECONCILES",
     "RECONCILE_SECONDS",
+    "TLS_ERRORS",
 ]
 
 _PREFIX: Final = "powgate_operator"
@@ -53,4 +58,29 @@ DIFFICULTY: Final = Gauge(
     f"{_PREFIX}_difficulty",
     "The difficulty the operator last published, per policy (namespace/name).",
     ["policy"],
+)
+
+# -- the injector ---------------------------------------------------------------------
+
+INJECTIONS: Final = Counter(
+    f"{_PREFIX}_injections_total",
+    "Pod admissions seen by the injector, by result (Injected, a skip reason, or Error).",
+    ["result"],
+)
+RBAC_ERRORS: Final = Counter(
+    f"{_PREFIX}_injection_rbac_errors_total",
+    "Failures to grant an injected pod's service account read access to its config.",
+)
+TLS_ERRORS: Final = Counter(
+    f"{_PREFIX}_webhook_tls_errors_total",
+    "Failed steps of keeping the webhook's certificate and caBundle current, by step.",
+    ["step"],
+)
+POLICY_LISTING_ERRORS: Final = Counter(
+    f"{_PREFIX}_webhook_policy_listing_errors_total",
+    "Failed listings of PowPolicies while the webhook's index is not yet complete.",
+)
+CERT_EXPIRY: Final = Gauge(
+    f"{_PREFIX}_webhook_certificate_expiry_timestamp_seconds",
+    "When the webhook's serving certificate expires (unix time).",
 )

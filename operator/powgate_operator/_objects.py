@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from powgate import KEYRING_SECRET_KEY, HmacKey, KeyRing
+from powgate import HmacKey, KeyRing
 from powgate._keys import new_secret
 from powgate.config import CONFIG_DATA_KEY, SidecarConfig
+from powgate.contract import (
+    KEYRING_SECRET_KEY,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    OPT_OUT_LABEL,
+    POLICY_LABEL,
+)
 from powgate.controller import Decision
 from powgate.policy import (
     API_VERSION,
@@ -34,18 +41,26 @@ from powgate.policy import (
 )
 
 __all__ = [
+    "HANDLER_ID",
     "MANAGED_BY",
+    "WEBHOOK_NAME",
     "config_map_body",
     "key_secret_body",
     "next_key_ring",
     "owner_reference",
     "ring_from_secret",
+    "role_binding_body",
+    "role_body",
+    "role_name",
     "set_condition",
     "status_after",
+    "webhook_configuration_body",
 ]
 
 MANAGED_BY: Final = "powgate-operator"
-POLICY_LABEL: Final = "powgate.dev/policy"
+#: kopf routes ``<server>/<handler id>`` to the handler: the path in the client config.
+HANDLER_ID: Final = "inject"
+WEBHOOK_NAME: Final = "inject.powgate.dev"
 _KID = re.compile(r"^k(\d{1,12})$")
 
 
@@ -146,6 +161,119 @@ def key_secret_body(policy: Mapping[str, Any], ring: KeyRing) -> dict[str, Any]:
         "type": "Opaque",
         "metadata": _metadata(policy, key_secret_name(policy["metadata"]["name"])),
         "data": {KEYRING_SECRET_KEY: base64.b64encode(ring.to_json().encode()).decode()},
+    }
+
+
+# -- least privilege for injected sidecars ------------------------------------
+
+
+def role_name(policy: str) -> str:
+    """The Role (and RoleBinding) that lets a policy's sidecars read their config and keys."""
+    return f"{policy}-powgate-sidecar"
+
+
+def role_body(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """Read access to exactly the policy's ConfigMap and key Secret, nothing else.
+
+    ``list`` and ``watch`` honour ``resourceNames`` when the request narrows
+    itself with ``fieldSelector=metadata.name=…``, which is how the sidecar asks.
+    """
+    name = policy["metadata"]["name"]
+    verbs = ["get", "list", "watch"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(policy, role_name(name)),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [config_map_name(name)],
+                "verbs": verbs,
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [key_secret_name(name)],
+                "verbs": verbs,
+            },
+        ],
+    }
+
+
+def role_binding_body(policy: Mapping[str, Any], service_accounts: Iterable[str]) -> dict[str, Any]:
+    """Binds the Role to the service accounts of the policy's injected pods (sorted, unique)."""
+    meta = policy["metadata"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(policy, role_name(meta["name"])),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role_name(meta["name"]),
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": account, "namespace": meta["namespace"]}
+            for account in sorted(set(service_accounts))
+        ],
+    }
+
+
+# -- the injector's registration --------------------------------------------------
+
+
+def webhook_configuration_body(
+    *,
+    name: str,
+    client_config: Mapping[str, Any],
+    excluded_namespaces: Iterable[str],
+    failure_policy: str,
+    timeout_seconds: int,
+) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration: Pod CREATE in opted-in namespaces, opt-out by label."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "clientConfig": dict(client_config),
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchLabels": {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE},
+                    # Belt and braces: these are never injected even if labelled.
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": sorted(excluded_namespaces),
+                        }
+                    ],
+                },
+                "objectSelector": {
+                    "matchExpressions": [
+                        {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
+                    ]
+                },
+                "failurePolicy": failure_policy,
+                "timeoutSeconds": timeout_seconds,
+                # The handler writes RBAC objects, except on dry runs.
+                "sideEffects": "NoneOnDryRun",
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "Never",
+                "admissionReviewVersions": ["v1"],
+            }
+        ],
     }
 
 

@@ -1,6 +1,7 @@
-"""The injector's flags on ``powgate operator``; each also read from a ``POWGATE_*`` variable.
+"""The injector's options: what they are (:class:`WebhookOptions`) and their flags.
 
-Same convention as ``powgate sidecar``: ``--webhook-listen`` ↔
+Each flag of ``powgate operator`` is also read from a ``POWGATE_*``
+variable, the same convention as ``powgate sidecar``: ``--webhook-listen`` ↔
 ``POWGATE_WEBHOOK_LISTEN``, and a flag given on the command line wins. The
 Helm chart configures the operator through these variables (its Deployment's
 ``env``); a unit test parses the rendered Deployment with this parser.
@@ -9,19 +10,86 @@ Helm chart configures the operator through these variables (its Deployment's
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from powgate.cliargs import add_env_argument, env_name, parse_host_port
 
-from ._inject import InjectionSettings
-from .webhook import WebhookOptions
+from ._inject import SidecarTemplate
+from ._objects import HANDLER_ID, webhook_configuration_body
+from ._webhook_certs import SERVING_LIFETIME
 
-__all__ = ["add_webhook_arguments", "webhook_options"]
+__all__ = ["WebhookOptions", "add_webhook_arguments", "webhook_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOptions:
+    """How the webhook is served and registered."""
+
+    listen: tuple[str, int]
+    configuration: str
+    operator_namespace: str
+    sidecar: SidecarTemplate
+    #: Exactly one of ``url`` (the API server calls it directly) and ``service``.
+    url: str | None = None
+    service: tuple[str, str, int] | None = None
+    #: Create and update the whole configuration; otherwise only patch its ``caBundle``.
+    create_configuration: bool = False
+    #: Only used when the operator creates the configuration (the chart sets its own).
+    failure_policy: str = "Ignore"
+    timeout_seconds: int = 5
+    #: Where the serving certificate files are: written by the operator, or mounted.
+    cert_dir: Path | None = None
+    #: The Secret holding the self-managed CA and serving certificate.
+    cert_secret: str | None = None
+    #: cert-manager (or anyone else) provides the files in ``cert_dir`` and the caBundle.
+    cert_manager: bool = False
+    cert_lifetime: dt.timedelta = SERVING_LIFETIME
+    #: "auto" asks the API server's version; "native" or "container" force the form.
+    sidecar_mode: str = "auto"
+
+    @property
+    def tls_secret(self) -> str:
+        return self.cert_secret or f"{self.configuration}-tls"
+
+    def hosts(self) -> list[str]:
+        """The names the serving certificate must carry."""
+        if self.url is not None:
+            host = urlsplit(self.url).hostname
+            if not host:
+                raise ValueError(f"--webhook-url {self.url!r} has no host")
+            return [host]
+        assert self.service is not None
+        namespace, name, _ = self.service
+        return [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+
+    def configuration_body(self, *, ca_bundle: bytes) -> dict[str, Any]:
+        """The whole MutatingWebhookConfiguration, when the operator owns it."""
+        client: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+        if self.url is not None:
+            client["url"] = f"{self.url.rstrip('/')}/{HANDLER_ID}"
+        else:
+            assert self.service is not None
+            namespace, name, port = self.service
+            client["service"] = {
+                "namespace": namespace,
+                "name": name,
+                "port": port,
+                "path": f"/{HANDLER_ID}",
+            }
+        return webhook_configuration_body(
+            name=self.configuration,
+            client_config=client,
+            excluded_namespaces=self.sidecar.excluded_namespaces,
+            failure_policy=self.failure_policy,
+            timeout_seconds=self.timeout_seconds,
+        )
+
 
 _SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -245,7 +313,7 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         raise ValueError("--webhook-listen needs --webhook-service or --webhook-url")
     operator_namespace = args.operator_namespace or _operator_namespace()
     resources = _resources(args.sidecar_resources)
-    injection = InjectionSettings(
+    sidecar = SidecarTemplate(
         image=args.sidecar_image,
         operator_namespace=operator_namespace,
         image_pull_policy=args.sidecar_pull_policy,
@@ -255,12 +323,12 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         log_level=args.sidecar_log_level,
     )
     if resources is not None:
-        injection = replace(injection, resources=resources)
+        sidecar = replace(sidecar, resources=resources)
     return WebhookOptions(
         listen=(host, port),
         configuration=args.webhook_configuration,
         operator_namespace=operator_namespace,
-        injection=injection,
+        sidecar=sidecar,
         url=args.webhook_url,
         service=service,
         create_configuration=_flag(

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import requests
 import urllib3
@@ -28,7 +28,14 @@ from urllib3.util.retry import Retry
 from powgate.controller import Empty, Failure, Reading, Sample
 from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
 
-__all__ = ["Credentials", "FailureReason", "SignalReader", "reading_from_result"]
+__all__ = [
+    "Credentials",
+    "FailureReason",
+    "SignalReader",
+    "Signals",
+    "reading_from_result",
+    "rollout_query",
+]
 
 
 class FailureReason(enum.StrEnum):
@@ -133,8 +140,35 @@ def _failure_from_exception(exc: Exception) -> Failure:
     return Failure(FailureReason.BAD_RESPONSE, f"{type(exc).__name__}: {text}")
 
 
+class Signals(Protocol):
+    """What the reconciler asks of Prometheus; failures come back as readings, never raised."""
+
+    async def read(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        signals: Sequence[SignalSpec],
+        namespace: str,
+        name: str,
+    ) -> dict[str, Reading]:
+        """One reading per signal."""
+        ...
+
+    async def rollout(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        policy: str,
+        version: str,
+    ) -> RolloutStatus | Failure:
+        """How many sidecars of ``policy`` (namespace/name) run config ``version``."""
+        ...
+
+
 class SignalReader:
-    """Queries Prometheus for the signals of policies, off the event loop."""
+    """:class:`Signals` from a Prometheus server through ``prometheus-api-client``, in threads."""
 
     def __init__(self, *, max_workers: int = 16) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="promql")
@@ -181,8 +215,7 @@ class SignalReader:
         version: str,
     ) -> RolloutStatus | Failure:
         """How many sidecars report ``version`` for ``policy`` (``powgate_config_info``)."""
-        # Label values are quoted by json.dumps: a PromQL string literal accepts JSON escapes.
-        promql = f"count by (version) (powgate_config_info{{policy={json.dumps(policy)}}})"
+        promql = rollout_query(policy)
         loop = asyncio.get_running_loop()
         client = _client(prometheus=prometheus, credentials=credentials)
         try:
@@ -191,6 +224,12 @@ class SignalReader:
             )
         finally:
             client.close()
+
+
+def rollout_query(policy: str) -> str:
+    """Sidecars per config version of ``policy``, from the series each sidecar exports."""
+    # Label values are quoted by json.dumps: a PromQL string literal accepts JSON escapes.
+    return f"count by (version) (powgate_config_info{{policy={json.dumps(policy)}}})"
 
 
 def _rollout(

@@ -15,20 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any, Final, TypeVar, cast
 
 import kopf
-from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from powgate import KeyRing, KeyRingError
 from powgate.config import SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
-    GROUP,
-    PLURAL,
-    VERSION,
     ConditionStatus,
     ConditionType,
     PolicySpec,
@@ -40,6 +35,17 @@ from powgate.policy import (
 )
 
 from . import _metrics as metrics
+from ._cluster import (
+    CONFIG_MAPS,
+    POW_POLICIES,
+    SECRETS,
+    Cluster,
+    ClusterError,
+    Manifest,
+    PatchType,
+    patch_status,
+    read,
+)
 from ._objects import (
     config_map_body,
     key_secret_body,
@@ -48,11 +54,21 @@ from ._objects import (
     set_condition,
     status_after,
 )
-from ._prometheus import Credentials, FailureReason, SignalReader
+from ._prometheus import Credentials, FailureReason, Signals
 
-__all__ = ["Reconciler"]
+__all__ = ["EventSink", "Reconciler", "kopf_events"]
 
 log = logging.getLogger("powgate.operator")
+
+#: Posts a Kubernetes event about a policy: (policy, "Normal" or "Warning", reason, message).
+EventSink = Callable[[Manifest, str, str, str], None]
+
+
+def kopf_events(policy: Manifest, kind: str, reason: str, message: str) -> None:
+    """Post an event about ``policy`` through kopf (it reads only the policy's identity)."""
+    post = kopf.warn if kind == "Warning" else kopf.info
+    post(kopf.Body(cast(kopf.RawBody, policy)), reason=reason, message=message)
+
 
 #: Status is rewritten at least this often even when only timestamps moved, so the
 #: "last seen" times of recommendations stay accurate across operator restarts; and
@@ -69,18 +85,19 @@ class _Key:
 
 
 class Reconciler:
-    """Reconciles PowPolicies through the official Kubernetes client (in worker threads)."""
+    """Reconciles PowPolicies through a :class:`._cluster.Cluster` and a Prometheus reader."""
 
     def __init__(
         self,
         *,
-        api: k8s.ApiClient,
-        reader: SignalReader,
+        cluster: Cluster,
+        reader: Signals,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventSink = kopf_events,
     ) -> None:
-        self._core = k8s.CoreV1Api(api)
-        self._custom = k8s.CustomObjectsApi(api)
+        self._cluster = cluster
         self._reader = reader
+        self._event = events
         self._clock = clock
         self._locks: dict[_Key, asyncio.Lock] = {}
         self._last_write: dict[_Key, float] = {}
@@ -103,8 +120,10 @@ class Reconciler:
         async with self._locks.setdefault(key, asyncio.Lock()):
             try:
                 result = await self._reconcile(key, evaluate_signals=evaluate_signals)
-            except k8s.ApiException as exc:
-                metrics.RECONCILES.labels(trigger, f"HTTP{exc.status}").inc()
+            except ClusterError as exc:
+                metrics.RECONCILES.labels(
+                    trigger, f"HTTP{exc.status}" if exc.status else "error"
+                ).inc()
                 raise
             except Exception:
                 metrics.RECONCILES.labels(trigger, "error").inc()
@@ -178,31 +197,11 @@ class Reconciler:
 
     # -- reads ------------------------------------------------------------------
 
-    async def _get_policy(self, key: _Key) -> dict[str, Any] | None:
-        try:
-            policy = await asyncio.to_thread(
-                self._custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                key.namespace,
-                PLURAL,
-                key.name,
-            )
-        except k8s.ApiException as exc:
-            if exc.status == HTTPStatus.NOT_FOUND:
-                return None
-            raise
-        if not isinstance(policy, dict):
-            raise TypeError(f"API server returned {type(policy).__name__} for a PowPolicy")
-        return policy
+    async def _get_policy(self, key: _Key) -> Manifest | None:
+        return await read(self._cluster, POW_POLICIES, key.name, namespace=key.namespace)
 
-    async def _read_secret(self, key: _Key, name: str) -> k8s.V1Secret | None:
-        try:
-            return await asyncio.to_thread(self._core.read_namespaced_secret, name, key.namespace)
-        except k8s.ApiException as exc:
-            if exc.status == HTTPStatus.NOT_FOUND:
-                return None
-            raise
+    async def _read_secret(self, key: _Key, name: str) -> Manifest | None:
+        return await read(self._cluster, SECRETS, name, namespace=key.namespace)
 
     async def _credentials(self, key: _Key, spec: PolicySpec) -> Credentials | Failure | None:
         ref = spec.prometheus.auth_secret_ref
@@ -210,12 +209,12 @@ class Reconciler:
             return None
         try:
             secret = await self._read_secret(key, ref.name)
-        except k8s.ApiException as exc:
+        except ClusterError as exc:
             return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name}: HTTP {exc.status}")
         if secret is None:
             return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name} does not exist")
         try:
-            data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+            data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
             return Credentials.from_secret_data(data)
         except (ValueError, UnicodeDecodeError) as exc:
             return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name}: {exc}")
@@ -269,10 +268,10 @@ class Reconciler:
             return ""
         secret = await self._read_secret(key, name)
         try:
-            ring: KeyRing | None = ring_from_secret(None if secret is None else secret.data)
+            ring: KeyRing | None = ring_from_secret(None if secret is None else secret.get("data"))
         except (KeyRingError, ValueError) as exc:
             message = f"Secret {name} holds no valid key ring ({exc}); delete it to regenerate"
-            kopf.warn(_body(policy), reason="KeySecretInvalid", message=message)
+            self._event(policy, "Warning", "KeySecretInvalid", message)
             return message
         wanted = _next_ring(ring, spec, unix_now)
         if wanted == ring and secret is not None:
@@ -280,17 +279,15 @@ class Reconciler:
             return ""
         body = key_secret_body(policy, wanted)
         if secret is None:
-            await asyncio.to_thread(self._core.create_namespaced_secret, key.namespace, _raw(body))
-            kopf.info(_body(policy), reason="KeysCreated", message=f"key {wanted.active} signs")
+            await self._cluster.create(SECRETS, body)
+            self._event(policy, "Normal", "KeysCreated", f"key {wanted.active} signs")
         else:
-            await asyncio.to_thread(
-                self._core.patch_namespaced_secret, name, key.namespace, _raw(body)
+            await self._cluster.patch(
+                SECRETS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
             )
             assert ring is not None
             if wanted.active != ring.active:
-                kopf.info(
-                    _body(policy), reason="KeyRotated", message=f"key {wanted.active} signs now"
-                )
+                self._event(policy, "Normal", "KeyRotated", f"key {wanted.active} signs now")
         self._rings[key] = (wanted, time.monotonic())
         return ""
 
@@ -301,21 +298,13 @@ class Reconciler:
             return
         name = config_map_name(key.name)
         body = config_map_body(policy, config)
-        try:
-            current = await asyncio.to_thread(
-                self._core.read_namespaced_config_map, name, key.namespace
+        current = await read(self._cluster, CONFIG_MAPS, name, namespace=key.namespace)
+        if current is None:
+            await self._cluster.create(CONFIG_MAPS, body)
+        elif current.get("data") != body["data"]:
+            await self._cluster.patch(
+                CONFIG_MAPS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
             )
-        except k8s.ApiException as exc:
-            if exc.status != HTTPStatus.NOT_FOUND:
-                raise
-            await asyncio.to_thread(
-                self._core.create_namespaced_config_map, key.namespace, _raw(body)
-            )
-        else:
-            if current.data != body["data"]:
-                await asyncio.to_thread(
-                    self._core.patch_namespaced_config_map, name, key.namespace, _raw(body)
-                )
         self._configs[key] = (config.version, time.monotonic())
 
     async def _write_status(
@@ -326,15 +315,12 @@ class Reconciler:
         )
         if _essence(status) == _essence(previous) and not heartbeat_due:
             return
-        body = {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
-        await asyncio.to_thread(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            key.namespace,
-            PLURAL,
+        await patch_status(
+            self._cluster,
+            POW_POLICIES,
             key.name,
-            body,
+            namespace=key.namespace,
+            status=status.model_dump(mode="json", by_alias=True, exclude_none=True),
         )
         self._last_write[key] = time.monotonic()
 
@@ -350,7 +336,7 @@ class Reconciler:
         message = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )[:1024]
-        kopf.warn(_body(policy), reason="InvalidSpec", message=message)
+        self._event(policy, "Warning", "InvalidSpec", message)
         previous = _previous_status(policy)
         status = previous.model_copy(
             update={
@@ -372,10 +358,11 @@ class Reconciler:
         metrics.DECISIONS.labels(decision.reason.value, str(decision.changed).lower()).inc()
         metrics.DIFFICULTY.labels(name).set(decision.difficulty)
         if decision.changed:
-            kopf.info(
-                _body(policy),
-                reason="DifficultyChanged",
-                message=f"{decision.previous} → {decision.difficulty} ({decision.reason}): "
+            self._event(
+                policy,
+                "Normal",
+                "DifficultyChanged",
+                f"{decision.previous} → {decision.difficulty} ({decision.reason}): "
                 f"{decision.message}",
             )
 
@@ -410,17 +397,6 @@ def _previous_status(policy: dict[str, Any]) -> PolicyStatus:
             return PolicyStatus(difficulty=raw)
         except ValidationError:
             return PolicyStatus()
-
-
-def _body(policy: dict[str, Any]) -> kopf.Body:
-    """The policy as kopf's event target (kopf reads only its identity from it)."""
-    return kopf.Body(cast(kopf.RawBody, policy))
-
-
-def _raw(body: dict[str, Any]) -> Any:
-    """A manifest as the client's ``body``: it sends dicts as they are (camelCase, as here),
-    though its type hints name only its model classes."""
-    return body
 
 
 def _essence(status: PolicyStatus) -> dict[str, Any]:

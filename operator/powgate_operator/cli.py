@@ -26,6 +26,7 @@ from kubernetes import config as k8s_config
 
 from powgate.cliargs import host_port, parse_host_port
 
+from ._kube_client import KubeCluster
 from ._options import add_webhook_arguments, webhook_options
 from ._prometheus import SignalReader
 from ._reconcile import Reconciler
@@ -34,7 +35,7 @@ from .handlers import build_registry
 from .webhook import Injector
 from .webhook import install as install_webhook
 
-__all__ = ["add_command", "peering_priority", "run"]
+__all__ = ["add_command", "kopf_settings", "peering_priority", "run"]
 
 log = logging.getLogger("powgate.operator")
 
@@ -123,7 +124,7 @@ def peering_priority(*, explicit: int | None, pod_id: str | None) -> int:
     return secrets.randbelow(_PRIORITY_RANGE)
 
 
-def settings(*, peering: str | None, priority: int) -> kopf.OperatorSettings:
+def kopf_settings(*, peering: str | None, priority: int) -> kopf.OperatorSettings:
     """Production settings: state in annotations, bounded timeouts, optional peering."""
     result = kopf.OperatorSettings()
     # Status belongs to the CRD's schema; kopf's own bookkeeping goes to annotations.
@@ -179,9 +180,10 @@ async def _serve(args: argparse.Namespace) -> None:
         )
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
-        registry = build_registry(Reconciler(api=api, reader=reader))
+        cluster = KubeCluster(api)
+        registry = build_registry(Reconciler(cluster=cluster, reader=reader))
         priority = peering_priority(explicit=args.priority, pod_id=os.environ.get("POD_ID"))
-        operator_settings = settings(peering=args.peering, priority=priority)
+        operator_settings = kopf_settings(peering=args.peering, priority=priority)
         if args.peering is not None:
             log.info("peering %s with priority %d", args.peering, priority)
         injector: Injector | None = None
@@ -190,7 +192,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 registry,
                 operator_settings,
                 options=args.webhook,
-                api=api,
+                cluster=cluster,
                 namespaces=None if args.all_namespaces else args.namespace,
             )
             _background(stack, injector.follow(), name="policy listing")

@@ -11,11 +11,11 @@ import logging
 from typing import Any, Final
 
 import kopf
-from kubernetes import client as k8s
 
 from powgate.policy import GROUP, PLURAL, VERSION
 
 from . import _metrics as metrics
+from ._cluster import ClusterError
 from ._reconcile import Reconciler
 
 __all__ = ["build_registry"]
@@ -43,10 +43,8 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
         assert namespace is not None  # PowPolicy is namespaced
         try:
             await reconciler.reconcile(namespace=namespace, name=name, evaluate_signals=False)
-        except k8s.ApiException as exc:
-            raise kopf.TemporaryError(
-                f"API server answered {exc.status} {exc.reason}", delay=_RETRY_DELAY
-            ) from exc
+        except ClusterError as exc:
+            raise kopf.TemporaryError(str(exc), delay=_RETRY_DELAY) from exc
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
     async def evaluate(

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from powgate import KEYRING_SECRET_KEY, KeyRing, KeyRingError
+from powgate import KeyRing, KeyRingError
+from powgate.contract import KEYRING_SECRET_KEY
 
 from ._app import Sidecar
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from powgate import KeyRingError
 from powgate.cliargs import add_env_argument, env_name, host_port
+from powgate.contract import SidecarFlag
 
 from ._app import Limits
 from ._kube import KubeEndpoint
@@ -45,86 +46,88 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     add_env_argument(
         parser,
-        "--listen",
+        SidecarFlag.LISTEN,
         type=host_port,
         default="0.0.0.0:8080",
         help="proxy address HOST:PORT",
     )
     add_env_argument(
-        parser, "--upstream", help="URL of the protected service, e.g. http://127.0.0.1:8000"
+        parser,
+        SidecarFlag.UPSTREAM,
+        help="URL of the protected service, e.g. http://127.0.0.1:8000",
     )
     add_env_argument(
         parser,
-        "--metrics-listen",
+        SidecarFlag.METRICS_LISTEN,
         type=host_port,
         default="0.0.0.0:9090",
         help="metrics address HOST:PORT",
     )
     add_env_argument(
         parser,
-        "--config-file",
+        SidecarFlag.CONFIG_FILE,
         help="rendered config document (JSON), reloaded when it changes",
     )
     add_env_argument(
         parser,
-        "--config-object",
+        SidecarFlag.CONFIG_OBJECT,
         type=_object,
         help="ConfigMap NAMESPACE/NAME to watch (data key config.json)",
     )
     add_env_argument(
         parser,
-        "--key-file",
+        SidecarFlag.KEY_FILE,
         help="key ring file, or a mounted Secret folder holding keyring.json",
     )
     add_env_argument(
         parser,
-        "--workers",
+        SidecarFlag.WORKERS,
         type=int,
         default="1",
         help="processes sharing the port via SO_REUSEPORT",
     )
-    add_env_argument(parser, "--kube-api-url", help="API server URL (default: in-cluster)")
+    add_env_argument(parser, SidecarFlag.KUBE_API_URL, help="API server URL (default: in-cluster)")
     add_env_argument(
         parser,
-        "--kube-token-file",
+        SidecarFlag.KUBE_TOKEN_FILE,
         help="bearer token file (default: the service-account token)",
     )
     add_env_argument(
         parser,
-        "--kube-ca-file",
+        SidecarFlag.KUBE_CA_FILE,
         help="CA bundle of the API server (default: the service-account CA)",
     )
     add_env_argument(
         parser,
-        "--max-body-bytes",
+        SidecarFlag.MAX_BODY_BYTES,
         type=int,
         default=str(Limits().max_body_bytes),
         help="request body limit",
     )
     add_env_argument(
         parser,
-        "--header-timeout",
+        SidecarFlag.HEADER_TIMEOUT,
         type=float,
         default="15",
         help="seconds to send headers / idle keep-alive",
     )
     add_env_argument(
         parser,
-        "--upstream-timeout",
+        SidecarFlag.UPSTREAM_TIMEOUT,
         type=float,
         default="300",
         help="seconds between two upstream reads",
     )
     add_env_argument(
         parser,
-        "--shutdown-timeout",
+        SidecarFlag.SHUTDOWN_TIMEOUT,
         type=float,
         default="30",
         help="seconds to drain in-flight requests",
     )
     add_env_argument(
         parser,
-        "--log-level",
+        SidecarFlag.LOG_LEVEL,
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log level",

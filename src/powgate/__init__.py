@@ -1,6 +1,8 @@
 """powgate: adaptive proof-of-work admission for AI services.
 
-The public API of the core library. Everything here is pure Python with no
+The public API of the core library: what a client, a server embedding the
+verifier, or a custom algorithm needs. Contracts between powgate's own
+components live in :mod:`powgate.contract`. Everything here is pure Python with no
 server dependencies: the sidecar, the operator and the clients build on it.
 """
 
@@ -12,7 +14,7 @@ from ._algorithms import (
     register_algorithm,
 )
 from ._errors import ChallengeRejected, KeyRingError, PowgateError, ProtocolError, SolveError
-from ._keys import KEYRING_SECRET_KEY, HmacKey, KeyRing, new_secret
+from ._keys import HmacKey, KeyRing
 from ._protocol import (
     AUTH_SCHEME,
     CHALLENGE_PATH,
@@ -20,7 +22,6 @@ from ._protocol import (
     SOLUTION_HEADER,
     SOLVE_MS_HEADER,
     Challenge,
-    SaltParams,
     Solution,
     parse_salt,
 )
@@ -33,7 +34,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AUTH_SCHEME",
     "CHALLENGE_PATH",
-    "KEYRING_SECRET_KEY",
     "MAX_PAYLOAD_BYTES",
     "SOLUTION_HEADER",
     "SOLVE_MS_HEADER",
@@ -52,7 +52,6 @@ __all__ = [
     "ProtocolError",
     "Reason",
     "ReplayCache",
-    "SaltParams",
     "Solution",
     "SolveError",
     "SolveResult",
@@ -61,7 +60,6 @@ __all__ = [
     "__version__",
     "algorithm_names",
     "get_algorithm",
-    "new_secret",
     "parse_salt",
     "register_algorithm",
     "solve",

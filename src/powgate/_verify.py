@@ -1,6 +1,6 @@
 """Issuing challenges and verifying solutions.
 
-Verification order (DESIGN §2): parse with hard limits → known algorithm →
+Verification order (docs/protocol.md): parse with hard limits → known algorithm →
 signature under a key the ring still accepts (constant time) → not expired →
 the work → bound to this policy/route → enough difficulty → not seen before.
 Each failure has its own :class:`Reason` for logs and metrics; clients are

@@ -13,26 +13,25 @@ import hashlib
 import json
 from typing import Annotated, Any, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
+
+from ._verify import MAX_DIFFICULTY
+from ._wire import WireModel
 
 __all__ = [
     "CONFIG_DATA_KEY",
+    "DEFAULT_EXEMPT_PATHS",
     "Mode",
     "QueueConfig",
     "RouteConfig",
     "SidecarConfig",
+    "default_routes",
 ]
 
 #: The data key of the rendered ConfigMap (and the conventional file name).
 CONFIG_DATA_KEY: Final = "config.json"
-MAX_DIFFICULTY: Final = 1 << 40
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+#: Probes and scrapes are never challenged unless a policy says otherwise.
+DEFAULT_EXEMPT_PATHS: Final = ("/healthz", "/readyz", "/livez", "/metrics")
 
 
 class Mode(enum.StrEnum):
@@ -54,7 +53,7 @@ PathPattern = Annotated[
 ]
 
 
-class RouteConfig(_Model):
+class RouteConfig(WireModel):
     """A protected route: which requests pay, and how much relative to the base difficulty."""
 
     name: str = Field(
@@ -74,7 +73,12 @@ class RouteConfig(_Model):
     )
 
 
-class QueueConfig(_Model):
+def default_routes() -> list[RouteConfig]:
+    """Without routes, every path pays (for POST, the default method)."""
+    return [RouteConfig(name="default", paths=["/*"])]
+
+
+class QueueConfig(WireModel):
     """Priority by effort: cap concurrent upstream requests; highest difficulty waits least."""
 
     max_concurrent: int = Field(
@@ -84,7 +88,7 @@ class QueueConfig(_Model):
     max_wait_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
-class SidecarConfig(_Model):
+class SidecarConfig(WireModel):
     """Everything a sidecar enforces. Keys travel separately (the key-ring Secret)."""
 
     version: str = Field(
@@ -108,11 +112,9 @@ class SidecarConfig(_Model):
     )
     algorithm: str = "SHA-256"
     challenge_ttl_seconds: int = Field(default=300, ge=5, le=86_400)
-    routes: list[RouteConfig] = Field(
-        default_factory=lambda: [RouteConfig(name="default", paths=["/*"])], max_length=64
-    )
+    routes: list[RouteConfig] = Field(default_factory=default_routes, max_length=64)
     exempt_paths: list[PathPattern] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/livez", "/metrics"],
+        default_factory=lambda: list(DEFAULT_EXEMPT_PATHS),
         max_length=64,
         description="Never challenged, whatever the routes say.",
     )

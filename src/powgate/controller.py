@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .config import MAX_DIFFICULTY
+from ._verify import MAX_DIFFICULTY
 from .policy import (
     MAX_HISTORY,
     MAX_RECOMMENDATIONS,

@@ -14,10 +14,19 @@ import string
 from datetime import datetime
 from typing import Annotated, Any, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
 
-from .config import MAX_DIFFICULTY, Mode, PathPattern, QueueConfig, RouteConfig, SidecarConfig
+from ._verify import MAX_DIFFICULTY
+from ._wire import WireModel
+from .config import (
+    DEFAULT_EXEMPT_PATHS,
+    Mode,
+    PathPattern,
+    QueueConfig,
+    RouteConfig,
+    SidecarConfig,
+    default_routes,
+)
 
 __all__ = [
     "API_VERSION",
@@ -89,16 +98,10 @@ def _list_map(key: str) -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
 # -- spec ---------------------------------------------------------------------
 
 
-class LabelSelectorRequirement(_Model):
+class LabelSelectorRequirement(WireModel):
     """One ``matchExpressions`` entry of a Kubernetes label selector."""
 
     key: str = Field(min_length=1, max_length=317)
@@ -115,7 +118,7 @@ class LabelSelectorRequirement(_Model):
         return self
 
 
-class LabelSelector(_Model):
+class LabelSelector(WireModel):
     """Which pods a policy protects (a standard Kubernetes label selector)."""
 
     model_config = ConfigDict(
@@ -142,7 +145,7 @@ class LabelSelector(_Model):
         return self
 
 
-class DifficultyRange(_Model):
+class DifficultyRange(WireModel):
     """The bounds of the difficulty (the ``maxnumber`` of challenges) and where it starts."""
 
     model_config = ConfigDict(
@@ -185,7 +188,7 @@ class DifficultyRange(_Model):
         return max(self.min, min(self.max, value))
 
 
-class ChallengeSpec(_Model):
+class ChallengeSpec(WireModel):
     """What each challenge looks like."""
 
     algorithm: str = Field(default="SHA-256", pattern=r"^[A-Za-z0-9-]{1,32}$")
@@ -194,7 +197,7 @@ class ChallengeSpec(_Model):
     )
 
 
-class KeyRotationSpec(_Model):
+class KeyRotationSpec(WireModel):
     """How often the operator rotates the HMAC key that signs challenges."""
 
     rotation_interval_seconds: int = Field(
@@ -211,7 +214,7 @@ class KeyRotationSpec(_Model):
     )
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(WireModel):
     """A Secret in the policy's namespace holding Prometheus credentials.
 
     Keys: ``token`` (sent as a bearer token) or ``username`` and ``password``
@@ -221,7 +224,7 @@ class SecretKeyRef(_Model):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
-class PrometheusSpec(_Model):
+class PrometheusSpec(WireModel):
     """Where the signals come from."""
 
     address: str = Field(
@@ -251,7 +254,7 @@ class Aggregate(enum.StrEnum):
     MEAN = "Mean"
 
 
-class SignalSpec(_Model):
+class SignalSpec(WireModel):
     """One PromQL query with a target: above the target, difficulty rises in proportion."""
 
     name: str = Field(min_length=1, max_length=63, pattern=_DNS_LABEL)
@@ -280,7 +283,7 @@ class StepPolicyType(enum.StrEnum):
     ABSOLUTE = "Absolute"  # change by at most this much difficulty
 
 
-class StepPolicy(_Model):
+class StepPolicy(WireModel):
     """At most ``value`` change per ``periodSeconds`` (HPA's scaling policies)."""
 
     type: StepPolicyType
@@ -294,7 +297,7 @@ class SelectPolicy(enum.StrEnum):
     DISABLED = "Disabled"  # no change in this direction
 
 
-class StepRules(_Model):
+class StepRules(WireModel):
     """The rules of one direction (increase or decrease), with HPA semantics."""
 
     stabilization_window_seconds: int = Field(
@@ -325,7 +328,7 @@ def _default_decrease() -> StepRules:
     )
 
 
-class Behavior(_Model):
+class Behavior(WireModel):
     """How fast difficulty may move (HPA's ``behavior``, for difficulty instead of replicas)."""
 
     tolerance: float = Field(
@@ -340,7 +343,7 @@ class FallbackAction(enum.StrEnum):
     FIXED = "Fixed"  # after `afterFailures` failed evaluations, use `difficulty`
 
 
-class FallbackSpec(_Model):
+class FallbackSpec(WireModel):
     """What happens while signals fail."""
 
     model_config = ConfigDict(
@@ -367,7 +370,7 @@ class FallbackSpec(_Model):
         return self
 
 
-class PolicySpec(_Model):
+class PolicySpec(WireModel):
     """The desired state of a PowPolicy."""
 
     model_config = ConfigDict(
@@ -388,13 +391,13 @@ class PolicySpec(_Model):
     selector: LabelSelector
     mode: Mode = Mode.ENFORCE
     routes: list[RouteConfig] = Field(
-        default_factory=lambda: [RouteConfig(name="default", paths=["/*"])],
+        default_factory=default_routes,
         min_length=1,
         max_length=64,
         json_schema_extra=_list_map("name"),
     )
     exempt_paths: list[PathPattern] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/livez", "/metrics"], max_length=64
+        default_factory=lambda: list(DEFAULT_EXEMPT_PATHS), max_length=64
     )
     difficulty: DifficultyRange = Field(default_factory=DifficultyRange)
     challenge: ChallengeSpec = Field(default_factory=ChallengeSpec)
@@ -443,7 +446,7 @@ class ConditionStatus(enum.StrEnum):
     UNKNOWN = "Unknown"
 
 
-class Condition(_Model):
+class Condition(WireModel):
     """A standard Kubernetes condition."""
 
     type: ConditionType
@@ -469,7 +472,7 @@ class DecisionReason(enum.StrEnum):
     FALLBACK_FIXED = "FallbackFixed"
 
 
-class LastDecision(_Model):
+class LastDecision(WireModel):
     """The last evaluation, whether or not it changed anything."""
 
     time: datetime
@@ -488,7 +491,7 @@ class SignalHealth(enum.StrEnum):
     UNKNOWN = "Unknown"
 
 
-class SignalStatus(_Model):
+class SignalStatus(WireModel):
     """What the last query of one signal returned."""
 
     name: str = Field(max_length=63)
@@ -500,7 +503,7 @@ class SignalStatus(_Model):
     message: str = Field(default="", max_length=1024)
 
 
-class RolloutStatus(_Model):
+class RolloutStatus(WireModel):
     """How many sidecars run the current config version (from their metric)."""
 
     version: str = Field(default="", max_length=64)
@@ -508,14 +511,14 @@ class RolloutStatus(_Model):
     total: int = Field(default=0, ge=0)
 
 
-class Recommendation(_Model):
+class Recommendation(WireModel):
     """One raw recommendation, kept for the stabilization windows."""
 
     time: datetime
     difficulty: int = Field(ge=1, le=MAX_DIFFICULTY)
 
 
-class DifficultyChange(_Model):
+class DifficultyChange(WireModel):
     """One applied change, kept for the step policies and for humans."""
 
     time: datetime
@@ -524,7 +527,7 @@ class DifficultyChange(_Model):
     reason: DecisionReason
 
 
-class PolicyStatus(_Model):
+class PolicyStatus(WireModel):
     """The observed state of a PowPolicy, written by the operator only."""
 
     observed_generation: int = Field(default=0, ge=0)

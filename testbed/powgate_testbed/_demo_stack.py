@@ -32,8 +32,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from powgate import KEYRING_SECRET_KEY
 from powgate.config import CONFIG_DATA_KEY
+from powgate.contract import KEYRING_SECRET_KEY
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
 from powgate_operator.crd import crd_manifest
 

@@ -1,6 +1,5 @@
 """What the tests that run the operator against the real API server share.
 
-`eventually` polls for a state, `free_port` picks a loopback port,
 `apply_crd` installs a CRD and waits until it is served, and
 `OperatorProcess` runs ``python -m powgate_operator`` as its own process.
 """
@@ -10,61 +9,24 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 
 from powgate.policy import GROUP, PLURAL, VERSION
+from waiting import eventually, free_port
 
 __all__ = [
     "OperatorProcess",
     "apply_crd",
     "delete_policies",
-    "eventually",
-    "free_port",
     "wait_established",
 ]
-
-T = TypeVar("T")
-#: Bounds a hang on a loaded 2-core machine; never a speed measurement.
-WAIT = 90.0
-
-
-def eventually(
-    probe: Callable[[], T | None],
-    *,
-    what: str,
-    timeout: float = WAIT,
-    context: Callable[[], str] | None = None,
-) -> T:
-    """The first value of `probe` that is neither None nor False; fails after `timeout`.
-
-    `context` adds what the test last saw to the failure message.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            seen = f"; {context()}" if context else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
-        time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_established(api: k8s.ApiextensionsV1Api, name: str) -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -44,6 +43,7 @@ from powgate_testbed.cluster import (
     reap_stale_runs,
 )
 from powgate_testbed.prometheus import PrometheusNotFoundError, PrometheusServer, find_prometheus
+from waiting import eventually
 
 # Fixture → marker, for every test that uses the fixture, even indirectly.
 _MARKERS = {
@@ -161,11 +161,12 @@ def namespace(kube_client: k8s.ApiClient) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     core = k8s.CoreV1Api(kube_client)
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    deadline = time.monotonic() + _ACCOUNT_TIMEOUT
-    while not _has_default_account(core, name):
-        if time.monotonic() > deadline:
-            pytest.fail(f"namespace {name}: no default service account after {_ACCOUNT_TIMEOUT} s")
-        time.sleep(0.1)
+    eventually(
+        lambda: _has_default_account(core, name),
+        what=f"the default service account of namespace {name}",
+        timeout=_ACCOUNT_TIMEOUT,
+        interval=0.1,
+    )
     yield name
     core.delete_namespace(name)
 

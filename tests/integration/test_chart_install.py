@@ -30,19 +30,19 @@ from typing import Any
 
 import pytest
 import yaml
-from _operator_process import eventually, free_port
 from kubernetes import client as k8s
 
-from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
-from powgate_operator._inject import (
+from helm_chart import binary
+from powgate.contract import (
     INJECTED_ANNOTATION,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
     SIDECAR_NAME,
-    role_name,
 )
-from powgate_operator.webhook import HANDLER_ID, WEBHOOK_NAME
-from powgate_testbed.cluster import ClusterAccess, cache_dir
+from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME, role_name
+from powgate_testbed.cluster import ClusterAccess
+from waiting import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "powgate"
@@ -53,16 +53,6 @@ FULLNAME = "powgate"
 FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden|Not enough permissions")
 
 pytestmark = pytest.mark.slow
-
-
-def binary(name: str) -> Path:
-    path = cache_dir() / "bin" / name
-    if not path.exists():
-        message = f"{path} is missing: run `make tools`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 class Kube:

@@ -10,9 +10,11 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from _operator_process import eventually, wait_established
+from _operator_process import wait_established
 from kubernetes import client as k8s
 from kubernetes import watch
+
+from waiting import eventually
 
 GROUP = "test.powgate.dev"
 # kwok never pulls images; on kind (`make e2e-kind`) this must name an image

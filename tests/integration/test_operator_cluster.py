@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from _operator_process import OperatorProcess, apply_crd, delete_policies, free_port
-from _operator_process import eventually as wait_for
+from _operator_process import OperatorProcess, apply_crd, delete_policies
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -27,6 +26,8 @@ from powgate.config import SidecarConfig
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
 from powgate_testbed.cluster import ClusterAccess
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
+from waiting import eventually as wait_for
+from waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())

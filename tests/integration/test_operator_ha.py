@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _operator_process import OperatorProcess, delete_policies, eventually, wait_established
+from _operator_process import OperatorProcess, delete_policies, wait_established
 from kubernetes import client as k8s
 
 from powgate.config import SidecarConfig
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name
 from powgate_operator.cli import peering_priority
 from powgate_testbed.cluster import ClusterAccess
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())

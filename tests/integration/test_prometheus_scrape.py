@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
+from waiting import eventually
 
 _DEADLINE = 30.0
 
@@ -55,12 +55,12 @@ def _query_value(prom: PrometheusConnect, promql: str) -> float | None:
 
 
 def _wait_for_value(prom: PrometheusConnect, promql: str, expected: float) -> None:
-    deadline = time.monotonic() + _DEADLINE
-    last = None
-    while (last := _query_value(prom, promql)) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{promql} = {last}, expected {expected} within {_DEADLINE:.0f} s")
-        time.sleep(0.2)
+    eventually(
+        lambda: _query_value(prom, promql) == expected,
+        what=f"{promql} = {expected}",
+        timeout=_DEADLINE,
+        context=lambda: f"last value {_query_value(prom, promql)}",
+    )
 
 
 def test_scrapes_local_endpoint_and_answers_promql(

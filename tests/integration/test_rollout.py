@@ -23,7 +23,8 @@ from kubernetes import client as k8s
 from powgate import CHALLENGE_PATH, Challenge, KeyRing
 from powgate.config import CONFIG_DATA_KEY, SidecarConfig
 from powgate.policy import LabelSelector, config_map_name
-from powgate_operator._inject import PolicyRef, role_binding_body, role_body
+from powgate_operator._inject import PolicyRef
+from powgate_operator._objects import role_binding_body, role_body
 from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
 from powgate_testbed.cluster import ClusterAccess
 
@@ -73,7 +74,7 @@ def sidecars(
         selector=LabelSelector(match_labels={"app": POLICY}),
     )
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "model"}})
-    for manifest in (role_body(owner), role_binding_body(owner, ["model"])):
+    for manifest in (role_body(owner.metadata()), role_binding_body(owner.metadata(), ["model"])):
         del manifest["metadata"]["ownerReferences"]  # no PowPolicy here: the namespace owns them
         create = (
             rbac.create_namespaced_role

@@ -10,7 +10,6 @@ assertions read the pods as stored.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -18,19 +17,20 @@ from typing import Any
 
 import pytest
 import yaml
-from _operator_process import OperatorProcess, apply_crd, eventually, free_port
+from _operator_process import OperatorProcess, apply_crd
 from kubernetes import client as k8s
 
-from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
-from powgate_operator._inject import (
+from powgate.contract import (
     INJECTED_ANNOTATION,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
     OPT_OUT_LABEL,
     SIDECAR_NAME,
-    role_name,
 )
+from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_operator._objects import role_name
 from powgate_testbed.cluster import ClusterAccess
+from waiting import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "powpolicy.yaml").read_text())
@@ -228,8 +228,17 @@ def test_selected_pods_get_the_sidecar_and_others_are_untouched(
         assert stored["spec"]["containers"][0]["ports"][0]["name"] == "http"
 
     # Re-applying the Deployment changes nothing: same template, same single pod.
-    apps.patch_namespaced_deployment("llm", namespace, _deployment("llm", {"app": "llm"}))
-    time.sleep(2)
+    patched = apps.patch_namespaced_deployment("llm", namespace, _deployment("llm", {"app": "llm"}))
+    generation = patched.metadata.generation
+
+    def controller_caught_up() -> bool:
+        status = apps.read_namespaced_deployment_status("llm", namespace).status
+        return (status.observed_generation or 0) >= generation and status.updated_replicas == 1
+
+    # The positive signal: the controller has acted on the patched generation.
+    eventually(controller_caught_up, what="the Deployment controller to observe the patch")
+    sets = apps.list_namespaced_replica_set(namespace, label_selector="deployment=llm").items
+    assert len(sets) == 1
     pods = core.list_namespaced_pod(namespace, label_selector="deployment=llm").items
     assert [p.metadata.name for p in pods] == [pod["metadata"]["name"]]
     assert sum(c.name == SIDECAR_NAME for c in pods[0].spec.init_containers) == 1

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -24,23 +23,22 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from powgate_operator._inject import (
-    NAMESPACE_LABEL,
-    NAMESPACE_LABEL_VALUE,
-    OPT_OUT_LABEL,
+from helm_chart import (
+    CHART,
+    MONITORING,
+    NAMESPACE,
+    RELEASE,
+    RenderError,
+    find,
+    helm,
+    render,
 )
-from powgate_operator._options import webhook_options
+from powgate.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE, OPT_OUT_LABEL
+from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME
+from powgate_operator._options import WebhookOptions, webhook_options
 from powgate_operator.cli import add_command
-from powgate_operator.webhook import HANDLER_ID, WEBHOOK_NAME, WebhookOptions
-from powgate_testbed.cluster import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "powgate"
-RELEASE = "pg"
-NAMESPACE = "powgate-system"
-#: A recent API server: the chart has no version-dependent branches, this only satisfies helm.
-KUBE_VERSION = "1.35.0"
-MONITORING = "monitoring.coreos.com/v1"
 FULLNAME = f"{RELEASE}-powgate"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -96,53 +94,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-def helm() -> Path:
-    path = cache_dir() / "bin" / "helm"
-    if not path.exists():
-        message = f"{path} is missing: run `make tools`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@cache
-def _render(values_json: str, api_versions: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
-    argv = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    argv += ["--kube-version", KUBE_VERSION, "--values", "-"]
-    for version in api_versions:
-        argv += ["--api-versions", version]
-    result = subprocess.run(
-        [str(helm()), *argv],
-        input=values_json,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RenderError(result.stderr)
-    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
-
-
-class RenderError(Exception):
-    pass
-
-
-def render(
-    values: Mapping[str, Any] | None = None, *, api_versions: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """The manifests of `helm template` with these values (deep copies: tests may edit them)."""
-    docs = _render(json.dumps(values or {}, sort_keys=True), tuple(api_versions))
-    return json.loads(json.dumps(docs))  # type: ignore[no-any-return]
-
-
-def find(docs: Sequence[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
-    return matches[0]
 
 
 def kinds(docs: Sequence[dict[str, Any]]) -> list[str]:
@@ -564,7 +515,7 @@ def test_without_the_webhook_nothing_of_it_is_rendered() -> None:
 def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> None:
     docs = render()
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    injection = webhook_options_of(docs).injection
+    injection = webhook_options_of(docs).sidecar
     assert injection.image == f"powgate-sidecar:{chart['appVersion']}"
     assert injection.resources["limits"] == {"memory": "256Mi"}
     assert injection.metrics_port == 9480
@@ -580,13 +531,13 @@ def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> No
         }
     )
     opts = webhook_options_of(changed)
-    assert opts.injection.image == f"powgate-sidecar@{digest}"
-    assert opts.injection.image_pull_policy == "Always"
-    assert opts.injection.log_level == "debug"
-    assert opts.injection.native_sidecar is False
+    assert opts.sidecar.image == f"powgate-sidecar@{digest}"
+    assert opts.sidecar.image_pull_policy == "Always"
+    assert opts.sidecar.log_level == "debug"
+    assert opts.sidecar.native_sidecar is False
     assert opts.sidecar_mode == "container"
     # Helm merges with the defaults: the memory request stays.
-    assert opts.injection.resources == {
+    assert opts.sidecar.resources == {
         "requests": {"cpu": "250m", "memory": "64Mi"},
         "limits": {"memory": "1Gi"},
     }

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from powgate import (
-    KEYRING_SECRET_KEY,
     HmacKey,
     Issuer,
     KeyRing,
@@ -21,6 +20,7 @@ from powgate import (
     Verifier,
     solve,
 )
+from powgate.contract import KEYRING_SECRET_KEY
 
 SECRET = base64.b64encode(b"s" * 32).decode()
 

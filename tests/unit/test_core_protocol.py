@@ -18,13 +18,18 @@ from powgate import (
     MemoryReplayCache,
     ProtocolError,
     Reason,
-    SaltParams,
     Solution,
     Verifier,
     parse_salt,
     solve,
 )
-from powgate._protocol import _any_salt_fields, decode_solution, format_salt, salt_fields
+from powgate._protocol import (
+    SaltParams,
+    _any_salt_fields,
+    decode_solution,
+    format_salt,
+    salt_fields,
+)
 
 NOW = 1_800_000_000.0
 RING = KeyRing.generate()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 
 import httpx
 import pytest
 
 from powgate_operator._server import start_servers
-from powgate_operator.cli import add_command, peering_priority, settings
+from powgate_operator.cli import add_command, kopf_settings, peering_priority
+from waiting import free_port
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -44,13 +44,13 @@ def test_bad_arguments_exit_with_usage(argv: list[str], capsys: pytest.CaptureFi
     assert "usage:" in capsys.readouterr().err
 
 
-def test_settings() -> None:
-    alone = settings(peering=None, priority=0)
+def test_kopf_settings() -> None:
+    alone = kopf_settings(peering=None, priority=0)
     assert alone.peering.standalone
     assert alone.watching.server_timeout is not None
     assert alone.watching.client_timeout is not None
     assert alone.watching.server_timeout < alone.watching.client_timeout
-    peered = settings(peering="powgate", priority=5)
+    peered = kopf_settings(peering="powgate", priority=5)
     assert (peered.peering.standalone, peered.peering.name, peered.peering.priority) == (
         False,
         "powgate",
@@ -70,13 +70,6 @@ def test_peering_priorities_differ_per_replica_unless_given() -> None:
     randoms = {peering_priority(explicit=None, pod_id=None) for _ in range(50)}
     assert len(randoms) > 1
     assert parse("-n", "ai").priority is None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_health_and_metrics_endpoints() -> None:

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from powgate_testbed._standin_capacity import CapacityGate, OverloadedError
 from powgate_testbed.standin import MAX_COMPLETION_TOKENS, Standin, StandinSettings, main
+from waiting import eventually_async
 
 CHAT = "/v1/chat/completions"
 
@@ -51,9 +52,12 @@ async def gauge(session: aiohttp.ClientSession, url: str, name: str) -> float:
 
 
 async def until_gauge(session: aiohttp.ClientSession, url: str, name: str, value: float) -> None:
-    """Poll until the stand-in reports ``value`` (the pytest timeout bounds a failure)."""
-    while await gauge(session, url, name) != value:  # noqa: ASYNC110 - only observable over HTTP
-        await asyncio.sleep(0.01)
+    """Poll until the stand-in reports ``value`` (only observable over HTTP)."""
+
+    async def reached() -> bool:
+        return await gauge(session, url, name) == value
+
+    await eventually_async(reached, what=f"{name} = {value}")
 
 
 # -- the capacity gate on its own -------------------------------------------------

@@ -8,24 +8,20 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from powgate.contract import INJECTED_ANNOTATION, OPT_OUT_LABEL, PORT_ANNOTATION, SIDECAR_NAME
 from powgate.policy import LabelSelector, LabelSelectorRequirement
 from powgate_operator._inject import (
-    INJECTED_ANNOTATION,
-    OPT_OUT_LABEL,
-    PORT_ANNOTATION,
-    SIDECAR_NAME,
-    InjectionSettings,
     PolicyRef,
+    SidecarTemplate,
     Skip,
     plan,
-    role_binding_body,
-    role_body,
     selector_matches,
     supports_native_sidecars,
 )
+from powgate_operator._objects import role_binding_body, role_body
 
 NS = "ai"
-SETTINGS = InjectionSettings(image="powgate/sidecar:test", operator_namespace="powgate-system")
+SETTINGS = SidecarTemplate(image="powgate/sidecar:test", operator_namespace="powgate-system")
 POLICY = PolicyRef(
     namespace=NS, name="llm", uid="u-1", selector=LabelSelector(match_labels={"app": "llm"})
 )
@@ -53,8 +49,8 @@ def pod(**labels: str) -> dict[str, Any]:
     }
 
 
-def injected(source: dict[str, Any], settings: InjectionSettings = SETTINGS) -> dict[str, Any]:
-    outcome = plan(source, namespace=NS, policies=[POLICY], settings=settings)
+def injected(source: dict[str, Any], settings: SidecarTemplate = SETTINGS) -> dict[str, Any]:
+    outcome = plan(source, namespace=NS, policies=[POLICY], template=settings)
     assert outcome.skip is None, outcome.message
     assert outcome.pod is not None
     return outcome.pod
@@ -120,18 +116,18 @@ def test_match_labels_and_expressions_are_anded() -> None:
 def test_pods_left_alone(namespace: str, labels: dict[str, str], skip: Skip) -> None:
     source = pod(**labels)
     policy = PolicyRef(namespace=namespace, name="llm", uid="u", selector=POLICY.selector)
-    outcome = plan(source, namespace=namespace, policies=[policy], settings=SETTINGS)
+    outcome = plan(source, namespace=namespace, policies=[policy], template=SETTINGS)
     assert (outcome.pod, outcome.skip) == (None, skip)
 
 
 def test_a_policy_of_another_namespace_never_applies() -> None:
-    outcome = plan(pod(), namespace="other", policies=[POLICY], settings=SETTINGS)
+    outcome = plan(pod(), namespace="other", policies=[POLICY], template=SETTINGS)
     assert outcome.skip is Skip.NO_POLICY
 
 
 def test_several_matching_policies_pick_the_first_by_name_and_warn() -> None:
     other = PolicyRef(namespace=NS, name="aaa", uid="u-0", selector=POLICY.selector)
-    outcome = plan(pod(), namespace=NS, policies=[POLICY, other], settings=SETTINGS)
+    outcome = plan(pod(), namespace=NS, policies=[POLICY, other], template=SETTINGS)
     assert outcome.policy == other
     assert len(outcome.warnings) == 1
     assert "aaa, llm" in outcome.warnings[0]
@@ -140,7 +136,7 @@ def test_several_matching_policies_pick_the_first_by_name_and_warn() -> None:
 def test_a_pod_without_the_port_is_skipped_with_a_warning() -> None:
     source = pod()
     source["metadata"]["annotations"] = {PORT_ANNOTATION: "web"}
-    outcome = plan(source, namespace=NS, policies=[POLICY], settings=SETTINGS)
+    outcome = plan(source, namespace=NS, policies=[POLICY], template=SETTINGS)
     assert outcome.skip is Skip.NO_PORT
     assert outcome.policy == POLICY
     assert "'web'" in outcome.warnings[0]
@@ -150,7 +146,7 @@ def test_host_network_pods_are_skipped() -> None:
     source = pod()
     source["spec"]["hostNetwork"] = True
     assert (
-        plan(source, namespace=NS, policies=[POLICY], settings=SETTINGS).skip is Skip.HOST_NETWORK
+        plan(source, namespace=NS, policies=[POLICY], template=SETTINGS).skip is Skip.HOST_NETWORK
     )
 
 
@@ -167,7 +163,7 @@ def test_host_network_pods_are_skipped() -> None:
 def test_malformed_pods_are_reported_not_crashed_on(breakage: Any) -> None:
     source = pod()
     breakage(source)
-    outcome = plan(source, namespace=NS, policies=[POLICY], settings=SETTINGS)
+    outcome = plan(source, namespace=NS, policies=[POLICY], template=SETTINGS)
     assert (outcome.pod, outcome.skip) == (None, Skip.INVALID_POD)
 
 
@@ -241,7 +237,7 @@ def test_native_sidecar_is_the_last_init_container() -> None:
 
 
 def test_regular_container_when_native_sidecars_are_unsupported() -> None:
-    settings = InjectionSettings(
+    settings = SidecarTemplate(
         image="img", operator_namespace="powgate-system", native_sidecar=False
     )
     result = injected(pod(), settings)
@@ -285,7 +281,7 @@ def test_injection_is_idempotent_and_leaves_the_input_alone() -> None:
     before = copy.deepcopy(source)
     once = injected(source)
     assert source == before
-    again = plan(once, namespace=NS, policies=[POLICY], settings=SETTINGS)
+    again = plan(once, namespace=NS, policies=[POLICY], template=SETTINGS)
     assert (again.pod, again.skip) == (None, Skip.ALREADY_INJECTED)
     assert once["metadata"]["annotations"][INJECTED_ANNOTATION] == "llm"
     assert once["metadata"]["labels"]["powgate.dev/policy"] == "llm"
@@ -308,10 +304,10 @@ def test_the_patch_only_adds_and_replaces_what_injection_owns() -> None:
 def test_service_account_of_the_pod_is_reported() -> None:
     source = pod()
     source["spec"]["serviceAccountName"] = "inference"
-    outcome = plan(source, namespace=NS, policies=[POLICY], settings=SETTINGS)
+    outcome = plan(source, namespace=NS, policies=[POLICY], template=SETTINGS)
     assert outcome.service_account == "inference"
     assert (
-        plan(pod(), namespace=NS, policies=[POLICY], settings=SETTINGS).service_account == "default"
+        plan(pod(), namespace=NS, policies=[POLICY], template=SETTINGS).service_account == "default"
     )
 
 
@@ -319,7 +315,7 @@ def test_service_account_of_the_pod_is_reported() -> None:
 
 
 def test_role_names_only_the_policys_objects() -> None:
-    role = role_body(POLICY)
+    role = role_body(POLICY.metadata())
     assert role["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert [(r["resources"], r["resourceNames"], r["verbs"]) for r in role["rules"]] == [
         (["configmaps"], ["llm-powgate-config"], ["get", "list", "watch"]),
@@ -328,7 +324,7 @@ def test_role_names_only_the_policys_objects() -> None:
 
 
 def test_role_binding_lists_each_account_once() -> None:
-    binding = role_binding_body(POLICY, ["b", "a", "b"])
+    binding = role_binding_body(POLICY.metadata(), ["b", "a", "b"])
     assert [s["name"] for s in binding["subjects"]] == ["a", "b"]
     assert binding["roleRef"]["name"] == "llm-powgate-sidecar"
 

@@ -1,0 +1,70 @@
+"""What the operator's injector, the sidecar and the Helm chart agree on, defined once.
+
+The injector configures the sidecar container through ``POWGATE_*``
+variables named after the sidecar's flags (:class:`SidecarFlag`), names its
+ports, and marks injected pods with labels that the chart's PodMonitor and
+the operator's rollout queries select. Each side reads these names from
+here; contract tests render both sides and compare them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from ._keys import KEYRING_SECRET_KEY
+from .cliargs import env_name
+
+__all__ = [
+    "INJECTED_ANNOTATION",
+    "KEYRING_SECRET_KEY",
+    "METRICS_PORT_NAME",
+    "NAMESPACE_LABEL",
+    "NAMESPACE_LABEL_VALUE",
+    "OPT_OUT_LABEL",
+    "POLICY_LABEL",
+    "PORT_ANNOTATION",
+    "SIDECAR_NAME",
+    "SidecarFlag",
+]
+
+#: A namespace opts in to injection with this label (the webhook's namespaceSelector).
+NAMESPACE_LABEL: Final = "powgate.dev/injection"
+NAMESPACE_LABEL_VALUE: Final = "enabled"
+#: A pod opts out with ``powgate.dev/inject: "false"`` (the webhook's objectSelector).
+OPT_OUT_LABEL: Final = "powgate.dev/inject"
+#: Names the app's port to take over when it is not the injector's default (``http``).
+PORT_ANNOTATION: Final = "powgate.dev/port"
+#: Set on injected pods: the policy whose sidecar they carry (and the idempotency mark).
+INJECTED_ANNOTATION: Final = "powgate.dev/injected"
+#: Set on injected pods and on every object the operator owns for a policy: the policy's
+#: name. The chart's PodMonitor selects pods that carry it.
+POLICY_LABEL: Final = "powgate.dev/policy"
+#: The injected container, and the name of its metrics port (scraped by the PodMonitor).
+SIDECAR_NAME: Final = "powgate-sidecar"
+METRICS_PORT_NAME: Final = "powgate-metrics"
+
+
+class SidecarFlag(enum.StrEnum):
+    """The flags of ``powgate sidecar``; each is also read from :attr:`env`."""
+
+    LISTEN = "--listen"
+    UPSTREAM = "--upstream"
+    METRICS_LISTEN = "--metrics-listen"
+    CONFIG_FILE = "--config-file"
+    CONFIG_OBJECT = "--config-object"
+    KEY_FILE = "--key-file"
+    WORKERS = "--workers"
+    KUBE_API_URL = "--kube-api-url"
+    KUBE_TOKEN_FILE = "--kube-token-file"  # noqa: S105 - a flag's name
+    KUBE_CA_FILE = "--kube-ca-file"
+    MAX_BODY_BYTES = "--max-body-bytes"
+    HEADER_TIMEOUT = "--header-timeout"
+    UPSTREAM_TIMEOUT = "--upstream-timeout"
+    SHUTDOWN_TIMEOUT = "--shutdown-timeout"
+    LOG_LEVEL = "--log-level"
+
+    @property
+    def env(self) -> str:
+        """The ``POWGATE_*`` variable the flag falls back to."""
+        return env_name(self.value)

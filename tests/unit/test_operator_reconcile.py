@@ -1,0 +1,256 @@
+"""The reconciler against the in-memory cluster: what it writes, and how it meets failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from memory_cluster import MemoryCluster
+from powgate.config import CONFIG_DATA_KEY
+from powgate.contract import KEYRING_SECRET_KEY
+from powgate.controller import Failure, Reading, Sample
+from powgate.policy import (
+    ConditionStatus,
+    ConditionType,
+    PolicyStatus,
+    PrometheusSpec,
+    RolloutStatus,
+    SignalSpec,
+    config_map_name,
+    key_secret_name,
+)
+from powgate_operator import _metrics as metrics
+from powgate_operator._cluster import (
+    CONFIG_MAPS,
+    POW_POLICIES,
+    SECRETS,
+    ClusterError,
+    ConflictError,
+    ForbiddenError,
+    UnavailableError,
+)
+from powgate_operator._prometheus import Credentials, FailureReason
+from powgate_operator._reconcile import Reconciler
+
+NS, NAME = "ai", "chat"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class ScriptedSignals:
+    """Prometheus as the reconciler sees it: one scripted reading per signal."""
+
+    readings: dict[str, Reading] = field(default_factory=dict)
+    rollout_result: RolloutStatus | Failure = field(
+        default_factory=lambda: Failure(FailureReason.UNREACHABLE, "no Prometheus")
+    )
+    credentials_seen: list[Credentials | None] = field(default_factory=list)
+
+    async def read(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        signals: Sequence[SignalSpec],
+        namespace: str,
+        name: str,
+    ) -> dict[str, Reading]:
+        self.credentials_seen.append(credentials)
+        return {s.name: self.readings[s.name] for s in signals}
+
+    async def rollout(
+        self,
+        *,
+        prometheus: PrometheusSpec,
+        credentials: Credentials | None,
+        policy: str,
+        version: str,
+    ) -> RolloutStatus | Failure:
+        return self.rollout_result
+
+
+@dataclass
+class World:
+    cluster: MemoryCluster
+    signals: ScriptedSignals
+    events: list[tuple[str, str, str]]
+    reconciler: Reconciler
+
+    async def reconcile(self, *, evaluate: bool = False) -> None:
+        await self.reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=evaluate)
+
+    def status(self) -> PolicyStatus:
+        return PolicyStatus.model_validate(
+            self.cluster.stored(POW_POLICIES, NAME, NS).get("status") or {}
+        )
+
+    def condition(self, kind: ConditionType) -> tuple[ConditionStatus, str]:
+        found = self.status().condition(kind)
+        assert found is not None, f"no {kind} condition"
+        return found.status, found.reason
+
+
+def policy(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "powgate.dev/v1alpha1",
+        "kind": "PowPolicy",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "chat"}}, **spec},
+    }
+
+
+@pytest.fixture
+def world() -> World:
+    cluster = MemoryCluster()
+    signals = ScriptedSignals()
+    events: list[tuple[str, str, str]] = []
+    reconciler = Reconciler(
+        cluster=cluster,
+        reader=signals,
+        clock=lambda: NOW,
+        events=lambda _policy, kind, reason, message: events.append((kind, reason, message)),
+    )
+    return World(cluster, signals, events, reconciler)
+
+
+def reconciles(trigger: str, result: str) -> float:
+    value = metrics.RECONCILES.labels(trigger, result)._value.get()
+    return float(value)
+
+
+async def test_a_new_policy_gets_keys_config_and_a_ready_status(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy(difficulty={"min": 1000, "max": 10_000}))
+    await world.reconcile()
+    secret = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
+    ring = json.loads(base64.b64decode(secret["data"][KEYRING_SECRET_KEY]))
+    assert ring["active"]
+    config = json.loads(world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][
+        CONFIG_DATA_KEY
+    ])  # fmt: skip
+    assert (config["policy"], config["difficulty"]) == (f"{NS}/{NAME}", 1000)
+    status = world.status()
+    assert status.difficulty == 1000
+    assert status.config_version == config["version"]
+    assert world.condition(ConditionType.READY) == (ConditionStatus.TRUE, "ConfigPublished")
+    assert [reason for _, reason, _ in world.events] == ["KeysCreated"]
+
+
+async def test_a_policy_that_is_gone_is_left_alone(world: World) -> None:
+    before = reconciles("spec", "gone")
+    await world.reconcile()
+    assert reconciles("spec", "gone") == before + 1
+    assert world.cluster.count("create") == 0
+    assert world.cluster.count("patch_status") == 0
+
+
+async def test_a_status_write_raced_by_a_conflict_is_retried(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    world.cluster.inject(
+        "patch_status", POW_POLICIES, error=ConflictError("modified", status=409), times=2
+    )
+    await world.reconcile()
+    assert world.cluster.count("patch_status") == 3
+    assert world.condition(ConditionType.READY)[0] is ConditionStatus.TRUE
+
+
+async def test_an_api_outage_fails_the_reconcile_and_counts_it(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    world.cluster.inject("get", POW_POLICIES, error=UnavailableError("timed out"))
+    before = reconciles("spec", "error")
+    with pytest.raises(UnavailableError):
+        await world.reconcile()
+    assert reconciles("spec", "error") == before + 1
+    assert world.cluster.count("create") == 0
+    # The next reconcile (kopf retries) completes the work.
+    await world.reconcile()
+    assert world.cluster.has(CONFIG_MAPS, config_map_name(NAME), NS)
+
+
+async def test_a_refused_write_is_counted_by_its_status(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    world.cluster.inject("create", CONFIG_MAPS, error=ForbiddenError("no", status=403))
+    before = reconciles("spec", "HTTP403")
+    with pytest.raises(ClusterError):
+        await world.reconcile()
+    assert reconciles("spec", "HTTP403") == before + 1
+
+
+async def test_a_damaged_key_secret_is_reported_and_left_untouched(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    damaged = {
+        "metadata": {"name": key_secret_name(NAME), "namespace": NS},
+        "data": {KEYRING_SECRET_KEY: base64.b64encode(b"{not json").decode()},
+    }
+    world.cluster.put(SECRETS, damaged)
+    await world.reconcile()
+    stored = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
+    assert stored["data"] == damaged["data"]
+    assert world.condition(ConditionType.READY) == (ConditionStatus.FALSE, "KeySecretInvalid")
+    assert ("Warning", "KeySecretInvalid") in [(k, r) for k, r, _ in world.events]
+
+
+async def test_a_hand_edited_config_map_is_restored(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile()
+    name = config_map_name(NAME)
+    published = world.cluster.stored(CONFIG_MAPS, name, NS)["data"]
+    world.cluster.objects[(CONFIG_MAPS.plural, NS, name)]["data"] = {CONFIG_DATA_KEY: "{}"}
+    world.reconciler.forget(namespace=NS, name=NAME)  # as after the heartbeat
+    await world.reconcile()
+    assert world.cluster.stored(CONFIG_MAPS, name, NS)["data"] == published
+
+
+SIGNAL = {"name": "load", "query": "up", "target": 10}
+
+
+async def test_a_query_timeout_holds_difficulty_and_says_so(world: World) -> None:
+    world.cluster.put(
+        POW_POLICIES, policy(signals=[SIGNAL], difficulty={"min": 100, "max": 100_000})
+    )
+    world.signals.readings["load"] = Sample(40.0)
+    await world.reconcile(evaluate=True)
+    raised = world.status().difficulty
+    assert raised is not None
+    assert raised > 100
+    world.signals.readings["load"] = Failure(FailureReason.TIMEOUT, "5 s")
+    await world.reconcile(evaluate=True)
+    assert world.status().difficulty == raised
+    assert world.condition(ConditionType.SIGNALS_HEALTHY) == (
+        ConditionStatus.FALSE,
+        "QueryFailed",
+    )
+    assert world.condition(ConditionType.FALLBACK_ACTIVE)[0] is ConditionStatus.TRUE
+
+
+async def test_credentials_that_cannot_be_read_fail_the_signals_not_the_reconcile(
+    world: World,
+) -> None:
+    spec = policy(signals=[SIGNAL], prometheus={"authSecretRef": {"name": "prom"}})
+    world.cluster.put(POW_POLICIES, spec)
+    await world.reconcile(evaluate=True)  # the Secret does not exist
+    signal = world.status().signals[0]
+    assert (signal.reason, signal.message) == (
+        "CredentialsUnavailable",
+        "Secret prom does not exist",
+    )
+    world.cluster.inject("get", SECRETS, error=ForbiddenError("forbidden", status=403), times=2)
+    await world.reconcile(evaluate=True)
+    assert world.status().signals[0].message == "Secret prom: HTTP 403"
+    assert world.signals.credentials_seen == []  # Prometheus was never asked without them
+
+
+async def test_rollout_is_kept_when_prometheus_cannot_tell(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy(signals=[SIGNAL]))
+    world.signals.readings["load"] = Sample(10.0)
+    world.signals.rollout_result = RolloutStatus(version="v", updated=2, total=3)
+    await world.reconcile(evaluate=True)
+    assert world.status().rollout.total == 3
+    world.signals.rollout_result = Failure(FailureReason.TIMEOUT, "slow")
+    await world.reconcile(evaluate=True)
+    assert (world.status().rollout.updated, world.status().rollout.total) == (2, 3)

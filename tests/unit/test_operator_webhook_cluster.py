@@ -1,0 +1,287 @@
+"""The injector's writes against the in-memory cluster: RBAC grants, TLS Secret, caBundle.
+
+Several operator replicas answer admissions and renew certificates at once;
+these tests play the other replica (a write between our read and our write)
+and the API server's failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import kopf
+import pytest
+
+from memory_cluster import MemoryCluster
+from powgate.policy import LabelSelector
+from powgate_operator import _metrics as metrics
+from powgate_operator._cluster import (
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+    POW_POLICIES,
+    ROLE_BINDINGS,
+    ROLES,
+    SECRETS,
+    ConflictError,
+    GoneError,
+    NotFoundError,
+    UnavailableError,
+)
+from powgate_operator._grants import Grants
+from powgate_operator._inject import PolicyRef, SidecarTemplate
+from powgate_operator._objects import WEBHOOK_NAME, role_binding_body, role_name
+from powgate_operator._options import WebhookOptions
+from powgate_operator._policy_listing import PolicyListing
+from powgate_operator._webhook_certs import WebhookTLS
+from powgate_operator._webhook_registration import register, sync_tls
+from powgate_operator.webhook import admit
+
+NS = "ai"
+POLICY = PolicyRef(
+    namespace=NS, name="llm", uid="u-1", selector=LabelSelector(match_labels={"app": "llm"})
+)
+TEMPLATE = SidecarTemplate(image="powgate/sidecar:test", operator_namespace="powgate-system")
+OPTIONS = WebhookOptions(
+    listen=("0.0.0.0", 8443),
+    configuration="powgate-injector",
+    operator_namespace="powgate-system",
+    sidecar=TEMPLATE,
+    service=("powgate-system", "powgate", 443),
+)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+LIFETIME = dt.timedelta(days=90)
+
+
+def subjects(cluster: MemoryCluster) -> list[str]:
+    binding = cluster.stored(ROLE_BINDINGS, role_name("llm"), NS)
+    return [s["name"] for s in binding["subjects"]]
+
+
+def other_replica_adds(account: str) -> Any:
+    """A write by another replica: the binding gains ``account`` (or is created with it)."""
+
+    def act(cluster: MemoryCluster) -> None:
+        name = role_name("llm")
+        accounts = [account]
+        if cluster.has(ROLE_BINDINGS, name, NS):
+            accounts += subjects(cluster)
+        cluster.put(ROLE_BINDINGS, role_binding_body(POLICY.metadata(), accounts))
+
+    return act
+
+
+# -- grants ----------------------------------------------------------------------------
+
+
+async def test_a_grant_creates_the_role_and_binds_each_account_once() -> None:
+    cluster = MemoryCluster()
+    grants = Grants(cluster)
+    await grants.grant(POLICY, "model")
+    await grants.grant(POLICY, "web")
+    await grants.grant(POLICY, "model")
+    assert cluster.has(ROLES, role_name("llm"), NS)
+    assert subjects(cluster) == ["model", "web"]
+    assert cluster.count("replace", "RoleBinding") == 1  # the repeat was remembered
+
+
+async def test_a_binding_changed_by_another_replica_keeps_both_subjects() -> None:
+    cluster = MemoryCluster()
+    grants = Grants(cluster)
+    await grants.grant(POLICY, "model")
+    cluster.inject("replace", ROLE_BINDINGS, before=other_replica_adds("batch"))
+    await grants.grant(POLICY, "web")
+    assert sorted(subjects(cluster)) == ["batch", "model", "web"]
+    assert cluster.count("replace", "RoleBinding") == 2  # the stale one, then the retry
+
+
+async def test_a_binding_created_by_another_replica_first_is_extended() -> None:
+    cluster = MemoryCluster()
+    cluster.inject("create", ROLE_BINDINGS, before=other_replica_adds("batch"))
+    await Grants(cluster).grant(POLICY, "model")
+    assert subjects(cluster) == ["batch", "model"]
+
+
+async def test_an_existing_role_is_replaced_with_the_current_rules() -> None:
+    cluster = MemoryCluster()
+    cluster.put(
+        ROLES,
+        {"metadata": {"name": role_name("llm"), "namespace": NS}, "rules": [{"verbs": ["*"]}]},
+    )
+    await Grants(cluster).grant(POLICY, "model")
+    rules = cluster.stored(ROLES, role_name("llm"), NS)["rules"]
+    assert {tuple(r["resources"]) for r in rules} == {("configmaps",), ("secrets",)}
+
+
+async def test_a_binding_that_never_settles_gives_up_with_a_conflict() -> None:
+    cluster = MemoryCluster()
+    await Grants(cluster).grant(POLICY, "model")
+    cluster.inject("replace", ROLE_BINDINGS, error=ConflictError("modified", status=409), times=9)
+    with pytest.raises(ConflictError, match="kept changing"):
+        await Grants(cluster).grant(POLICY, "web")
+
+
+# -- admission: grants fail, the pod is still injected ---------------------------------
+
+
+def pod() -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": NS, "labels": {"app": "llm"}},
+        "spec": {
+            "serviceAccountName": "model",
+            "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8000}]}],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnavailableError("timed out"),
+        ConflictError("modified", status=409),
+        NotFoundError("namespace gone", status=404),
+    ],
+)
+async def test_a_failed_grant_still_injects_and_warns(error: Exception) -> None:
+    cluster = MemoryCluster()
+    cluster.inject("create", ROLES, error=error, times=9)
+    patch, warnings = kopf.Patch(), []
+    before = metrics.RBAC_ERRORS._value.get()
+    await admit(
+        pod=pod(),
+        policies=[POLICY],
+        template=TEMPLATE,
+        grants=Grants(cluster),
+        dryrun=False,
+        patch=patch,
+        warnings=warnings,
+    )
+    assert patch.fns, "the pod is injected"
+    assert metrics.RBAC_ERRORS._value.get() == before + 1
+    assert warnings == ["powgate: the sidecar may wait for read access to its config"]
+
+
+async def test_a_dry_run_writes_nothing() -> None:
+    cluster = MemoryCluster()
+    patch: kopf.Patch = kopf.Patch()
+    await admit(
+        pod=pod(),
+        policies=[POLICY],
+        template=TEMPLATE,
+        grants=Grants(cluster),
+        dryrun=True,
+        patch=patch,
+        warnings=[],
+    )
+    assert patch.fns
+    assert cluster.calls == []
+
+
+# -- the TLS Secret: first writer wins -------------------------------------------------
+
+
+async def test_certificates_are_issued_once_and_then_reused() -> None:
+    cluster = MemoryCluster()
+    first = await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    again = await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    assert again == first
+    assert cluster.count("create", "Secret") == 1
+    assert cluster.count("replace", "Secret") == 0
+
+
+async def test_a_replica_that_loses_the_race_serves_the_winners_certificates() -> None:
+    cluster = MemoryCluster()
+    winner = await sync_tls(MemoryCluster(), OPTIONS, now=NOW, lifetime=LIFETIME)
+
+    def other_replica_stores(c: MemoryCluster) -> None:
+        c.put(
+            SECRETS,
+            {
+                "metadata": {"name": OPTIONS.tls_secret, "namespace": OPTIONS.operator_namespace},
+                "data": winner.to_secret_data(),
+            },
+        )
+
+    cluster.inject("create", SECRETS, before=other_replica_stores)
+    assert await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME) == winner
+
+
+async def test_a_damaged_secret_is_replaced() -> None:
+    cluster = MemoryCluster()
+    cluster.put(
+        SECRETS,
+        {
+            "metadata": {"name": OPTIONS.tls_secret, "namespace": OPTIONS.operator_namespace},
+            "data": {"tls.crt": "%%%"},
+        },
+    )
+    tls = await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    stored = cluster.stored(SECRETS, OPTIONS.tls_secret, OPTIONS.operator_namespace)
+    assert WebhookTLS.from_secret_data(stored["data"]) == tls
+
+
+async def test_an_outage_while_renewing_raises_for_the_retry_loop() -> None:
+    cluster = MemoryCluster()
+    cluster.inject("get", SECRETS, error=UnavailableError("timed out"))
+    with pytest.raises(UnavailableError):
+        await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+
+
+# -- the caBundle -----------------------------------------------------------------------
+
+
+def chart_configuration() -> dict[str, Any]:
+    body = OPTIONS.configuration_body(ca_bundle=b"")
+    for hook in body["webhooks"]:
+        hook["clientConfig"].pop("caBundle")
+    return body
+
+
+async def test_only_the_ca_bundle_of_the_charts_configuration_is_patched() -> None:
+    cluster = MemoryCluster()
+    cluster.put(MUTATING_WEBHOOK_CONFIGURATIONS, chart_configuration())
+    await register(cluster, OPTIONS, ca_bundle=b"CA")
+    stored = cluster.stored(MUTATING_WEBHOOK_CONFIGURATIONS, OPTIONS.configuration)
+    (hook,) = stored["webhooks"]
+    assert hook["clientConfig"]["caBundle"] == base64.b64encode(b"CA").decode()
+    assert hook["name"] == WEBHOOK_NAME
+    await register(cluster, OPTIONS, ca_bundle=b"CA")
+    assert cluster.count("patch") == 1  # already current: nothing to write
+
+
+async def test_a_missing_configuration_is_named() -> None:
+    with pytest.raises(NotFoundError, match="install it with the chart"):
+        await register(MemoryCluster(), OPTIONS, ca_bundle=b"CA")
+
+
+async def test_without_the_chart_the_operator_writes_the_whole_configuration() -> None:
+    cluster = MemoryCluster()
+    options = dataclasses.replace(OPTIONS, create_configuration=True)
+    await register(cluster, options, ca_bundle=b"CA1")
+    await register(cluster, options, ca_bundle=b"CA2")
+    stored = cluster.stored(MUTATING_WEBHOOK_CONFIGURATIONS, OPTIONS.configuration)
+    assert stored["webhooks"][0]["clientConfig"]["caBundle"] == base64.b64encode(b"CA2").decode()
+
+
+# -- the policy listing -----------------------------------------------------------------
+
+
+async def test_a_failed_listing_is_counted_and_keeps_the_last_one() -> None:
+    cluster = MemoryCluster()
+    cluster.put(
+        POW_POLICIES,
+        {
+            "metadata": {"name": "llm", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "llm"}}},
+        },
+    )
+    listing = PolicyListing(cluster, [NS])
+    await listing.refresh()
+    assert listing.listed.is_set()
+    assert [p.name for p in listing.in_namespace(NS, [])] == ["llm"]
+    before = metrics.POLICY_LISTING_ERRORS._value.get()
+    cluster.inject("list", POW_POLICIES, error=GoneError("too old", status=410))
+    await listing.refresh()
+    assert metrics.POLICY_LISTING_ERRORS._value.get() == before + 1
+    assert [p.name for p in listing.in_namespace(NS, [])] == ["llm"]
