@@ -4,6 +4,7 @@
     ├── KeyRingError        a key file or Secret is missing, unreadable or malformed
     ├── ProtocolError       a challenge document cannot be used (wrong shape or types)
     ├── SolveError          a challenge has no solution in its range, or an unknown algorithm
+    ├── PoolFullError       a derivation pool has no free place
     └── ChallengeRejected   (client SDK) the server kept rejecting our solutions
 
 Verification of a client's solution never raises: hostile input is expected
@@ -12,7 +13,14 @@ there, so it yields a :class:`powgate.Verdict` with a reason instead.
 
 from __future__ import annotations
 
-__all__ = ["ChallengeRejected", "KeyRingError", "PowgateError", "ProtocolError", "SolveError"]
+__all__ = [
+    "ChallengeRejected",
+    "KeyRingError",
+    "PoolFullError",
+    "PowgateError",
+    "ProtocolError",
+    "SolveError",
+]
 
 
 class PowgateError(Exception):
@@ -29,6 +37,10 @@ class ProtocolError(PowgateError):
 
 class SolveError(PowgateError):
     """A challenge could not be solved (no number in range, unknown algorithm)."""
+
+
+class PoolFullError(PowgateError):
+    """A :class:`powgate.DerivationPool` has no free place for one more derivation."""
 
 
 class ChallengeRejected(PowgateError):  # noqa: N818 - public name, reads as an outcome

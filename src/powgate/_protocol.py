@@ -35,11 +35,13 @@ __all__ = [
     "Challenge",
     "SaltParams",
     "Solution",
+    "decode_object",
     "decode_solution",
     "format_salt",
     "parse_salt",
     "salt_fields",
     "solution_fields",
+    "v1_fields",
 ]
 
 #: Hard cap on an encoded solution (header value or form field). A genuine
@@ -250,7 +252,12 @@ def decode_solution(payload: str | bytes) -> Solution:
 
 
 def solution_fields(payload: str | bytes) -> tuple[str, str, int, str, str]:
-    """:func:`decode_solution` as a plain tuple ``(algorithm, challenge, number, salt, signature)``.
+    """:func:`decode_solution` as a tuple ``(algorithm, challenge, number, salt, signature)``."""
+    return v1_fields(decode_object(payload))
+
+
+def decode_object(payload: str | bytes) -> dict[str, Any]:
+    """Base64 → UTF-8 → one JSON object, with the size limit; raises :class:`MalformedPayloadError`.
 
     Every check is about shape only. Nothing here trusts the content: the
     verifier decides whether the solution is valid. This is the verifier's
@@ -281,6 +288,11 @@ def solution_fields(payload: str | bytes) -> tuple[str, str, int, str, str]:
         raise MalformedPayloadError("malformed", "not JSON: trailing data")
     if type(data) is not dict:
         raise MalformedPayloadError("malformed", "not a JSON object")
+    return data
+
+
+def v1_fields(data: dict[str, Any]) -> tuple[str, str, int, str, str]:
+    """The fields of an ALTCHA v1 payload object, checked for type."""
     number = data.get("number")
     # ``type(...) is int`` also rejects booleans, which are ints to isinstance.
     if type(number) is not int or not 0 <= number < 2**53:

@@ -25,16 +25,19 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as ProcessQueue
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any, Final
 
-from ._algorithms import Algorithm, HashAlgorithm, get_algorithm
+from . import _altcha2, _deepseek_hash
+from ._algorithms import HashAlgorithm, get_algorithm, get_v2_algorithm
+from ._deepseek import DeepSeekChallenge
 from ._errors import SolveError
 from ._protocol import Challenge
 
-__all__ = ["SolveResult", "solve", "solve_reference"]
+__all__ = ["SolveResult", "solve", "solve_deepseek", "solve_reference", "solve_v2"]
 
 HashFactory = Callable[[bytes], Any]
 #: Below this many candidates, starting worker processes costs more than it saves.
@@ -112,11 +115,122 @@ def solve(
     return SolveResult(number, hashes, time.perf_counter() - started)
 
 
-def _algorithm(challenge: Challenge) -> Algorithm:
+def _algorithm(challenge: Challenge) -> HashAlgorithm:
     algorithm = get_algorithm(challenge.algorithm)
-    if algorithm is None:
+    if not isinstance(algorithm, HashAlgorithm):
         raise SolveError(f"unknown algorithm {challenge.algorithm[:32]!r}")
     return algorithm
+
+
+#: DeepSeek candidates per native call: the stop check runs between calls.
+_DEEPSEEK_CHUNK: Final = 20_000
+#: A solver refuses v2 challenges asking for more tries than this on average.
+MAX_V2_TRIES: Final = 16**7
+
+
+def solve_deepseek(challenge: DeepSeekChallenge, *, workers: int = 1) -> SolveResult:
+    """Find the answer of a DeepSeek challenge (``0 … difficulty - 1``).
+
+    The native search releases the GIL, so ``workers`` threads search
+    interleaved chunks in parallel.
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    try:
+        target = bytes.fromhex(challenge.challenge)
+    except ValueError:
+        raise SolveError("challenge is not a hex digest") from None
+    if len(target) != _deepseek_hash.DIGEST_SIZE:
+        raise SolveError("challenge is not a DeepSeekHashV1 digest")
+    prefix = challenge.prefix.encode(_ENCODING, _ERRORS)
+    end = challenge.difficulty
+    started = time.perf_counter()
+
+    def scan(first: int) -> tuple[int, int]:
+        hashes = 0
+        for lo in range(first * _DEEPSEEK_CHUNK, end, workers * _DEEPSEEK_CHUNK):
+            if found_any:
+                break
+            hi = min(end, lo + _DEEPSEEK_CHUNK)
+            found = _deepseek_hash.search(prefix, target, lo, hi)
+            if found >= 0:
+                found_any.append(found)
+                return found, hashes + found - lo + 1
+            hashes += hi - lo
+        return -1, hashes
+
+    found_any: list[int] = []
+    if workers == 1:
+        results = [scan(0)]
+    else:
+        with ThreadPoolExecutor(workers) as threads:
+            results = list(threads.map(scan, range(workers)))
+    answers = [number for number, _ in results if number >= 0]
+    if not answers:
+        raise SolveError(f"no answer in 0..{end - 1} solves the challenge")
+    hashes = sum(count for _, count in results)
+    return SolveResult(answers[0], hashes, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class SolveResultV2:
+    """The counter found, its derived key, how many tries it took and the wall time."""
+
+    counter: int
+    derived_key: bytes
+    tries: int
+    seconds: float
+
+
+def solve_v2(
+    challenge: _altcha2.ChallengeV2, *, workers: int = 1, timeout: float | None = None
+) -> SolveResultV2:
+    """Find a counter whose derived key starts with the challenge's ``keyPrefix``.
+
+    ALTCHA's search: counters 0, 1, 2, … (``workers`` threads take every
+    ``workers``-th counter; the derivations release the GIL). The search is
+    unbounded in principle; ``timeout`` (seconds) ends it with
+    :class:`SolveError`, and challenges whose parameters are outside what
+    powgate verifies, or whose mean work is above ``16^7`` tries, are refused
+    before any work.
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    algorithm = get_v2_algorithm(challenge.algorithm)
+    if algorithm is None:
+        raise SolveError(f"unknown algorithm {challenge.algorithm[:32]!r}")
+    problem = algorithm.check(challenge.params)
+    if problem:
+        raise SolveError(f"refusing the challenge's parameters: {problem}")
+    if challenge.expected_tries > MAX_V2_TRIES:
+        raise SolveError(f"refusing a key prefix of {len(challenge.key_prefix)} digits")
+    nonce, salt = bytes.fromhex(challenge.nonce), bytes.fromhex(challenge.salt)
+    prefix = challenge.key_prefix
+    started = time.perf_counter()
+    deadline = None if timeout is None else started + timeout
+    done: list[tuple[int, bytes]] = []
+
+    def scan(first: int) -> int:
+        tries = 0
+        for counter in range(first, _altcha2.MAX_COUNTER + 1, workers):
+            if done or (deadline is not None and time.perf_counter() > deadline):
+                break
+            key = algorithm.derive(challenge.params, salt, _altcha2.password(nonce, counter))
+            tries += 1
+            if key.hex().startswith(prefix):
+                done.append((counter, key))
+                break
+        return tries
+
+    if workers == 1:
+        tries = scan(0)
+    else:
+        with ThreadPoolExecutor(workers) as threads:
+            tries = sum(threads.map(scan, range(workers)))
+    if not done:
+        raise SolveError("no counter found in time")
+    counter, key = min(done)
+    return SolveResultV2(counter, key, tries, time.perf_counter() - started)
 
 
 def _target(challenge: Challenge, algorithm: HashAlgorithm) -> bytes:

@@ -1,23 +1,40 @@
-"""Issuing challenges and verifying solutions.
+"""Issuing challenges and verifying solutions, for every family of the registry.
 
 Verification order (docs/protocol.md): parse with hard limits → known algorithm →
 signature under a key the ring still accepts (constant time) → not expired →
-the work → bound to this policy/route → enough difficulty → not seen before.
+bound to this policy/route → enough difficulty → the work → not seen before.
+ALTCHA v1 and DeepSeek challenges check the work (one hash) before claiming.
+An ALTCHA v2 challenge's work is a key derivation, costly in time and memory:
+its single use is claimed *before* deriving (:meth:`Verifier.begin`), so a
+flood of forged or replayed v2 payloads costs no derivation at all, and the
+derivation runs off the event loop in a bounded :class:`DerivationPool`.
 Each failure has its own :class:`Reason` for logs and metrics; clients are
 meant to see one uniform rejection (no oracle), which is the caller's job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hmac
 import os
 import time
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-from ._algorithms import Algorithm, get_algorithm
+from . import _altcha2, _deepseek
+from ._algorithms import (
+    Algorithm,
+    DeepSeekAlgorithm,
+    Family,
+    HashAlgorithm,
+    KdfAlgorithm,
+    KdfParams,
+    get_algorithm,
+    get_v2_algorithm,
+)
 from ._keys import KeyRing
+from ._pool import DerivationPool
 from ._protocol import (
     PARAM_BINDING,
     PARAM_DIFFICULTY,
@@ -25,17 +42,26 @@ from ._protocol import (
     PARAM_KID,
     Challenge,
     MalformedPayloadError,
+    decode_object,
     format_salt,
     salt_fields,
-    solution_fields,
+    v1_fields,
 )
-from ._replay import Claim, ReplayCache
+from ._replay import AsyncReplayCache, Claim, ReplayCache
 
-__all__ = ["Issuer", "Reason", "Verdict", "Verifier"]
+__all__ = ["AnyChallenge", "Attempt", "Issuer", "Reason", "Verdict", "Verifier", "max_difficulty"]
+
+#: Whatever an :class:`Issuer` issues: each has ``to_json()``.
+AnyChallenge = Challenge | _altcha2.ChallengeV2 | _deepseek.DeepSeekChallenge
 
 Clock = Callable[[], float]
 #: Difficulty is ``maxnumber``; above this a browser would search for minutes.
 MAX_DIFFICULTY: Final = 1 << 40
+#: ALTCHA v2: at most 7 hex digits of key prefix (the counter is a uint32).
+_MAX_PREFIX: Final = 7
+MAX_V2_DIFFICULTY: Final = 2 * 16**_MAX_PREFIX * 16 - 1
+_V2_RANDOM_BYTES: Final = 32
+_DEEPSEEK_SALT_BYTES: Final = 10
 _NONCE_BYTES: Final = 12
 _RANDOM_BYTES: Final = _NONCE_BYTES + 8
 _MAX_SUFFIXES: Final = 256
@@ -57,6 +83,13 @@ class Reason(enum.StrEnum):
     INSUFFICIENT = "insufficient"
     REPLAYED = "replayed"
     REPLAY_CACHE_FULL = "replay_cache_full"
+    #: ALTCHA v2: the derivation pool had no room; the solution was not spent.
+    VERIFIER_BUSY = "verifier_busy"
+
+
+def max_difficulty(algorithm: Algorithm) -> int:
+    """The highest difficulty an issuer accepts for ``algorithm``."""
+    return MAX_V2_DIFFICULTY if algorithm.family is Family.ALTCHA_V2 else MAX_DIFFICULTY
 
 
 class Verdict(NamedTuple):
@@ -80,44 +113,111 @@ class Verdict(NamedTuple):
 MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
 
 
-class Issuer:
-    """Creates signed challenges with the ring's active key."""
+class Attempt(NamedTuple):
+    """The cheap part of a verification (:meth:`Verifier.begin`).
 
-    __slots__ = ("_algorithm", "_clock", "_suffixes", "keyring")
+    ``verdict`` is final unless it is ok and ``work`` is set: then the caller
+    claims ``replay_key`` first and runs ``work`` (a blocking key derivation,
+    true when the solution is right) after, off the event loop.
+    """
+
+    verdict: Verdict
+    replay_key: bytes | None = None
+    work: Callable[[], bool] | None = None
+
+
+class Issuer:
+    """Creates signed challenges of one algorithm with the ring's active key.
+
+    ``params`` sets the price of one try of an ALTCHA v2 scheme (the
+    algorithm's defaults when omitted); other families take none.
+    """
+
+    __slots__ = ("_algorithm", "_clock", "_params", "_suffixes", "keyring")
 
     def __init__(
-        self, *, keyring: KeyRing, algorithm: str = "SHA-256", clock: Clock = time.time
+        self,
+        *,
+        keyring: KeyRing,
+        algorithm: str = "SHA-256",
+        params: KdfParams | None = None,
+        clock: Clock = time.time,
     ) -> None:
         found = get_algorithm(algorithm)
         if found is None:
             raise ValueError(f"unknown algorithm {algorithm!r}")
+        if isinstance(found, KdfAlgorithm):
+            params = params or found.default_params
+            problem = found.check_base(params)
+            if problem:
+                raise ValueError(f"{algorithm} parameters: {problem}")
+        elif params is not None:
+            raise ValueError(f"{algorithm} takes no key-derivation parameters")
         self._algorithm: Algorithm = found
+        self._params = params
         self._clock = clock
         self._suffixes: dict[tuple[str, int, str | None], str] = {}
         #: Replace to rotate; issuing reads it once per challenge.
         self.keyring = keyring
 
-    def issue(self, *, difficulty: int, ttl: float, binding: str | None = None) -> Challenge:
-        """A fresh challenge of ``difficulty`` (its ``maxnumber``), valid for ``ttl`` seconds."""
-        return self.issue_many(1, difficulty=difficulty, ttl=ttl, binding=binding)[0]
+    @property
+    def algorithm(self) -> Algorithm:
+        return self._algorithm
+
+    def issue(
+        self,
+        *,
+        difficulty: int,
+        ttl: float,
+        binding: str | None = None,
+        target_path: str = "/",
+    ) -> AnyChallenge:
+        """A fresh challenge of ``difficulty``, valid for ``ttl`` seconds.
+
+        ``target_path`` is the path a DeepSeek-format challenge names.
+        """
+        return self.issue_many(
+            1, difficulty=difficulty, ttl=ttl, binding=binding, target_path=target_path
+        )[0]
 
     def issue_many(
-        self, count: int, *, difficulty: int, ttl: float, binding: str | None = None
-    ) -> list[Challenge]:
-        """``count`` fresh challenges alike but for their nonce and number.
+        self,
+        count: int,
+        *,
+        difficulty: int,
+        ttl: float,
+        binding: str | None = None,
+        target_path: str = "/",
+    ) -> list[AnyChallenge]:
+        """``count`` fresh challenges alike but for their randomness.
 
         A batch shares one clock reading, one read of the system's randomness
         and one lookup of the salt's fixed part: a server that refuses a flood
         issues challenges in batches for that reason.
         """
-        if not 1 <= difficulty <= MAX_DIFFICULTY:
-            raise ValueError(f"difficulty must be within 1..{MAX_DIFFICULTY}")
+        algorithm = self._algorithm
+        limit = max_difficulty(algorithm)
+        if not 1 <= difficulty <= limit:
+            raise ValueError(f"difficulty must be within 1..{limit}")
+        if isinstance(algorithm, KdfAlgorithm):
+            return list(self._issue_v2(count, algorithm, difficulty, ttl, binding))
+        if isinstance(algorithm, DeepSeekAlgorithm):
+            return list(
+                self._issue_deepseek(count, algorithm, difficulty, ttl, binding, target_path)
+            )
+        return list(self._issue_v1(count, difficulty, ttl, binding))
+
+    def _issue_v1(
+        self, count: int, difficulty: int, ttl: float, binding: str | None
+    ) -> list[Challenge]:
         key = self.keyring.signing_key
         suffix = self._suffixes.get((key.kid, difficulty, binding))
         if suffix is None:
             suffix = self._suffix(kid=key.kid, difficulty=difficulty, binding=binding)
         head = f"?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
-        algorithm, secret, name = self._algorithm, key.secret, self._algorithm.name
+        algorithm = self._algorithm
+        assert isinstance(algorithm, HashAlgorithm)
+        secret, name = key.secret, algorithm.name
         work_hex, sign = algorithm.work_hex, algorithm.sign
         # Each challenge takes a nonce and a number from the same read. The
         # number is uniform below maxnumber (mean work difficulty/2, worst case
@@ -137,6 +237,87 @@ class Issuer:
             )
         return challenges
 
+    def _issue_v2(
+        self, count: int, algorithm: KdfAlgorithm, difficulty: int, ttl: float, binding: str | None
+    ) -> list[_altcha2.ChallengeV2]:
+        """v2 challenges whose mean work is ``difficulty / 2`` tries at the policy's parameters.
+
+        ``16^L`` tries (a key prefix of L hex digits) for the largest L that
+        does not overshoot, the rest by making each try up to 16x longer.
+        """
+        assert self._params is not None
+        tries = max(1.0, difficulty / 2)
+        length = 0
+        while 16 ** (length + 1) <= tries:
+            length += 1
+        if length > _MAX_PREFIX:
+            raise ValueError(f"difficulty must be within 1..{MAX_V2_DIFFICULTY}")
+        params = algorithm.scaled(self._params, tries / 16**length)
+        key = self.keyring.signing_key
+        data: dict[str, Any] = {PARAM_KID: key.kid, PARAM_DIFFICULTY: difficulty}
+        if binding is not None:
+            data[PARAM_BINDING] = binding
+        expires = int(self._clock() + ttl)
+        raw = os.urandom(_V2_RANDOM_BYTES * count)
+        challenges = []
+        for offset in range(0, len(raw), _V2_RANDOM_BYTES):
+            half = offset + _V2_RANDOM_BYTES // 2
+            unsigned = _altcha2.ChallengeV2.build(
+                algorithm=algorithm.wire_name,
+                nonce=raw[offset:half].hex(),
+                salt=raw[half : offset + _V2_RANDOM_BYTES].hex(),
+                params=params,
+                key_prefix="0" * length,
+                expires_at=expires,
+                data=data,
+            )
+            signature = algorithm.sign(key.secret, unsigned.canonical().encode())
+            challenges.append(dataclasses.replace(unsigned, signature=signature))
+        return challenges
+
+    def _issue_deepseek(
+        self,
+        count: int,
+        algorithm: DeepSeekAlgorithm,
+        difficulty: int,
+        ttl: float,
+        binding: str | None,
+        target_path: str,
+    ) -> list[_deepseek.DeepSeekChallenge]:
+        key = self.keyring.signing_key
+        expires = int(self._clock() + ttl)
+        params = {
+            PARAM_EXPIRES: str(expires),
+            PARAM_KID: key.kid,
+            PARAM_DIFFICULTY: str(difficulty),
+        }
+        if binding is not None:
+            params[PARAM_BINDING] = binding
+        query = format_salt("", params)[1:]
+        expire_at = expires * 1000
+        step = _DEEPSEEK_SALT_BYTES + 8
+        raw = os.urandom(step * count)
+        challenges = []
+        for offset in range(0, len(raw), step):
+            salt = raw[offset : offset + _DEEPSEEK_SALT_BYTES].hex()
+            answer = int.from_bytes(raw[offset + _DEEPSEEK_SALT_BYTES : offset + step]) % difficulty
+            work = algorithm.work(f"{salt}_{expire_at}_{answer}".encode()).hex()
+            message = _deepseek.mac_message(
+                challenge=work, salt=salt, target_path=target_path, query=query
+            )
+            challenges.append(
+                _deepseek.DeepSeekChallenge(
+                    challenge=work,
+                    salt=salt,
+                    signature=f"{algorithm.sign(key.secret, message)}?{query}",
+                    difficulty=difficulty,
+                    expire_at=expire_at,
+                    expire_after=int(ttl * 1000),
+                    target_path=target_path,
+                )
+            )
+        return challenges
+
     def _suffix(self, *, kid: str, difficulty: int, binding: str | None) -> str:
         """The salt's parameters after ``expires``: the same for every challenge of a route."""
         params = {PARAM_KID: kid, PARAM_DIFFICULTY: str(difficulty)}
@@ -152,7 +333,7 @@ class Issuer:
 
 
 class Verifier:
-    """Checks solution payloads against a key ring and a replay cache."""
+    """Checks solution payloads of every family against a key ring and a replay cache."""
 
     __slots__ = ("_clock", "keyring", "replay")
 
@@ -171,24 +352,61 @@ class Verifier:
 
         ``binding`` (when given) must equal the one the challenge was issued
         for; ``min_difficulty`` rejects challenges easier than that. Never
-        raises on hostile input.
+        raises on hostile input. A key derivation (ALTCHA v2) runs inline,
+        after the claim: servers call :meth:`verify_async` instead.
         """
         now = self._clock()
-        verdict, replay_key = self._check(
-            payload, binding=binding, min_difficulty=min_difficulty, now=now
-        )
-        if replay_key is None or self.replay is None:
+        attempt = self._begin(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        verdict = attempt.verdict
+        if attempt.replay_key is not None and self.replay is not None:
+            outcome = self.replay.claim(attempt.replay_key, expires_at=verdict.expires, now=now)
+            if outcome != Claim.NEW:
+                return _claim_verdict(outcome, verdict)
+        return _finish(attempt, attempt.work() if attempt.work is not None else True)
+
+    async def verify_async(
+        self,
+        payload: str | bytes | None,
+        *,
+        pool: DerivationPool,
+        binding: str | None = None,
+        min_difficulty: int = 0,
+        shared: AsyncReplayCache | None = None,
+    ) -> Verdict:
+        """:meth:`verify` for an event loop: derivations run in ``pool``.
+
+        The order keeps forged and replayed payloads cheap: the cheap checks,
+        then a place in the pool (none free: ``verifier_busy``, nothing
+        spent), then the single-use claim (in ``shared`` when given, else the
+        verifier's own cache), then the derivation.
+        """
+        now = self._clock()
+        attempt = self._begin(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        verdict = attempt.verdict
+        if attempt.replay_key is None:
             return verdict
-        outcome = self.replay.claim(replay_key, expires_at=verdict.expires, now=now)
-        if outcome == Claim.NEW:
-            return verdict
-        if outcome == Claim.SEEN:
-            return Verdict(
-                Reason.REPLAYED, "solution already used", verdict.difficulty, verdict.expires
-            )
-        return Verdict(
-            Reason.REPLAY_CACHE_FULL, "replay cache at its cap", verdict.difficulty, verdict.expires
-        )
+        ticket = None
+        if attempt.work is not None:
+            ticket = pool.reserve()
+            if ticket is None:
+                return verdict._replace(reason=Reason.VERIFIER_BUSY, cause="derivation pool full")
+        try:
+            if shared is not None:
+                outcome = await shared.claim(
+                    attempt.replay_key, expires_at=verdict.expires, now=now
+                )
+            elif self.replay is not None:
+                outcome = self.replay.claim(attempt.replay_key, expires_at=verdict.expires, now=now)
+            else:
+                outcome = Claim.NEW
+            if outcome != Claim.NEW:
+                return _claim_verdict(outcome, verdict)
+            if ticket is None or attempt.work is None:
+                return verdict
+            return _finish(attempt, await ticket.run(attempt.work))
+        finally:
+            if ticket is not None:
+                ticket.close()
 
     def check(
         self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
@@ -196,23 +414,49 @@ class Verifier:
         """Verify everything but single use; returns the verdict and the replay key.
 
         For callers whose replay store is asynchronous (a shared store): they
-        claim the key themselves when the verdict is ok.
+        claim the key themselves when the verdict is ok. An ALTCHA v2 payload
+        is derived here before any claim: use :meth:`begin` for those.
         """
-        return self._check(
+        attempt = self.begin(payload, binding=binding, min_difficulty=min_difficulty)
+        verdict = attempt.verdict
+        if attempt.work is not None:
+            verdict = _finish(attempt, attempt.work())
+        return verdict, attempt.replay_key if verdict.ok else None
+
+    def begin(
+        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+    ) -> Attempt:
+        """Every cheap check; see :class:`Attempt` for what is left to the caller."""
+        return self._begin(
             payload, binding=binding, min_difficulty=min_difficulty, now=self._clock()
         )
 
-    def _check(
+    def _begin(
         self, payload: str | bytes | None, *, binding: str | None, min_difficulty: int, now: float
-    ) -> tuple[Verdict, bytes | None]:
+    ) -> Attempt:
         if not payload:
-            return MISSING, None
+            return Attempt(MISSING)
         try:
-            name, challenge, number, salt, signature = solution_fields(payload)
+            data = decode_object(payload)
+            if "solution" in data:
+                return self._begin_v2(data, binding, min_difficulty, now)
+            if "answer" in data:
+                return self._begin_deepseek(data, binding, min_difficulty, now)
+            verdict, key = self._check_v1(v1_fields(data), binding, min_difficulty, now)
         except MalformedPayloadError as exc:
-            return Verdict(Reason(exc.reason), exc.cause), None
+            return Attempt(Verdict(Reason(exc.reason), exc.cause))
+        return Attempt(verdict, key)
+
+    def _check_v1(
+        self,
+        fields: tuple[str, str, int, str, str],
+        binding: str | None,
+        min_difficulty: int,
+        now: float,
+    ) -> tuple[Verdict, bytes | None]:
+        name, challenge, number, salt, signature = fields
         algorithm = get_algorithm(name)
-        if algorithm is None:
+        if not isinstance(algorithm, HashAlgorithm):
             return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"), None
         expires, kid, difficulty, bound_to = salt_fields(salt)
         ring = self.keyring
@@ -245,3 +489,119 @@ class Verifier:
             ), None
         # The challenge is our own digest here, so it is valid hex.
         return Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work)
+
+    def _begin_v2(
+        self, data: dict[str, Any], binding: str | None, min_difficulty: int, now: float
+    ) -> Attempt:
+        challenge, counter, derived_key = _altcha2.parse_payload(data)
+        algorithm = get_v2_algorithm(challenge.algorithm)
+        if algorithm is None:
+            return Attempt(
+                Verdict(Reason.UNKNOWN_ALGORITHM, f"v2 algorithm {challenge.algorithm[:32]!r}")
+            )
+        meta = challenge.data
+        kid = meta.get(PARAM_KID)
+        ring = self.keyring
+        key = ring.verification_key(kid if type(kid) is str else ring.active, now=now)
+        if key is None:
+            return Attempt(Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"))
+        expected = algorithm.sign(key.secret, challenge.canonical().encode())
+        if not challenge.signature.isascii() or not hmac.compare_digest(
+            expected, challenge.signature
+        ):
+            return Attempt(Verdict(Reason.BAD_SIGNATURE, f"v2 signature under key {key.kid}"))
+        difficulty = challenge.difficulty
+        expires = challenge.expires_at
+        if expires is None:
+            return Attempt(Verdict(Reason.EXPIRED, "challenge has no expiresAt", difficulty))
+        if now > expires:
+            return Attempt(Verdict(Reason.EXPIRED, f"expired {now - expires:.0f}s ago", difficulty))
+        problem = algorithm.check(challenge.params)
+        if problem:
+            # Signed by us, so issued under limits that have since changed.
+            return Attempt(Verdict(Reason.MALFORMED, f"parameters out of bounds: {problem}"))
+        refused = _out_of_scope(meta.get(PARAM_BINDING), binding, difficulty, min_difficulty)
+        if refused is not None:
+            return Attempt(refused)
+        if not derived_key.startswith(challenge.key_prefix) or len(derived_key) != 2 * (
+            challenge.params.key_length
+        ):
+            # Wrong without deriving anything: not worth a claim either.
+            return Attempt(
+                Verdict(Reason.WRONG_NUMBER, "derived key misses the prefix", difficulty)
+            )
+        nonce, salt, params = (
+            bytes.fromhex(challenge.nonce),
+            bytes.fromhex(challenge.salt),
+            challenge.params,
+        )
+        claimed = bytes.fromhex(derived_key)
+
+        def work() -> bool:
+            derived = algorithm.derive(params, salt, _altcha2.password(nonce, counter))
+            return hmac.compare_digest(derived, claimed)
+
+        # The signature is unique per challenge (random nonce and salt under it).
+        replay_key = bytes.fromhex(expected)
+        return Attempt(Verdict(Reason.OK, "", difficulty, expires), replay_key, work)
+
+    def _begin_deepseek(
+        self, data: dict[str, Any], binding: str | None, min_difficulty: int, now: float
+    ) -> Attempt:
+        name, challenge, salt, answer, signature, target_path = _deepseek.parse_payload(data)
+        algorithm = get_algorithm(name)
+        if not isinstance(algorithm, DeepSeekAlgorithm):
+            return Attempt(Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"))
+        mac, _, query = signature.partition("?")
+        expires, kid, difficulty, bound_to = salt_fields(signature)
+        key = self.keyring.verification_key(kid or "", now=now)
+        if key is None:
+            return Attempt(Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"))
+        message = _deepseek.mac_message(
+            challenge=challenge, salt=salt, target_path=target_path, query=query
+        )
+        expected = algorithm.sign(key.secret, message)
+        if not mac.isascii() or not hmac.compare_digest(expected, mac):
+            return Attempt(Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"))
+        difficulty = difficulty or 0
+        if expires is None:
+            return Attempt(Verdict(Reason.EXPIRED, "signature has no expires", difficulty))
+        if now > expires:
+            return Attempt(Verdict(Reason.EXPIRED, f"expired {now - expires:.0f}s ago", difficulty))
+        work = algorithm.work(
+            f"{salt}_{expires * 1000}_{answer}".encode("utf-8", "surrogatepass")
+        ).hex()
+        if work != challenge:
+            return Attempt(Verdict(Reason.WRONG_NUMBER, "hash of the answer differs", difficulty))
+        refused = _out_of_scope(bound_to, binding, difficulty, min_difficulty)
+        if refused is not None:
+            return Attempt(refused)
+        return Attempt(Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work))
+
+
+def _out_of_scope(
+    bound_to: object, binding: str | None, difficulty: int, min_difficulty: int
+) -> Verdict | None:
+    """A refusal when a valid challenge is used on another route or is too easy."""
+    if binding is not None and bound_to != binding:
+        cause = f"issued for {bound_to!r}, used for {binding!r}"
+        return Verdict(Reason.WRONG_BINDING, cause, difficulty)
+    if difficulty < min_difficulty:
+        return Verdict(
+            Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty
+        )
+    return None
+
+
+def _claim_verdict(outcome: str, verdict: Verdict) -> Verdict:
+    if outcome == Claim.SEEN:
+        return verdict._replace(reason=Reason.REPLAYED, cause="solution already used")
+    return verdict._replace(reason=Reason.REPLAY_CACHE_FULL, cause="replay cache at its cap")
+
+
+def _finish(attempt: Attempt, right: bool) -> Verdict:
+    if right:
+        return attempt.verdict
+    return attempt.verdict._replace(
+        reason=Reason.WRONG_NUMBER, cause="derived key differs", expires=0
+    )

@@ -15,12 +15,14 @@ from typing import Annotated, Any, Final, Self
 
 from pydantic import Field, model_validator
 
-from ._verify import MAX_DIFFICULTY
+from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
+from ._verify import MAX_DIFFICULTY, max_difficulty
 from ._wire import WireModel
 
 __all__ = [
     "CONFIG_DATA_KEY",
     "DEFAULT_EXEMPT_PATHS",
+    "KdfSpec",
     "Mode",
     "QueueConfig",
     "RouteConfig",
@@ -51,6 +53,73 @@ PathPattern = Annotated[
         description="An exact path, or a prefix ending in `*` (`/v1/*`).",
     ),
 ]
+
+
+#: The registry's names, in the CRD as an enum: the registry is their one source.
+AlgorithmName = Annotated[
+    str,
+    Field(
+        json_schema_extra={"enum": list(algorithm_names())},
+        description="The challenge scheme: ALTCHA v1 (`SHA-256`, `SHA-512`), ALTCHA PoW v2 "
+        "(`PBKDF2/SHA-256|384|512`, `ITERATED/SHA-256|384|512`, `SCRYPT`, `ARGON2ID`) or "
+        "`DeepSeekHashV1`. See docs/protocol.md.",
+    ),
+]
+
+
+class KdfSpec(WireModel):
+    """The price of one try of an ALTCHA PoW v2 scheme; unset fields take the scheme's defaults.
+
+    Difficulty for these schemes is twice the mean number of tries at these
+    parameters (docs/protocol.md): these fix what one try costs in time and
+    memory, difficulty how many tries a client makes.
+    """
+
+    cost: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        description="PBKDF2 and iterated-SHA iterations; scrypt's N (a power of two); "
+        "Argon2id's passes.",
+    )
+    memory_cost: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 18,
+        description="Argon2id: memory in KiB. scrypt: r, the block size (memory is 128·N·r bytes).",
+    )
+    parallelism: int | None = Field(
+        default=None, ge=1, le=256, description="Argon2id's lanes; scrypt's p."
+    )
+    key_length: int | None = Field(
+        default=None, ge=16, le=64, description="Bytes of the derived key (default 32)."
+    )
+
+    def params(self, algorithm: KdfAlgorithm) -> KdfParams:
+        """These values over ``algorithm``'s defaults."""
+        base = algorithm.default_params
+        return KdfParams(
+            cost=self.cost if self.cost is not None else base.cost,
+            memory_cost=self.memory_cost if self.memory_cost is not None else base.memory_cost,
+            parallelism=self.parallelism if self.parallelism is not None else base.parallelism,
+            key_length=self.key_length if self.key_length is not None else base.key_length,
+        )
+
+
+def check_scheme(algorithm: str, kdf: KdfSpec | None, *, difficulty: int) -> None:
+    """Raise ``ValueError`` unless ``algorithm`` takes ``kdf`` and ``difficulty``."""
+    found = get_algorithm(algorithm)
+    if found is None:
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(algorithm_names())}")
+    if isinstance(found, KdfAlgorithm):
+        problem = found.check_base((kdf or KdfSpec()).params(found))
+        if problem:
+            raise ValueError(f"{algorithm} parameters: {problem}")
+    elif kdf is not None:
+        raise ValueError(f"kdf parameters apply to ALTCHA PoW v2 schemes only, not {algorithm}")
+    limit = max_difficulty(found)
+    if difficulty > limit:
+        raise ValueError(f"difficulty above {limit}, the most {algorithm} can express")
 
 
 class RouteConfig(WireModel):
@@ -110,7 +179,10 @@ class SidecarConfig(WireModel):
         le=MAX_DIFFICULTY,
         description="Solutions of challenges easier than this are refused (the policy's minimum).",
     )
-    algorithm: str = "SHA-256"
+    algorithm: AlgorithmName = "SHA-256"
+    kdf: KdfSpec | None = Field(
+        default=None, description="ALTCHA PoW v2 only: the parameters of one try."
+    )
     challenge_ttl_seconds: int = Field(default=300, ge=5, le=86_400)
     routes: list[RouteConfig] = Field(default_factory=default_routes, max_length=64)
     exempt_paths: list[PathPattern] = Field(
@@ -127,7 +199,15 @@ class SidecarConfig(WireModel):
             raise ValueError("route names must be unique")
         if self.min_difficulty > self.difficulty:
             raise ValueError("minDifficulty must not exceed difficulty")
+        check_scheme(self.algorithm, self.kdf, difficulty=self.difficulty)
         return self
+
+    def kdf_params(self) -> KdfParams | None:
+        """The parameters an :class:`powgate.Issuer` takes for this config's algorithm."""
+        found = get_algorithm(self.algorithm)
+        if isinstance(found, KdfAlgorithm):
+            return (self.kdf or KdfSpec()).params(found)
+        return None
 
     def content_version(self) -> str:
         """A short hash of everything but ``version``: equal documents, equal versions."""

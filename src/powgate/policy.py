@@ -20,11 +20,14 @@ from ._verify import MAX_DIFFICULTY
 from ._wire import WireModel
 from .config import (
     DEFAULT_EXEMPT_PATHS,
+    AlgorithmName,
+    KdfSpec,
     Mode,
     PathPattern,
     QueueConfig,
     RouteConfig,
     SidecarConfig,
+    check_scheme,
     default_routes,
 )
 
@@ -146,7 +149,14 @@ class LabelSelector(WireModel):
 
 
 class DifficultyRange(WireModel):
-    """The bounds of the difficulty (the ``maxnumber`` of challenges) and where it starts."""
+    """The bounds of the difficulty and where it starts.
+
+    Difficulty is linear in the client's expected work, in every scheme: the
+    ``maxnumber`` of an ALTCHA v1 or DeepSeek challenge (mean work
+    ``difficulty / 2`` hashes), and for ALTCHA PoW v2 twice the mean number of
+    tries at the policy's ``challenge.kdf`` (docs/protocol.md). Bounds are
+    therefore chosen per scheme.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -191,7 +201,12 @@ class DifficultyRange(WireModel):
 class ChallengeSpec(WireModel):
     """What each challenge looks like."""
 
-    algorithm: str = Field(default="SHA-256", pattern=r"^[A-Za-z0-9-]{1,32}$")
+    algorithm: AlgorithmName = "SHA-256"
+    kdf: KdfSpec | None = Field(
+        default=None,
+        description="ALTCHA PoW v2 schemes only: the time and memory one try costs. "
+        "Unset fields take the scheme's defaults.",
+    )
     lifetime_seconds: int = Field(
         default=300, ge=5, le=86_400, description="How long a challenge stays solvable."
     )
@@ -427,6 +442,7 @@ class PolicySpec(WireModel):
             raise ValueError(
                 "keys.rotationIntervalSeconds must be 0 or at least challenge.lifetimeSeconds"
             )
+        check_scheme(self.challenge.algorithm, self.challenge.kdf, difficulty=self.difficulty.max)
         return self
 
 
@@ -575,6 +591,7 @@ def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: in
         difficulty=spec.difficulty.clamp(difficulty),
         min_difficulty=spec.difficulty.min,
         algorithm=spec.challenge.algorithm,
+        kdf=spec.challenge.kdf,
         challenge_ttl_seconds=spec.challenge.lifetime_seconds,
         routes=spec.routes,
         exempt_paths=spec.exempt_paths,

@@ -452,7 +452,8 @@ async def test_invalid_document_keeps_the_last_good_config(h: Harness) -> None:
     assert not h.sidecar.apply_document(b'{"difficulty": -5}', source="file")
     assert not h.sidecar.apply_document(b"not json", source="file")
     assert not h.sidecar.apply_document(None, source="kubernetes")
-    assert not h.sidecar.apply_config(make_config(algorithm="ROT13"), source="file")
+    # The model knows the registry: an unknown algorithm is an invalid document.
+    assert not h.sidecar.apply_document(b'{"algorithm": "ROT13"}', source="file")
     assert h.sidecar.config is before
     assert h.sample("powgate_config_reloads_total", {"source": "file", "result": "invalid"}) == 3
     assert (
