@@ -18,9 +18,11 @@ from ._protocol import SOLUTION_HEADER, Challenge
 from ._solver import solve, solve_deepseek, solve_v2
 from ._verify import AnyChallenge
 
-__all__ = ["Solved", "parse_challenge", "solve_challenge"]
+__all__ = ["CHALLENGE_TYPES", "Solved", "parse_challenge", "solve_challenge"]
 
 _DEEPSEEK: Final = "DeepSeekHashV1"
+#: The classes of :data:`powgate.AnyChallenge`, for ``isinstance``.
+CHALLENGE_TYPES: Final = (Challenge, ChallengeV2, DeepSeekChallenge)
 
 
 def parse_challenge(document: object) -> AnyChallenge:

@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from powgate import __version__
+from powgate._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
+from powgate._dispatch import parse_challenge, solve_challenge
 from powgate._errors import PowgateError
 from powgate._keys import HmacKey, KeyRing, new_secret
-from powgate._protocol import Challenge
-from powgate._solver import solve
 from powgate._verify import Issuer, Verifier
 
 __all__ = ["main"]
@@ -94,15 +95,41 @@ def _load_command(
 def _add_builtin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     challenge = subparsers.add_parser("challenge", help="print a signed challenge as JSON")
     _add_key_file(challenge)
-    challenge.add_argument("--difficulty", type=int, default=50_000, help="maxnumber (50000)")
+    challenge.add_argument(
+        "--algorithm",
+        default="SHA-256",
+        choices=algorithm_names(),
+        metavar="NAME",
+        help=f"the scheme (SHA-256); one of {', '.join(algorithm_names())}",
+    )
+    challenge.add_argument(
+        "--difficulty",
+        type=int,
+        default=50_000,
+        help="maxnumber for ALTCHA v1 and DeepSeek, twice the mean tries for v2 (50000)",
+    )
     challenge.add_argument("--ttl", type=float, default=300.0, help="lifetime in seconds (300)")
     challenge.add_argument("--binding", help="bind the challenge to a policy/route")
+    challenge.add_argument(
+        "--target-path", default="/", help="DeepSeekHashV1: the target_path it names (/)"
+    )
+    kdf = challenge.add_argument_group("ALTCHA PoW v2: one try (defaults: the scheme's)")
+    kdf.add_argument("--cost", type=int, help="iterations, scrypt's N or Argon2id's passes")
+    kdf.add_argument("--memory-cost", type=int, help="Argon2id KiB or scrypt's r")
+    kdf.add_argument("--parallelism", type=int, help="Argon2id lanes or scrypt's p")
+    kdf.add_argument("--key-length", type=int, help="derived key bytes")
     challenge.set_defaults(func=_challenge)
 
     solve_parser = subparsers.add_parser(
-        "solve", help="read a challenge JSON on stdin, print the solution payload"
+        "solve",
+        help="read a challenge JSON on stdin (any scheme), print the solution payload",
+        description="Prints the payload; for a DeepSeekHashV1 challenge it is the value of "
+        "the x-ds-pow-response header, otherwise of X-Powgate-Solution.",
     )
     solve_parser.add_argument("--workers", type=int, default=1, help="solver processes (1)")
+    solve_parser.add_argument(
+        "--timeout", type=float, default=120.0, help="ALTCHA v2: give up after seconds (120)"
+    )
     solve_parser.set_defaults(func=_solve)
 
     verify = subparsers.add_parser(
@@ -150,21 +177,44 @@ def _challenge(args: argparse.Namespace) -> int:
         raise PowgateError("--difficulty must be a positive integer")
     if args.ttl <= 0:
         raise PowgateError("--ttl must be positive")
-    issuer = Issuer(keyring=KeyRing.load(args.key_file))
     try:
-        challenge = issuer.issue(difficulty=args.difficulty, ttl=args.ttl, binding=args.binding)
+        issuer = Issuer(
+            keyring=KeyRing.load(args.key_file),
+            algorithm=args.algorithm,
+            params=_kdf_params(args),
+        )
+        challenge = issuer.issue(
+            difficulty=args.difficulty,
+            ttl=args.ttl,
+            binding=args.binding,
+            target_path=args.target_path,
+        )
     except ValueError as exc:
         raise PowgateError(str(exc)) from None
     print(challenge.to_json())
     return 0
 
 
+def _kdf_params(args: argparse.Namespace) -> KdfParams | None:
+    """The v2 options over the scheme's defaults; ``None`` when none were given."""
+    given = {
+        field: getattr(args, field)
+        for field in ("cost", "memory_cost", "parallelism", "key_length")
+        if getattr(args, field) is not None
+    }
+    if not given:
+        return None
+    algorithm = get_algorithm(args.algorithm)
+    if not isinstance(algorithm, KdfAlgorithm):
+        raise PowgateError(f"--cost and the other v2 options do not apply to {args.algorithm}")
+    return dataclasses.replace(algorithm.default_params, **given)
+
+
 def _solve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise PowgateError("--workers must be at least 1")
-    challenge = Challenge.from_json(_read_stdin(sys.stdin))
-    result = solve(challenge, workers=args.workers)
-    print(challenge.solution(result.number).encode())
+    challenge = parse_challenge(_read_stdin(sys.stdin))
+    print(solve_challenge(challenge, workers=args.workers, timeout=args.timeout).payload)
     return 0
 
 

@@ -55,6 +55,31 @@ def test_challenge_solve_verify(
 
 
 @pytest.mark.parametrize(
+    ("options", "shape"),
+    [
+        (["--algorithm", "ARGON2ID", "--cost", "1", "--memory-cost", "64"], "parameters"),
+        (["--algorithm", "PBKDF2/SHA-512", "--cost", "10"], "parameters"),
+        (["--algorithm", "DeepSeekHashV1", "--target-path", "/api/v0/chat/completion"], "salt"),
+    ],
+)
+def test_every_scheme_round_trips(
+    key_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    shape: str,
+) -> None:
+    argv = ["challenge", "--key-file", str(key_file), "--difficulty", "40", "--binding", "a/b:c"]
+    code, challenge_json, _ = call([*argv, *options], capsys, monkeypatch)
+    assert code == 0
+    assert shape in json.loads(challenge_json)
+    code, payload, _ = call(["solve", "--workers", "2"], capsys, monkeypatch, challenge_json)
+    assert code == 0
+    verify = ["verify", "--key-file", str(key_file), "--binding", "a/b:c", "--min-difficulty", "40"]
+    assert call(verify, capsys, monkeypatch, payload) == (0, "ok (difficulty 40)\n", "")
+
+
+@pytest.mark.parametrize(
     ("stdin", "reason"), [("", "missing"), ("garbage!", "malformed"), ("A" * 3000, "oversized")]
 )
 def test_verify_rejects_garbage(
@@ -137,6 +162,9 @@ def test_solve_errors(
         (["--difficulty", "0"], "--difficulty must be a positive integer"),
         (["--difficulty", str((1 << 40) + 1)], "difficulty must be within"),
         (["--ttl", "0"], "--ttl must be positive"),
+        (["--cost", "3"], "do not apply to SHA-256"),
+        (["--algorithm", "SCRYPT", "--cost", "1000"], "power of two"),
+        (["--algorithm", "ARGON2ID", "--memory-cost", "999999999"], "memoryCost must lie"),
     ],
 )
 def test_challenge_option_errors(

@@ -23,10 +23,12 @@ import pytest
 
 from powgate import (
     CHALLENGE_PATH,
+    DEEPSEEK_HEADER,
     SOLUTION_HEADER,
     SOLVE_MS_HEADER,
     HashAlgorithm,
     Issuer,
+    KdfParams,
     KeyRing,
     MemoryReplayCache,
     Verifier,
@@ -41,6 +43,7 @@ class SidecarDouble:
 
     difficulty: int = 2000
     algorithm: str = "SHA-256"
+    params: KdfParams | None = None
     status: int = 428
     prefetch_status: int = 200
     reject_all: bool = False
@@ -49,7 +52,7 @@ class SidecarDouble:
     seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.issuer = Issuer(keyring=self.ring, algorithm=self.algorithm)
+        self.issuer = Issuer(keyring=self.ring, algorithm=self.algorithm, params=self.params)
         self.verifier = Verifier(keyring=self.ring, replay=MemoryReplayCache())
 
     def handle(
@@ -63,7 +66,8 @@ class SidecarDouble:
             query = parse_qs(url.query)
             return 200, {}, self._challenge(f"{query['method'][0]} {query['path'][0]}")
         binding = f"{method} {url.path}"
-        verdict = self.verifier.verify(headers.get(SOLUTION_HEADER.lower()), binding=binding)
+        payload = headers.get(SOLUTION_HEADER.lower()) or headers.get(DEEPSEEK_HEADER)
+        verdict = self.verifier.verify(payload, binding=binding)
         if verdict.ok and not self.reject_all:
             return (
                 200,
@@ -111,7 +115,8 @@ class SidecarDouble:
 
     @property
     def statuses(self) -> list[tuple[str, str, bool]]:
-        return [(m, urlsplit(t).path, SOLUTION_HEADER.lower() in h) for m, t, h, _ in self.seen]
+        carriers = (SOLUTION_HEADER.lower(), DEEPSEEK_HEADER)
+        return [(m, urlsplit(t).path, any(c in h for c in carriers)) for m, t, h, _ in self.seen]
 
 
 async def _chunks(body: bytes) -> AsyncIterator[bytes]:
@@ -128,6 +133,34 @@ def test_sync_flow_solves_and_retries_with_the_body() -> None:
     retried = sidecar.seen[1][2]
     assert int(retried[SOLVE_MS_HEADER.lower()]) >= 0
     assert [r.status_code for r in response.history] == [428]
+
+
+#: Every family, at cheap parameters: the SDK reads the document and answers in its header.
+SCHEMES = {
+    "SHA-256": (None, SOLUTION_HEADER.lower()),
+    "PBKDF2/SHA-256": (KdfParams(cost=10), SOLUTION_HEADER.lower()),
+    "SCRYPT": (KdfParams(cost=16, memory_cost=1, parallelism=1), SOLUTION_HEADER.lower()),
+    "ARGON2ID": (KdfParams(cost=1, memory_cost=64, parallelism=1), SOLUTION_HEADER.lower()),
+    "DeepSeekHashV1": (None, DEEPSEEK_HEADER),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(SCHEMES))
+def test_every_scheme_is_solved_and_answered_in_its_header(algorithm: str) -> None:
+    params, header = SCHEMES[algorithm]
+    sidecar = SidecarDouble(algorithm=algorithm, params=params, difficulty=40)
+    with sidecar.client(PowAuth()) as client:
+        assert client.post("/v1/chat", json={"q": 1}).status_code == 200
+    assert header in sidecar.seen[1][2]
+    assert sidecar.statuses == [("POST", "/v1/chat", False), ("POST", "/v1/chat", True)]
+
+
+@pytest.mark.parametrize("algorithm", ["ARGON2ID", "DeepSeekHashV1"])
+async def test_async_flow_solves_every_scheme(algorithm: str) -> None:
+    params, _ = SCHEMES[algorithm]
+    sidecar = SidecarDouble(algorithm=algorithm, params=params, difficulty=40)
+    async with sidecar.async_client(PowAuth(prefetch=True)) as client:
+        assert (await client.post("/v1/chat")).status_code == 200
 
 
 def test_streamed_request_bodies_are_replayed() -> None:
@@ -366,9 +399,10 @@ async def test_httpx2_async_client_with_prefetch() -> None:
 # -- requests, through a real HTTP server -------------------------------------
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[SidecarDouble, str]]:
-    sidecar = SidecarDouble()
+@pytest.fixture(params=["SHA-256", "ARGON2ID"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[SidecarDouble, str]]:
+    algorithm = request.param
+    sidecar = SidecarDouble(algorithm=algorithm, params=SCHEMES[algorithm][0], difficulty=40)
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:

@@ -13,14 +13,16 @@ from typing import TypeAlias, cast
 import anyio.to_thread
 import httpx
 
+from powgate._dispatch import CHALLENGE_TYPES
 from powgate._errors import ChallengeRejected
-from powgate._protocol import CHALLENGE_PATH, Challenge
+from powgate._protocol import CHALLENGE_PATH
+from powgate._verify import AnyChallenge
 
 from ._common import DEFAULT_MAX_DIFFICULTY, Solving, is_challenge, read_challenge
 
 __all__ = ["PowAuth"]
 
-_Step: TypeAlias = httpx.Request | Challenge
+_Step: TypeAlias = httpx.Request | AnyChallenge
 _Flow: TypeAlias = Generator[_Step, httpx.Response | dict[str, str], None]
 _STATUS_OK = 200
 
@@ -64,7 +66,7 @@ class PowAuth(httpx.Auth):
         step = next(flow)
         try:
             while True:
-                if isinstance(step, Challenge):
+                if isinstance(step, CHALLENGE_TYPES):
                     step = flow.send(self.solving.solution_headers(step))
                     continue
                 response = yield step
@@ -82,7 +84,7 @@ class PowAuth(httpx.Auth):
         step = next(flow)
         try:
             while True:
-                if isinstance(step, Challenge):
+                if isinstance(step, CHALLENGE_TYPES):
                     # Solving is CPU-bound for up to seconds: keep the loop free.
                     headers = await anyio.to_thread.run_sync(self.solving.solution_headers, step)
                     step = flow.send(headers)
