@@ -43,6 +43,17 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json
 .PHONY: js-deps
 js-deps: $(JS_DEPS) ## Install the npm packages of the browser tests (needs npm: make system-deps)
 
+# hash-wasm's WebAssembly builds of Argon2id and scrypt ship inside the Python
+# package (the sidecar serves them beside solver.js), copied from the version
+# tests/js/package-lock.json pins; tests/unit/test_js_vendor.py fails on drift.
+VENDORED_JS := argon2 scrypt
+.PHONY: vendor-js
+vendor-js: $(JS_DEPS) ## Copy the pinned hash-wasm files into src/powgate/static/hash-wasm
+	for name in $(VENDORED_JS); do \
+	  cp tests/js/node_modules/hash-wasm/dist/$$name.umd.min.js src/powgate/static/hash-wasm/; \
+	done
+	cp tests/js/node_modules/hash-wasm/LICENSE src/powgate/static/hash-wasm/LICENSE
+
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import rules
 	$(VENV)/bin/ruff check .

@@ -50,7 +50,7 @@ from ._challenges import ChallengeStock
 from ._metrics import NO_LABEL, Metrics, Outcome
 from ._queue import EffortQueue
 from ._routes import EXEMPT, Route, RouteTable
-from ._static import Asset, Interstitial, load_asset, load_interstitial
+from ._static import ASSETS, Asset, Interstitial, load_asset, load_interstitial
 
 __all__ = ["WELL_KNOWN", "Limits", "Sidecar"]
 
@@ -260,7 +260,7 @@ class Sidecar:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        for name in ("solver.js", "worker.js"):
+        for name in ASSETS:
             asset = load_asset(name)
             if asset is not None:
                 self._assets[WELL_KNOWN + name] = asset

@@ -18,10 +18,13 @@ __all__ = ["ASSETS", "Asset", "Interstitial", "load_asset", "load_interstitial"]
 
 log = logging.getLogger("powgate.sidecar")
 
-#: URL name → (package file, media type).
+#: URL name → (package file, media type). The hash-wasm builds are what
+#: solver.js loads, beside worker.js, for Argon2id and scrypt challenges.
 ASSETS: Final = {
     "solver.js": ("solver.js", "text/javascript; charset=utf-8"),
     "worker.js": ("worker.js", "text/javascript; charset=utf-8"),
+    "argon2.js": ("hash-wasm/argon2.umd.min.js", "text/javascript; charset=utf-8"),
+    "scrypt.js": ("hash-wasm/scrypt.umd.min.js", "text/javascript; charset=utf-8"),
 }
 _PLACEHOLDER: Final = "__POWGATE_CHALLENGE__"
 
@@ -35,7 +38,7 @@ class Asset:
 
 def _read(name: str) -> bytes | None:
     try:
-        return (resources.files("powgate") / "static" / name).read_bytes()
+        return (resources.files("powgate").joinpath("static", *name.split("/"))).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -240,3 +240,11 @@ def altcha_widget() -> bytes:
     if installed != wanted:
         _unavailable(f"tests/js has altcha {installed}, package.json pins {wanted} (make js-deps)")
     return (package / "dist" / "main" / "altcha.js").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def altcha_workers(altcha_widget: bytes) -> dict[str, bytes]:
+    """The widget's separately loaded PoW v2 workers, by file name (``argon2id.js``, …)."""
+    del altcha_widget  # only its version check
+    folder = _JS_PACKAGES / "node_modules" / "altcha" / "dist" / "workers"
+    return {path.name: path.read_bytes() for path in folder.glob("*.js")}

@@ -21,12 +21,39 @@ from pathlib import Path
 import pytest
 from _browser import OpenPage, wait_for_page
 
-from powgate import Issuer, KeyRing, MemoryReplayCache, Reason, Verdict, Verifier
+from powgate import Issuer, KdfParams, KeyRing, MemoryReplayCache, Reason, Verdict, Verifier
+from powgate_sidecar._static import ASSETS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 STATIC = resources.files("powgate") / "static"
-ASSETS = {"solver.js", "worker.js"}
+#: Every family, at parameters that keep a browser solve within a second or two.
+SCHEMES: dict[str, tuple[int, KdfParams | None]] = {
+    "SHA-256": (300_000, None),
+    "PBKDF2/SHA-256": (64, KdfParams(cost=1000)),
+    "SCRYPT": (64, KdfParams(cost=1024, memory_cost=8, parallelism=1)),
+    "ARGON2ID": (64, KdfParams(cost=1, memory_cost=4096, parallelism=1)),
+    "DeepSeekHashV1": (200_000, None),
+}
+WIDGET_PAGE = """<!doctype html><meta charset="utf-8"><title>widget</title>
+<script type="module" src="/vendor/altcha.js"></script>
+<script type="module">
+// The widget bundles SHA and PBKDF2; Argon2id and scrypt workers are loaded apart.
+$altcha.algorithms.set('ARGON2ID', () => new Worker('/vendor/workers/argon2id.js'));
+$altcha.algorithms.set('SCRYPT', () => new Worker('/vendor/workers/scrypt.js'));
+</script>
+<form><altcha-widget challenge="/challenge" auto="onload" workers="2"></altcha-widget></form>
+<script type="module">
+var widget = document.querySelector('altcha-widget');
+widget.addEventListener('statechange', function (ev) {
+  var state = ev.detail.state;
+  if (state === 'verified' || state === 'error' || state === 'expired') {
+    fetch('/report', {method: 'POST', body: JSON.stringify(
+      {state: state, payload: ev.detail.payload || null, shown: widget.innerText})});
+  }
+});
+</script>
+"""
 TEST_PAGE = """<!doctype html><meta charset="utf-8"><title>solve</title>
 <script src="/.well-known/powgate/solver.js"></script>
 <script>
@@ -45,6 +72,7 @@ class Site:
     issuer: Issuer
     verifier: Verifier
     difficulty: int
+    widget: dict[str, bytes] = field(default_factory=dict)
     reports: list[dict[str, object]] = field(default_factory=list)
     verdicts: list[tuple[str, Verdict, dict[str, str]]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
@@ -73,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
         extra = {
             name.lower(): value
             for name, value in self.headers.items()
-            if name.lower().startswith("x-powgate")
+            if name.lower().startswith(("x-powgate", "x-ds-pow"))
         }
         self.site.verdicts.append((where, verdict, extra))
         return verdict
@@ -82,11 +110,14 @@ class Handler(BaseHTTPRequestHandler):
         path, _, _ = self.path.partition("?")
         name = path.removeprefix("/.well-known/powgate/")
         if name in ASSETS:
-            self._send(
-                status=200,
-                body=(STATIC / name).read_text(),
-                content_type="text/javascript; charset=utf-8",
-            )
+            file, media_type = ASSETS[name]
+            body = STATIC.joinpath(*file.split("/")).read_text()
+            self._send(status=200, body=body, content_type=media_type)
+        elif path.removeprefix("/vendor/") in self.site.widget:
+            body = self.site.widget[path.removeprefix("/vendor/")].decode()
+            self._send(status=200, body=body, content_type="text/javascript; charset=utf-8")
+        elif path == "/widget.html":
+            self._send(status=200, body=WIDGET_PAGE, content_type="text/html; charset=utf-8")
         elif path == "/demo.html":
             self._send(
                 status=200,
@@ -114,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
         self.site.done.set()
 
     def _api(self) -> None:
-        payload = self.headers.get("X-Powgate-Solution")
+        payload = self.headers.get("X-Powgate-Solution") or self.headers.get("x-ds-pow-response")
         if payload and self._judge(where="api", payload=payload).ok:
             self._send(
                 status=200, body='{"object":"list","data":[]}', content_type="application/json"
@@ -145,13 +176,15 @@ class Handler(BaseHTTPRequestHandler):
         )
 
 
-@pytest.fixture
-def site() -> Site:
+@pytest.fixture(params=["SHA-256"])
+def site(request: pytest.FixtureRequest) -> Site:
+    """A site issuing challenges of one scheme (parametrize ``site`` indirectly for others)."""
     keyring = KeyRing.generate()
+    difficulty, params = SCHEMES[request.param]
     return Site(
-        issuer=Issuer(keyring=keyring),
+        issuer=Issuer(keyring=keyring, algorithm=request.param, params=params),
         verifier=Verifier(keyring=keyring, replay=MemoryReplayCache()),
-        difficulty=300_000,
+        difficulty=difficulty,
     )
 
 
@@ -170,6 +203,7 @@ def _wait(site: Site, log: Path) -> None:
     wait_for_page(site.done.wait, log=log, what="the page's report")
 
 
+@pytest.mark.parametrize("site", sorted(SCHEMES), indirect=True)
 def test_solver_in_workers_is_accepted_by_the_verifier(
     site: Site, base_url: str, open_page: OpenPage
 ) -> None:
@@ -180,10 +214,10 @@ def test_solver_in_workers_is_accepted_by_the_verifier(
     result = report["result"]
     assert isinstance(result, dict)
     assert result["workers"] == 2
-    assert result["maxnumber"] == site.difficulty
     assert site.verifier.verify(str(result["payload"])).reason is Reason.OK
 
 
+@pytest.mark.parametrize("site", ["SHA-256", "ARGON2ID", "DeepSeekHashV1"], indirect=True)
 def test_demo_page_pays_the_toll_with_fetch_with_pow(
     site: Site, base_url: str, open_page: OpenPage
 ) -> None:
@@ -193,8 +227,13 @@ def test_demo_page_pays_the_toll_with_fetch_with_pow(
     assert where == "api"
     assert verdict.reason is Reason.OK
     assert headers["x-powgate-solve-ms"].isdigit()
+    carrier = (
+        "x-ds-pow-response" if "DeepSeek" in site.issuer.algorithm.name else "x-powgate-solution"
+    )
+    assert carrier in headers
 
 
+@pytest.mark.parametrize("site", ["SHA-256", "SCRYPT", "DeepSeekHashV1"], indirect=True)
 def test_interstitial_solves_sets_the_cookie_and_reloads(
     site: Site, base_url: str, open_page: OpenPage
 ) -> None:
@@ -203,3 +242,21 @@ def test_interstitial_solves_sets_the_cookie_and_reloads(
     assert [(where, verdict.reason) for where, verdict, _ in site.verdicts] == [
         ("cookie", Reason.OK)
     ]
+
+
+@pytest.mark.parametrize("site", ["PBKDF2/SHA-256", "SCRYPT", "ARGON2ID"], indirect=True)
+def test_altcha_widget_solves_our_v2_challenges(
+    site: Site,
+    base_url: str,
+    open_page: OpenPage,
+    altcha_widget: bytes,
+    altcha_workers: dict[str, bytes],
+) -> None:
+    """ALTCHA's own widget (npm), in Chromium, answers our ALTCHA PoW v2 challenge."""
+    workers = {f"workers/{name}": body for name, body in altcha_workers.items()}
+    site.widget = {"altcha.js": altcha_widget, **workers}
+    log = open_page(f"{base_url}/widget.html")
+    _wait(site, log)
+    (report,) = site.reports
+    assert report["state"] == "verified", report
+    assert site.verifier.verify(str(report["payload"])).reason is Reason.OK

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from powgate import Challenge, Issuer, KeyRing, MemoryReplayCache, Reason, Verifier
+from powgate import (
+    Challenge,
+    DeepSeekChallenge,
+    Issuer,
+    KdfParams,
+    KeyRing,
+    MemoryReplayCache,
+    Reason,
+    Verifier,
+)
+from powgate._deepseek_hash import hash_v1
 
 pytestmark = pytest.mark.node
 
@@ -95,6 +105,56 @@ def test_round_trip_with_python_issuer_and_verifier(node: str, tmp_path: Path) -
         assert verdict.difficulty == difficulty
         # Single use holds for browser payloads as for any other.
         assert verifier.verify(payload, binding=BINDING).reason is Reason.REPLAYED
+
+
+def test_every_scheme_round_trips_through_node(node: str, tmp_path: Path) -> None:
+    """v2 key derivations (WebCrypto, hash-wasm) and DeepSeekHashV1 in JavaScript."""
+    keyring = KeyRing.generate()
+    verifier = Verifier(keyring=keyring, replay=MemoryReplayCache())
+    plans: dict[str, tuple[str, int, KdfParams | None, int]] = {
+        "pbkdf2": ("PBKDF2/SHA-512", 64, KdfParams(cost=200), 2),
+        "iterated": ("ITERATED/SHA-256", 64, KdfParams(cost=20), 0),
+        "scrypt": ("SCRYPT", 64, KdfParams(cost=256, memory_cost=4, parallelism=1), 0),
+        "argon2id": ("ARGON2ID", 64, KdfParams(cost=1, memory_cost=512, parallelism=1), 2),
+        "deepseek": ("DeepSeekHashV1", 20_000, None, 0),
+        "deepseek-workers": ("DeepSeekHashV1", 250_000, None, 2),
+    }
+    issued = {
+        name: Issuer(keyring=keyring, algorithm=algorithm, params=params).issue(
+            difficulty=difficulty, ttl=300, binding=BINDING
+        )
+        for name, (algorithm, difficulty, params, _) in plans.items()
+    }
+    # A DeepSeek salt longer than a Keccak block: the number spills into a
+    # second block. Not signed: only the answer is compared.
+    long_salt = DeepSeekChallenge(
+        challenge=hash_v1(f"{'s' * 150}_1000_4321".encode()).hex(),
+        salt="s" * 150,
+        signature="unsigned",
+        difficulty=5000,
+        expire_at=1000,
+        expire_after=0,
+        target_path="/",
+    )
+    cases: list[dict[str, object]] = [
+        {
+            "name": name,
+            "challenge": json.loads(issued[name].to_json()),
+            "workers": w,
+            "engine": None,
+        }
+        for name, (_, _, _, w) in plans.items()
+    ]
+    cases.append({"name": "long-salt", "challenge": long_salt.to_dict(), "workers": 0})
+    results = _solve_in_node(node=node, tmp_path=tmp_path, cases=cases)
+
+    for name, (_, difficulty, _, _) in plans.items():
+        result = results[name]
+        assert "error" not in result, result
+        verdict = verifier.verify(str(result["payload"]), binding=BINDING)
+        assert verdict.reason is Reason.OK, (name, verdict)
+        assert verdict.difficulty == difficulty
+    assert results["long-salt"]["number"] == 4321
 
 
 def test_tampered_challenges_do_not_yield_accepted_payloads(node: str, tmp_path: Path) -> None:

@@ -331,6 +331,11 @@ async def test_solver_assets_are_served_with_etags(h: Harness) -> None:
     again = await h.client.get("/.well-known/powgate/solver.js", headers={"If-None-Match": etag})
     assert again.status == 304
     assert (await h.client.get("/.well-known/powgate/nothing.js")).status == 404
+    # The WebAssembly builds that solver.js loads for Argon2id and scrypt.
+    for name in ("argon2.js", "scrypt.js"):
+        wasm = await h.client.get(f"/.well-known/powgate/{name}")
+        assert wasm.status == 200
+        assert b"hashwasm" in await wasm.read()
 
 
 async def test_exempt_and_unprotected_requests_pass_and_are_counted(h: Harness) -> None:

@@ -1,9 +1,17 @@
 /*
  * powgate browser solver.
  *
- * Solves powgate (ALTCHA v1) challenges: find `number` in 0..maxnumber with
- * hex(H(salt + number)) == challenge, then answer with the base64 JSON
- * payload {algorithm, challenge, number, salt, signature}.
+ * Solves the three challenge families of docs/protocol.md:
+ *  - ALTCHA v1: find `number` in 0..maxnumber with hex(H(salt + number)) ==
+ *    challenge; answer with base64 JSON {algorithm, challenge, number, salt,
+ *    signature} in X-Powgate-Solution;
+ *  - ALTCHA PoW v2: find a counter whose derived key (PBKDF2 and iterated SHA
+ *    by WebCrypto, scrypt and Argon2id by hash-wasm's WebAssembly, served
+ *    beside this file) starts with keyPrefix; answer with base64 JSON
+ *    {challenge, solution: {counter, derivedKey, time}};
+ *  - DeepSeek: find `answer` below difficulty with
+ *    DeepSeekHashV1(salt_expireAt_answer) == challenge (Keccak in pure
+ *    JavaScript below); answer in x-ds-pow-response.
  *
  * SHA-256 runs in pure JavaScript from a precomputed midstate: the salt's
  * full 64-byte blocks are hashed once, and each candidate only costs the
@@ -31,6 +39,16 @@
   var SUBTLE_BATCH = 256;
   // Mirrors the verifier's size guard on challenge documents.
   var MAX_SALT_BYTES = 1024;
+  // ALTCHA PoW v2: the schemes and how one try is derived.
+  var V2_PBKDF2 = { 'PBKDF2/SHA-256': 'SHA-256', 'PBKDF2/SHA-384': 'SHA-384', 'PBKDF2/SHA-512': 'SHA-512' };
+  var V2_ITERATED = { 'SHA-256': 32, 'SHA-384': 48, 'SHA-512': 64 };
+  // hash-wasm function → the file that defines it (served as <name>.js beside this one).
+  var V2_WASM = { SCRYPT: 'scrypt', ARGON2ID: 'argon2' };
+  var MAX_PREFIX_DIGITS = 7;
+  var MAX_COUNTER = 0xffffffff;
+  var DEEPSEEK = 'DeepSeekHashV1';
+  var SOLUTION_HEADER = 'X-Powgate-Solution';
+  var DEEPSEEK_HEADER = 'x-ds-pow-response';
 
   var K = new Int32Array([
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -168,9 +186,16 @@
     return typeof value === 'string' && value.length === length && /^[0-9a-f]+$/.test(value);
   }
 
+  function isObject(value) {
+    return value !== null && typeof value === 'object' && !Array.isArray(value);
+  }
+
   /**
-   * Validates a challenge document (object or JSON text) and returns a clean
-   * copy. ALTCHA's own libraries spell the bound `maxNumber`; both are read.
+   * Validates a challenge document of any family (object or JSON text) and
+   * returns a clean copy with `family` set ("v1", "v2" or "deepseek") and
+   * `maxnumber` the last candidate of a bounded search (for v2: the mean
+   * number of tries, for progress only). A DeepSeek document may come in
+   * DeepSeek's response envelope.
    */
   function parseChallenge(input) {
     var doc = input;
@@ -181,9 +206,64 @@
         fail('the challenge is not JSON (' + err.message + ')');
       }
     }
-    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-      fail('a challenge must be a JSON object');
+    if (!isObject(doc)) fail('a challenge must be a JSON object');
+    if (doc.family === 'v1' || doc.family === 'v2' || doc.family === 'deepseek') return doc;
+    if (isObject(doc.data) && isObject(doc.data.biz_data)) doc = doc.data.biz_data.challenge;
+    if (!isObject(doc)) fail('a challenge must be a JSON object');
+    if (isObject(doc.parameters)) return parseV2(doc);
+    if (doc.algorithm === DEEPSEEK) return parseDeepSeek(doc);
+    return parseV1(doc);
+  }
+
+  function parseV2(doc) {
+    var p = doc.parameters;
+    var known = V2_PBKDF2[p.algorithm] || V2_ITERATED[p.algorithm] || V2_WASM[p.algorithm];
+    if (!known) fail('unsupported algorithm ' + JSON.stringify(String(p.algorithm).slice(0, 32)));
+    ['nonce', 'salt'].forEach(function (name) {
+      if (typeof p[name] !== 'string' || !/^([0-9a-f]{2}){1,64}$/.test(p[name])) fail('"' + name + '" must be hex');
+    });
+    if (typeof p.keyPrefix !== 'string' || !/^[0-9a-f]*$/.test(p.keyPrefix) || p.keyPrefix.length > MAX_PREFIX_DIGITS) {
+      fail('"keyPrefix" must be at most ' + MAX_PREFIX_DIGITS + ' hex digits');
     }
+    ['cost', 'keyLength'].forEach(function (name) {
+      if (!Number.isSafeInteger(p[name]) || p[name] < 1) fail('"' + name + '" must be a positive integer');
+    });
+    if (typeof doc.signature !== 'string' || !doc.signature) fail('"signature" must be a non-empty string');
+    return {
+      family: 'v2',
+      algorithm: p.algorithm,
+      // The parameters travel back exactly as signed.
+      parameters: JSON.parse(JSON.stringify(p)),
+      signature: doc.signature,
+      maxnumber: Math.pow(16, p.keyPrefix.length),
+    };
+  }
+
+  function parseDeepSeek(doc) {
+    ['challenge', 'salt', 'signature', 'target_path'].forEach(function (name) {
+      if (typeof doc[name] !== 'string' || !doc[name]) fail('"' + name + '" must be a non-empty string');
+    });
+    var challenge = doc.challenge.toLowerCase();
+    if (!isHex(challenge, 64)) fail('"challenge" must be 64 hex digits');
+    ['difficulty', 'expire_at'].forEach(function (name) {
+      if (!Number.isSafeInteger(doc[name]) || doc[name] < 1) fail('"' + name + '" must be a positive integer');
+    });
+    if (encoder.encode(doc.salt).length > MAX_SALT_BYTES) fail('"salt" is longer than ' + MAX_SALT_BYTES + ' bytes');
+    return {
+      family: 'deepseek',
+      algorithm: DEEPSEEK,
+      challenge: challenge,
+      salt: doc.salt,
+      signature: doc.signature,
+      difficulty: doc.difficulty,
+      expire_at: doc.expire_at,
+      target_path: doc.target_path,
+      maxnumber: doc.difficulty - 1,
+    };
+  }
+
+  /* ALTCHA's own libraries spell the bound `maxNumber`; both are read. */
+  function parseV1(doc) {
     var size = SUPPORTED[doc.algorithm];
     if (!size) fail('unsupported algorithm ' + JSON.stringify(String(doc.algorithm).slice(0, 32)));
     var challenge = typeof doc.challenge === 'string' ? doc.challenge.toLowerCase() : doc.challenge;
@@ -198,6 +278,7 @@
       fail('"signature" must be a non-empty string');
     }
     return {
+      family: 'v1',
       algorithm: doc.algorithm,
       challenge: challenge,
       maxnumber: maxnumber,
@@ -218,17 +299,35 @@
     return btoa(binary);
   }
 
-  /** The base64 payload that answers `challenge` with `number`. */
-  function encodePayload(challenge, number) {
+  /**
+   * The base64 payload that answers `challenge` with `number` (v2: the
+   * counter, with `derivedKey` its key in hex and `ms` the solve time).
+   */
+  function encodePayload(challenge, number, derivedKey, ms) {
     var c = parseChallenge(challenge);
-    var json = JSON.stringify({
-      algorithm: c.algorithm,
-      challenge: c.challenge,
-      number: number,
-      salt: c.salt,
-      signature: c.signature,
-    });
-    return base64(encoder.encode(json));
+    var doc;
+    if (c.family === 'v2') {
+      var solution = { counter: number, derivedKey: derivedKey };
+      if (ms !== undefined) solution.time = ms;
+      doc = { challenge: { parameters: c.parameters, signature: c.signature }, solution: solution };
+    } else if (c.family === 'deepseek') {
+      doc = {
+        algorithm: c.algorithm,
+        challenge: c.challenge,
+        salt: c.salt,
+        answer: number,
+        signature: c.signature,
+        target_path: c.target_path,
+      };
+    } else {
+      doc = { algorithm: c.algorithm, challenge: c.challenge, number: number, salt: c.salt, signature: c.signature };
+    }
+    return base64(encoder.encode(JSON.stringify(doc)));
+  }
+
+  /** The request header that carries a payload of this challenge's family. */
+  function payloadHeader(challenge) {
+    return parseChallenge(challenge).family === 'deepseek' ? DEEPSEEK_HEADER : SOLUTION_HEADER;
   }
 
   /* Pure-JS SHA-256 search over [start, end]. */
@@ -277,6 +376,9 @@
     return {
       get next() {
         return next;
+      },
+      get tried() {
+        return next - start;
       },
       get done() {
         return next > end;
@@ -360,6 +462,9 @@
       get next() {
         return next;
       },
+      get tried() {
+        return next - start;
+      },
       get done() {
         return next > end;
       },
@@ -383,6 +488,321 @@
     };
   }
 
+  /* ---- DeepSeekHashV1: Keccak-f[1600], rounds 1..23, in the SHA3-256 sponge ----
+   * Lanes are pairs of 32-bit words (low, high) in a Uint32Array(50). */
+  var KECCAK_RC = [
+    0x00000001, 0x00000000, 0x00008082, 0x00000000, 0x0000808a, 0x80000000, 0x80008000, 0x80000000,
+    0x0000808b, 0x00000000, 0x80000001, 0x00000000, 0x80008081, 0x80000000, 0x00008009, 0x80000000,
+    0x0000008a, 0x00000000, 0x00000088, 0x00000000, 0x80008009, 0x00000000, 0x8000000a, 0x00000000,
+    0x8000808b, 0x00000000, 0x0000008b, 0x80000000, 0x00008089, 0x80000000, 0x00008003, 0x80000000,
+    0x00008002, 0x80000000, 0x00000080, 0x80000000, 0x0000800a, 0x00000000, 0x8000000a, 0x80000000,
+    0x80008081, 0x80000000, 0x00008080, 0x80000000, 0x80000001, 0x00000000, 0x80008008, 0x80000000,
+  ];
+  var KECCAK_ROTC = [1, 3, 6, 10, 15, 21, 28, 36, 45, 55, 2, 14, 27, 41, 56, 8, 25, 43, 62, 18, 39, 61, 20, 44];
+  // Word offsets (2 × lane index) of the pi walk; no rotation offset is 32.
+  var KECCAK_PILN2 = [20, 14, 22, 34, 36, 6, 10, 32, 16, 42, 48, 8, 30, 46, 38, 26, 24, 4, 40, 28, 44, 18, 12, 2];
+  var KECCAK_RATE = 136;
+  var DEEPSEEK_FIRST_ROUND = 1;
+
+  /* Keccak-f[1600] rounds firstRound..23 on `st`. Theta
+   * and chi are written out per column and row: on this hot path, loop
+   * indices modulo 5 cost more than the arithmetic itself. */
+  function keccakF(st, firstRound) {
+    var c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, dl, dh, tlo, thi, lo, hi, r, j, i, y;
+    var b0, b1, b2, b3, b4, b5, b6, b7, b8, b9;
+    for (var round = firstRound; round < 24; round++) {
+      c0 = st[0] ^ st[10] ^ st[20] ^ st[30] ^ st[40];
+      c1 = st[1] ^ st[11] ^ st[21] ^ st[31] ^ st[41];
+      c2 = st[2] ^ st[12] ^ st[22] ^ st[32] ^ st[42];
+      c3 = st[3] ^ st[13] ^ st[23] ^ st[33] ^ st[43];
+      c4 = st[4] ^ st[14] ^ st[24] ^ st[34] ^ st[44];
+      c5 = st[5] ^ st[15] ^ st[25] ^ st[35] ^ st[45];
+      c6 = st[6] ^ st[16] ^ st[26] ^ st[36] ^ st[46];
+      c7 = st[7] ^ st[17] ^ st[27] ^ st[37] ^ st[47];
+      c8 = st[8] ^ st[18] ^ st[28] ^ st[38] ^ st[48];
+      c9 = st[9] ^ st[19] ^ st[29] ^ st[39] ^ st[49];
+      // D[x] = C[x - 1] ^ rotl(C[x + 1], 1), applied to column x.
+      dl = c8 ^ ((c2 << 1) | (c3 >>> 31));
+      dh = c9 ^ ((c3 << 1) | (c2 >>> 31));
+      for (y = 0; y < 50; y += 10) {
+        st[y] ^= dl;
+        st[y + 1] ^= dh;
+      }
+      dl = c0 ^ ((c4 << 1) | (c5 >>> 31));
+      dh = c1 ^ ((c5 << 1) | (c4 >>> 31));
+      for (y = 2; y < 50; y += 10) {
+        st[y] ^= dl;
+        st[y + 1] ^= dh;
+      }
+      dl = c2 ^ ((c6 << 1) | (c7 >>> 31));
+      dh = c3 ^ ((c7 << 1) | (c6 >>> 31));
+      for (y = 4; y < 50; y += 10) {
+        st[y] ^= dl;
+        st[y + 1] ^= dh;
+      }
+      dl = c4 ^ ((c8 << 1) | (c9 >>> 31));
+      dh = c5 ^ ((c9 << 1) | (c8 >>> 31));
+      for (y = 6; y < 50; y += 10) {
+        st[y] ^= dl;
+        st[y + 1] ^= dh;
+      }
+      dl = c6 ^ ((c0 << 1) | (c1 >>> 31));
+      dh = c7 ^ ((c1 << 1) | (c0 >>> 31));
+      for (y = 8; y < 50; y += 10) {
+        st[y] ^= dl;
+        st[y + 1] ^= dh;
+      }
+      // rho and pi: walk the lanes from (1, 0), rotating each into its place.
+      tlo = st[2];
+      thi = st[3];
+      for (i = 0; i < 24; i++) {
+        j = KECCAK_PILN2[i];
+        lo = st[j];
+        hi = st[j + 1];
+        r = KECCAK_ROTC[i];
+        if (r < 32) {
+          st[j] = (tlo << r) | (thi >>> (32 - r));
+          st[j + 1] = (thi << r) | (tlo >>> (32 - r));
+        } else {
+          r -= 32;
+          st[j] = (thi << r) | (tlo >>> (32 - r));
+          st[j + 1] = (tlo << r) | (thi >>> (32 - r));
+        }
+        tlo = lo;
+        thi = hi;
+      }
+      // chi, row by row.
+      for (y = 0; y < 50; y += 10) {
+        b0 = st[y];
+        b1 = st[y + 1];
+        b2 = st[y + 2];
+        b3 = st[y + 3];
+        b4 = st[y + 4];
+        b5 = st[y + 5];
+        b6 = st[y + 6];
+        b7 = st[y + 7];
+        b8 = st[y + 8];
+        b9 = st[y + 9];
+        st[y] = b0 ^ (~b2 & b4);
+        st[y + 1] = b1 ^ (~b3 & b5);
+        st[y + 2] = b2 ^ (~b4 & b6);
+        st[y + 3] = b3 ^ (~b5 & b7);
+        st[y + 4] = b4 ^ (~b6 & b8);
+        st[y + 5] = b5 ^ (~b7 & b9);
+        st[y + 6] = b6 ^ (~b8 & b0);
+        st[y + 7] = b7 ^ (~b9 & b1);
+        st[y + 8] = b8 ^ (~b0 & b2);
+        st[y + 9] = b9 ^ (~b1 & b3);
+      }
+      st[0] ^= KECCAK_RC[2 * round];
+      st[1] ^= KECCAK_RC[2 * round + 1];
+    }
+  }
+
+  function absorbBlock(st, bytes, off) {
+    for (var i = 0; i < KECCAK_RATE / 4; i++) {
+      var k = off + 4 * i;
+      st[i] ^= bytes[k] | (bytes[k + 1] << 8) | (bytes[k + 2] << 16) | (bytes[k + 3] << 24);
+    }
+    keccakF(st, DEEPSEEK_FIRST_ROUND);
+  }
+
+  /* Pads `block` (bytes[0..len) set) and absorbs it into `st`. */
+  function finishKeccak(st, block, len) {
+    block.fill(0, len);
+    block[len] ^= 0x06;
+    block[KECCAK_RATE - 1] ^= 0x80;
+    absorbBlock(st, block, 0);
+  }
+
+  /** DeepSeekHashV1 of a string (UTF-8) or bytes, as lowercase hex. */
+  function deepseekHashHex(data) {
+    var bytes = typeof data === 'string' ? encoder.encode(data) : data;
+    var st = new Uint32Array(50);
+    var full = bytes.length - (bytes.length % KECCAK_RATE);
+    for (var off = 0; off < full; off += KECCAK_RATE) absorbBlock(st, bytes, off);
+    var block = new Uint8Array(KECCAK_RATE);
+    block.set(bytes.subarray(full));
+    finishKeccak(st, block, bytes.length - full);
+    var out = '';
+    for (var i = 0; i < 32; i++) out += ('0' + ((st[i >> 2] >>> (8 * (i & 3))) & 0xff).toString(16)).slice(-2);
+    return out;
+  }
+
+  /* DeepSeek search over [start, end]: the prefix's full blocks are absorbed once. */
+  function createDeepSeekSearch(c, start, end) {
+    var prefix = encoder.encode(c.salt + '_' + c.expire_at + '_');
+    var mid = new Uint32Array(50);
+    var full = prefix.length - (prefix.length % KECCAK_RATE);
+    for (var off = 0; off < full; off += KECCAK_RATE) absorbBlock(mid, prefix, off);
+    var rest = prefix.length - full;
+    var tail = new Uint8Array(2 * KECCAK_RATE);
+    var block = new Uint8Array(KECCAK_RATE);
+    var st = new Uint32Array(50);
+    var target = new Uint32Array(8);
+    for (var t = 0; t < 8; t++) {
+      var word = 0;
+      for (var k = 3; k >= 0; k--) word = (word << 8) | parseInt(c.challenge.substr(t * 8 + k * 2, 2), 16);
+      target[t] = word >>> 0;
+    }
+    tail.set(prefix.subarray(full));
+    var next = start;
+
+    function tryOne(n) {
+      var text = String(n);
+      var len = rest + text.length;
+      for (var i = 0; i < text.length; i++) tail[rest + i] = text.charCodeAt(i);
+      st.set(mid);
+      var from = 0;
+      if (len >= KECCAK_RATE) {
+        absorbBlock(st, tail, 0);
+        from = KECCAK_RATE;
+      }
+      block.set(tail.subarray(from, len));
+      finishKeccak(st, block, len - from);
+      for (var w = 0; w < 8; w++) if (st[w] !== target[w]) return false;
+      return true;
+    }
+
+    return {
+      slice: SLICE >> 2,
+      get next() {
+        return next;
+      },
+      get tried() {
+        return next - start;
+      },
+      get done() {
+        return next > end;
+      },
+      step: function (limit) {
+        var last = Math.min(end, next + limit - 1);
+        for (var n = next; n <= last; n++) {
+          if (tryOne(n)) {
+            next = n + 1;
+            return n;
+          }
+        }
+        next = last + 1;
+        return -1;
+      },
+    };
+  }
+
+  /* ---- ALTCHA PoW v2: one try is one key derivation ---- */
+
+  function hexBytes(hex) {
+    var out = new Uint8Array(hex.length / 2);
+    for (var i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
+    return out;
+  }
+
+  function bytesHex(bytes) {
+    var out = '';
+    for (var i = 0; i < bytes.length; i++) out += (bytes[i] < 16 ? '0' : '') + bytes[i].toString(16);
+    return out;
+  }
+
+  /* The hash-wasm function `name`, loading its file on first use: in a
+   * worker from beside worker.js, in Node from powgate/static/hash-wasm. */
+  function wasmFunction(name, file) {
+    var lib = root.hashwasm;
+    if (!lib || typeof lib[name] !== 'function') {
+      if (typeof importScripts === 'function') {
+        importScripts(file + '.js');
+      } else if (nodeRequire) {
+        var loaded = nodeRequire(nodeRequire('node:path').join(__dirname, 'hash-wasm', file + '.umd.min.js'));
+        root.hashwasm = Object.assign(root.hashwasm || {}, loaded);
+      } else {
+        fail(name + ' runs in a Web Worker: solve with workers >= 1');
+      }
+      lib = root.hashwasm;
+    }
+    return lib[name];
+  }
+
+  /* The derived key (bytes) of one try: password = nonce || uint32be(counter). */
+  async function deriveV2(p, salt, password) {
+    var subtle = root.crypto && root.crypto.subtle;
+    if (V2_PBKDF2[p.algorithm]) {
+      var key = await subtle.importKey('raw', password, 'PBKDF2', false, ['deriveBits']);
+      var bits = await subtle.deriveBits(
+        { name: 'PBKDF2', salt: salt, iterations: p.cost, hash: V2_PBKDF2[p.algorithm] },
+        key,
+        p.keyLength * 8,
+      );
+      return new Uint8Array(bits);
+    }
+    if (V2_ITERATED[p.algorithm]) {
+      var data = new Uint8Array(salt.length + password.length);
+      data.set(salt);
+      data.set(password, salt.length);
+      for (var i = 0; i < Math.max(1, p.cost); i++) data = new Uint8Array(await subtle.digest(p.algorithm, data));
+      return data.slice(0, p.keyLength);
+    }
+    if (p.algorithm === 'SCRYPT') {
+      return wasmFunction('scrypt', V2_WASM.SCRYPT)({
+        password: password,
+        salt: salt,
+        costFactor: p.cost,
+        blockSize: p.memoryCost || 8,
+        parallelism: p.parallelism || 1,
+        hashLength: p.keyLength,
+        outputType: 'binary',
+      });
+    }
+    return wasmFunction('argon2id', V2_WASM.ARGON2ID)({
+      password: password,
+      salt: salt,
+      iterations: p.cost,
+      memorySize: p.memoryCost,
+      parallelism: p.parallelism || 1,
+      hashLength: p.keyLength,
+      outputType: 'binary',
+    });
+  }
+
+  /* v2 search: counters start, start + stride, ... (workers interleave). */
+  function createKdfSearch(c, start, stride) {
+    var p = c.parameters;
+    var nonce = hexBytes(p.nonce);
+    var salt = hexBytes(p.salt);
+    var password = new Uint8Array(nonce.length + 4);
+    password.set(nonce);
+    var view = new DataView(password.buffer);
+    var prefix = p.keyPrefix;
+    var next = start;
+    var tried = 0;
+    var search = {
+      slice: 1,
+      key: null,
+      get next() {
+        return next;
+      },
+      get tried() {
+        return tried;
+      },
+      get done() {
+        return next > MAX_COUNTER;
+      },
+      step: async function (limit) {
+        for (var k = 0; k < limit && next <= MAX_COUNTER; k++) {
+          var counter = next;
+          next += stride;
+          view.setUint32(nonce.length, counter, false);
+          var derived = bytesHex(await deriveV2(p, salt, password));
+          tried++;
+          if (derived.indexOf(prefix) === 0) {
+            search.key = derived;
+            return counter;
+          }
+        }
+        return -1;
+      },
+    };
+    return search;
+  }
+
   /**
    * A resumable search of [start, end] (inclusive) of one challenge.
    * engine: "js" (default for SHA-256) or "webcrypto" (any supported
@@ -393,10 +813,18 @@
     var c = parseChallenge(challenge);
     var opts = options || {};
     var start = opts.start === undefined ? 0 : opts.start;
+    if (c.family === 'v2') {
+      var stride = opts.stride === undefined ? 1 : opts.stride;
+      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(stride) || start < 0 || stride < 1) {
+        fail('a v2 search needs 0 <= start and 1 <= stride');
+      }
+      return createKdfSearch(c, start, stride);
+    }
     var end = opts.end === undefined ? c.maxnumber : opts.end;
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
       fail('the range must satisfy 0 <= start <= end');
     }
+    if (c.family === 'deepseek') return createDeepSeekSearch(c, start, end);
     var engine = opts.engine || (c.algorithm === 'SHA-256' ? 'js' : 'webcrypto');
     if (engine === 'js') {
       if (c.algorithm !== 'SHA-256') fail('the "js" engine hashes SHA-256 only');
@@ -431,21 +859,19 @@
    * Drives a search to its end in slices. opts: onProgress(hashes) after each
    * slice, signal (AbortSignal, checked between slices), yieldEachSlice
    * (give the event loop a turn between slices: needed on a page's own
-   * thread, a needless delay inside a worker). Resolves to {number, hashes};
-   * number is -1 when the range holds no solution.
+   * thread, a needless delay inside a worker). Resolves to {number, hashes,
+   * key}; number is -1 when the range holds no solution, key the derived key
+   * of a v2 solution.
    */
   async function runSearch(search, opts) {
-    var tried = 0;
     while (!search.done) {
       if (opts.signal && opts.signal.aborted) throw abortError(opts.signal);
-      var before = search.next;
-      var found = await search.step(SLICE);
-      if (found >= 0) return { number: found, hashes: tried + found - before + 1 };
-      tried += search.next - before;
-      if (opts.onProgress) opts.onProgress(tried);
+      var found = await search.step(search.slice || SLICE);
+      if (found >= 0) return { number: found, hashes: search.tried, key: search.key || null };
+      if (opts.onProgress) opts.onProgress(search.tried);
       if (opts.yieldEachSlice) await yieldToEventLoop();
     }
-    return { number: -1, hashes: tried };
+    return { number: -1, hashes: search.tried, key: null };
   }
 
   async function solveInline(c, opts, report) {
@@ -512,8 +938,9 @@
     return typeof Worker === 'function' || nodeRequire !== null;
   }
 
-  /* Splits [0, maxnumber] into contiguous ranges, one per worker; the first
-   * worker to find the number wins and the others are terminated. */
+  /* Splits [0, maxnumber] into contiguous ranges, one per worker (v2:
+   * interleaved counters); the first worker to find the number wins and the
+   * others are terminated. */
   function solveInWorkers(c, opts, count, report) {
     return new Promise(function (resolve, reject) {
       var total = c.maxnumber + 1;
@@ -564,7 +991,7 @@
                 report(sum());
               } else if (msg.type === 'found') {
                 tried[index] = msg.hashes;
-                finish(null, { number: msg.number, hashes: sum() });
+                finish(null, { number: msg.number, hashes: sum(), key: msg.key });
               } else if (msg.type === 'exhausted') {
                 tried[index] = msg.hashes;
                 if (++exhausted === count) finish(notFound(c));
@@ -577,7 +1004,11 @@
             finish(err instanceof Error ? err : new Error(String(err)));
           },
         );
-        handle.post({ challenge: c, start: start, end: end, engine: opts.engine });
+        handle.post(
+          c.family === 'v2'
+            ? { challenge: c, start: i, stride: count }
+            : { challenge: c, start: start, end: end, engine: opts.engine },
+        );
       }
     });
   }
@@ -586,8 +1017,10 @@
    * Solves a challenge. Options: workers (default: the number of cores; 0
    * solves on this thread), engine ("js" | "webcrypto"), signal
    * (AbortSignal), onProgress({hashes, maxnumber}), workerUrl.
-   * Resolves to {number, payload, hashes, ms, workers, maxnumber}; `hashes` counts the
-   * candidates every worker had tried, as last reported.
+   * Resolves to {number, payload, header, hashes, ms, workers, maxnumber,
+   * family}; `hashes` counts the candidates (v2: key derivations) every
+   * worker had tried, as last reported; `header` is the request header the
+   * payload goes in.
    */
   async function solve(challenge, options) {
     var c = parseChallenge(challenge);
@@ -595,20 +1028,24 @@
     if (opts.signal && opts.signal.aborted) throw abortError(opts.signal);
     var requested = opts.workers === undefined ? defaultWorkers() : opts.workers;
     if (!Number.isInteger(requested) || requested < 0) fail('"workers" must be a non-negative integer');
-    var count = Math.min(requested, Math.ceil((c.maxnumber + 1) / MIN_PER_WORKER));
+    // A v2 try costs milliseconds: every worker pays off at once.
+    var count = c.family === 'v2' ? requested : Math.min(requested, Math.ceil((c.maxnumber + 1) / MIN_PER_WORKER));
     if (!workersAvailable()) count = 0;
     var report = function (hashes) {
       if (opts.onProgress) opts.onProgress({ hashes: hashes, maxnumber: c.maxnumber });
     };
     var started = now();
     var result = count > 0 ? await solveInWorkers(c, opts, count, report) : await solveInline(c, opts, report);
+    var ms = Math.round(now() - started);
     return {
       number: result.number,
-      payload: encodePayload(c, result.number),
+      payload: encodePayload(c, result.number, result.key, ms),
+      header: payloadHeader(c),
       hashes: result.hashes,
-      ms: Math.round(now() - started),
+      ms: ms,
       workers: count,
       maxnumber: c.maxnumber,
+      family: c.family,
     };
   }
 
@@ -656,10 +1093,9 @@
         signal: baseInit.signal,
       });
       if (opts.onSolved) opts.onSolved(result);
-      response = await send({
-        'X-Powgate-Solution': result.payload,
-        'X-Powgate-Solve-Ms': String(result.ms),
-      });
+      var headers = { 'X-Powgate-Solve-Ms': String(result.ms) };
+      headers[result.header] = result.payload;
+      response = await send(headers);
     }
     return response;
   }
@@ -668,6 +1104,8 @@
     version: '0.1.0',
     parseChallenge: parseChallenge,
     encodePayload: encodePayload,
+    payloadHeader: payloadHeader,
+    deepseekHashHex: deepseekHashHex,
     createSearch: createSearch,
     runSearch: runSearch,
     sha256Hex: sha256Hex,

@@ -1,9 +1,10 @@
 /*
  * powgate solver worker: searches one range of a challenge and reports.
  *
- * Receives {challenge, start, end, engine}; posts
- * {type: "progress", hashes} after each slice, then {type: "found", number,
- * hashes}, {type: "exhausted", hashes} or {type: "error", message}. The
+ * Receives {challenge, start, end, engine} (ALTCHA v2: {challenge, start,
+ * stride}, counters start, start + stride, …); posts {type: "progress",
+ * hashes} after each slice, then {type: "found", number, hashes, key},
+ * {type: "exhausted", hashes} or {type: "error", message}. The
  * page terminates the other workers once one has found the number.
  * Runs as a Web Worker (solver.js loaded beside it) or on Node's
  * worker_threads.
@@ -37,13 +38,18 @@
   }
 
   async function run(job) {
-    var search = powgate.createSearch(job.challenge, { start: job.start, end: job.end, engine: job.engine });
+    var search = powgate.createSearch(job.challenge, {
+      start: job.start,
+      end: job.end,
+      stride: job.stride,
+      engine: job.engine,
+    });
     var result = await powgate.runSearch(search, {
       onProgress: function (hashes) {
         post({ type: 'progress', hashes: hashes });
       },
     });
-    if (result.number >= 0) post({ type: 'found', number: result.number, hashes: result.hashes });
+    if (result.number >= 0) post({ type: 'found', number: result.number, hashes: result.hashes, key: result.key });
     else post({ type: 'exhausted', hashes: result.hashes });
   }
 
