@@ -173,13 +173,16 @@ def role_name(policy: str) -> str:
 
 
 def role_body(policy: Mapping[str, Any]) -> dict[str, Any]:
-    """Read access to exactly the policy's ConfigMap and key Secret, nothing else.
+    """Read access to exactly the policy's ConfigMap, nothing else.
 
-    ``list`` and ``watch`` honour ``resourceNames`` when the request narrows
-    itself with ``fieldSelector=metadata.name=…``, which is how the sidecar asks.
+    Not the key Secret: whoever reads a key can mint solutions, and every
+    container of a pod shares its service account. The keys reach only the
+    sidecar container, as a mounted volume (the kubelet reads the Secret with
+    the node's credentials). ``list`` and ``watch`` honour ``resourceNames``
+    when the request narrows itself with ``fieldSelector=metadata.name=…``,
+    which is how the sidecar asks.
     """
     name = policy["metadata"]["name"]
-    verbs = ["get", "list", "watch"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -189,13 +192,7 @@ def role_body(policy: Mapping[str, Any]) -> dict[str, Any]:
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [config_map_name(name)],
-                "verbs": verbs,
-            },
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": [key_secret_name(name)],
-                "verbs": verbs,
+                "verbs": ["get", "list", "watch"],
             },
         ],
     }

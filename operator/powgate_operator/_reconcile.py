@@ -38,6 +38,7 @@ from . import _metrics as metrics
 from ._cluster import (
     CONFIG_MAPS,
     POW_POLICIES,
+    ROLES,
     SECRETS,
     Cluster,
     ClusterError,
@@ -45,12 +46,14 @@ from ._cluster import (
     PatchType,
     patch_status,
     read,
+    update,
 )
 from ._objects import (
     config_map_body,
     key_secret_body,
     next_key_ring,
     ring_from_secret,
+    role_body,
     set_condition,
     status_after,
 )
@@ -103,6 +106,7 @@ class Reconciler:
         self._last_write: dict[_Key, float] = {}
         self._rings: dict[_Key, tuple[KeyRing, float]] = {}
         self._configs: dict[_Key, tuple[str, float]] = {}
+        self._roles: dict[_Key, tuple[bool, float]] = {}
 
     def forget(self, *, namespace: str, name: str) -> None:
         """Drop what is kept in memory for a policy that is gone."""
@@ -111,6 +115,7 @@ class Reconciler:
         self._last_write.pop(key, None)
         self._rings.pop(key, None)
         self._configs.pop(key, None)
+        self._roles.pop(key, None)
 
     async def reconcile(self, *, namespace: str, name: str, evaluate_signals: bool) -> None:
         """Bring one policy's objects and status up to date; with signals, also decide."""
@@ -165,6 +170,7 @@ class Reconciler:
             spec=spec, namespace=key.namespace, name=key.name, difficulty=difficulty
         )
         await self._ensure_config(key, policy, config)
+        await self._ensure_role(key, policy)
         if evaluate_signals and not isinstance(credentials, Failure):
             rollout = await self._rollout(key, spec, credentials, config.version)
 
@@ -306,6 +312,27 @@ class Reconciler:
                 CONFIG_MAPS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
             )
         self._configs[key] = (config.version, time.monotonic())
+
+    async def _ensure_role(self, key: _Key, policy: Manifest) -> None:
+        """Give a sidecar Role granted by an older operator today's rules (no key access)."""
+        if _fresh(self._roles.get(key)):
+            return
+        wanted = role_body(policy)
+
+        def current_rules(role: Manifest | None) -> Manifest | None:
+            # Absent: the injector creates it with the first pod; present: only rules change.
+            if role is None or role.get("rules") == wanted["rules"]:
+                return None
+            return {**role, "rules": wanted["rules"]}
+
+        await update(
+            self._cluster,
+            ROLES,
+            wanted["metadata"]["name"],
+            namespace=key.namespace,
+            change=current_rules,
+        )
+        self._roles[key] = (True, time.monotonic())
 
     async def _write_status(
         self, key: _Key, *, previous: PolicyStatus, status: PolicyStatus

@@ -145,6 +145,29 @@ def _deployment(name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _may(
+    kube_client: k8s.ApiClient, namespace: str, account: str, resource: str, name: str
+) -> bool:
+    """What the API server's authorizer answers for the service account (a real RBAC check)."""
+    review = k8s.AuthorizationV1Api(kube_client).create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{namespace}:{account}",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": "get",
+                    "resource": resource,
+                    "name": name,
+                },
+            },
+        }  # type: ignore[arg-type]
+    )
+    return bool(review.status.allowed)
+
+
 def _create_pod(core: k8s.CoreV1Api, namespace: str, name: str, labels: dict[str, str]) -> Any:
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}}
     body["spec"] = _pod_spec()
@@ -208,12 +231,13 @@ def test_selected_pods_get_the_sidecar_and_others_are_untouched(
     assert volumes["powgate-keys"]["secret"]["secretName"] == key_secret_name("llm")
     assert pod["metadata"]["annotations"][INJECTED_ANNOTATION] == "llm"
 
-    # The pod's service account may read exactly the policy's ConfigMap and Secret.
+    # The pod's service account may read exactly the policy's ConfigMap, and never
+    # its keys: the app container shares that account (the keys are a mounted volume).
     rbac = k8s.RbacAuthorizationV1Api(kube_client)
     role = rbac.read_namespaced_role(role_name("llm"), namespace)
-    assert sorted(n for r in role.rules for n in r.resource_names) == sorted(
-        [config_map_name("llm"), key_secret_name("llm")]
-    )
+    assert [n for r in role.rules for n in r.resource_names] == [config_map_name("llm")]
+    assert _may(kube_client, namespace, "default", "configmaps", config_map_name("llm"))
+    assert not _may(kube_client, namespace, "default", "secrets", key_secret_name("llm"))
     binding = rbac.read_namespaced_role_binding(role_name("llm"), namespace)
     assert [(s.kind, s.name) for s in binding.subjects] == [("ServiceAccount", "default")]
 

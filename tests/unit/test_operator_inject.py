@@ -314,12 +314,13 @@ def test_service_account_of_the_pod_is_reported() -> None:
 # -- least privilege and versions ---------------------------------------------------
 
 
-def test_role_names_only_the_policys_objects() -> None:
+def test_role_names_only_the_policys_config_and_never_its_keys() -> None:
     role = role_body(POLICY.metadata())
     assert role["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    # Every container of the pod shares the service account: a key it could read
+    # would let the app container mint solutions. Keys arrive as a mounted volume.
     assert [(r["resources"], r["resourceNames"], r["verbs"]) for r in role["rules"]] == [
         (["configmaps"], ["llm-powgate-config"], ["get", "list", "watch"]),
-        (["secrets"], ["llm-powgate-keys"], ["get", "list", "watch"]),
     ]
 
 

@@ -29,12 +29,14 @@ from powgate_operator import _metrics as metrics
 from powgate_operator._cluster import (
     CONFIG_MAPS,
     POW_POLICIES,
+    ROLES,
     SECRETS,
     ClusterError,
     ConflictError,
     ForbiddenError,
     UnavailableError,
 )
+from powgate_operator._objects import role_body, role_name
 from powgate_operator._prometheus import Credentials, FailureReason
 from powgate_operator._reconcile import Reconciler
 
@@ -254,3 +256,25 @@ async def test_rollout_is_kept_when_prometheus_cannot_tell(world: World) -> None
     world.signals.rollout_result = Failure(FailureReason.TIMEOUT, "slow")
     await world.reconcile(evaluate=True)
     assert (world.status().rollout.updated, world.status().rollout.total) == (2, 3)
+
+
+async def test_a_sidecar_role_that_grants_the_keys_loses_that_grant(world: World) -> None:
+    stored = world.cluster.put(POW_POLICIES, policy())
+    old = role_body(stored)
+    old["rules"].append(
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [key_secret_name(NAME)],
+            "verbs": ["get", "list", "watch"],
+        }
+    )
+    world.cluster.put(ROLES, old)
+    await world.reconcile()
+    rules = world.cluster.stored(ROLES, role_name(NAME), NS)["rules"]
+    assert [r["resources"] for r in rules] == [["configmaps"]]
+    # A policy whose pods were never injected gets no Role from the reconciler.
+    world.cluster.objects.pop((ROLES.plural, NS, role_name(NAME)))
+    world.reconciler.forget(namespace=NS, name=NAME)
+    await world.reconcile()
+    assert not world.cluster.has(ROLES, role_name(NAME), NS)
