@@ -22,6 +22,7 @@ from ._wire import WireModel
 __all__ = [
     "CONFIG_DATA_KEY",
     "DEFAULT_EXEMPT_PATHS",
+    "MAX_CHALLENGE_LIFETIME_SECONDS",
     "KdfSpec",
     "Mode",
     "QueueConfig",
@@ -34,6 +35,8 @@ __all__ = [
 CONFIG_DATA_KEY: Final = "config.json"
 #: Probes and scrapes are never challenged unless a policy says otherwise.
 DEFAULT_EXEMPT_PATHS: Final = ("/healthz", "/readyz", "/livez", "/metrics")
+#: A challenge solvable for longer can be stockpiled while difficulty is low.
+MAX_CHALLENGE_LIFETIME_SECONDS: Final = 3600
 
 
 class Mode(enum.StrEnum):
@@ -183,7 +186,7 @@ class SidecarConfig(WireModel):
     kdf: KdfSpec | None = Field(
         default=None, description="ALTCHA PoW v2 only: the parameters of one try."
     )
-    challenge_ttl_seconds: int = Field(default=300, ge=5, le=86_400)
+    challenge_ttl_seconds: int = Field(default=300, ge=5, le=MAX_CHALLENGE_LIFETIME_SECONDS)
     routes: list[RouteConfig] = Field(default_factory=default_routes, max_length=64)
     exempt_paths: list[PathPattern] = Field(
         default_factory=lambda: list(DEFAULT_EXEMPT_PATHS),
@@ -199,7 +202,13 @@ class SidecarConfig(WireModel):
             raise ValueError("route names must be unique")
         if self.min_difficulty > self.difficulty:
             raise ValueError("minDifficulty must not exceed difficulty")
-        check_scheme(self.algorithm, self.kdf, difficulty=self.difficulty)
+        # The sidecar issues difficulty times each route's multiplier: past what the
+        # algorithm can express every protected request would fail, so such a
+        # document is refused as a whole.
+        steepest = max(
+            (round(self.difficulty * r.difficulty_multiplier) for r in self.routes), default=0
+        )
+        check_scheme(self.algorithm, self.kdf, difficulty=max(self.difficulty, steepest))
         return self
 
     def kdf_params(self) -> KdfParams | None:

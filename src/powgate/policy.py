@@ -20,6 +20,7 @@ from ._verify import MAX_DIFFICULTY
 from ._wire import WireModel
 from .config import (
     DEFAULT_EXEMPT_PATHS,
+    MAX_CHALLENGE_LIFETIME_SECONDS,
     AlgorithmName,
     KdfSpec,
     Mode,
@@ -208,7 +209,11 @@ class ChallengeSpec(WireModel):
         "Unset fields take the scheme's defaults.",
     )
     lifetime_seconds: int = Field(
-        default=300, ge=5, le=86_400, description="How long a challenge stays solvable."
+        default=300,
+        ge=5,
+        le=MAX_CHALLENGE_LIFETIME_SECONDS,
+        description="How long a challenge stays solvable (at most an hour: a longer one could "
+        "be stockpiled while difficulty is low).",
     )
 
 
@@ -400,6 +405,12 @@ class PolicySpec(WireModel):
                 " || self.keys.rotationIntervalSeconds >= self.challenge.lifetimeSeconds",
                 "keys.rotationIntervalSeconds must be 0 or at least challenge.lifetimeSeconds",
             ),
+            (
+                "self.routes.all(r, double(self.difficulty.max) * (has(r.difficultyMultiplier)"
+                f" ? r.difficultyMultiplier : 1.0) <= {float(MAX_DIFFICULTY)})",
+                f"difficulty.max times a route's difficultyMultiplier must not exceed "
+                f"{MAX_DIFFICULTY}",
+            ),
         )
     )
 
@@ -437,12 +448,26 @@ class PolicySpec(WireModel):
         fixed = self.fallback.difficulty
         if fixed is not None and not self.difficulty.min <= fixed <= self.difficulty.max:
             raise ValueError("fallback.difficulty must lie within [difficulty.min, difficulty.max]")
+        for route in self.routes:
+            if self.difficulty.max * route.difficulty_multiplier > MAX_DIFFICULTY:
+                raise ValueError(
+                    f"difficulty.max times a route's difficultyMultiplier must not exceed "
+                    f"{MAX_DIFFICULTY} (route {route.name})"
+                )
         interval = self.keys.rotation_interval_seconds
         if interval and interval < self.challenge.lifetime_seconds:
             raise ValueError(
                 "keys.rotationIntervalSeconds must be 0 or at least challenge.lifetimeSeconds"
             )
-        check_scheme(self.challenge.algorithm, self.challenge.kdf, difficulty=self.difficulty.max)
+        # The steepest route issues the highest difficulty: it must fit the algorithm too.
+        steepest = max(
+            round(self.difficulty.max * route.difficulty_multiplier) for route in self.routes
+        )
+        check_scheme(
+            self.challenge.algorithm,
+            self.challenge.kdf,
+            difficulty=max(self.difficulty.max, steepest),
+        )
         return self
 
 
@@ -585,10 +610,14 @@ def key_secret_name(policy: str) -> str:
 
 def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: int) -> SidecarConfig:
     """The sidecar config for ``spec`` at ``difficulty``, with its content version set."""
+    # Validation keeps max times multiplier within the verifier's range; the clamp holds even
+    # for a stored spec that predates that rule (the sidecar would refuse the document).
+    steepest = max(route.difficulty_multiplier for route in spec.routes)
+    ceiling = max(1, int(MAX_DIFFICULTY / steepest))
     config = SidecarConfig(
         policy=f"{namespace}/{name}",
         mode=spec.mode,
-        difficulty=spec.difficulty.clamp(difficulty),
+        difficulty=min(spec.difficulty.clamp(difficulty), ceiling),
         min_difficulty=spec.difficulty.min,
         algorithm=spec.challenge.algorithm,
         kdf=spec.challenge.kdf,

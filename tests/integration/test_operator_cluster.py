@@ -157,6 +157,19 @@ REJECTED = [
         {"difficulty": {"min": 10, "max": 20}, "fallback": {"action": "Fixed", "difficulty": 99}},
         "fallback.difficulty must lie within",
     ),
+    # A typo in the algorithm would leave every sidecar unable to issue challenges.
+    ("unregistered algorithm", {"challenge": {"algorithm": "SHA-265"}}, "spec.challenge.algorithm"),
+    # Past the verifier's maximum every protected request would fail.
+    (
+        "difficulty times multiplier past the maximum",
+        {
+            "difficulty": {"min": 1, "max": 2**40},
+            "routes": [{"name": "r", "paths": ["/*"], "difficultyMultiplier": 2}],
+        },
+        "difficultyMultiplier must not exceed",
+    ),
+    # Challenges solvable for a day could be stockpiled while difficulty is low.
+    ("a day-long challenge lifetime", {"challenge": {"lifetimeSeconds": 86_400}}, "3600"),
 ]
 
 

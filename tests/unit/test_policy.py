@@ -9,8 +9,17 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from powgate.config import Mode, SidecarConfig
-from powgate.policy import PolicySpec, PolicyStatus, SignalSpec, render_config
+from powgate import algorithm_names
+from powgate._verify import MAX_DIFFICULTY
+from powgate.config import Mode, RouteConfig, SidecarConfig
+from powgate.policy import (
+    ChallengeSpec,
+    DifficultyRange,
+    PolicySpec,
+    PolicyStatus,
+    SignalSpec,
+    render_config,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -137,3 +146,47 @@ def test_examples_are_valid_policies(path: Path) -> None:
     for document in policies:
         assert document["apiVersion"] == "powgate.dev/v1alpha1"
         PolicySpec.model_validate(document["spec"])
+
+
+# -- configuration that cannot turn into a 500 or a stockpile --------------------------
+
+
+def test_an_unregistered_algorithm_is_refused_and_the_schema_lists_the_registry() -> None:
+    with pytest.raises(ValidationError, match="unknown algorithm 'SHA-265'"):
+        PolicySpec.model_validate(
+            {"selector": {"matchLabels": {"a": "b"}}, "challenge": {"algorithm": "SHA-265"}}
+        )
+    with pytest.raises(ValidationError, match="unknown algorithm 'SHA-265'"):
+        SidecarConfig(algorithm="SHA-265")
+    enum = ChallengeSpec.model_json_schema(by_alias=True)["properties"]["algorithm"]["enum"]
+    assert "SHA-265" not in enum
+    assert set(enum) <= set(algorithm_names())
+    assert {"SHA-256", "SHA-512"} <= set(enum)
+
+
+def test_difficulty_times_multiplier_never_exceeds_the_verifier() -> None:
+    steep = [RouteConfig(name="r", paths=["/*"], difficulty_multiplier=2)]
+    with pytest.raises(ValidationError, match="difficultyMultiplier must not exceed"):
+        PolicySpec.model_validate(
+            {"selector": {"matchLabels": {"a": "b"}}, "difficulty": {"max": 2**40}, "routes": steep}
+        )
+    with pytest.raises(ValidationError, match="difficulty above 1099511627776"):
+        SidecarConfig(difficulty=2**40, routes=steep)
+    # A stored spec from before the rule is clamped when rendered.
+    spec = PolicySpec.model_construct(
+        **{
+            **PolicySpec.model_validate({"selector": {"matchLabels": {"a": "b"}}}).__dict__,
+            "difficulty": DifficultyRange.model_construct(min=1, max=2**40, initial=None),
+            "routes": steep,
+        }
+    )
+    config = render_config(spec=spec, namespace="ai", name="p", difficulty=2**40)
+    assert config.difficulty * 2 <= MAX_DIFFICULTY
+
+
+def test_challenge_lifetime_is_capped_at_an_hour() -> None:
+    assert ChallengeSpec(lifetime_seconds=3600).lifetime_seconds == 3600
+    with pytest.raises(ValidationError):
+        ChallengeSpec(lifetime_seconds=3601)
+    with pytest.raises(ValidationError):
+        SidecarConfig(challenge_ttl_seconds=86_400)
