@@ -34,6 +34,7 @@ from helm_chart import (
     render,
 )
 from powgate.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE, OPT_OUT_LABEL
+from powgate_operator._inject import SidecarTemplate
 from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME
 from powgate_operator._options import WebhookOptions, webhook_options
 from powgate_operator.cli import add_command
@@ -468,6 +469,15 @@ def test_the_webhook_configuration_matches_what_the_operator_checks() -> None:
     assert hook["objectSelector"]["matchExpressions"] == [
         {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
     ]
+    # Admission writes RBAC (not on dry runs): declared as the operator's own body does.
+    own = WebhookOptions(
+        listen=("0.0.0.0", 8443),
+        configuration="x",
+        operator_namespace=NAMESPACE,
+        sidecar=SidecarTemplate(image="i", operator_namespace=NAMESPACE),
+        service=(NAMESPACE, "x", 443),
+    ).configuration_body(ca_bundle=b"")
+    assert hook["sideEffects"] == own["webhooks"][0]["sideEffects"] == "NoneOnDryRun"
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
