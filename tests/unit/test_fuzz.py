@@ -1,0 +1,26 @@
+"""The hostile-input harness itself: a short run is clean and exercises every outcome."""
+
+from __future__ import annotations
+
+from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, main
+
+
+def test_payloads_reach_every_verdict_and_none_is_forged_or_replayed() -> None:
+    counts = fuzz_payloads(4000, seed=7)
+    assert counts.clean, counts.examples
+    assert counts.accepted > 0
+    # Replays of solved challenges are tried, and refused as replays.
+    assert counts.reasons["replayed"] > 0
+    for reason in ("malformed", "bad_signature", "wrong_number", "oversized", "expired"):
+        assert counts.reasons[reason] > 0, reason
+
+
+def test_config_documents_are_answered_or_refused_never_crash() -> None:
+    counts = fuzz_configs(4000, seed=7)
+    assert counts.clean, counts.examples
+    assert counts.accepted > 0
+    assert counts.reasons["invalid"] > 0
+
+
+def test_the_command_reports_and_exits_zero_when_clean(capsys: object) -> None:
+    assert main(["--payloads", "300", "--configs", "300", "--seed", "3"]) == 0
