@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -29,6 +31,8 @@ from powgate.controller import Empty, Failure, Reading, Sample
 from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
 
 __all__ = [
+    "NO_CREDENTIAL_ADDRESSES",
+    "CredentialAddresses",
     "Credentials",
     "FailureReason",
     "SignalReader",
@@ -52,6 +56,7 @@ class FailureReason(enum.StrEnum):
     CREDENTIALS = "CredentialsUnavailable"
 
 
+log = logging.getLogger("powgate.operator.prometheus")
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 _MESSAGE_LIMIT: Final = 300
 
@@ -72,6 +77,49 @@ class Credentials:
         if username and password is not None:
             return cls(basic=(username, password))
         raise ValueError("the Secret holds neither `token` nor `username` and `password`")
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialAddresses:
+    """Where the operator may send a policy's Prometheus credentials (set by its administrator).
+
+    An address matches an entry with the same scheme, host and port and a path
+    below the entry's. Empty: credentials go nowhere.
+    """
+
+    entries: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> CredentialAddresses:
+        """From a comma-separated list of URLs; ``ValueError`` names a bad one."""
+        entries = tuple(e.strip() for e in (text or "").split(",") if e.strip())
+        for entry in entries:
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{entry!r} is not an http:// or https:// URL")
+        return cls(entries)
+
+    def allows(self, address: str) -> bool:
+        wanted = _origin(address)
+        return any(
+            _origin(entry)[:3] == wanted[:3]
+            and (wanted[3] + "/").startswith(_origin(entry)[3].rstrip("/") + "/")
+            for entry in self.entries
+        )
+
+
+#: Credentials go nowhere: the default until the administrator names addresses.
+NO_CREDENTIAL_ADDRESSES: Final = CredentialAddresses()
+
+
+def _origin(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # an invalid port matches nothing
+    default = 443 if parts.scheme == "https" else 80
+    return (parts.scheme, (parts.hostname or "").lower(), port or default, parts.path or "/")
 
 
 def reading_from_result(result: Any, *, aggregate: Aggregate) -> Reading:
@@ -118,10 +166,18 @@ def _aggregate(numbers: Sequence[float], *, aggregate: Aggregate) -> Reading:
 
 
 def _failure_from_exception(exc: Exception) -> Failure:
+    """The failure for ``exc``; its message never carries what the server answered.
+
+    A policy author chooses the address, and failure messages land in the
+    policy's status: copying an answer's body there would let anyone who can
+    edit a policy read what an in-cluster endpoint returns. Bodies go to the
+    operator's log only.
+    """
     text = str(exc)[:_MESSAGE_LIMIT]
     if isinstance(exc, ValueError):
         # The client parses JSON itself: a proxy's HTML page or a truncated body ends here.
-        return Failure(FailureReason.BAD_RESPONSE, f"response is not the query API's JSON: {text}")
+        log.info("Prometheus answer is not JSON: %s", text)
+        return Failure(FailureReason.BAD_RESPONSE, "response is not the query API's JSON")
     if isinstance(exc, NewConnectionError):
         # urllib3 files refused connections under its connect-timeout class; they are not slow.
         return Failure(FailureReason.UNREACHABLE, text)
@@ -132,12 +188,17 @@ def _failure_from_exception(exc: Exception) -> Failure:
     if isinstance(exc, PrometheusApiClientException):
         match = _STATUS.search(text)
         status = int(match.group(1)) if match else 0
+        log.info("Prometheus answered HTTP %d: %s", status, text)
         if status in (401, 403):
             return Failure(FailureReason.AUTH_FAILED, f"HTTP {status}: check the auth Secret")
         if status in (400, 422):
-            return Failure(FailureReason.BAD_QUERY, text)
-        return Failure(FailureReason.HTTP_ERROR, text)
-    return Failure(FailureReason.BAD_RESPONSE, f"{type(exc).__name__}: {text}")
+            return Failure(
+                FailureReason.BAD_QUERY,
+                f"HTTP {status}: Prometheus refused the query (its answer: the operator's log)",
+            )
+        return Failure(FailureReason.HTTP_ERROR, f"HTTP {status}")
+    log.info("Prometheus query failed: %s: %s", type(exc).__name__, text)
+    return Failure(FailureReason.BAD_RESPONSE, type(exc).__name__)
 
 
 class Signals(Protocol):

@@ -24,6 +24,7 @@ from powgate import KeyRing, KeyRingError
 from powgate.config import SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
+    CREDENTIALS_LABEL,
     ConditionStatus,
     ConditionType,
     PolicySpec,
@@ -57,7 +58,13 @@ from ._objects import (
     set_condition,
     status_after,
 )
-from ._prometheus import Credentials, FailureReason, Signals
+from ._prometheus import (
+    NO_CREDENTIAL_ADDRESSES,
+    CredentialAddresses,
+    Credentials,
+    FailureReason,
+    Signals,
+)
 
 __all__ = ["EventSink", "Reconciler", "kopf_events"]
 
@@ -97,9 +104,11 @@ class Reconciler:
         reader: Signals,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         events: EventSink = kopf_events,
+        credential_addresses: CredentialAddresses = NO_CREDENTIAL_ADDRESSES,
     ) -> None:
         self._cluster = cluster
         self._reader = reader
+        self._credential_addresses = credential_addresses
         self._event = events
         self._clock = clock
         self._locks: dict[_Key, asyncio.Lock] = {}
@@ -213,12 +222,27 @@ class Reconciler:
         ref = spec.prometheus.auth_secret_ref
         if ref is None:
             return None
+        # A policy author chooses both the Secret and the address: without these checks a
+        # policy could send any Secret of its namespace (a service-account token) anywhere.
+        if not self._credential_addresses.allows(spec.prometheus.address):
+            return Failure(
+                FailureReason.CREDENTIALS,
+                "prometheus.address is not among the operator's credential addresses "
+                "(--prometheus-credential-addresses): credentials are not sent there",
+            )
         try:
             secret = await self._read_secret(key, ref.name)
         except ClusterError as exc:
             return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name}: HTTP {exc.status}")
         if secret is None:
             return Failure(FailureReason.CREDENTIALS, f"Secret {ref.name} does not exist")
+        kind = secret.get("type") or "Opaque"
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if kind != "Opaque" or labels.get(CREDENTIALS_LABEL) != "true":
+            return Failure(
+                FailureReason.CREDENTIALS,
+                f"Secret {ref.name} is not an Opaque Secret labelled {CREDENTIALS_LABEL}=true",
+            )
         try:
             data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
             return Credentials.from_secret_data(data)

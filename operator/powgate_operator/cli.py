@@ -24,11 +24,11 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from powgate.cliargs import host_port, parse_host_port
+from powgate.cliargs import add_env_argument, host_port, parse_host_port
 
 from ._kube_client import KubeCluster
 from ._options import add_webhook_arguments, webhook_options
-from ._prometheus import SignalReader
+from ._prometheus import CredentialAddresses, SignalReader
 from ._reconcile import Reconciler
 from ._server import start_servers
 from .handlers import build_registry
@@ -88,6 +88,15 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         default=None,
         help="peering priority: the highest one is active (default: derived from $POD_ID, "
         "else random, so that no two replicas tie — kopf pauses replicas that tie)",
+    )
+    add_env_argument(
+        parser,
+        "--prometheus-credential-addresses",
+        type=CredentialAddresses.parse,
+        default="",
+        metavar="URL[,URL...]",
+        help="the only Prometheus addresses a policy's authSecretRef credentials are sent to "
+        "(same scheme, host and port; a path below); empty: none",
     )
     parser.add_argument("--log-format", choices=sorted(_LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -181,7 +190,12 @@ async def _serve(args: argparse.Namespace) -> None:
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
         cluster = KubeCluster(api)
-        registry = build_registry(Reconciler(cluster=cluster, reader=reader))
+        reconciler = Reconciler(
+            cluster=cluster,
+            reader=reader,
+            credential_addresses=args.prometheus_credential_addresses,
+        )
+        registry = build_registry(reconciler)
         priority = peering_priority(explicit=args.priority, pod_id=os.environ.get("POD_ID"))
         operator_settings = kopf_settings(peering=args.peering, priority=priority)
         if args.peering is not None:

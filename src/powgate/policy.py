@@ -34,6 +34,7 @@ from .config import (
 
 __all__ = [
     "API_VERSION",
+    "CREDENTIALS_LABEL",
     "GROUP",
     "KIND",
     "MAX_HISTORY",
@@ -234,11 +235,18 @@ class KeyRotationSpec(WireModel):
     )
 
 
+#: A Secret opts in to being used as Prometheus credentials with this label set to "true".
+CREDENTIALS_LABEL: Final = "powgate.dev/prometheus-credentials"
+
+
 class SecretKeyRef(WireModel):
-    """A Secret in the policy's namespace holding Prometheus credentials.
+    """An Opaque Secret in the policy's namespace holding Prometheus credentials.
 
     Keys: ``token`` (sent as a bearer token) or ``username`` and ``password``
-    (HTTP basic).
+    (HTTP basic). The Secret must carry the label
+    ``powgate.dev/prometheus-credentials: "true"``, and the operator sends the
+    credentials only to addresses its administrator allowed
+    (``--prometheus-credential-addresses``).
     """
 
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")

@@ -564,7 +564,7 @@ _FIELDS = {"metadata.name": f"{FULLNAME}-5d9c7b-x2x4q", "metadata.namespace": NA
 _NOT_FLAGS = {"POD_ID"}
 
 
-def parse_operator(docs: Sequence[dict[str, Any]]) -> WebhookOptions | None:
+def operator_args(docs: Sequence[dict[str, Any]]) -> argparse.Namespace:
     """The Deployment's args and env through the operator's real parser, as in the pod."""
     main = container(docs)
     values = {
@@ -575,7 +575,20 @@ def parse_operator(docs: Sequence[dict[str, Any]]) -> WebhookOptions | None:
     with mock.patch.dict(os.environ, {**clean, **values}, clear=True):
         parser = argparse.ArgumentParser(prog="powgate")
         add_command(parser.add_subparsers(dest="command", required=True))
-        return webhook_options(parser.parse_args(["operator", *main["args"]]))
+        return parser.parse_args(["operator", *main["args"]])
+
+
+def parse_operator(docs: Sequence[dict[str, Any]]) -> WebhookOptions | None:
+    return webhook_options(operator_args(docs))
+
+
+def test_prometheus_credentials_go_only_where_the_administrator_says() -> None:
+    assert operator_args(render()).prometheus_credential_addresses.entries == ()
+    allowed = ["http://prometheus.monitoring.svc:9090", "https://thanos.example"]
+    args = operator_args(render({"operator": {"prometheusCredentialAddresses": allowed}}))
+    assert args.prometheus_credential_addresses.entries == tuple(allowed)
+    with pytest.raises(RenderError, match="prometheusCredentialAddresses"):
+        render({"operator": {"prometheusCredentialAddresses": ["prometheus:9090"]}})
 
 
 def webhook_options_of(docs: Sequence[dict[str, Any]]) -> WebhookOptions:

@@ -149,6 +149,26 @@ async def test_answers(
         assert reading == expected
 
 
+LEAK = b"token=eyJhbGciOiJSUzI1NiJ9.SECRET"
+
+
+@pytest.mark.parametrize("status", [200, 400, 404, 422, 500, 503], ids=lambda s: f"HTTP {s}")
+async def test_what_a_server_answers_never_reaches_the_policys_status(
+    prometheus: tuple[str, Script], status: int
+) -> None:
+    """Failure messages go into status, which anyone who edits the policy reads.
+
+    A policy may point ``prometheus.address`` at any in-cluster endpoint: its
+    answer must not come back through the status.
+    """
+    address, script = prometheus
+    script.status, script.body = status, b"<html>" + LEAK + b"</html>"
+    reading = await read_one(address)
+    assert isinstance(reading, Failure)
+    assert b"SECRET" not in reading.message.encode()
+    assert "token" not in reading.message
+
+
 async def test_query_is_templated_and_carries_the_timeout(prometheus: tuple[str, Script]) -> None:
     address, script = prometheus
     script.body = vector("1")

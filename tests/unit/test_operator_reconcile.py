@@ -16,6 +16,7 @@ from powgate.config import CONFIG_DATA_KEY
 from powgate.contract import KEYRING_SECRET_KEY
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
+    CREDENTIALS_LABEL,
     ConditionStatus,
     ConditionType,
     PolicyStatus,
@@ -37,7 +38,7 @@ from powgate_operator._cluster import (
     UnavailableError,
 )
 from powgate_operator._objects import role_body, role_name
-from powgate_operator._prometheus import Credentials, FailureReason
+from powgate_operator._prometheus import CredentialAddresses, Credentials, FailureReason
 from powgate_operator._reconcile import Reconciler
 
 NS, NAME = "ai", "chat"
@@ -230,21 +231,122 @@ async def test_a_query_timeout_holds_difficulty_and_says_so(world: World) -> Non
     assert world.condition(ConditionType.FALLBACK_ACTIVE)[0] is ConditionStatus.TRUE
 
 
+PROMETHEUS = "http://prometheus.monitoring.svc:9090"
+
+
+def credentials_secret(*, labelled: bool = True, kind: str = "Opaque") -> dict[str, Any]:
+    labels = {CREDENTIALS_LABEL: "true"} if labelled else {}
+    return {
+        "metadata": {"name": "prom", "namespace": NS, "labels": labels},
+        "type": kind,
+        "data": {"token": base64.b64encode(b"s3cret").decode()},
+    }
+
+
+def with_credentials(world: World, address: str = PROMETHEUS) -> None:
+    world.cluster.put(
+        POW_POLICIES,
+        policy(
+            signals=[SIGNAL],
+            prometheus={"address": address, "authSecretRef": {"name": "prom"}},
+        ),
+    )
+    world.signals.readings["load"] = Sample(10.0)
+
+
+@pytest.fixture
+def allowed(world: World) -> World:
+    """The operator's administrator allowed the in-cluster Prometheus."""
+    world.reconciler = Reconciler(
+        cluster=world.cluster,
+        reader=world.signals,
+        clock=lambda: NOW,
+        events=lambda *_: None,
+        credential_addresses=CredentialAddresses.parse(PROMETHEUS),
+    )
+    return world
+
+
 async def test_credentials_that_cannot_be_read_fail_the_signals_not_the_reconcile(
-    world: World,
+    allowed: World,
 ) -> None:
-    spec = policy(signals=[SIGNAL], prometheus={"authSecretRef": {"name": "prom"}})
-    world.cluster.put(POW_POLICIES, spec)
-    await world.reconcile(evaluate=True)  # the Secret does not exist
-    signal = world.status().signals[0]
+    with_credentials(allowed)
+    await allowed.reconcile(evaluate=True)  # the Secret does not exist
+    signal = allowed.status().signals[0]
     assert (signal.reason, signal.message) == (
         "CredentialsUnavailable",
         "Secret prom does not exist",
     )
-    world.cluster.inject("get", SECRETS, error=ForbiddenError("forbidden", status=403), times=2)
+    allowed.cluster.inject("get", SECRETS, error=ForbiddenError("forbidden", status=403), times=2)
+    await allowed.reconcile(evaluate=True)
+    assert allowed.status().signals[0].message == "Secret prom: HTTP 403"
+    assert allowed.signals.credentials_seen == []  # Prometheus was never asked without them
+
+
+async def test_an_opted_in_secret_is_sent_to_an_allowed_address(allowed: World) -> None:
+    with_credentials(allowed)
+    allowed.cluster.put(SECRETS, credentials_secret())
+    await allowed.reconcile(evaluate=True)
+    (sent,) = allowed.signals.credentials_seen
+    assert sent is not None
+    assert sent.bearer_token == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        (credentials_secret(labelled=False), "labelled"),
+        # A service-account token is never Prometheus credentials, label or not.
+        (credentials_secret(kind="kubernetes.io/service-account-token"), "Opaque"),
+    ],
+    ids=["not opted in", "service-account token"],
+)
+async def test_a_secret_that_did_not_opt_in_is_never_sent(
+    allowed: World, secret: dict[str, Any], why: str
+) -> None:
+    with_credentials(allowed)
+    allowed.cluster.put(SECRETS, secret)
+    await allowed.reconcile(evaluate=True)
+    assert allowed.signals.credentials_seen == []
+    signal = allowed.status().signals[0]
+    assert signal.reason == "CredentialsUnavailable"
+    assert why in signal.message
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "http://attacker.example:9090",
+        "http://prometheus.monitoring.svc:9091",
+        "https://prometheus.monitoring.svc:9090",
+        "http://prometheus.monitoring.svc.attacker.example:9090",
+    ],
+)
+async def test_credentials_never_go_to_an_address_outside_the_allow_list(
+    allowed: World, address: str
+) -> None:
+    with_credentials(allowed, address)
+    allowed.cluster.put(SECRETS, credentials_secret())
+    await allowed.reconcile(evaluate=True)
+    assert allowed.signals.credentials_seen == []
+    assert allowed.cluster.count("get", "Secret") <= 1  # the key Secret, never "prom"
+    assert "credential addresses" in allowed.status().signals[0].message
+
+
+async def test_without_an_allow_list_credentials_go_nowhere(world: World) -> None:
+    with_credentials(world)
+    world.cluster.put(SECRETS, credentials_secret())
     await world.reconcile(evaluate=True)
-    assert world.status().signals[0].message == "Secret prom: HTTP 403"
-    assert world.signals.credentials_seen == []  # Prometheus was never asked without them
+    assert world.signals.credentials_seen == []
+
+
+def test_allow_list_entries_are_urls() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        CredentialAddresses.parse("prometheus:9090")
+    entries = CredentialAddresses.parse(" http://a:9090/prom , https://b ")
+    assert entries.allows("http://a:9090/prom/")
+    assert entries.allows("https://b:443/x")
+    assert not entries.allows("http://a:9090/other")
 
 
 async def test_rollout_is_kept_when_prometheus_cannot_tell(world: World) -> None:
