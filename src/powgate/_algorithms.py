@@ -178,8 +178,11 @@ class _Limits:
 
 #: One try may ask for at most this much memory (a browser tab has a few GiB).
 MAX_KDF_MEMORY_BYTES: Final = 256 * 1024 * 1024
-#: The cost knob scales one try by at most this (one more hex digit of prefix is 16x).
-MAX_SCALE: Final = 16
+#: The cost knob makes one try at most this many times the policy's (and at
+#: least its inverse): the key prefix covers the powers of 16, the knob what
+#: lies between, centred so that a verifier never derives more than this
+#: many base tries for one payload.
+MAX_SCALE: Final = 4
 
 
 class KdfAlgorithm:
@@ -280,11 +283,13 @@ class KdfAlgorithm:
         return 0
 
     def scaled(self, params: KdfParams, factor: float) -> KdfParams:
-        """``params`` with one try made ``factor`` (1 … 16) times as long, memory unchanged.
+        """``params`` with one try made ``factor`` (1/4 … 4) times as long, memory unchanged.
 
         The knob is the parameter that scales time alone: iterations for
         PBKDF2 and iterated SHA, passes for Argon2id, p for scrypt (its N
-        and r set the memory).
+        and r set the memory). It is rounded to a whole value and never
+        goes below 1, so the fewer the base iterations or passes, the
+        coarser the steps (docs/protocol.md).
         """
         if self._kind is KdfKind.SCRYPT:
             return replace(params, parallelism=max(1, round((params.parallelism or 1) * factor)))
@@ -420,7 +425,8 @@ register_algorithm(
         "SCRYPT",
         wire_name="SCRYPT",
         kind=KdfKind.SCRYPT,
-        default=KdfParams(cost=16_384, memory_cost=8, parallelism=1),
+        # 8 MiB a try (128 N r); p = 4 leaves the knob room to go down.
+        default=KdfParams(cost=8_192, memory_cost=8, parallelism=4),
         limits=_Limits(
             cost=(2, 1 << 20),
             memory_cost=(1, 32),
@@ -434,8 +440,9 @@ register_algorithm(
         "ARGON2ID",
         wire_name="ARGON2ID",
         kind=KdfKind.ARGON2ID,
-        # OWASP's recommended minimum: 19 MiB, two passes, one lane.
-        default=KdfParams(cost=2, memory_cost=19_456, parallelism=1),
+        # One of OWASP's equivalent minimums (9 MiB, four passes, one lane):
+        # more passes than the 19 MiB x 2 variant leave the knob finer steps.
+        default=KdfParams(cost=4, memory_cost=9_216, parallelism=1),
         limits=_Limits(
             cost=(1, 10 * MAX_SCALE),
             memory_cost=(64, MAX_KDF_MEMORY_BYTES // 1024),

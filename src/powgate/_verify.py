@@ -24,6 +24,7 @@ from typing import Any, Final, NamedTuple
 
 from . import _altcha2, _deepseek
 from ._algorithms import (
+    MAX_SCALE,
     Algorithm,
     DeepSeekAlgorithm,
     Family,
@@ -59,7 +60,7 @@ Clock = Callable[[], float]
 MAX_DIFFICULTY: Final = 1 << 40
 #: ALTCHA v2: at most 7 hex digits of key prefix (the counter is a uint32).
 _MAX_PREFIX: Final = 7
-MAX_V2_DIFFICULTY: Final = 2 * 16**_MAX_PREFIX * 16 - 1
+MAX_V2_DIFFICULTY: Final = 2 * MAX_SCALE * 16**_MAX_PREFIX - 1
 _V2_RANDOM_BYTES: Final = 32
 _DEEPSEEK_SALT_BYTES: Final = 10
 _NONCE_BYTES: Final = 12
@@ -242,13 +243,15 @@ class Issuer:
     ) -> list[_altcha2.ChallengeV2]:
         """v2 challenges whose mean work is ``difficulty / 2`` tries at the policy's parameters.
 
-        ``16^L`` tries (a key prefix of L hex digits) for the largest L that
-        does not overshoot, the rest by making each try up to 16x longer.
+        ``16^L`` tries (a key prefix of L hex digits) for the power of 16
+        nearest to the work wanted, each try made ``1/4 … 4`` times as long
+        as the policy's to make up the rest: many short tries rather than
+        few long ones, since a verifier derives one.
         """
         assert self._params is not None
         tries = max(1.0, difficulty / 2)
         length = 0
-        while 16 ** (length + 1) <= tries:
+        while tries >= MAX_SCALE * 16**length:
             length += 1
         if length > _MAX_PREFIX:
             raise ValueError(f"difficulty must be within 1..{MAX_V2_DIFFICULTY}")

@@ -198,8 +198,8 @@ def test_v2_solution_verifies_once(algorithm: str) -> None:
 
 @pytest.mark.parametrize(
     ("difficulty", "prefix", "cost"),
-    [(1, "", 10), (2, "", 10), (20, "", 100), (32, "0", 10), (40, "0", 12), (600, "00", 12),
-     (8191, "00", 160)],
+    [(1, "", 10), (2, "", 10), (6, "", 30), (8, "0", 2), (20, "0", 6), (32, "0", 10),
+     (40, "0", 12), (600, "00", 12), (8191, "000", 10)],
 )  # fmt: skip
 def test_v2_difficulty_is_twice_the_mean_tries(difficulty: int, prefix: str, cost: int) -> None:
     """Mean tries x relative cost of a try = difficulty / 2, whatever the prefix length."""
