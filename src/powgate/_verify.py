@@ -165,6 +165,11 @@ class Issuer:
     def algorithm(self) -> Algorithm:
         return self._algorithm
 
+    @property
+    def params(self) -> KdfParams | None:
+        """The parameters of one try (ALTCHA v2), or ``None``."""
+        return self._params
+
     def issue(
         self,
         *,

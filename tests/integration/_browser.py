@@ -13,19 +13,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CHROMIUM_FLAGS", "WAIT_SECONDS", "OpenPage", "wait_for_page"]
+__all__ = ["WAIT_SECONDS", "OpenPage", "wait_for_page"]
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-logging=stderr",
-)
 #: Only guards against a hung browser; the solves here take well under a second.
 WAIT_SECONDS = 120
 #: Opens a URL in a fresh headless Chromium; returns the path of its log.

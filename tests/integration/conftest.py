@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -29,11 +28,12 @@ from types import FrameType
 from typing import NoReturn
 
 import pytest
-from _browser import CHROMIUM_FLAGS, OpenPage
+from _browser import OpenPage
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from powgate_testbed._process import ManagedProcess, stop_all
+from powgate_testbed.chromium import chromium_binary, open_headless
 from powgate_testbed.cluster import (
     ClusterAccess,
     LocalCluster,
@@ -194,7 +194,7 @@ def prometheus(
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's `chromium` (`make system-deps`)."""
-    path = shutil.which("chromium")
+    path = chromium_binary()
     if path is None:
         _unavailable("chromium is not installed (make system-deps installs it)")
     return path
@@ -212,14 +212,7 @@ def open_page(chromium: str, tmp_path: Path) -> Iterator[OpenPage]:
     def open_page(url: str) -> Path:
         log = tmp_path / f"chromium-{len(browsers)}.log"
         profile = tmp_path / f"profile-{len(browsers)}"
-        browsers.append(
-            ManagedProcess(
-                name="chromium",
-                argv=[chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
-                log_path=log,
-                die_with_parent=True,
-            )
-        )
+        browsers.append(open_headless(chromium, url, log=log, profile=profile))
         return log
 
     yield open_page
