@@ -1,7 +1,9 @@
 """Keeping the webhook registered: its certificates in a Secret, its CA in the configuration.
 
 Every replica serves the same certificate, kept in one Secret (first writer
-wins: a replica that loses the race uses the winner's certificates), and the
+wins: a replica that loses the race uses the winner's certificates), owned
+by the webhook configuration so that uninstalling the webhook removes it
+too (the installer never created it, so it would not delete it), and the
 CA bundle goes into the MutatingWebhookConfiguration before a certificate of
 a new CA is served. The certificates themselves are :mod:`._webhook_certs`'.
 """
@@ -37,6 +39,7 @@ async def sync_tls(
 ) -> WebhookTLS:
     """The certificates from the Secret, renewed and stored when due (first writer wins)."""
     name, namespace = options.tls_secret, options.operator_namespace
+    owners = await _configuration_owner(cluster, options.configuration)
     #: What the last look at the stored Secret decided, and whether that meant a write.
     decided: list[tuple[WebhookTLS, bool]] = []
 
@@ -52,7 +55,8 @@ async def sync_tls(
                 log.warning("%s; issuing new certificates", exc)
         wanted = renewed(current, hosts=options.hosts(), now=now, lifetime=lifetime)
         decided.append((wanted, wanted != current))
-        if wanted == current:
+        stored_owners = ((secret or {}).get("metadata") or {}).get("ownerReferences") or []
+        if wanted == current and (stored_owners == owners or not owners):
             return None
         return {
             "apiVersion": "v1",
@@ -62,6 +66,7 @@ async def sync_tls(
                 "name": name,
                 "namespace": namespace,
                 "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+                "ownerReferences": owners or stored_owners,
             },
             "data": wanted.to_secret_data(),
         }
@@ -71,6 +76,27 @@ async def sync_tls(
     if issued:
         log.info("webhook certificates issued", extra={"expires": str(not_after(tls.cert))})
     return tls
+
+
+async def _configuration_owner(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """The webhook configuration as an owner reference; none while it does not exist.
+
+    A namespaced object may be owned by a cluster-scoped one: when the
+    configuration is deleted, the garbage collector deletes the Secret.
+    """
+    try:
+        configuration = await cluster.get(MUTATING_WEBHOOK_CONFIGURATIONS, name, namespace=None)
+    except NotFoundError:
+        return []
+    meta = configuration["metadata"]
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+    ]
 
 
 async def register(cluster: Cluster, options: WebhookOptions, *, ca_bundle: bytes) -> None:

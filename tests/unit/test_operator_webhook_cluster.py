@@ -190,6 +190,31 @@ async def test_certificates_are_issued_once_and_then_reused() -> None:
     assert cluster.count("replace", "Secret") == 0
 
 
+async def test_the_secret_is_owned_by_the_webhook_configuration_so_uninstalling_removes_it() -> (
+    None
+):
+    cluster = MemoryCluster()
+    await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    stored = cluster.stored(SECRETS, OPTIONS.tls_secret, OPTIONS.operator_namespace)
+    assert stored["metadata"]["ownerReferences"] == []  # no configuration yet: nothing to own it
+    # The chart installs the configuration; the next sync hands the Secret to it.
+    cluster.put(
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        {"metadata": {"name": OPTIONS.configuration, "uid": "mwc-1"}, "webhooks": []},
+    )
+    tls = await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    stored = cluster.stored(SECRETS, OPTIONS.tls_secret, OPTIONS.operator_namespace)
+    (owner,) = stored["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "MutatingWebhookConfiguration",
+        OPTIONS.configuration,
+        "mwc-1",
+    )
+    assert WebhookTLS.from_secret_data(stored["data"]) == tls  # the same certificates
+    await sync_tls(cluster, OPTIONS, now=NOW, lifetime=LIFETIME)
+    assert cluster.count("replace", "Secret") == 1  # and no write once it is owned
+
+
 async def test_a_replica_that_loses_the_race_serves_the_winners_certificates() -> None:
     cluster = MemoryCluster()
     winner = await sync_tls(MemoryCluster(), OPTIONS, now=NOW, lifetime=LIFETIME)
