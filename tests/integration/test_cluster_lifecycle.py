@@ -255,7 +255,10 @@ def _pytest_child(test_file: Path, *, env: dict[str, str]) -> subprocess.Popen[s
             str(test_file),
         ],
         cwd=test_file.parent,
-        env=dict(env, PYTHONPATH=str(INTEGRATION_DIR)),
+        # This folder, and tests/ for the helpers the conftest imports (`waiting`).
+        env=dict(
+            env, PYTHONPATH=os.pathsep.join([str(INTEGRATION_DIR), str(INTEGRATION_DIR.parent)])
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
