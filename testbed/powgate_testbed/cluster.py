@@ -35,6 +35,15 @@ from typing import Any
 import httpx
 import yaml
 
+from powgate_testbed._netns import (
+    NodeNetwork,
+    delete_interface,
+    kill_namespace,
+    node_cgroups,
+    node_folders,
+    remove_cgroup,
+    unmount_below,
+)
 from powgate_testbed._pki import CertificateAuthority, KeyPair, generate_signing_key
 from powgate_testbed._process import (
     ManagedProcess,
@@ -51,6 +60,7 @@ from powgate_testbed._process import (
 
 __all__ = [
     "FAKE_NODE_ANNOTATION",
+    "REAL_NODE_NAME",
     "ApiServerReplica",
     "ClusterAccess",
     "LocalCluster",
@@ -73,6 +83,8 @@ _STOP_GRACE = 3.0
 _ETCD_TIMEOUT = 30.0
 _APISERVER_TIMEOUT = 60.0
 _SETTLE_TIMEOUT = 60.0
+#: The real node's name (`powgate_testbed.node`); its certificates are made with the cluster's.
+REAL_NODE_NAME = "powgate-node"
 
 
 def cache_dir() -> Path:
@@ -212,16 +224,29 @@ class LocalCluster(Service):
     `down`, which is what `make cluster-up` needs.
     """
 
-    def __init__(self, *, root: Path, tools: Tools, nodes: int = 2, owned: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        tools: Tools,
+        nodes: int = 2,
+        owned: bool = True,
+        node_network: bool = False,
+    ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node for pods to run")
         self.root = root
         self._tools = tools
         self._nodes = nodes
         self._owned = owned
+        self._node_network = node_network
         self._processes: list[ManagedProcess] = []
         self._ports: _Ports | None = None
         self.server = ""
+        #: The real node's network (`node_network=True`), made before the API
+        #: server, which listens on its host end so the node and pods reach it.
+        self.network: NodeNetwork | None = None
+        self._network_inode = 0
 
     @property
     def kubeconfig(self) -> Path:
@@ -261,6 +286,11 @@ class LocalCluster(Service):
         """Stop every process and delete the state; logs stay for inspection."""
         stop_all(reversed(self._processes), grace=_STOP_GRACE)
         self._processes.clear()
+        if self.network is not None:
+            _clean_node(
+                self.root, inode=self._network_inode, interface=self.network.addresses.interface
+            )
+            self.network = None
         if self._owned:
             atexit.unregister(self.stop)
         _clear_state(self.root)
@@ -268,6 +298,7 @@ class LocalCluster(Service):
     # -- start-up ----------------------------------------------------------
 
     def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        """Start a component, recorded in the state so that it is stopped with the cluster."""
         process = ManagedProcess(
             name=name,
             argv=argv,
@@ -301,7 +332,11 @@ class LocalCluster(Service):
     def _start(self) -> None:
         t0 = time.monotonic()
         ports = self._ports = _Ports.pick()
-        self.server = f"https://127.0.0.1:{ports.apiserver}"
+        if self._node_network:
+            self.network = NodeNetwork.create(spawn=self._spawn)
+            self._network_inode = self.network.inode()
+            self._save_state()
+        self.server = f"https://{self._listen_address}:{ports.apiserver}"
         pki = self._write_pki()
         etcd = self._spawn("etcd", self._etcd_argv(ports))
         wait_until(
@@ -338,6 +373,14 @@ class LocalCluster(Service):
             file=sys.stderr,
         )
 
+    def admin_context(self) -> ssl.SSLContext:
+        """TLS settings of the cluster's administrator, for an HTTP client of the API server."""
+        return _admin_context(self.root)
+
+    @property
+    def _listen_address(self) -> str:
+        return str(self.network.addresses.host) if self.network else "127.0.0.1"
+
     def _settled(self, api: httpx.Client) -> bool:
         # Pods are rejected until their namespace's default service account
         # exists (the ServiceAccount admission plugin), and stay Pending until
@@ -353,10 +396,17 @@ class LocalCluster(Service):
         pki.mkdir(parents=True)
         ca = CertificateAuthority(common_name="powgate-local-ca")
         ca.pair.write(cert_path=pki / "ca.crt", key_path=pki / "ca.key")
+        addresses = ["127.0.0.1"]
+        if self.network is not None:
+            # Pods reach it as the `kubernetes` Service, the node at the link's host end.
+            addresses += [
+                str(self.network.addresses.host),
+                str(self.network.addresses.kubernetes_service),
+            ]
         ca.issue(
             common_name="kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1",),
+            ip_addresses=tuple(addresses),
             server=True,
         ).write(cert_path=pki / "apiserver.crt", key_path=pki / "apiserver.key")
         private, public = generate_signing_key()
@@ -371,6 +421,13 @@ class LocalCluster(Service):
             "controller-manager": ("system:kube-controller-manager", ("system:masters",)),
             "scheduler": ("system:kube-scheduler", ()),
             "kwok": ("kwok-controller", ("system:masters",)),
+            # The real node's: the Node authorizer and NodeRestriction know a
+            # kubelet by this name and group; the bootstrap policy binds
+            # kube-proxy's role to its user; the API server calls kubelets
+            # (logs, exec) as a cluster admin.
+            "kubelet": (f"system:node:{REAL_NODE_NAME}", ("system:nodes",)),
+            "kube-proxy": ("system:kube-proxy", ()),
+            "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ("system:masters",)),
         }
         for name, (user, groups) in users.items():
             pair = ca.issue(common_name=user, organizations=groups, client=True)
@@ -400,11 +457,12 @@ class LocalCluster(Service):
         ]
 
     def _apiserver_argv(self, ports: _Ports, pki: Path) -> list[str]:
+        services = str(self.network.addresses.services) if self.network else "10.96.0.0/16"
         return [
             str(self._tools.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self._listen_address}",
+            f"--advertise-address={self._listen_address}",
             f"--secure-port={ports.apiserver}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -416,11 +474,16 @@ class LocalCluster(Service):
             f"--service-account-issuer={_SA_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={services}",
             "--allow-privileged=true",
-            # The kubernetes Service cannot point at a loopback address, so the
-            # endpoint reconciler would only log failures.
-            "--endpoint-reconciler-type=none",
+            # The kubernetes Service cannot point at a loopback address, so
+            # without the node's network the endpoint reconciler would only
+            # log failures; with it, pods reach this server at the link's host end.
+            f"--endpoint-reconciler-type={'lease' if self.network else 'none'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            # Nodes are named, not resolvable: call kubelets at their addresses.
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
         ]
 
@@ -482,6 +545,12 @@ class LocalCluster(Service):
     def _save_state(self) -> None:
         state: dict[str, Any] = {
             "server": self.server,
+            "node_network": {
+                "interface": self.network.addresses.interface,
+                "inode": self._network_inode,
+            }
+            if self.network
+            else None,
             "owner": ProcessRecord.of(name="owner", pid=os.getpid()).to_json()
             if self._owned
             else None,
@@ -553,6 +622,8 @@ class _State:
     server: str
     owner: ProcessRecord | None
     processes: list[ProcessRecord]
+    #: The real node's network: its host interface and its namespace's inode.
+    node_network: tuple[str, int] | None
 
 
 def _read_state(root: Path) -> _State | None:
@@ -565,10 +636,12 @@ def _read_state(root: Path) -> _State | None:
     try:
         data = json.loads(path.read_text())
         owner = data["owner"]
+        network = data.get("node_network")
         return _State(
             server=str(data["server"]),
             owner=ProcessRecord.from_json(owner) if owner is not None else None,
             processes=[ProcessRecord.from_json(p) for p in data["processes"]],
+            node_network=(str(network["interface"]), int(network["inode"])) if network else None,
         )
     except FileNotFoundError:
         return None
@@ -585,6 +658,9 @@ def _clear_state(root: Path) -> list[str]:
     state = _read_state(root)
     # Newest first, as `LocalCluster.stop` does: etcd goes last.
     found = stop_recorded(reversed(state.processes), grace=_STOP_GRACE) if state else []
+    if state and state.node_network:
+        interface, inode = state.node_network
+        _clean_node(root, inode=inode, interface=interface)
     if root.is_dir():
         for entry in root.iterdir():
             if entry.name == "logs":
@@ -594,6 +670,19 @@ def _clear_state(root: Path) -> list[str]:
             else:
                 entry.unlink()
     return found
+
+
+def _clean_node(root: Path, *, inode: int, interface: str) -> None:
+    """What a real node leaves once its processes are stopped: its runtime's
+    shims and their containers, the mounts of pods and containers, the link."""
+    cgroups = node_cgroups(root)
+    kill_namespace(inode)
+    unmount_below(*node_folders(root))
+    for folder in node_folders(root):
+        shutil.rmtree(folder, ignore_errors=True)
+    for cgroup in cgroups:
+        remove_cgroup(cgroup)
+    delete_interface(interface)
 
 
 def reap_stale_runs(runs: Path) -> None:

@@ -87,7 +87,7 @@ BASE_IMAGE = "powgate-python:3.11-bookworm"
 #: The pod sandbox image the real node's runtime is configured with.
 PAUSE = Image(name="pause", source="hack/pause.c")
 #: What the Dockerfiles copy into the build (the .dockerignore keeps the rest out).
-_CONTEXT = ("pyproject.toml", "README.md", "src", "sidecar", "operator", "testbed")
+_CONTEXT = ("pyproject.toml", "setup.py", "README.md", "src", "sidecar", "operator", "testbed")
 #: The base: the interpreter, venv (ensurepip) and `python` as the images call it.
 _BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 _SUITE = "bookworm"

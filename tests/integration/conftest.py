@@ -32,6 +32,7 @@ from _browser import OpenPage
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from powgate_testbed._netns import node_network_possible
 from powgate_testbed._process import ManagedProcess, stop_all
 from powgate_testbed.chromium import chromium_binary, open_headless
 from powgate_testbed.cluster import (
@@ -42,6 +43,7 @@ from powgate_testbed.cluster import (
     cache_dir,
     reap_stale_runs,
 )
+from powgate_testbed.node import NodeTools, NodeToolsMissingError, RealNode
 from powgate_testbed.prometheus import PrometheusNotFoundError, PrometheusServer, find_prometheus
 from waiting import eventually
 
@@ -52,6 +54,7 @@ _MARKERS = {
     "prometheus_binary": "prometheus",
     "chromium": "browser",
     "altcha_widget": "node",
+    "real_node": "realnode",
 }
 _ACCOUNT_TIMEOUT = 30.0
 #: The npm packages of the browser tests: package.json, its lock and node_modules.
@@ -113,7 +116,11 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster | Non
     # or stop each other's clusters; folders of dead runs are removed here.
     runs = cache_dir() / "clusters"
     reap_stale_runs(runs)
-    with LocalCluster(root=runs / str(os.getpid()), tools=tools) as local:
+    # The real node's network is made with the cluster (its API server listens
+    # on the link's host end); the node itself starts only if a test asks.
+    with LocalCluster(
+        root=runs / str(os.getpid()), tools=tools, node_network=node_network_possible() is None
+    ) as local:
         yield local
 
 
@@ -124,6 +131,25 @@ def cluster(local_cluster: LocalCluster | None) -> ClusterAccess:
             kubeconfig=Path(os.environ["POWGATE_KUBECONFIG"]), reaches_loopback=False
         )
     return local_cluster.access
+
+
+@pytest.fixture(scope="session")
+def real_node(local_cluster: LocalCluster | None) -> Iterator[RealNode]:
+    """A real node (containerd, runc, CNI, kubelet, kube-proxy) in the local cluster.
+
+    Started on first use and stopped with the session; pods for it select it
+    and tolerate its taint (`real_node.selector`, `real_node.toleration`).
+    """
+    if local_cluster is None:
+        pytest.skip("the real node belongs to the local cluster; this run uses $POWGATE_KUBECONFIG")
+    if local_cluster.network is None:
+        _unavailable(f"no network namespace for a real node: {node_network_possible()}")
+    try:
+        tools = NodeTools.locate(cache_dir())
+    except NodeToolsMissingError as exc:
+        _unavailable(str(exc))
+    with RealNode(cluster=local_cluster, tools=tools) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")
