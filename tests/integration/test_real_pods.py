@@ -1,0 +1,455 @@
+"""The product in containers on the local cluster's real node: the images `make images`
+built, the chart as a platform team installs it, pods the kubelet actually runs.
+
+One release for the module, in the order a user meets it: `helm install` of
+the chart with the operator image (its webhook served from its pod), a
+stand-in AI service Deployment that the webhook injects, a client paying
+proof of work through the Service's ClusterIP (kube-proxy in the node's
+network namespace), a policy edit reaching the in-pod sidecar, and finally
+deletion and `helm uninstall`. The tests share that state and run in file
+order; each one checks what a user would check at that point.
+
+Nothing here is pulled: pods use `imagePullPolicy: Never`, so an image that
+`make images` did not build fails the test instead of being fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client as k8s
+from test_chart_install import CHART, Kube, adopt_existing_crds, as_dict, condition
+
+from powgate import CHALLENGE_PATH, Challenge
+from powgate.client import PowAuth
+from powgate.contract import INJECTED_ANNOTATION, NAMESPACE_LABEL, SIDECAR_NAME
+from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_operator._objects import MANAGED_BY
+from powgate_testbed.cluster import ClusterAccess
+from powgate_testbed.node import RealNode
+from waiting import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+RELEASE = "powgate"
+POLICY = "chat"
+APP = "standin"
+#: Difficulty before and after the edit; small, so a test client solves it at once.
+DIFFICULTY = 2_000
+EDITED = 3_000
+#: A policy edit must reach the in-pod sidecar within this many seconds.
+PROPAGATION = 1.0
+WAIT = 180.0
+
+
+@dataclass(frozen=True)
+class Release:
+    namespace: str
+    app_namespace: str
+    kube: Kube
+
+
+@dataclass(frozen=True)
+class App:
+    """The stand-in Deployment behind its Service, as a client outside the pod sees it."""
+
+    namespace: str
+    url: str  # http://<ClusterIP>
+
+
+def pods(core: k8s.CoreV1Api, namespace: str, selector: str) -> list[k8s.V1Pod]:
+    return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def ready(pod: k8s.V1Pod) -> bool:
+    conditions = pod.status.conditions or [] if pod.status else []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def pod_events(core: k8s.CoreV1Api, namespace: str) -> str:
+    events = core.list_namespaced_event(namespace).items
+    return "\n".join(f"{e.involved_object.name}: {e.reason}: {e.message}" for e in events[-30:])
+
+
+def kubectl_exec(kube: Kube, namespace: str, pod: str, container: str, *command: str) -> str:
+    """Run a command in a container, through the API server and the kubelet."""
+    result = kube.run(
+        "kubectl", "exec", "--namespace", namespace, pod, "--container", container, "--",
+        *command, check=False,
+    )  # fmt: skip
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: ClusterAccess, kube_client: k8s.ApiClient, real_node: RealNode, tmp_path_factory: Any
+) -> Iterator[Release]:
+    """The chart installed with the built images, the operator on the real node."""
+    core = k8s.CoreV1Api(kube_client)
+    namespace = f"powgate-{uuid.uuid4().hex[:6]}"
+    app_namespace = f"ai-{uuid.uuid4().hex[:6]}"
+    for name, labels in ((namespace, {}), (app_namespace, {NAMESPACE_LABEL: "enabled"})):
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels)))
+    kube = Kube(cluster)
+    placement = {"nodeSelector": real_node.selector, "tolerations": [real_node.toleration]}
+    values = {
+        "operator": {
+            "image": {"repository": "powgate-operator", "tag": "dev", "pullPolicy": "Never"},
+            "watchNamespaces": [app_namespace],
+            **placement,
+        },
+        "sidecar": {
+            "image": {"repository": "powgate-sidecar", "tag": "dev", "pullPolicy": "Never"}
+        },
+    }
+    path = tmp_path_factory.mktemp("release") / "values.json"
+    path.write_text(json.dumps(values))
+    adopt_existing_crds(
+        k8s.ApiextensionsV1Api(kube_client),
+        names=["powpolicies.powgate.dev", "kopfpeerings.kopf.dev"],
+        release=RELEASE,
+        ns=namespace,
+    )
+    started = time.perf_counter()
+    install = kube.run(
+        "helm", "install", RELEASE, str(CHART), "--namespace", namespace,
+        "--values", str(path), "--wait", "--timeout", f"{WAIT:.0f}s", check=False,
+    )  # fmt: skip
+    if install.returncode != 0:
+        pytest.fail(
+            f"helm install failed:\n{install.stdout}\n{install.stderr}\n"
+            f"{pod_events(core, namespace)}\n{operator_log(kube, namespace)}"
+        )
+    took = time.perf_counter() - started
+    print(f"helm install --wait with the operator on the real node: {took:.1f} s")
+    yield Release(namespace=namespace, app_namespace=app_namespace, kube=kube)
+    # Left by a test that failed before uninstalling: the next module starts clean.
+    kube.run("helm", "uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
+    for name in (app_namespace, namespace):
+        try:
+            core.delete_namespace(name)
+        except k8s.ApiException as exc:
+            if exc.status != HTTPStatus.NOT_FOUND:
+                raise
+
+
+def operator_log(kube: Kube, namespace: str) -> str:
+    result = kube.run(
+        "kubectl", "logs", "--namespace", namespace, "deployment/powgate", "--tail=40", check=False
+    )
+    return result.stdout + result.stderr
+
+
+def policy_body(namespace: str, difficulty: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PowPolicy",
+        "metadata": {"name": POLICY, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": APP}},
+            "difficulty": {"min": difficulty, "max": 1_000_000},
+        },
+    }
+
+
+def standin_deployment(node: RealNode) -> dict[str, Any]:
+    """The stand-in AI service as its own team would deploy it: non-root, read-only root."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": APP, "labels": {"app": APP}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {
+                "metadata": {"labels": {"app": APP}},
+                "spec": {
+                    "nodeSelector": node.selector,
+                    "tolerations": [node.toleration],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": node.image("standin"),
+                            "imagePullPolicy": "Never",
+                            "args": ["--concurrency", "8", "--tokens-per-second", "500"],
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def app(release: Release, kube_client: k8s.ApiClient, real_node: RealNode) -> App:
+    """A PowPolicy, then the stand-in's Deployment and Service in the opted-in namespace."""
+    ns = release.app_namespace
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, policy_body(ns, DIFFICULTY))
+
+    def policy_ready() -> bool:
+        obj = as_dict(custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, POLICY))
+        return condition(obj, "Ready") == "True"
+
+    eventually(
+        policy_ready, what="the policy Ready", timeout=WAIT,
+        context=lambda: operator_log(release.kube, release.namespace),
+    )  # fmt: skip
+    k8s.AppsV1Api(kube_client).create_namespaced_deployment(ns, standin_deployment(real_node))
+    service = k8s.CoreV1Api(kube_client).create_namespaced_service(
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": APP},
+            "spec": {"selector": {"app": APP}, "ports": [{"port": 80, "targetPort": "http"}]},
+        },
+    )
+    result = App(namespace=ns, url=f"http://{service.spec.cluster_ip}")
+    app_pod(release, result, k8s.CoreV1Api(kube_client))
+    return result
+
+
+def injected_and_ready(pod: k8s.V1Pod) -> bool:
+    # The operator restarts a selected Deployment whose pods predate injection,
+    # so the first pod may still be one without a sidecar.
+    annotations = pod.metadata.annotations or {} if pod.metadata else {}
+    return (
+        INJECTED_ANNOTATION in annotations
+        and ready(pod)
+        and pod.metadata.deletion_timestamp is None
+    )
+
+
+def app_pod(release: Release, app: App, core: k8s.CoreV1Api) -> k8s.V1Pod:
+    """The stand-in's injected, Ready pod (failing with what the pods and the sidecar say)."""
+
+    def context() -> str:
+        described = release.kube.run(
+            "kubectl", "describe", "pods", "--namespace", app.namespace, check=False
+        ).stdout
+        logs = release.kube.run(
+            "kubectl", "logs", "--namespace", app.namespace, f"deployment/{APP}",
+            "--container", SIDECAR_NAME, "--tail=30", check=False,
+        )  # fmt: skip
+        operator = operator_log(release.kube, release.namespace)
+        return f"{described[-6000:]}\n{logs.stdout}{logs.stderr}\n{operator}"
+
+    found: list[k8s.V1Pod] = eventually(
+        # `or None`: an empty list is a value to `eventually`, not a miss.
+        lambda: (
+            [p for p in pods(core, app.namespace, f"app={APP}") if injected_and_ready(p)] or None
+        ),
+        what="the stand-in pod injected and Ready",
+        timeout=WAIT,
+        context=context,
+    )
+    (pod,) = found
+    return pod
+
+
+def test_1_helm_install_runs_the_operator_image_in_a_pod_serving_the_webhook(
+    release: Release, kube_client: k8s.ApiClient, real_node: RealNode
+) -> None:
+    core = k8s.CoreV1Api(kube_client)
+    (pod,) = pods(core, release.namespace, "app.kubernetes.io/component=operator")
+    assert pod.spec is not None
+    assert pod.status is not None
+    assert pod.spec.node_name == real_node.name
+    assert ready(pod)
+    (container,) = pod.spec.containers
+    assert container.image == real_node.image("operator")
+    # A real process in a real container: its log is the operator's JSON log.
+    log = operator_log(release.kube, release.namespace)
+    assert '"message"' in log, log
+    # The webhook configuration carries the CA of the certificate the pod serves.
+    admission = k8s.AdmissionregistrationV1Api(kube_client)
+    (config,) = [
+        c
+        for c in admission.list_mutating_webhook_configuration().items
+        if c.metadata.name.startswith(release.namespace)
+    ]
+    for hook in config.webhooks:
+        assert hook.client_config.ca_bundle, hook.name
+        assert hook.client_config.service.namespace == release.namespace
+
+
+def test_2_the_injected_pod_runs_the_native_sidecar_first_as_non_root_on_a_read_only_root(
+    release: Release, app: App, kube_client: k8s.ApiClient
+) -> None:
+    core = k8s.CoreV1Api(kube_client)
+    pod = app_pod(release, app, core)
+    assert pod.metadata is not None
+    assert pod.spec is not None
+    assert pod.status is not None
+    assert pod.metadata.annotations[INJECTED_ANNOTATION] == POLICY
+    # A native sidecar: an init container that keeps running.
+    (sidecar,) = [c for c in pod.spec.init_containers or [] if c.name == SIDECAR_NAME]
+    assert sidecar.restart_policy == "Always"
+    (app_container,) = pod.spec.containers
+    statuses = {
+        s.name: s for s in [*pod.status.init_container_statuses, *pod.status.container_statuses]
+    }
+    sidecar_started = statuses[SIDECAR_NAME].state.running.started_at
+    app_started = statuses["app"].state.running.started_at
+    assert sidecar_started <= app_started
+    assert statuses[SIDECAR_NAME].ready
+    assert statuses["app"].ready
+    # Non-root, and the root file system refuses writes: asked of the processes themselves.
+    probe = "import os; print('uid', os.getuid()); open('/probe', 'w')"
+    for name in (SIDECAR_NAME, "app"):
+        out = kubectl_exec(
+            release.kube, app.namespace, pod.metadata.name, name, "python", "-c", probe
+        )
+        assert "uid 65532" in out, out
+        assert "Read-only file system" in out, out
+    # The app's named port is now the sidecar's: the Service's endpoints point at it.
+    (taken,) = [p for p in sidecar.ports if p.name == "http"]
+    assert all(p.name != "http" for p in app_container.ports)
+    slices = k8s.DiscoveryV1Api(kube_client).list_namespaced_endpoint_slice(
+        app.namespace, label_selector=f"kubernetes.io/service-name={APP}"
+    )
+    ports = {p.port for s in slices.items for p in s.ports or []}
+    assert ports == {taken.container_port}
+
+
+def standin_metric(app: App, kube_client: k8s.ApiClient, name: str) -> float:
+    """A counter of the stand-in, read at its own port (behind the sidecar)."""
+    core = k8s.CoreV1Api(kube_client)
+    (pod,) = [p for p in pods(core, app.namespace, f"app={APP}") if injected_and_ready(p)]
+    text = httpx.get(f"http://{pod.status.pod_ip}:8000/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((f"{name}{{", f"{name} "))
+    )
+
+
+def chat(client: httpx.Client, url: str) -> httpx.Response:
+    return client.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "model": "powgate-standin",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+        },
+        timeout=30,
+    )
+
+
+def test_3_a_client_pays_through_the_cluster_ip_and_an_unpaid_request_gets_428(
+    app: App, kube_client: k8s.ApiClient
+) -> None:
+    before = standin_metric(app, kube_client, "powgate_standin_requests_total")
+    with httpx.Client() as plain:
+        refused = chat(plain, app.url)
+    assert refused.status_code == HTTPStatus.PRECONDITION_REQUIRED
+    assert Challenge.from_json(refused.content).maxnumber == DIFFICULTY
+    with httpx.Client(auth=PowAuth()) as paying:
+        answers = [chat(paying, app.url) for _ in range(3)]
+    assert [a.status_code for a in answers] == [HTTPStatus.OK] * 3
+    assert all(a.json()["object"] == "chat.completion" for a in answers)
+    # The stand-in saw the three paid requests and not the refused one.
+    assert standin_metric(app, kube_client, "powgate_standin_requests_total") - before == 3
+
+
+def challenge_difficulty(url: str) -> int:
+    response = httpx.get(url + CHALLENGE_PATH, params={"path": "/v1/chat/completions"}, timeout=5)
+    return Challenge.from_json(response.content).maxnumber
+
+
+def test_4_a_policy_edit_reaches_the_in_pod_sidecar_within_a_second(
+    release: Release, app: App, kube_client: k8s.ApiClient
+) -> None:
+    assert challenge_difficulty(app.url) == DIFFICULTY
+    custom = k8s.CustomObjectsApi(kube_client)
+    edited = time.monotonic()
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, app.namespace, PLURAL, POLICY, {"spec": {"difficulty": {"min": EDITED}}}
+    )
+    eventually(
+        lambda: challenge_difficulty(app.url) == EDITED,
+        what="a challenge at the new difficulty",
+        timeout=30,
+    )
+    took = time.monotonic() - edited
+    print(f"policy edit → new difficulty in challenges from the pod: {took:.2f} s")
+    assert took < PROPAGATION
+
+
+def test_7_deleting_and_uninstalling_leaves_only_the_crd(
+    release: Release, app: App, kube_client: k8s.ApiClient
+) -> None:
+    ns = app.namespace
+    core = k8s.CoreV1Api(kube_client)
+    rbac = k8s.RbacAuthorizationV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, POLICY)
+
+    def gone(read: Any, *args: str) -> bool:
+        try:
+            read(*args)
+        except k8s.ApiException as exc:
+            return exc.status == HTTPStatus.NOT_FOUND
+        return False
+
+    eventually(
+        lambda: gone(core.read_namespaced_config_map, config_map_name(POLICY), ns),
+        what="config gone",
+    )
+    eventually(
+        lambda: gone(core.read_namespaced_secret, key_secret_name(POLICY), ns), what="keys gone"
+    )
+    managed = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    eventually(
+        lambda: not rbac.list_namespaced_role(ns, label_selector=managed).items, what="roles gone"
+    )
+    core.delete_namespace(ns)
+    eventually(lambda: gone(core.read_namespace, ns), what=f"namespace {ns} gone", timeout=WAIT)
+
+    release.kube.run("helm", "uninstall", RELEASE, "--namespace", release.namespace, "--wait")
+
+    # Everything the chart or the operator made is gone, but the CRD (crds.keep);
+    # what the operator made goes with its owner, through the garbage collector.
+    def leftovers() -> list[str]:
+        found = []
+        listed = release.kube.run(
+            "kubectl", "get", "deployments,services,secrets,configmaps,serviceaccounts,roles,"
+            "rolebindings,leases", "--namespace", release.namespace, "-o", "name",
+        )  # fmt: skip
+        found += [
+            line
+            for line in listed.stdout.split()
+            if "kube-root-ca.crt" not in line and not line.endswith("/default")
+        ]
+        for kind in ("mutatingwebhookconfigurations", "clusterroles", "clusterrolebindings"):
+            listed = release.kube.run("kubectl", "get", kind, "-o", "name")
+            found += [line for line in listed.stdout.split() if RELEASE in line.split("/", 1)[1]]
+        return found
+
+    eventually(
+        lambda: not leftovers(),
+        what="no object of the release left",
+        context=lambda: str(leftovers()),
+    )
+    k8s.ApiextensionsV1Api(kube_client).read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    eventually(
+        lambda: not pods(core, release.namespace, "app.kubernetes.io/component=operator"),
+        what="the operator pod gone",
+    )
