@@ -3,8 +3,11 @@
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
 plain processes on 127.0.0.1 with free ports and a throw-away PKI; kwok plays
 the kubelet of a few fake Nodes, so Deployments produce pods that reach
-Running. The binaries come from `make tools` (pinned Go modules under
-`hack/tools/`), in `$POWGATE_CACHE/bin`.
+Running. With `node_network=True` the cluster also gets a network namespace
+for a real node (`powgate_testbed.node`), and its API server listens on the
+host's end of that namespace's link instead of 127.0.0.1. The binaries come
+from `make tools` (pinned Go modules under `hack/tools/`), in
+`$POWGATE_CACHE/bin`.
 
     python -m powgate_testbed.cluster up|down|status
 
@@ -326,7 +329,7 @@ class LocalCluster(Service):
         return ApiServerReplica(
             cluster=self,
             argv=self._apiserver_argv(ports, self.root / "pki"),
-            server=f"https://127.0.0.1:{port}",
+            server=f"https://{self._listen_address}:{port}",
         )
 
     def _start(self) -> None:
