@@ -18,7 +18,7 @@ from ._protocol import SOLUTION_HEADER, Challenge
 from ._solver import solve, solve_deepseek, solve_v2
 from ._verify import AnyChallenge
 
-__all__ = ["CHALLENGE_TYPES", "Solved", "parse_challenge", "solve_challenge"]
+__all__ = ["CHALLENGE_TYPES", "Solved", "expected_work", "parse_challenge", "solve_challenge"]
 
 _DEEPSEEK: Final = "DeepSeekHashV1"
 #: The classes of :data:`powgate.AnyChallenge`, for ``isinstance``.
@@ -41,13 +41,26 @@ def parse_challenge(document: object) -> AnyChallenge:
     return Challenge.from_dict(document)
 
 
+def expected_work(challenge: AnyChallenge) -> float:
+    """Mean work of a solve: hashes (ALTCHA v1, DeepSeek) or key derivations (ALTCHA v2)."""
+    if isinstance(challenge, ChallengeV2):
+        return float(challenge.expected_tries)
+    if isinstance(challenge, DeepSeekChallenge):
+        return challenge.difficulty / 2
+    return (challenge.maxnumber + 1) / 2
+
+
 @dataclass(frozen=True, slots=True)
 class Solved:
-    """A solution ready to send: the header to put it in, the payload, and the solve time."""
+    """A solution ready to send: its header and payload, the work it took, the solve time.
+
+    ``work`` counts hashes (ALTCHA v1, DeepSeek) or key derivations (ALTCHA v2).
+    """
 
     header: str
     payload: str
     seconds: float
+    work: int = 0
 
 
 def solve_challenge(
@@ -66,9 +79,11 @@ def solve_challenge(
         found = solve_v2(challenge, workers=workers, timeout=timeout)
         ms = round(found.seconds * 1000)
         payload = challenge.solution(found.counter, found.derived_key, ms=ms).encode()
-        return Solved(SOLUTION_HEADER, payload, found.seconds)
+        return Solved(SOLUTION_HEADER, payload, found.seconds, found.tries)
     if isinstance(challenge, DeepSeekChallenge):
         result = solve_deepseek(challenge, workers=workers)
-        return Solved(DEEPSEEK_HEADER, challenge.solution(result.number).encode(), result.seconds)
+        payload = challenge.solution(result.number).encode()
+        return Solved(DEEPSEEK_HEADER, payload, result.seconds, result.hashes)
     result = solve(challenge, workers=workers, max_hashes_per_second=max_hashes_per_second)
-    return Solved(SOLUTION_HEADER, challenge.solution(result.number).encode(), result.seconds)
+    payload = challenge.solution(result.number).encode()
+    return Solved(SOLUTION_HEADER, payload, result.seconds, result.hashes)

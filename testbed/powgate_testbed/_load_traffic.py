@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -25,7 +26,18 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from powgate import Challenge, ProtocolError, SolveError
+from powgate import (
+    DEEPSEEK_HEADER,
+    SOLUTION_HEADER,
+    SOLVE_MS_HEADER,
+    AnyChallenge,
+    ChallengeV2,
+    DeepSeekChallenge,
+    ProtocolError,
+    SolveError,
+    parse_challenge,
+)
+from powgate._dispatch import expected_work
 
 from ._load_stats import OUTCOMES, ClassStats, Counter
 from ._load_work import HashBudget, SolverPool, Work
@@ -46,9 +58,6 @@ __all__ = [
 DEFAULT_BROWSER_HASH_RATE: Final = 1.5e6
 #: The bots' shared compute by default: several legitimate clients' worth.
 DEFAULT_ATTACK_BUDGET: Final = 4 * DEFAULT_BROWSER_HASH_RATE
-SOLUTION_HEADER: Final = "X-Powgate-Solution"
-#: Lets the sidecar record how long clients solve (a metric), as the browser solver does.
-SOLVE_MS_HEADER: Final = "X-Powgate-Solve-Ms"
 #: Answers that carry a challenge to solve (428, or 401 with ``WWW-Authenticate: PoW``).
 _CHALLENGE_STATUSES: Final = frozenset({401, 428})
 _OVERLOAD_STATUSES: Final = frozenset({429, 503})
@@ -219,9 +228,9 @@ class LoadGenerator:
         self._attack_solver = SolverPool()
         self._budget = HashBudget(rate=self.attack.budget)
         # What bots keep between requests: the payload they replay, the challenge they forge from.
-        self._replay_payload: str | None = None
+        self._replay_payload: Work | None = None
         self._replay_lock = asyncio.Lock()
-        self._last_challenge: Challenge | None = None
+        self._last_challenge: AnyChallenge | None = None
 
     # -- live control and observation (the demo's scenario and live view) ----
 
@@ -389,7 +398,7 @@ class LoadGenerator:
     ) -> Counter:
         hash_rate = self.legit.hash_rate
 
-        async def browser_speed(challenge: Challenge) -> Work:
+        async def browser_speed(challenge: AnyChallenge) -> Work:
             started = time.monotonic()
             work = await self._legit_solver.solve(challenge)
             # Solve natively, then wait out the difference to the browser's pace.
@@ -427,8 +436,8 @@ class LoadGenerator:
             begun=begun,
         )
 
-    async def _budgeted_solve(self, challenge: Challenge) -> Work:
-        expected = (challenge.maxnumber + 1) // 2
+    async def _budgeted_solve(self, challenge: AnyChallenge) -> Work:
+        expected = round(expected_work(challenge))
         await self._budget.reserve(expected)
         spent = 0
         try:
@@ -438,7 +447,9 @@ class LoadGenerator:
         finally:
             self._budget.settle(expected=expected, spent=spent)
 
-    async def _replayable(self, stats: ClassStats, *, session: aiohttp.ClientSession) -> str | None:
+    async def _replayable(
+        self, stats: ClassStats, *, session: aiohttp.ClientSession
+    ) -> Work | None:
         """The one payload replay bots reuse: solved honestly once (within the budget)."""
         async with self._replay_lock:
             if self._replay_payload is None:
@@ -452,20 +463,31 @@ class LoadGenerator:
                 stats.solved(
                     at=self.elapsed, hashes=work.hashes, seconds=time.monotonic() - started
                 )
-                self._replay_payload = work.payload
+                self._replay_payload = work
             return self._replay_payload
 
-    def _forged(self, challenge: Challenge) -> str:
-        # Half wrong numbers under a genuine signature, half forged signatures:
+    def _forged(self, challenge: AnyChallenge) -> Work:
+        # Half wrong answers under a genuine signature, half forged signatures:
         # both must fail, for different counted reasons.
-        if self._rng.random() < 0.5:
-            number = self._rng.randrange(challenge.maxnumber + 1)
-            return challenge.solution(number).encode()
-        signature = secrets.token_hex(len(challenge.signature) // 2)
-        forged = Challenge(
-            challenge.algorithm, challenge.challenge, challenge.maxnumber, challenge.salt, signature
-        )
-        return forged.solution(self._rng.randrange(challenge.maxnumber + 1)).encode()
+        genuine = self._rng.random() < 0.5
+        signature = challenge.signature if genuine else secrets.token_hex(32)
+        if isinstance(challenge, ChallengeV2):
+            # A made-up key with the right prefix: the most a forger can do for free.
+            key = bytes.fromhex(challenge.key_prefix.ljust(2 * challenge.params.key_length, "0"))
+            v2 = dataclasses.replace(challenge, signature=signature)
+            counter = self._rng.randrange(1 << 32)
+            return Work(SOLUTION_HEADER, v2.solution(counter, key).encode(), 0)
+        if isinstance(challenge, DeepSeekChallenge):
+            # The signature carries its parameters after "?": forge the MAC only.
+            _, _, query = challenge.signature.partition("?")
+            deepseek = dataclasses.replace(
+                challenge, signature=challenge.signature if genuine else f"{signature}?{query}"
+            )
+            answer = self._rng.randrange(challenge.difficulty)
+            return Work(DEEPSEEK_HEADER, deepseek.solution(answer).encode(), 0)
+        forged = dataclasses.replace(challenge, signature=signature)
+        number = self._rng.randrange(challenge.maxnumber + 1)
+        return Work(SOLUTION_HEADER, forged.solution(number).encode(), 0)
 
     async def _solving_flow(
         self,
@@ -473,11 +495,11 @@ class LoadGenerator:
         *,
         session: aiohttp.ClientSession,
         begun: float,
-        solver: Callable[[Challenge], Awaitable[Work]],
+        solver: Callable[[AnyChallenge], Awaitable[Work]],
         attempts: int,
     ) -> Counter:
         """Ask; on a challenge, solve and ask again, sending up to ``attempts`` solutions."""
-        payload: str | None = None
+        payload: Work | None = None
         solve_ms: int | None = None
         sent = 0
         while True:
@@ -495,14 +517,14 @@ class LoadGenerator:
             work = await solver(challenge)
             seconds = time.monotonic() - started
             stats.solved(at=self.elapsed, hashes=work.hashes, seconds=seconds)
-            payload, solve_ms, sent = work.payload, round(seconds * 1000), sent + 1
+            payload, solve_ms, sent = work, round(seconds * 1000), sent + 1
 
     def _settle(
         self,
         stats: ClassStats,
         *,
         status: int,
-        challenge: Challenge | None,
+        challenge: AnyChallenge | None,
         sent_solution: bool,
         begun: float,
     ) -> Counter:
@@ -520,12 +542,12 @@ class LoadGenerator:
         return "errors"
 
     async def _post(
-        self, session: aiohttp.ClientSession, *, payload: str | None, solve_ms: int | None = None
-    ) -> tuple[int, Challenge | None]:
+        self, session: aiohttp.ClientSession, *, payload: Work | None, solve_ms: int | None = None
+    ) -> tuple[int, AnyChallenge | None]:
         """One HTTP exchange, body read to the end (every event of a stream)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if payload is not None:
-            headers[SOLUTION_HEADER] = payload
+            headers[payload.header] = payload.payload
         if solve_ms is not None:
             headers[SOLVE_MS_HEADER] = str(solve_ms)
         async with session.post(
@@ -540,4 +562,4 @@ class LoadGenerator:
             return response.status, None
         # A challenge answer that is not a usable challenge is the server's error:
         # it surfaces as ProtocolError and counts as an error.
-        return response.status, Challenge.from_json(body)
+        return response.status, parse_challenge(body)

@@ -16,23 +16,28 @@ import multiprocessing.pool
 from dataclasses import dataclass
 from typing import Any
 
-from powgate import Challenge, solve
+from powgate import AnyChallenge, parse_challenge, solve_challenge
 
 __all__ = ["HashBudget", "SolverPool", "Work"]
 
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """A solved challenge: the payload to send and what it cost."""
+    """A solved challenge: the header and payload to send, and what it cost.
 
+    ``hashes`` counts the scheme's unit of work: hashes (ALTCHA v1,
+    DeepSeek) or key derivations (ALTCHA PoW v2).
+    """
+
+    header: str
     payload: str
     hashes: int
 
 
-def _solve_in_worker(document: dict[str, Any]) -> tuple[int, int]:
+def _solve_in_worker(document: dict[str, Any]) -> tuple[str, str, int]:
     # Runs in the worker process; plain types cross the process boundary.
-    result = solve(Challenge.from_dict(document))
-    return result.number, result.hashes
+    solved = solve_challenge(parse_challenge(document))
+    return solved.header, solved.payload, solved.work
 
 
 class SolverPool:
@@ -47,14 +52,14 @@ class SolverPool:
             # spawn: forking a process that runs an event loop and threads is unsafe.
             self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
 
-    async def solve(self, challenge: Challenge) -> Work:
+    async def solve(self, challenge: AnyChallenge) -> Work:
         """Search ``challenge`` at native speed (``SolveError`` if it has no solution)."""
         self.start()
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[int, int]] = loop.create_future()
+        done: asyncio.Future[tuple[str, str, int]] = loop.create_future()
 
-        def deliver(result: tuple[int, int]) -> None:
+        def deliver(result: tuple[str, str, int]) -> None:
             loop.call_soon_threadsafe(_settle, done, result, None)
 
         def fail(error: BaseException) -> None:
@@ -63,8 +68,8 @@ class SolverPool:
         self._pool.apply_async(
             _solve_in_worker, (challenge.to_dict(),), callback=deliver, error_callback=fail
         )
-        number, hashes = await done
-        return Work(payload=challenge.solution(number).encode(), hashes=hashes)
+        header, payload, hashes = await done
+        return Work(header=header, payload=payload, hashes=hashes)
 
     def close(self) -> None:
         """Stop the worker at once, abandoning any search in progress (runs are bounded in time)."""
@@ -75,8 +80,8 @@ class SolverPool:
 
 
 def _settle(
-    future: asyncio.Future[tuple[int, int]],
-    result: tuple[int, int] | None,
+    future: asyncio.Future[tuple[str, str, int]],
+    result: tuple[str, str, int] | None,
     error: BaseException | None,
 ) -> None:
     # The requester may have been cancelled (end of run) while the worker searched.

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from powgate import Issuer, KeyRing, MemoryReplayCache, Verifier
+from powgate import Issuer, KdfParams, KeyRing, MemoryReplayCache, Verifier
 from powgate_testbed.load import (
     AttackMode,
     AttackTraffic,
@@ -31,15 +31,18 @@ from powgate_testbed.load import (
 )
 
 SOLUTION = "X-Powgate-Solution"
+DEEPSEEK = "x-ds-pow-response"
 
 
 class ChallengeServer:
     """Answers 428 + challenge without a valid solution, ``answer`` with one."""
 
-    def __init__(self, *, difficulty: int) -> None:
+    def __init__(
+        self, *, difficulty: int, algorithm: str = "SHA-256", params: KdfParams | None = None
+    ) -> None:
         keyring = KeyRing.generate()
         self.difficulty = difficulty
-        self.issuer = Issuer(keyring=keyring)
+        self.issuer = Issuer(keyring=keyring, algorithm=algorithm, params=params)
         self.verifier = Verifier(keyring=keyring, replay=MemoryReplayCache())
         self.reasons: Counter[str] = Counter()
         self.admitted_numbers: list[int] = []
@@ -52,7 +55,7 @@ class ChallengeServer:
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         await self.hold.wait()
-        payload = request.headers.get(SOLUTION)
+        payload = request.headers.get(SOLUTION) or request.headers.get(DEEPSEEK)
         verdict = self.verifier.verify(payload)
         self.reasons[verdict.reason.value] += 1
         if not verdict.ok:
@@ -62,7 +65,8 @@ class ChallengeServer:
             )
             return web.Response(status=428, body=body, content_type="application/json")
         assert payload is not None
-        self.admitted_numbers.append(json.loads(base64.b64decode(payload))["number"])
+        decoded = json.loads(base64.b64decode(payload))
+        self.admitted_numbers.append(decoded.get("number", decoded.get("answer", -1)))
         if "X-Powgate-Solve-Ms" in request.headers:
             self.solve_ms.append(int(request.headers["X-Powgate-Solve-Ms"]))
         return web.json_response({"ok": True}, status=self.answer)
@@ -110,6 +114,44 @@ async def test_legitimate_clients_solve_and_every_hash_is_accounted(
     assert totals(report, "attack")["sent"] == 0
     assert sum(row["legit"]["sent"] for row in report.series) == 6
     assert sum(row["legit"]["hashes"] for row in report.series) == legit["hashes"]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "params", "header"),
+    [
+        ("ARGON2ID", KdfParams(cost=1, memory_cost=64, parallelism=1), SOLUTION),
+        ("SCRYPT", KdfParams(cost=16, memory_cost=1, parallelism=1), SOLUTION),
+        ("DeepSeekHashV1", None, DEEPSEEK),
+    ],
+)
+async def test_every_scheme_is_solved_forged_and_refused(
+    algorithm: str, params: KdfParams | None, header: str
+) -> None:
+    """Legitimate clients and forging bots speak each family's format and header."""
+    fake = ChallengeServer(difficulty=64, algorithm=algorithm, params=params)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        legit = LegitTraffic(rate=20, hash_rate=1e6)
+        report = await LoadGenerator(target=url, legit=legit, arrivals="uniform").run(
+            duration=60, max_requests=4
+        )
+        assert totals(report, "legit")["admitted"] == 4
+        assert totals(report, "legit")["hashes"] >= 4
+        attack = AttackTraffic(rate=200, mode=AttackMode.FORGE)
+        forged = await LoadGenerator(
+            target=url, legit=LegitTraffic(rate=0), attack=attack, seed=3
+        ).run(duration=60, max_requests=30)
+        assert totals(forged, "attack")["admitted"] == 0
+        assert fake.reasons["bad_signature"] > 0
+        assert fake.reasons["wrong_number"] > 0
+    finally:
+        await runner.cleanup()
 
 
 async def test_bots_that_never_solve_spend_no_hashes(server: tuple[ChallengeServer, str]) -> None:
