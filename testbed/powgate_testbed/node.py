@@ -156,6 +156,11 @@ class RealNode(Service):
         """The node's InternalIP (its end of the link)."""
         return str(self._network.addresses.node)
 
+    @property
+    def host_address(self) -> str:
+        """The host's end of the node's link: where pods reach a server of the test run."""
+        return str(self._network.addresses.host)
+
     def image(self, name: str) -> str:
         """The reference of a loaded image, e.g. `image("sidecar")`."""
         return f"powgate-{name}:{self._tools.image_tag}"

@@ -14,8 +14,11 @@ server to reload it (`--web.enable-lifecycle`): no restart, no lost samples.
 from __future__ import annotations
 
 import atexit
+import json
 import re
 import shutil
+import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +39,14 @@ from powgate_testbed._process import (
 )
 
 __all__ = [
+    "PodDiscovery",
     "PrometheusError",
     "PrometheusNotFoundError",
     "PrometheusServer",
     "ScrapeTarget",
     "StartupError",
     "find_prometheus",
+    "pod_monitor_scrape_configs",
 ]
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -94,7 +99,12 @@ class ScrapeTarget:
                 raise ValueError(f"invalid label name {name!r}")
 
 
-def _render_config(targets: Sequence[ScrapeTarget], *, interval: float) -> str:
+def _render_config(
+    targets: Sequence[ScrapeTarget],
+    *,
+    interval: float,
+    discovery: Sequence[Mapping[str, Any]] = (),
+) -> str:
     jobs: dict[str, list[ScrapeTarget]] = {}
     for target in targets:
         jobs.setdefault(target.job, []).append(target)
@@ -124,9 +134,175 @@ def _render_config(targets: Sequence[ScrapeTarget], *, interval: float) -> str:
             "scrape_timeout": seconds,
             "evaluation_interval": seconds,
         },
-        "scrape_configs": scrape_configs,
+        "scrape_configs": [*scrape_configs, *(dict(d) for d in discovery)],
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _label_name(name: str) -> str:
+    """A label key as a Prometheus meta label suffix (`powgate.dev/x` → `powgate_dev_x`)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def pod_monitor_scrape_configs(
+    pod_monitor: Mapping[str, Any], *, pods: Path
+) -> list[dict[str, Any]]:
+    """What the Prometheus Operator makes of a PodMonitor: one scrape config per endpoint.
+
+    For a Prometheus without the operator (the testbed's): targets are every
+    container port of every pod, with the meta labels Prometheus' Kubernetes
+    discovery gives them, from the file `pods` (`PodDiscovery` writes it:
+    Debian's Prometheus is built without Kubernetes discovery), kept or
+    dropped by relabelling as the operator does it: the selector's labels and
+    expressions, the namespaces, the endpoint's named container port and path;
+    `namespace`, `pod` and `container` become target labels.
+    """
+    meta, spec = pod_monitor["metadata"], pod_monitor["spec"]
+    selector = spec.get("selector") or {}
+    relabel: list[dict[str, Any]] = []
+    for key, value in (selector.get("matchLabels") or {}).items():
+        relabel.append(_keep_label(key, [str(value)], action="keep"))
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        present = f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"
+        if operator in ("Exists", "DoesNotExist"):
+            action = "keep" if operator == "Exists" else "drop"
+            relabel.append({"action": action, "source_labels": [present], "regex": "true"})
+        elif operator in ("In", "NotIn"):
+            action = "keep" if operator == "In" else "drop"
+            relabel.append(_keep_label(key, expression.get("values") or [], action=action))
+        else:
+            raise ValueError(f"unknown selector operator {operator!r}")
+    namespaces = spec.get("namespaceSelector") or {}
+    if not namespaces.get("any"):
+        names = list(namespaces.get("matchNames") or [meta["namespace"]])
+        relabel.append(
+            {
+                "action": "keep",
+                "source_labels": ["__meta_kubernetes_namespace"],
+                "regex": "|".join(re.escape(n) for n in names),
+            }
+        )
+    discovery = {"files": [str(pods)], "refresh_interval": "1s"}
+    configs = []
+    for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
+        config: dict[str, Any] = {
+            "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{index}",
+            "metrics_path": endpoint.get("path", "/metrics"),
+            "file_sd_configs": [discovery],
+            "relabel_configs": [
+                *relabel,
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                    "regex": endpoint["port"],
+                },
+                *(
+                    {"source_labels": [f"__meta_kubernetes_{source}"], "target_label": target}
+                    for source, target in (
+                        ("namespace", "namespace"),
+                        ("pod_name", "pod"),
+                        ("pod_container_name", "container"),
+                    )
+                ),
+            ],
+        }
+        if "interval" in endpoint:
+            config["scrape_interval"] = endpoint["interval"]
+            config["scrape_timeout"] = endpoint["interval"]
+        configs.append(config)
+    return configs
+
+
+class PodDiscovery(Service):
+    """Prometheus' Kubernetes pod discovery, for a Prometheus built without it.
+
+    Lists the cluster's pods every `interval` seconds and writes them to
+    `path` in Prometheus' file discovery format: one target per container
+    port (`<pod IP>:<port>`), with the `__meta_kubernetes_*` labels that
+    Prometheus' own role-pod discovery sets, so the same relabelling applies.
+    """
+
+    def __init__(
+        self, *, path: Path, server: str, context: ssl.SSLContext, interval: float = 1.0
+    ) -> None:
+        self.path = path
+        self._server = server
+        self._context = context
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write([])
+        self._thread = threading.Thread(target=self._run, name="pod-discovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._server, verify=self._context, timeout=5) as api:
+            while not self._stopping.is_set():
+                try:
+                    response = api.get("/api/v1/pods")
+                    response.raise_for_status()
+                    self._write(response.json()["items"])
+                except (httpx.HTTPError, ValueError, KeyError):
+                    self.errors += 1  # the last good file stays in force
+                self._stopping.wait(self._interval)
+
+    def _write(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        groups = [group for pod in pods for group in _pod_targets(pod)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.path)
+
+
+def _pod_targets(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip:
+        return []
+    common = {
+        "__meta_kubernetes_namespace": meta["namespace"],
+        "__meta_kubernetes_pod_name": meta["name"],
+        "__meta_kubernetes_pod_ip": ip,
+        "__meta_kubernetes_pod_node_name": spec.get("nodeName", ""),
+        "__meta_kubernetes_pod_phase": status.get("phase", ""),
+    }
+    for key, value in (meta.get("labels") or {}).items():
+        common[f"__meta_kubernetes_pod_label_{_label_name(key)}"] = value
+        common[f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"] = "true"
+    groups = []
+    # Native sidecars are init containers that keep running; Prometheus lists them too.
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        for port in container.get("ports") or []:
+            labels = {
+                **common,
+                "__meta_kubernetes_pod_container_name": container["name"],
+                "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+            }
+            groups.append({"targets": [f"{ip}:{port['containerPort']}"], "labels": labels})
+    return groups
+
+
+def _keep_label(key: str, values: Sequence[str], *, action: str) -> dict[str, Any]:
+    name = _label_name(key)
+    return {
+        "action": action,
+        "source_labels": [
+            f"__meta_kubernetes_pod_label_{name}",
+            f"__meta_kubernetes_pod_labelpresent_{name}",
+        ],
+        "regex": f"({'|'.join(re.escape(v) for v in values)});true",
+    }
 
 
 class PrometheusServer(Service):
@@ -139,13 +315,20 @@ class PrometheusServer(Service):
         binary: Path | None = None,
         scrape_interval: float = 1.0,
         targets: Sequence[ScrapeTarget] = (),
+        discovery: Sequence[Mapping[str, Any]] = (),
+        host: str = "127.0.0.1",
     ) -> None:
+        """`discovery`: scrape configs that find their targets themselves (e.g.
+        `pod_monitor_scrape_configs`), kept as they are; `host`: the address to
+        listen on (another than loopback when pods must reach the server)."""
         if scrape_interval <= 0:
             raise ValueError("scrape interval must be positive")
         self.root = root
         self._binary = binary
         self._interval = scrape_interval
         self._targets = list(targets)
+        self._discovery = [dict(d) for d in discovery]
+        self._host = host
         self._process: ManagedProcess | None = None
         self.url = ""
 
@@ -164,16 +347,18 @@ class PrometheusServer(Service):
     def start(self) -> None:
         binary = self._binary or find_prometheus()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(_render_config(self._targets, interval=self._interval))
+        self.config_file.write_text(
+            _render_config(self._targets, interval=self._interval, discovery=self._discovery)
+        )
         (port,) = free_ports(1)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{self._host}:{port}"
         self._process = ManagedProcess(
             name="prometheus",
             argv=[
                 str(binary),
                 f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.listen-address={self._host}:{port}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],
@@ -208,7 +393,7 @@ class PrometheusServer(Service):
         """
         if self._process is None:
             raise PrometheusError("the server is not running; call start() first")
-        rendered = _render_config(targets, interval=self._interval)
+        rendered = _render_config(targets, interval=self._interval, discovery=self._discovery)
         previous = self.config_file.read_text()
         self.config_file.write_text(rendered)
         response = httpx.post(f"{self.url}/-/reload", timeout=timeout)
@@ -228,9 +413,14 @@ class PrometheusServer(Service):
         if response is None:
             return set()
         active = response.json()["data"]["activeTargets"]
+        discovered = {d["job_name"] for d in self._discovery}
         # The discovered address, not the instance label, which a target's
         # own labels may override.
-        return {(t["scrapePool"], t["discoveredLabels"]["__address__"]) for t in active}
+        return {
+            (t["scrapePool"], t["discoveredLabels"]["__address__"])
+            for t in active
+            if t["scrapePool"] not in discovered
+        }
 
     def _get(self, path: str) -> httpx.Response | None:
         try:

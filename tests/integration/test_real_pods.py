@@ -28,13 +28,15 @@ import pytest
 from kubernetes import client as k8s
 from test_chart_install import CHART, Kube, adopt_existing_crds, as_dict, condition
 
+from helm_chart import find, render
 from powgate import CHALLENGE_PATH, Challenge
 from powgate.client import PowAuth
 from powgate.contract import INJECTED_ANNOTATION, NAMESPACE_LABEL, SIDECAR_NAME
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
 from powgate_operator._objects import MANAGED_BY
-from powgate_testbed.cluster import ClusterAccess
+from powgate_testbed.cluster import ClusterAccess, LocalCluster
 from powgate_testbed.node import RealNode
+from powgate_testbed.prometheus import PodDiscovery, PrometheusServer, pod_monitor_scrape_configs
 from waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -55,6 +57,8 @@ class Release:
     namespace: str
     app_namespace: str
     kube: Kube
+    #: The chart's values, as installed.
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def release(
         )
     took = time.perf_counter() - started
     print(f"helm install --wait with the operator on the real node: {took:.1f} s")
-    yield Release(namespace=namespace, app_namespace=app_namespace, kube=kube)
+    yield Release(namespace=namespace, app_namespace=app_namespace, kube=kube, values=values)
     # Left by a test that failed before uninstalling: the next module starts clean.
     kube.run("helm", "uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
     for name in (app_namespace, namespace):
@@ -391,6 +395,104 @@ def test_4_a_policy_edit_reaches_the_in_pod_sidecar_within_a_second(
     took = time.monotonic() - edited
     print(f"policy edit → new difficulty in challenges from the pod: {took:.2f} s")
     assert took < PROPAGATION
+
+
+@pytest.fixture(scope="module")
+def pod_prometheus(
+    release: Release,
+    local_cluster: LocalCluster,
+    real_node: RealNode,
+    prometheus_binary: Any,
+    tmp_path_factory: Any,
+) -> Iterator[PrometheusServer]:
+    """A Prometheus that scrapes what the chart's PodMonitor selects, reachable from pods.
+
+    The cluster has no Prometheus Operator, so the PodMonitor the chart renders
+    when one is present is translated the way the operator does it
+    (`pod_monitor_scrape_configs`); pods are found through the API server
+    (`PodDiscovery`, since Debian's Prometheus has no Kubernetes discovery).
+    """
+    values = {**release.values, "metrics": {"podMonitor": {"enabled": True, "interval": "1s"}}}
+    pod_monitor = find(render(values, api_versions=["monitoring.coreos.com/v1"]), "PodMonitor")
+    root = tmp_path_factory.mktemp("pod-prometheus")
+    with (
+        PodDiscovery(
+            path=root / "pods.json",
+            server=local_cluster.server,
+            context=local_cluster.admin_context(),
+        ),
+        PrometheusServer(
+            root=root,
+            binary=prometheus_binary,
+            discovery=pod_monitor_scrape_configs(pod_monitor, pods=root / "pods.json"),
+            host=real_node.host_address,
+        ) as server,
+    ):
+        yield server
+
+
+def promql(server: PrometheusServer, query: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/v1/query", params={"query": query}, timeout=5)
+    response.raise_for_status()
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+def test_6_prometheus_scrapes_the_sidecars_as_the_chart_says_and_their_rate_moves_difficulty(
+    release: Release, app: App, kube_client: k8s.ApiClient, pod_prometheus: PrometheusServer
+) -> None:
+    ns = app.namespace
+    pod = app_pod(release, app, k8s.CoreV1Api(kube_client))
+    assert pod.metadata is not None
+    # Exactly the sidecar of the injected pod is scraped, and it is up.
+    up = eventually(
+        lambda: promql(pod_prometheus, f'up{{namespace="{ns}"}} == 1') or None,
+        what="the sidecar's metrics scraped",
+        timeout=60,
+    )
+    assert [(s["metric"]["pod"], s["metric"]["container"]) for s in up] == [
+        (pod.metadata.name, SIDECAR_NAME)
+    ]
+    # A signal on the sidecars' own count of unpaid requests, read by the
+    # operator in its pod from this Prometheus.
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, POLICY,
+        {
+            "spec": {
+                "prometheus": {"address": pod_prometheus.url},
+                "evaluationIntervalSeconds": 1,
+                "signals": [
+                    {
+                        "name": "unpaid",
+                        "query": 'sum(rate(powgate_requests_total{namespace="$namespace",'
+                        'outcome="challenged"}[5s]))',
+                        "target": 1,
+                    }
+                ],
+            }
+        },
+    )  # fmt: skip
+
+    def difficulty() -> int:
+        obj = as_dict(custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, POLICY))
+        return int(obj.get("status", {}).get("difficulty") or 0)
+
+    assert difficulty() == EDITED
+    # Bots that do not pay, about 10 a second, for at most a minute.
+    deadline = time.monotonic() + 60
+    with httpx.Client() as bot:
+        while difficulty() <= EDITED:
+            assert time.monotonic() < deadline, "difficulty did not rise: " + str(
+                promql(pod_prometheus, f'powgate_requests_total{{namespace="{ns}"}}')
+            )
+            for _ in range(5):
+                assert chat(bot, app.url).status_code == HTTPStatus.PRECONDITION_REQUIRED
+                time.sleep(0.1)
+    raised = difficulty()
+    print(f"difficulty raised by the sidecars' unpaid rate: {EDITED} → {raised}")
+    # And the sidecar in the pod hands out challenges at the raised difficulty.
+    eventually(lambda: challenge_difficulty(app.url) >= raised, what="challenges at the raise")
 
 
 def test_7_deleting_and_uninstalling_leaves_only_the_crd(
