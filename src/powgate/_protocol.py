@@ -29,6 +29,7 @@ from ._errors import ProtocolError
 __all__ = [
     "AUTH_SCHEME",
     "CHALLENGE_PATH",
+    "MAX_FACTOR",
     "MAX_PAYLOAD_BYTES",
     "SOLUTION_HEADER",
     "SOLVE_MS_HEADER",
@@ -37,7 +38,9 @@ __all__ = [
     "Solution",
     "decode_object",
     "decode_solution",
+    "format_factor",
     "format_salt",
+    "parse_factor",
     "parse_salt",
     "salt_fields",
     "solution_fields",
@@ -60,6 +63,17 @@ PARAM_EXPIRES: Final = "expires"
 PARAM_KID: Final = "kid"
 PARAM_DIFFICULTY: Final = "max"
 PARAM_BINDING: Final = "bind"
+#: Per-client pricing: who the challenge was priced for (a digest of the client's
+#: key and trust) and the factor it paid over the route's price.
+PARAM_CLIENT: Final = "ck"
+PARAM_FACTOR: Final = "f"
+
+#: The highest price factor a challenge may carry (policies and lists are bounded by it).
+MAX_FACTOR: Final = 1_000_000.0
+_FACTOR_DIGITS: Final = 3
+
+#: What :func:`salt_fields` returns: ``(expires, kid, difficulty, binding, client, factor)``.
+SaltFields = tuple[int | None, str | None, int | None, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,8 @@ class SaltParams:
     kid: str | None
     difficulty: int | None
     binding: str | None
+    client: str | None = None
+    factor: str | None = None
 
 
 #: JSON string quoting as json.dumps does it (ASCII output), in C.
@@ -83,6 +99,7 @@ _UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~/:-]*")
 _CANONICAL_SALT: Final = re.compile(
     rf"[^?]*\?{PARAM_EXPIRES}=([0-9]{{1,18}})&{PARAM_KID}=([A-Za-z0-9._~/:-]*)"
     rf"&{PARAM_DIFFICULTY}=([0-9]{{1,18}})&(?:{PARAM_BINDING}=([A-Za-z0-9._~/:-]*)&)?"
+    rf"(?:{PARAM_CLIENT}=([A-Za-z0-9_-]*)&{PARAM_FACTOR}=([0-9.]*)&)?"
 )
 
 
@@ -99,6 +116,23 @@ def format_salt(nonce: str, params: dict[str, str]) -> str:
     return f"{nonce}?{query}&" if query else f"{nonce}&"
 
 
+def format_factor(factor: float) -> str:
+    """A factor as it is signed into a challenge: a decimal with at most three places."""
+    text = f"{factor:.{_FACTOR_DIGITS}f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def parse_factor(text: str | None) -> float | None:
+    """The value :func:`format_factor` wrote, or None for anything else (absent, malformed)."""
+    if text is None or not 0 < len(text) <= 12 or not text.isascii():
+        return None
+    whole, dot, fraction = text.partition(".")
+    if not whole.isdigit() or (dot and not (fraction.isdigit() and len(fraction) <= 3)):
+        return None
+    value = float(text)
+    return value if value <= MAX_FACTOR else None
+
+
 def parse_salt(salt: str) -> SaltParams:
     """Read powgate's parameters from a salt; malformed values read as absent.
 
@@ -110,24 +144,24 @@ def parse_salt(salt: str) -> SaltParams:
     return SaltParams(*salt_fields(salt))
 
 
-def salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str | None]:
-    """:func:`parse_salt` as a plain tuple ``(expires, kid, difficulty, binding)``.
+def salt_fields(salt: str) -> SaltFields:
+    """:func:`parse_salt` as a plain tuple ``(expires, kid, difficulty, binding, client, factor)``.
 
     The verifier's hot path uses this form: building a frozen dataclass costs
     more than the parsing.
     """
     canonical = _CANONICAL_SALT.fullmatch(salt)
     if canonical is not None:
-        expires, kid, difficulty, binding = canonical.groups()
-        return int(expires), kid, int(difficulty), binding
+        expires, kid, difficulty, binding, client, factor = canonical.groups()
+        return int(expires), kid, int(difficulty), binding, client, factor
     return _any_salt_fields(salt)
 
 
-def _any_salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str | None]:
+def _any_salt_fields(salt: str) -> SaltFields:
     """:func:`salt_fields` for salts of any shape: other writers', other orders, encoded values."""
     _, sep, query = salt.partition("?")
     if not sep:
-        return None, None, None, None
+        return None, None, None, None, None, None
     found: dict[str, str] = {}
     for part in query.split("&"):
         if not part:
@@ -141,6 +175,8 @@ def _any_salt_fields(salt: str) -> tuple[int | None, str | None, int | None, str
         get(PARAM_KID),
         _int_or_none(get(PARAM_DIFFICULTY)),
         get(PARAM_BINDING),
+        get(PARAM_CLIENT),
+        get(PARAM_FACTOR),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
+import math
 import os
 import time
 from collections.abc import Callable
@@ -38,19 +39,32 @@ from ._keys import KeyRing
 from ._pool import DerivationPool
 from ._protocol import (
     PARAM_BINDING,
+    PARAM_CLIENT,
     PARAM_DIFFICULTY,
     PARAM_EXPIRES,
+    PARAM_FACTOR,
     PARAM_KID,
     Challenge,
     MalformedPayloadError,
     decode_object,
+    format_factor,
     format_salt,
+    parse_factor,
     salt_fields,
     v1_fields,
 )
 from ._replay import AsyncReplayCache, Claim, ReplayCache
 
-__all__ = ["AnyChallenge", "Attempt", "Issuer", "Reason", "Verdict", "Verifier", "max_difficulty"]
+__all__ = [
+    "AnyChallenge",
+    "Attempt",
+    "Issuer",
+    "Reason",
+    "Scope",
+    "Verdict",
+    "Verifier",
+    "max_difficulty",
+]
 
 #: Whatever an :class:`Issuer` issues: each has ``to_json()``.
 AnyChallenge = Challenge | _altcha2.ChallengeV2 | _deepseek.DeepSeekChallenge
@@ -81,6 +95,8 @@ class Reason(enum.StrEnum):
     EXPIRED = "expired"
     WRONG_NUMBER = "wrong_number"
     WRONG_BINDING = "wrong_binding"
+    #: Priced for another client (per-client pricing, trusted callers).
+    WRONG_CLIENT = "wrong_client"
     INSUFFICIENT = "insufficient"
     REPLAYED = "replayed"
     REPLAY_CACHE_FULL = "replay_cache_full"
@@ -112,6 +128,26 @@ class Verdict(NamedTuple):
 
 
 MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
+
+
+class Scope(NamedTuple):
+    """Where a solution is spent, and by whom: what a verifier compares a challenge with.
+
+    ``binding`` (when set) must equal the challenge's. ``min_difficulty``
+    refuses challenges easier than that, times the factor the challenge was
+    priced at. ``client`` is set where prices depend on the client: a
+    challenge priced for a client (``ck``) then counts only for that client,
+    and an unpriced one only for a client owing at most the base price
+    (``owed``, the factor it would pay now).
+    """
+
+    binding: str | None = None
+    min_difficulty: int = 0
+    client: str | None = None
+    owed: float = 1.0
+
+
+_ANYWHERE: Final = Scope()
 
 
 class Attempt(NamedTuple):
@@ -157,7 +193,7 @@ class Issuer:
         self._algorithm: Algorithm = found
         self._params = params
         self._clock = clock
-        self._suffixes: dict[tuple[str, int, str | None], str] = {}
+        self._suffixes: dict[tuple[str, int, str | None, tuple[str, str] | None], str] = {}
         #: Replace to rotate; issuing reads it once per challenge.
         self.keyring = keyring
 
@@ -177,13 +213,22 @@ class Issuer:
         ttl: float,
         binding: str | None = None,
         target_path: str = "/",
+        client: str | None = None,
+        factor: float = 1.0,
     ) -> AnyChallenge:
         """A fresh challenge of ``difficulty``, valid for ``ttl`` seconds.
 
-        ``target_path`` is the path a DeepSeek-format challenge names.
+        ``target_path`` is the path a DeepSeek-format challenge names;
+        ``client`` and ``factor`` price it for one client (:meth:`issue_many`).
         """
         return self.issue_many(
-            1, difficulty=difficulty, ttl=ttl, binding=binding, target_path=target_path
+            1,
+            difficulty=difficulty,
+            ttl=ttl,
+            binding=binding,
+            target_path=target_path,
+            client=client,
+            factor=factor,
         )[0]
 
     def issue_many(
@@ -194,32 +239,54 @@ class Issuer:
         ttl: float,
         binding: str | None = None,
         target_path: str = "/",
+        client: str | None = None,
+        factor: float = 1.0,
     ) -> list[AnyChallenge]:
         """``count`` fresh challenges alike but for their randomness.
 
         A batch shares one clock reading, one read of the system's randomness
         and one lookup of the salt's fixed part: a server that refuses a flood
         issues challenges in batches for that reason.
+
+        With ``client`` (a digest naming who pays, see docs/pricing.md) the
+        challenges are priced for that client: their difficulty is
+        ``difficulty * factor`` (rounded up, at most the algorithm's
+        maximum, at least 1), and both ``client`` and the factor (to three
+        decimals) are signed in with the other parameters.
         """
         algorithm = self._algorithm
         limit = max_difficulty(algorithm)
         if not 1 <= difficulty <= limit:
             raise ValueError(f"difficulty must be within 1..{limit}")
+        priced: tuple[str, str] | None = None
+        if client is not None:
+            shown = format_factor(factor)
+            difficulty = _priced(difficulty, float(shown), limit)
+            priced = (client, shown)
         if isinstance(algorithm, KdfAlgorithm):
-            return list(self._issue_v2(count, algorithm, difficulty, ttl, binding))
+            return list(self._issue_v2(count, algorithm, difficulty, ttl, binding, priced))
         if isinstance(algorithm, DeepSeekAlgorithm):
             return list(
-                self._issue_deepseek(count, algorithm, difficulty, ttl, binding, target_path)
+                self._issue_deepseek(
+                    count, algorithm, difficulty, ttl, binding, priced, target_path
+                )
             )
-        return list(self._issue_v1(count, difficulty, ttl, binding))
+        return list(self._issue_v1(count, difficulty, ttl, binding, priced))
 
     def _issue_v1(
-        self, count: int, difficulty: int, ttl: float, binding: str | None
+        self,
+        count: int,
+        difficulty: int,
+        ttl: float,
+        binding: str | None,
+        priced: tuple[str, str] | None,
     ) -> list[Challenge]:
         key = self.keyring.signing_key
-        suffix = self._suffixes.get((key.kid, difficulty, binding))
+        suffix = self._suffixes.get((key.kid, difficulty, binding, priced))
         if suffix is None:
-            suffix = self._suffix(kid=key.kid, difficulty=difficulty, binding=binding)
+            suffix = self._suffix(
+                kid=key.kid, difficulty=difficulty, binding=binding, priced=priced
+            )
         head = f"?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
         algorithm = self._algorithm
         assert isinstance(algorithm, HashAlgorithm)
@@ -244,7 +311,13 @@ class Issuer:
         return challenges
 
     def _issue_v2(
-        self, count: int, algorithm: KdfAlgorithm, difficulty: int, ttl: float, binding: str | None
+        self,
+        count: int,
+        algorithm: KdfAlgorithm,
+        difficulty: int,
+        ttl: float,
+        binding: str | None,
+        priced: tuple[str, str] | None,
     ) -> list[_altcha2.ChallengeV2]:
         """v2 challenges whose mean work is ``difficulty / 2`` tries at the policy's parameters.
 
@@ -265,6 +338,8 @@ class Issuer:
         data: dict[str, Any] = {PARAM_KID: key.kid, PARAM_DIFFICULTY: difficulty}
         if binding is not None:
             data[PARAM_BINDING] = binding
+        if priced is not None:
+            data[PARAM_CLIENT], data[PARAM_FACTOR] = priced
         expires = int(self._clock() + ttl)
         raw = os.urandom(_V2_RANDOM_BYTES * count)
         challenges = []
@@ -290,6 +365,7 @@ class Issuer:
         difficulty: int,
         ttl: float,
         binding: str | None,
+        priced: tuple[str, str] | None,
         target_path: str,
     ) -> list[_deepseek.DeepSeekChallenge]:
         key = self.keyring.signing_key
@@ -301,6 +377,8 @@ class Issuer:
         }
         if binding is not None:
             params[PARAM_BINDING] = binding
+        if priced is not None:
+            params[PARAM_CLIENT], params[PARAM_FACTOR] = priced
         query = format_salt("", params)[1:]
         expire_at = expires * 1000
         step = _DEEPSEEK_SALT_BYTES + 8
@@ -326,17 +404,22 @@ class Issuer:
             )
         return challenges
 
-    def _suffix(self, *, kid: str, difficulty: int, binding: str | None) -> str:
+    def _suffix(
+        self, *, kid: str, difficulty: int, binding: str | None, priced: tuple[str, str] | None
+    ) -> str:
         """The salt's parameters after ``expires``: the same for every challenge of a route."""
         params = {PARAM_KID: kid, PARAM_DIFFICULTY: str(difficulty)}
         if binding is not None:
             params[PARAM_BINDING] = binding
+        if priced is not None:
+            params[PARAM_CLIENT], params[PARAM_FACTOR] = priced
         # format_salt with an empty nonce gives "?k=v&...&"; drop the "?".
         suffix = format_salt("", params)[1:]
         if len(self._suffixes) >= _MAX_SUFFIXES:
-            # Difficulty moves with the operator: old entries are dead weight.
+            # Difficulty moves with the operator, clients come and go: old entries are
+            # dead weight.
             self._suffixes.clear()
-        self._suffixes[(kid, difficulty, binding)] = suffix
+        self._suffixes[(kid, difficulty, binding, priced)] = suffix
         return suffix
 
 
@@ -354,17 +437,24 @@ class Verifier:
         self._clock = clock
 
     def verify(
-        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+        self,
+        payload: str | bytes | None,
+        *,
+        binding: str | None = None,
+        min_difficulty: int = 0,
+        client: str | None = None,
+        owed: float = 1.0,
     ) -> Verdict:
         """Verify and, when valid, claim the solution in the replay cache.
 
         ``binding`` (when given) must equal the one the challenge was issued
-        for; ``min_difficulty`` rejects challenges easier than that. Never
-        raises on hostile input. A key derivation (ALTCHA v2) runs inline,
-        after the claim: servers call :meth:`verify_async` instead.
+        for; ``min_difficulty`` rejects challenges easier than that;
+        ``client`` and ``owed`` apply per-client prices (:class:`Scope`).
+        Never raises on hostile input. A key derivation (ALTCHA v2) runs
+        inline, after the claim: servers call :meth:`verify_async` instead.
         """
         now = self._clock()
-        attempt = self._begin(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        attempt = self._begin(payload, Scope(binding, min_difficulty, client, owed), now)
         verdict = attempt.verdict
         if attempt.replay_key is not None and self.replay is not None:
             outcome = self.replay.claim(attempt.replay_key, expires_at=verdict.expires, now=now)
@@ -379,6 +469,8 @@ class Verifier:
         pool: DerivationPool,
         binding: str | None = None,
         min_difficulty: int = 0,
+        client: str | None = None,
+        owed: float = 1.0,
         shared: AsyncReplayCache | None = None,
     ) -> Verdict:
         """:meth:`verify` for an event loop: derivations run in ``pool``.
@@ -389,7 +481,7 @@ class Verifier:
         verifier's own cache), then the derivation.
         """
         now = self._clock()
-        attempt = self._begin(payload, binding=binding, min_difficulty=min_difficulty, now=now)
+        attempt = self._begin(payload, Scope(binding, min_difficulty, client, owed), now)
         verdict = attempt.verdict
         if attempt.replay_key is None:
             return verdict
@@ -417,7 +509,13 @@ class Verifier:
                 ticket.close()
 
     def check(
-        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+        self,
+        payload: str | bytes | None,
+        *,
+        binding: str | None = None,
+        min_difficulty: int = 0,
+        client: str | None = None,
+        owed: float = 1.0,
     ) -> tuple[Verdict, bytes | None]:
         """Verify everything but single use; returns the verdict and the replay key.
 
@@ -425,48 +523,48 @@ class Verifier:
         claim the key themselves when the verdict is ok. An ALTCHA v2 payload
         is derived here before any claim: use :meth:`begin` for those.
         """
-        attempt = self.begin(payload, binding=binding, min_difficulty=min_difficulty)
+        attempt = self.begin(
+            payload, binding=binding, min_difficulty=min_difficulty, client=client, owed=owed
+        )
         verdict = attempt.verdict
         if attempt.work is not None:
             verdict = _finish(attempt, attempt.work())
         return verdict, attempt.replay_key if verdict.ok else None
 
     def begin(
-        self, payload: str | bytes | None, *, binding: str | None = None, min_difficulty: int = 0
+        self,
+        payload: str | bytes | None,
+        *,
+        binding: str | None = None,
+        min_difficulty: int = 0,
+        client: str | None = None,
+        owed: float = 1.0,
     ) -> Attempt:
         """Every cheap check; see :class:`Attempt` for what is left to the caller."""
-        return self._begin(
-            payload, binding=binding, min_difficulty=min_difficulty, now=self._clock()
-        )
+        return self._begin(payload, Scope(binding, min_difficulty, client, owed), self._clock())
 
-    def _begin(
-        self, payload: str | bytes | None, *, binding: str | None, min_difficulty: int, now: float
-    ) -> Attempt:
+    def _begin(self, payload: str | bytes | None, scope: Scope, now: float) -> Attempt:
         if not payload:
             return Attempt(MISSING)
         try:
             data = decode_object(payload)
             if "solution" in data:
-                return self._begin_v2(data, binding, min_difficulty, now)
+                return self._begin_v2(data, scope, now)
             if "answer" in data:
-                return self._begin_deepseek(data, binding, min_difficulty, now)
-            verdict, key = self._check_v1(v1_fields(data), binding, min_difficulty, now)
+                return self._begin_deepseek(data, scope, now)
+            verdict, key = self._check_v1(v1_fields(data), scope, now)
         except MalformedPayloadError as exc:
             return Attempt(Verdict(Reason(exc.reason), exc.cause))
         return Attempt(verdict, key)
 
     def _check_v1(
-        self,
-        fields: tuple[str, str, int, str, str],
-        binding: str | None,
-        min_difficulty: int,
-        now: float,
+        self, fields: tuple[str, str, int, str, str], scope: Scope, now: float
     ) -> tuple[Verdict, bytes | None]:
         name, challenge, number, salt, signature = fields
         algorithm = get_algorithm(name)
         if not isinstance(algorithm, HashAlgorithm):
             return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"), None
-        expires, kid, difficulty, bound_to = salt_fields(salt)
+        expires, kid, difficulty, bound_to, priced_for, factor = salt_fields(salt)
         ring = self.keyring
         # A challenge without a key id was made by a plain ALTCHA server with
         # our active key: the signature check below still applies.
@@ -488,19 +586,16 @@ class Verifier:
         work = algorithm.work_hex(f"{salt}{number}".encode("utf-8", "surrogatepass"))
         if work != challenge:
             return Verdict(Reason.WRONG_NUMBER, "hash of salt and number differs", difficulty), None
-        if binding is not None and bound_to != binding:
-            cause = f"issued for {bound_to!r}, used for {binding!r}"
-            return Verdict(Reason.WRONG_BINDING, cause, difficulty), None
-        if difficulty < min_difficulty:
-            return Verdict(
-                Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty
-            ), None
+        if scope is not _ANYWHERE:
+            refused = _out_of_scope(
+                scope, bound_to, difficulty, priced_for, factor, max_difficulty(algorithm)
+            )
+            if refused is not None:
+                return refused, None
         # The challenge is our own digest here, so it is valid hex.
         return Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work)
 
-    def _begin_v2(
-        self, data: dict[str, Any], binding: str | None, min_difficulty: int, now: float
-    ) -> Attempt:
+    def _begin_v2(self, data: dict[str, Any], scope: Scope, now: float) -> Attempt:
         challenge, counter, derived_key = _altcha2.parse_payload(data)
         algorithm = get_v2_algorithm(challenge.algorithm)
         if algorithm is None:
@@ -528,7 +623,14 @@ class Verifier:
         if problem:
             # Signed by us, so issued under limits that have since changed.
             return Attempt(Verdict(Reason.MALFORMED, f"parameters out of bounds: {problem}"))
-        refused = _out_of_scope(meta.get(PARAM_BINDING), binding, difficulty, min_difficulty)
+        refused = _out_of_scope(
+            scope,
+            meta.get(PARAM_BINDING),
+            difficulty,
+            meta.get(PARAM_CLIENT),
+            meta.get(PARAM_FACTOR),
+            max_difficulty(algorithm),
+        )
         if refused is not None:
             return Attempt(refused)
         if not derived_key.startswith(challenge.key_prefix) or len(derived_key) != 2 * (
@@ -553,15 +655,13 @@ class Verifier:
         replay_key = bytes.fromhex(expected)
         return Attempt(Verdict(Reason.OK, "", difficulty, expires), replay_key, work)
 
-    def _begin_deepseek(
-        self, data: dict[str, Any], binding: str | None, min_difficulty: int, now: float
-    ) -> Attempt:
+    def _begin_deepseek(self, data: dict[str, Any], scope: Scope, now: float) -> Attempt:
         name, challenge, salt, answer, signature, target_path = _deepseek.parse_payload(data)
         algorithm = get_algorithm(name)
         if not isinstance(algorithm, DeepSeekAlgorithm):
             return Attempt(Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"))
         mac, _, query = signature.partition("?")
-        expires, kid, difficulty, bound_to = salt_fields(signature)
+        expires, kid, difficulty, bound_to, priced_for, factor = salt_fields(signature)
         key = self.keyring.verification_key(kid or "", now=now)
         if key is None:
             return Attempt(Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"))
@@ -581,23 +681,55 @@ class Verifier:
         ).hex()
         if work != challenge:
             return Attempt(Verdict(Reason.WRONG_NUMBER, "hash of the answer differs", difficulty))
-        refused = _out_of_scope(bound_to, binding, difficulty, min_difficulty)
+        refused = _out_of_scope(
+            scope, bound_to, difficulty, priced_for, factor, max_difficulty(algorithm)
+        )
         if refused is not None:
             return Attempt(refused)
         return Attempt(Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work))
 
 
+def _priced(difficulty: int, factor: float, limit: int) -> int:
+    """``difficulty * factor`` rounded up, within ``1 … limit``."""
+    return max(1, min(limit, math.ceil(difficulty * factor)))
+
+
 def _out_of_scope(
-    bound_to: object, binding: str | None, difficulty: int, min_difficulty: int
+    scope: Scope,
+    bound_to: object,
+    difficulty: int,
+    priced_for: object,
+    factor_text: object,
+    limit: int,
 ) -> Verdict | None:
-    """A refusal when a valid challenge is used on another route or is too easy."""
+    """A refusal when a valid challenge is used on another route, by another client, too cheap.
+
+    A challenge priced for a client (``ck``) counts only where the verifier
+    prices per client and only for that client; elsewhere its factor may
+    raise the bar but never lower it. An unpriced one, where prices are per
+    client, counts only for clients who owe no more than the base price.
+    """
+    binding = scope.binding
     if binding is not None and bound_to != binding:
         cause = f"issued for {bound_to!r}, used for {binding!r}"
         return Verdict(Reason.WRONG_BINDING, cause, difficulty)
-    if difficulty < min_difficulty:
-        return Verdict(
-            Reason.INSUFFICIENT, f"difficulty {difficulty} < {min_difficulty}", difficulty
-        )
+    factor = 1.0
+    client = scope.client
+    if priced_for is not None or factor_text is not None:
+        read = parse_factor(factor_text) if type(factor_text) is str else None
+        if read is None:
+            return Verdict(Reason.MALFORMED, "unreadable price factor", difficulty)
+        if client is not None and priced_for != client:
+            return Verdict(Reason.WRONG_CLIENT, "priced for another client", difficulty)
+        factor = read if client is not None else max(read, 1.0)
+    elif client is not None and scope.owed > 1.0:
+        cause = f"unpriced challenge, the client owes {scope.owed:.3g}x"
+        return Verdict(Reason.INSUFFICIENT, cause, difficulty)
+    floor = scope.min_difficulty
+    if factor != 1.0:
+        floor = _priced(floor, factor, limit) if floor else 0
+    if difficulty < floor:
+        return Verdict(Reason.INSUFFICIENT, f"difficulty {difficulty} < {floor}", difficulty)
     return None
 
 

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
 from ._verify import MAX_DIFFICULTY, max_difficulty
 from ._wire import WireModel
+from .pricing import PricingConfig, TrustedCaller
 
 __all__ = [
     "CONFIG_DATA_KEY",
@@ -194,12 +195,17 @@ class SidecarConfig(WireModel):
         description="Never challenged, whatever the routes say.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    trusted_callers: list[TrustedCaller] = Field(default_factory=list, max_length=32)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):
             raise ValueError("route names must be unique")
+        callers = [caller.name for caller in self.trusted_callers]
+        if len(set(callers)) != len(callers):
+            raise ValueError("trusted caller names must be unique")
         if self.min_difficulty > self.difficulty:
             raise ValueError("minDifficulty must not exceed difficulty")
         # The sidecar issues difficulty times each route's multiplier: past what the

@@ -31,6 +31,8 @@ from .config import (
     check_scheme,
     default_routes,
 )
+from .pricing import MAX_FACTOR, PricingConfig, TrustedCaller
+from .reputation import MAX_ENTRIES, REPUTATION_DATA_KEY
 
 __all__ = [
     "API_VERSION",
@@ -41,6 +43,7 @@ __all__ = [
     "MAX_RECOMMENDATIONS",
     "MAX_WINDOW_SECONDS",
     "PLURAL",
+    "REPUTATION_SOURCE_LABEL",
     "SHORT_NAME",
     "VERSION",
     "Aggregate",
@@ -63,6 +66,10 @@ __all__ = [
     "PolicyStatus",
     "PrometheusSpec",
     "Recommendation",
+    "ReputationImport",
+    "ReputationSourceKind",
+    "ReputationSpec",
+    "ReputationStatus",
     "RolloutStatus",
     "SecretKeyRef",
     "SelectPolicy",
@@ -75,6 +82,7 @@ __all__ = [
     "config_map_name",
     "key_secret_name",
     "render_config",
+    "reputation_name",
 ]
 
 GROUP: Final = "powgate.dev"
@@ -398,6 +406,64 @@ class FallbackSpec(WireModel):
         return self
 
 
+#: A ConfigMap or Secret opts in to being imported as a reputation list with this label = "true".
+REPUTATION_SOURCE_LABEL: Final = "powgate.dev/reputation-source"
+
+
+class ReputationSourceKind(enum.StrEnum):
+    CONFIG_MAP = "ConfigMap"
+    SECRET = "Secret"  # noqa: S105 - a kind of object
+
+
+class ReputationImport(WireModel):
+    """A reputation list the administrator keeps in the policy's namespace.
+
+    Synced from another cluster's export or from a threat feed by whatever
+    the administrator uses; the operator only reads it (never a URL). The
+    object must carry the label `powgate.dev/reputation-source: "true"`.
+    """
+
+    kind: ReputationSourceKind = ReputationSourceKind.CONFIG_MAP
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(
+        default=REPUTATION_DATA_KEY,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The data key holding the list.",
+    )
+    max_factor: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_FACTOR,
+        description="Caps what this source may charge; unset: pricing.maxFactor.",
+    )
+
+
+class ReputationSpec(WireModel):
+    """What the fleet learns and shares: heavy hitters of one sidecar pay more at every sidecar."""
+
+    share: bool = Field(
+        default=True,
+        description="With pricing on: every evaluation, the sidecars' heaviest clients go into "
+        "the list all the policy's sidecars apply, and into the policy's export "
+        "(ConfigMap <policy>-powgate-reputation).",
+    )
+    ttl_seconds: int = Field(
+        default=900,
+        ge=60,
+        le=7 * 86_400,
+        description="How long a learnt entry stays after its client was last seen heavy.",
+    )
+    max_entries: int = Field(
+        default=1000,
+        ge=1,
+        le=MAX_ENTRIES,
+        description="The most entries the list the sidecars apply may hold (the costliest stay).",
+    )
+    imports: list[ReputationImport] = Field(default_factory=list, max_length=8)
+
+
 class PolicySpec(WireModel):
     """The desired state of a PowPolicy."""
 
@@ -446,10 +512,22 @@ class PolicySpec(WireModel):
         default=15, ge=1, le=3600, description="How often the signals are queried and applied."
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    trusted_callers: list[TrustedCaller] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra=_list_map("name"),
+        description="Callers who pay less or nothing; one matching several pays the least.",
+    )
+    reputation: ReputationSpec = Field(default_factory=ReputationSpec)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        for field, items in (("routes", self.routes), ("signals", self.signals)):
+        for field, items in (
+            ("routes", self.routes),
+            ("signals", self.signals),
+            ("trustedCallers", self.trusted_callers),
+        ):
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 raise ValueError(f"{field} names must be unique")
@@ -576,6 +654,17 @@ class DifficultyChange(WireModel):
     reason: DecisionReason
 
 
+class ReputationStatus(WireModel):
+    """The list the sidecars apply, and where its entries came from."""
+
+    entries: int = Field(default=0, ge=0)
+    learnt: int = Field(default=0, ge=0, description="Entries the policy's own sidecars flagged.")
+    imported: int = Field(default=0, ge=0, description="Entries read from the imports.")
+    problems: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=8, description="Imports that could not be read."
+    )
+
+
 class PolicyStatus(WireModel):
     """The observed state of a PowPolicy, written by the operator only."""
 
@@ -595,6 +684,7 @@ class PolicyStatus(WireModel):
     recommendations: list[Recommendation] = Field(
         default_factory=list, max_length=MAX_RECOMMENDATIONS
     )
+    reputation: ReputationStatus | None = None
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)
@@ -611,6 +701,11 @@ def config_map_name(policy: str) -> str:
 def key_secret_name(policy: str) -> str:
     """The Secret holding a policy's HMAC key ring (data key ``keyring.json``)."""
     return f"{policy}-powgate-keys"
+
+
+def reputation_name(policy: str) -> str:
+    """The ConfigMap exporting what a policy's sidecars learnt (data key ``reputation.json``)."""
+    return f"{policy}-powgate-reputation"
 
 
 # -- rendering ----------------------------------------------------------------
@@ -633,5 +728,7 @@ def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: in
         routes=spec.routes,
         exempt_paths=spec.exempt_paths,
         queue=spec.queue,
+        pricing=spec.pricing,
+        trusted_callers=spec.trusted_callers,
     )
     return config.model_copy(update={"version": config.content_version()})

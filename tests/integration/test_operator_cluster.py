@@ -170,6 +170,43 @@ REJECTED = [
     ),
     # Challenges solvable for a day could be stockpiled while difficulty is low.
     ("a day-long challenge lifetime", {"challenge": {"lifetimeSeconds": 86_400}}, "3600"),
+    (
+        "identity-header client key without a header",
+        {"pricing": {"enabled": True, "clientKey": {"source": "Header"}}},
+        "clientKey.header is required",
+    ),
+    ("no growth", {"pricing": {"growth": 0}}, "spec.pricing.growth"),
+    (
+        "trusted caller with no proof",
+        {"trustedCallers": [{"name": "x"}]},
+        "a trusted caller names exactly one of cidrs, apiKeys, identity",
+    ),
+    (
+        "trusted caller with two proofs",
+        {"trustedCallers": [{"name": "x", "cidrs": ["::/0"], "apiKeys": {"secretName": "k"}}]},
+        "a trusted caller names exactly one of cidrs, apiKeys, identity",
+    ),
+    (
+        "trusted multiplier finer than signed",
+        {"trustedCallers": [{"name": "x", "cidrs": ["::/0"], "multiplier": 0.0001}]},
+        "a multiplier is 0 or at least 0.001",
+    ),
+    (
+        "trusted callers paying more",
+        {"trustedCallers": [{"name": "x", "cidrs": ["::/0"], "multiplier": 2}]},
+        "multiplier",
+    ),
+    ("not a CIDR", {"trustedCallers": [{"name": "x", "cidrs": ["10.0.0.0"]}]}, "cidrs"),
+    (
+        "duplicate trusted callers",
+        {"trustedCallers": [{"name": "x", "cidrs": ["::/0"]}, {"name": "x", "cidrs": ["::/0"]}]},
+        "Duplicate value",
+    ),
+    (
+        "unbounded reputation list",
+        {"reputation": {"maxEntries": 100_000}},
+        "spec.reputation.maxEntries",
+    ),
 ]
 
 

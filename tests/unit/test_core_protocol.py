@@ -110,6 +110,14 @@ def test_solution_encoding_is_an_altcha_payload() -> None:
         ("abc?expires=10&kid=k2&max=50&bind=a&bind=b&", SaltParams(10, "k2", 50, "")),
         ("abc?expires=10&kid=k2&max=50&bind=a", SaltParams(10, "k2", 50, "a")),
         ("a?b?expires=10&kid=k2&max=50&", SaltParams(None, "k2", 50, None)),
+        # Per-client prices: who pays and the factor, after the binding.
+        (
+            "abc?expires=10&kid=k2&max=50&bind=ns/p:r&ck=Ab-_9&f=2.5&",
+            SaltParams(10, "k2", 50, "ns/p:r", "Ab-_9", "2.5"),
+        ),
+        ("abc?expires=10&kid=k2&max=50&ck=x&f=1&", SaltParams(10, "k2", 50, None, "x", "1")),
+        ("abc?expires=10&kid=k2&max=50&f=1&ck=x&", SaltParams(10, "k2", 50, None, "x", "1")),
+        ("abc?expires=10&kid=k2&max=50&ck=x&ck=y&f=1&", SaltParams(10, "k2", 50, None, "", "1")),
     ],
 )
 def test_parse_salt(salt: str, expected: SaltParams) -> None:
@@ -125,7 +133,9 @@ _salt_values = st.one_of(
 @given(
     nonce=st.text(alphabet="0123456789abcdef?", max_size=8),
     params=st.lists(
-        st.tuples(st.sampled_from(["expires", "kid", "max", "bind", "other"]), _salt_values),
+        st.tuples(
+            st.sampled_from(["expires", "kid", "max", "bind", "ck", "f", "other"]), _salt_values
+        ),
         max_size=6,
     ),
     raw=st.booleans(),
@@ -143,11 +153,11 @@ def test_salt_fast_path_reads_as_the_general_reader(
 
 
 @given(
-    values=st.lists(_salt_values, min_size=3, max_size=4),
+    values=st.lists(_salt_values, min_size=3, max_size=6),
     nonce=st.text(alphabet="0123456789abcdef?", max_size=8),
 )
 def test_salt_fast_path_in_the_issuers_order(values: list[str], nonce: str) -> None:
-    names = ("expires", "kid", "max", "bind")
+    names = ("expires", "kid", "max", "bind", "ck", "f")
     salt = f"{nonce}?" + "".join(f"{k}={v}&" for k, v in zip(names, values, strict=False))
     assert salt_fields(salt) == _any_salt_fields(salt)
 

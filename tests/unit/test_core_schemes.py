@@ -337,3 +337,22 @@ def test_every_v2_scheme_is_registered_with_its_wire_name() -> None:
     iterated = get_algorithm("ITERATED/SHA-256")
     assert isinstance(iterated, KdfAlgorithm)
     assert iterated.wire_name == "SHA-256"
+
+
+# -- per-client prices, in every family ----------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "DeepSeekHashV1", "ITERATED/SHA-256"])
+def test_every_family_signs_who_pays_and_how_much(algorithm: str) -> None:
+    """A priced challenge counts for its client at its factor, in each family's wire format."""
+    challenge = issuer(algorithm).issue(
+        difficulty=20, ttl=60, binding=BINDING, client="c1", factor=2.0
+    )
+    payload = solve_challenge(challenge).payload
+    assert verifier().verify(payload, binding=BINDING, client="c2").reason is Reason.WRONG_CLIENT
+    verdict = verifier().verify(payload, binding=BINDING, client="c1", min_difficulty=20)
+    assert verdict.ok, verdict.cause
+    assert verdict.difficulty == 40
+    assert verifier().verify(payload, client="c1", min_difficulty=21).reason is (
+        Reason.INSUFFICIENT
+    )

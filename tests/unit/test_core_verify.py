@@ -46,8 +46,19 @@ class Bench:
     def verifier(self) -> Verifier:
         return Verifier(keyring=self.ring, replay=self.cache, clock=self.clock)
 
-    def challenge(self, *, difficulty: int = 500, binding: str | None = BINDING) -> Challenge:
-        return self.issuer.issue(difficulty=difficulty, ttl=60, binding=binding)
+    def challenge(
+        self,
+        *,
+        difficulty: int = 500,
+        binding: str | None = BINDING,
+        client: str | None = None,
+        factor: float = 1.0,
+    ) -> Challenge:
+        issued = self.issuer.issue(
+            difficulty=difficulty, ttl=60, binding=binding, client=client, factor=factor
+        )
+        assert isinstance(issued, Challenge)
+        return issued
 
     def payload(self, **options: Any) -> str:
         challenge = self.challenge(**options)
@@ -161,6 +172,63 @@ CASES: list[tuple[str, Reason, Case]] = [
         Reason.INSUFFICIENT,
         lambda b: (b.signed(salt=f"ab?expires={int(NOW) + 60}&"), {"min_difficulty": 1}),
     ),
+    # Per-client prices (docs/pricing.md): a priced challenge counts for its client only,
+    # at its factor; where prices are per client, an unpriced one only for clients owing 1x.
+    (
+        "priced, spent by its client",
+        Reason.OK,
+        lambda b: (b.payload(client="c1", factor=4), {"client": "c1", "min_difficulty": 500}),
+    ),
+    (
+        "priced, spent by another client",
+        Reason.WRONG_CLIENT,
+        lambda b: (b.payload(client="c1", factor=4), {"client": "c2"}),
+    ),
+    (
+        "priced, factor times the minimum not met",
+        Reason.INSUFFICIENT,
+        lambda b: (b.payload(client="c1", factor=4), {"client": "c1", "min_difficulty": 501}),
+    ),
+    (
+        "discounted, spent by its client",
+        Reason.OK,
+        lambda b: (b.payload(client="c1", factor=0.1), {"client": "c1", "min_difficulty": 500}),
+    ),
+    (
+        "discounted, spent by another client",
+        Reason.WRONG_CLIENT,
+        lambda b: (b.payload(client="c1", factor=0.1), {"client": "c2", "min_difficulty": 500}),
+    ),
+    (
+        "discounted, spent where prices are not per client",
+        Reason.INSUFFICIENT,
+        lambda b: (b.payload(client="c1", factor=0.1), {"min_difficulty": 500}),
+    ),
+    (
+        "penalised, spent where prices are not per client",
+        Reason.OK,
+        lambda b: (b.payload(client="c1", factor=4), {"min_difficulty": 500}),
+    ),
+    (
+        "unpriced, spent by a client owing more",
+        Reason.INSUFFICIENT,
+        lambda b: (b.payload(), {"client": "c1", "owed": 2.0}),
+    ),
+    (
+        "unpriced, spent by a client owing the base price",
+        Reason.OK,
+        lambda b: (b.payload(), {"client": "c1", "owed": 1.0}),
+    ),
+    (
+        "unreadable factor",
+        Reason.MALFORMED,
+        lambda b: (b.signed(salt=f"ab?expires={int(NOW) + 60}&max=1000&ck=c1&f=1e3&"), {}),
+    ),
+    (
+        "client without a factor",
+        Reason.MALFORMED,
+        lambda b: (b.signed(salt=f"ab?expires={int(NOW) + 60}&max=1000&ck=c1&"), {"client": "c1"}),
+    ),
 ]
 
 
@@ -171,6 +239,28 @@ def test_reason(reason: Reason, case: Case) -> None:
     verdict = bench.verifier.verify(payload, **options)
     assert verdict.reason is reason, verdict.cause
     assert verdict.ok is (reason is Reason.OK)
+
+
+def test_a_priced_challenge_signs_who_pays_and_how_much() -> None:
+    challenge = Bench().challenge(difficulty=500, client="c1", factor=2.5004)
+    params = challenge.params
+    assert (params.client, params.factor, params.difficulty) == ("c1", "2.5", 1250)
+    assert challenge.maxnumber == 1250
+
+
+@pytest.mark.parametrize(
+    ("difficulty", "factor", "expected"),
+    [
+        (500, 1.0, 500),
+        (500, 0.0, 1),  # never below 1 (an exempt caller gets no challenge at all)
+        (3, 0.5, 2),  # rounded up: the client pays at least its share
+        (2**40, 64.0, 2**40),  # never above what the verifier accepts
+        (1000, 0.0004, 1),  # factors are signed with three decimals
+    ],
+)
+def test_priced_difficulty(difficulty: int, factor: float, expected: int) -> None:
+    challenge = Bench().challenge(difficulty=difficulty, client="c1", factor=factor)
+    assert challenge.maxnumber == expected
 
 
 def test_every_reason_is_covered() -> None:
