@@ -288,9 +288,16 @@ class SignalReader:
 
 
 def rollout_query(policy: str) -> str:
-    """Sidecars per config version of ``policy``, from the series each sidecar exports."""
+    """Sidecars per config version of ``policy`` (namespace/name), from their own series.
+
+    Only series scraped from the policy's namespace count (the ``namespace``
+    target label the PodMonitor attaches): a pod elsewhere that exports the
+    same ``policy`` label must not make a rollout look complete, or stuck.
+    """
+    namespace = policy.partition("/")[0]
     # Label values are quoted by json.dumps: a PromQL string literal accepts JSON escapes.
-    return f"count by (version) (powgate_config_info{{policy={json.dumps(policy)}}})"
+    matchers = f"namespace={json.dumps(namespace)},policy={json.dumps(policy)}"
+    return f"count by (version) (powgate_config_info{{{matchers}}})"
 
 
 def _rollout(

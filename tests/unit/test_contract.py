@@ -125,8 +125,10 @@ def test_the_rollout_query_asks_for_a_series_the_sidecar_exports() -> None:
         for sample in metric.samples
     }
     query = rollout_query("ai/llm")
-    match = re.search(r"\((\w+)\{(\w+)=", query)
+    match = re.search(r"\((\w+)\{(.*)\}\)", query)
     assert match is not None, query
-    series, label = match.groups()
-    assert label in exported[series]
+    series, matchers = match.groups()
+    labels = set(re.findall(r"(\w+)=", matchers))
+    # `namespace` is the target label the chart's PodMonitor attaches; the rest the sidecar's.
+    assert labels - {"namespace"} <= exported[series]
     assert "version" in exported[series]  # what the query counts by
