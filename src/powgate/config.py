@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from typing import Annotated, Any, Final, Self
+import logging
+import types
+import typing
+from typing import Annotated, Any, Final, NamedTuple, Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
 from ._verify import MAX_DIFFICULTY, max_difficulty
@@ -21,11 +24,13 @@ from ._wire import WireModel
 from .pricing import PricingConfig, TrustedCaller
 
 __all__ = [
+    "CONFIG_CONTRACT",
     "CONFIG_DATA_KEY",
     "DEFAULT_EXEMPT_PATHS",
     "MAX_CHALLENGE_LIFETIME_SECONDS",
     "KdfSpec",
     "Mode",
+    "ParsedConfig",
     "QueueConfig",
     "RouteConfig",
     "SidecarConfig",
@@ -34,6 +39,14 @@ __all__ = [
 
 #: The data key of the rendered ConfigMap (and the conventional file name).
 CONFIG_DATA_KEY: Final = "config.json"
+#: The contract of the rendered document this code writes and understands. Adding an
+#: optional field keeps it: a sidecar ignores (and reports) fields it does not know, so
+#: an operator upgrade never freezes running sidecars. A change an older sidecar must
+#: not apply half-understood raises it; such a sidecar then keeps its last config.
+CONFIG_CONTRACT: Final = 1
+
+log = logging.getLogger("powgate.config")
+_JSON: Final = TypeAdapter(Any)
 #: Probes and scrapes are never challenged unless a policy says otherwise.
 DEFAULT_EXEMPT_PATHS: Final = ("/healthz", "/readyz", "/livez", "/metrics")
 #: A challenge solvable for longer can be stockpiled while difficulty is low.
@@ -164,6 +177,12 @@ class QueueConfig(WireModel):
 class SidecarConfig(WireModel):
     """Everything a sidecar enforces. Keys travel separately (the key-ring Secret)."""
 
+    contract: int = Field(
+        default=CONFIG_CONTRACT,
+        ge=1,
+        le=1000,
+        description="The document's contract; a sidecar refuses a newer one than it knows.",
+    )
     version: str = Field(
         default="",
         max_length=64,
@@ -200,6 +219,11 @@ class SidecarConfig(WireModel):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.contract > CONFIG_CONTRACT:
+            raise ValueError(
+                f"the document follows config contract {self.contract}; this sidecar knows "
+                f"contract {CONFIG_CONTRACT} at most: upgrade the sidecar"
+            )
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):
             raise ValueError("route names must be unique")
@@ -234,9 +258,72 @@ class SidecarConfig(WireModel):
         return self.model_dump_json(by_alias=True, indent=2)
 
     @classmethod
+    def parse(cls, text: str | bytes) -> ParsedConfig:
+        """The config of a document, and the fields it ignored (written by a newer operator).
+
+        Raises :class:`pydantic.ValidationError` for invalid JSON, an invalid
+        value, or a newer contract.
+        """
+        ignored: list[str] = []
+        known = _known_fields(cls, _JSON.validate_json(text), path="", ignored=ignored)
+        return ParsedConfig(cls.model_validate(known), tuple(sorted(ignored)))
+
+    @classmethod
     def from_json(cls, text: str | bytes) -> SidecarConfig:
-        return cls.model_validate_json(text)
+        """:meth:`parse`, logging the fields it ignored."""
+        config, ignored = cls.parse(text)
+        if ignored:
+            log.warning("config fields unknown to this version ignored: %s", ", ".join(ignored))
+        return config
 
     @classmethod
     def from_dict(cls, data: Any) -> SidecarConfig:
         return cls.model_validate(data)
+
+
+class ParsedConfig(NamedTuple):
+    """A parsed document: its config, and the paths of fields this version ignored."""
+
+    config: SidecarConfig
+    ignored: tuple[str, ...]
+
+
+def _known_fields(model: type[BaseModel], data: Any, *, path: str, ignored: list[str]) -> Any:
+    """``data`` without the keys ``model`` (and its nested models) does not know."""
+    if not isinstance(data, dict):
+        return data  # validation reports the wrong type
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    fields.update(model.model_fields)  # by name as well (populate_by_name)
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            ignored.append(f"{path}{key}")
+            continue
+        nested, many = _nested_model(field.annotation)
+        if nested is not None and many and isinstance(value, list):
+            value = [
+                _known_fields(nested, item, path=f"{path}{key}[{index}].", ignored=ignored)
+                for index, item in enumerate(value)
+            ]
+        elif nested is not None:
+            value = _known_fields(nested, value, path=f"{path}{key}.", ignored=ignored)
+        kept[key] = value
+    return kept
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model inside a field's type (``M``, ``M | None``, ``list[M]``), and if it is a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is list and args:
+        inner, _ = _nested_model(args[0])
+        return inner, True
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            inner, many = _nested_model(arg)
+            if inner is not None:
+                return inner, many
+    return None, False

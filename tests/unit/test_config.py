@@ -1,0 +1,58 @@
+"""The rendered config document across versions: a newer operator, an older sidecar."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from powgate.config import CONFIG_CONTRACT, SidecarConfig
+
+
+def newer_document(**changes: Any) -> bytes:
+    """What a newer operator might write: today's fields plus some this version lacks."""
+    document: dict[str, Any] = json.loads(
+        SidecarConfig.from_dict(
+            {
+                "policy": "ai/chat",
+                "difficulty": 5000,
+                "routes": [{"name": "chat", "paths": ["/v1/*"]}],
+                "queue": {"maxConcurrent": 4},
+            }
+        ).to_json()
+    )
+    document["replayStore"] = {"url": "redis://valkey:6379", "onOutage": "refuse"}
+    document["routes"][0]["burst"] = 3
+    document["queue"]["fairness"] = "per-client"
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def test_an_older_sidecar_applies_a_newer_document_and_names_what_it_ignored() -> None:
+    config, ignored = SidecarConfig.parse(newer_document())
+    assert (config.policy, config.difficulty, config.queue.max_concurrent) == ("ai/chat", 5000, 4)
+    assert config.routes[0].paths == ["/v1/*"]
+    assert ignored == ("queue.fairness", "replayStore", "routes[0].burst")
+    assert SidecarConfig.from_json(newer_document()) == config
+
+
+def test_a_newer_contract_is_refused_so_the_last_config_stays() -> None:
+    with pytest.raises(ValidationError, match="upgrade the sidecar"):
+        SidecarConfig.parse(newer_document(contract=CONFIG_CONTRACT + 1))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b"not json", b"[]", b'{"difficulty": -5}', b'{"routes": [{"name": "x"}]}', b'{"queue": 3}'],
+)
+def test_bad_documents_still_fail_validation(document: bytes) -> None:
+    with pytest.raises(ValidationError):
+        SidecarConfig.parse(document)
+
+
+def test_what_this_version_writes_it_reads_back_unchanged() -> None:
+    config = SidecarConfig.from_dict({"policy": "ai/chat", "difficulty": 77})
+    assert config.contract == CONFIG_CONTRACT
+    assert SidecarConfig.parse(config.to_json()) == (config, ())
