@@ -12,7 +12,8 @@ mutated at the byte, the JSON and the salt-parameter level (numbers,
 signatures, expiry, key id, difficulty, binding, algorithm, types, sizes,
 surrogates); solutions re-sent (replays); and solutions signed with a key
 the verifier does not hold. Config documents are a valid rendered config
-mutated likewise, plus random JSON; an accepted document is also compiled
+mutated likewise, plus random JSON, parsed as a sidecar parses them (fields
+it does not know are ignored and counted); an accepted document is also compiled
 into the sidecar's routing table and every route issues a challenge, which
 is what the sidecar does with it.
 """
@@ -315,7 +316,7 @@ def fuzz_configs(count: int, *, seed: int) -> Counts:
         document = _mutated_config(rng, base)
         counts.cases += 1
         try:
-            config = SidecarConfig.from_json(document)
+            config, ignored = SidecarConfig.parse(document)
         except ValidationError:
             counts.reasons["invalid"] = counts.reasons.get("invalid", 0) + 1
             continue
@@ -323,6 +324,8 @@ def fuzz_configs(count: int, *, seed: int) -> Counts:
             counts.record_crash(document, exc)
             continue
         counts.accepted += 1
+        if ignored:
+            counts.reasons["fields ignored"] = counts.reasons.get("fields ignored", 0) + 1
         try:
             table = RouteTable(config)
             issuer_for = Issuer(
