@@ -356,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m powgate_testbed.fuzz", description=__doc__)
     parser.add_argument("--payloads", type=int, default=100_000, help="solution payloads")
     parser.add_argument("--configs", type=int, default=100_000, help="config documents")
-    parser.add_argument("--seed", type=int, default=1, help="seeds the mix of generated cases (challenges themselves are random)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seeds the mix of generated cases (challenges themselves are random)",
+    )
     args = parser.parse_args(argv)
     clean = True
     for name, run, count in (
