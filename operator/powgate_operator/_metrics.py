@@ -18,6 +18,7 @@ __all__ = [
     "RBAC_ERRORS",
     "RECONCILES",
     "RECONCILE_SECONDS",
+    "REPUTATION_LABELS",
     "TLS_ERRORS",
 ]
 
@@ -58,6 +59,12 @@ DIFFICULTY: Final = Gauge(
     f"{_PREFIX}_difficulty",
     "The difficulty the operator last published, per policy (namespace/name).",
     ["policy"],
+)
+
+REPUTATION_LABELS: Final = Counter(
+    f"{_PREFIX}_reputation_labels_total",
+    "Sealed client labels the sidecars reported, by whether the policy's keys opened them.",
+    ["result"],
 )
 
 # -- the injector ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ from powgate.controller import Decision
 from powgate.policy import (
     API_VERSION,
     KIND,
+    REPUTATION_SOURCE_LABEL,
     Condition,
     ConditionStatus,
     ConditionType,
@@ -38,7 +39,9 @@ from powgate.policy import (
     SignalStatus,
     config_map_name,
     key_secret_name,
+    reputation_name,
 )
+from powgate.reputation import REPUTATION_DATA_KEY
 
 __all__ = [
     "HANDLER_ID",
@@ -48,6 +51,7 @@ __all__ = [
     "key_secret_body",
     "next_key_ring",
     "owner_reference",
+    "reputation_export_body",
     "ring_from_secret",
     "role_binding_body",
     "role_body",
@@ -151,6 +155,19 @@ def config_map_body(policy: Mapping[str, Any], config: SidecarConfig) -> dict[st
         "kind": "ConfigMap",
         "metadata": metadata,
         "data": {CONFIG_DATA_KEY: config.to_json()},
+    }
+
+
+def reputation_export_body(policy: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """The ConfigMap exporting the list a policy's sidecars learnt (``reputation.json``)."""
+    metadata = _metadata(policy, reputation_name(policy["metadata"]["name"]))
+    # Importable as it is: by another policy here, or wherever it is synced to.
+    metadata["labels"][REPUTATION_SOURCE_LABEL] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {REPUTATION_DATA_KEY: text},
     }
 
 

@@ -27,6 +27,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import NewConnectionError
 from urllib3.util.retry import Retry
 
+from powgate.contract import HEAVY_CLIENTS_METRIC
 from powgate.controller import Empty, Failure, Reading, Sample
 from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
 
@@ -37,6 +38,7 @@ __all__ = [
     "FailureReason",
     "SignalReader",
     "Signals",
+    "heavy_clients_query",
     "reading_from_result",
     "rollout_query",
 ]
@@ -227,6 +229,12 @@ class Signals(Protocol):
         """How many sidecars of ``policy`` (namespace/name) run config ``version``."""
         ...
 
+    async def heavy_clients(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> dict[str, float] | Failure:
+        """Requests per second of each sealed client the sidecars of ``policy`` report."""
+        ...
+
 
 class SignalReader:
     """:class:`Signals` from a Prometheus server through ``prometheus-api-client``, in threads."""
@@ -285,6 +293,39 @@ class SignalReader:
             )
         finally:
             client.close()
+
+    async def heavy_clients(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> dict[str, float] | Failure:
+        """The rate of each (sealed) client the sidecars of ``policy`` report, summed."""
+        promql = heavy_clients_query(policy)
+        loop = asyncio.get_running_loop()
+        client = _client(prometheus=prometheus, credentials=credentials)
+        try:
+            return await loop.run_in_executor(
+                self._pool, _by_label, client, promql, "client", prometheus.timeout_seconds
+            )
+        finally:
+            client.close()
+
+
+def heavy_clients_query(policy: str) -> str:
+    """Each sealed client's rate over every sidecar of ``policy`` (one client, many sidecars)."""
+    return f"sum by (client) ({HEAVY_CLIENTS_METRIC}{{policy={json.dumps(policy)}}})"
+
+
+def _by_label(
+    client: PrometheusConnect, promql: str, label: str, timeout: float
+) -> dict[str, float] | Failure:
+    """One value per ``label`` value of a vector result; NaN and infinite values are left out."""
+    try:
+        result = client.custom_query(promql, params={"timeout": _duration(timeout)})
+        values = {
+            str(series["metric"].get(label, "")): float(series["value"][1]) for series in result
+        }
+    except Exception as exc:  # every failure is classified: none may escape into the loop
+        return _failure_from_exception(exc)
+    return {name: value for name, value in values.items() if name and math.isfinite(value)}
 
 
 def rollout_query(policy: str) -> str:

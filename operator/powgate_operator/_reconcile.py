@@ -21,7 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from powgate import KeyRing, KeyRingError
-from powgate.config import SidecarConfig
+from powgate.config import CONFIG_DATA_KEY, SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -29,10 +29,20 @@ from powgate.policy import (
     ConditionType,
     PolicySpec,
     PolicyStatus,
+    PricingStatus,
+    ReputationImport,
+    ReputationSourceKind,
     RolloutStatus,
     config_map_name,
     key_secret_name,
     render_config,
+    reputation_name,
+)
+from powgate.pricing import API_KEYS_DATA_KEY, ApiKeyHashes
+from powgate.reputation import (
+    REPUTATION_DATA_KEY,
+    ReputationEntry,
+    ReputationList,
 )
 
 from . import _metrics as metrics
@@ -44,6 +54,7 @@ from ._cluster import (
     Cluster,
     ClusterError,
     Manifest,
+    NotFoundError,
     PatchType,
     patch_status,
     read,
@@ -53,6 +64,7 @@ from ._objects import (
     config_map_body,
     key_secret_body,
     next_key_ring,
+    reputation_export_body,
     ring_from_secret,
     role_body,
     set_condition,
@@ -65,6 +77,8 @@ from ._prometheus import (
     FailureReason,
     Signals,
 )
+from ._reputation import learn, list_from_object, open_rates, published, read_import
+from ._trust import api_key_hashes, api_key_secrets
 
 __all__ = ["EventSink", "Reconciler", "kopf_events"]
 
@@ -94,6 +108,17 @@ class _Key:
     name: str
 
 
+_NO_API_KEYS: Final = ApiKeyHashes().model_dump_json(by_alias=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    """The reputation lists last written for a policy: its own, and what its sidecars apply."""
+
+    own: tuple[ReputationEntry, ...] = ()
+    applied: tuple[ReputationEntry, ...] = ()
+
+
 class Reconciler:
     """Reconciles PowPolicies through a :class:`._cluster.Cluster` and a Prometheus reader."""
 
@@ -116,6 +141,8 @@ class Reconciler:
         self._rings: dict[_Key, tuple[KeyRing, float]] = {}
         self._configs: dict[_Key, tuple[str, float]] = {}
         self._roles: dict[_Key, tuple[bool, float]] = {}
+        self._reputation: dict[_Key, tuple[_Lists, float]] = {}
+        self._api_keys: dict[_Key, tuple[str, float]] = {}
 
     def forget(self, *, namespace: str, name: str) -> None:
         """Drop what is kept in memory for a policy that is gone."""
@@ -125,6 +152,8 @@ class Reconciler:
         self._rings.pop(key, None)
         self._configs.pop(key, None)
         self._roles.pop(key, None)
+        self._reputation.pop(key, None)
+        self._api_keys.pop(key, None)
 
     async def reconcile(self, *, namespace: str, name: str, evaluate_signals: bool) -> None:
         """Bring one policy's objects and status up to date; with signals, also decide."""
@@ -180,8 +209,14 @@ class Reconciler:
         )
         await self._ensure_config(key, policy, config)
         await self._ensure_role(key, policy)
-        if evaluate_signals and not isinstance(credentials, Failure):
-            rollout = await self._rollout(key, spec, credentials, config.version)
+        # Prometheus is asked only on evaluations, and only with usable credentials.
+        reachable = evaluate_signals and not isinstance(credentials, Failure)
+        usable = None if isinstance(credentials, Failure) else credentials
+        if reachable:
+            rollout = await self._rollout(key, spec, usable, config.version)
+        pricing = await self._ensure_pricing(
+            key, policy, spec, credentials=usable, gather=reachable and not keys_problem, now=now
+        )
 
         status = status_after(
             previous=previous,
@@ -192,6 +227,7 @@ class Reconciler:
             rollout=rollout,
             now=now,
         )
+        status = status.model_copy(update={"pricing": pricing})
         if keys_problem:
             status = status.model_copy(
                 update={
@@ -331,11 +367,165 @@ class Reconciler:
         current = await read(self._cluster, CONFIG_MAPS, name, namespace=key.namespace)
         if current is None:
             await self._cluster.create(CONFIG_MAPS, body)
-        elif current.get("data") != body["data"]:
+        elif (current.get("data") or {}).get(CONFIG_DATA_KEY) != body["data"][CONFIG_DATA_KEY]:
+            # Only the document: the reputation list beside it is written on its own.
             await self._cluster.patch(
                 CONFIG_MAPS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
             )
         self._configs[key] = (config.version, time.monotonic())
+
+    async def _ensure_pricing(
+        self,
+        key: _Key,
+        policy: Manifest,
+        spec: PolicySpec,
+        *,
+        credentials: Credentials | None,
+        gather: bool,
+        now: datetime,
+    ) -> PricingStatus | None:
+        """Trusted API keys, the policy's own reputation list and the list its sidecars apply."""
+        api_keys, problems = await self._ensure_api_keys(key, policy, spec)
+        if not spec.pricing.enabled:
+            return (
+                PricingStatus(api_keys=api_keys, problems=problems[:8])
+                if spec.trusted_callers
+                else None
+            )
+        unix_now = int(now.timestamp())
+        state = await self._reputation_state(key)
+        own: tuple[ReputationEntry, ...] = ()
+        if spec.reputation.share:
+            rates = await self._heavy_clients(key, spec, credentials) if gather else {}
+            own = learn(state.own, rates, spec=spec, now=unix_now)
+        imports = [
+            read_import(source, await self._import_object(key, source), spec=spec, now=unix_now)
+            for source in spec.reputation.imports
+        ]
+        applied = published(own, imports, spec=spec, now=unix_now)
+        source = f"{key.namespace}/{key.name}"
+        if spec.reputation.share and own != state.own:
+            await self._write_list(
+                key, policy, reputation_name(key.name), own, source=source, now=unix_now
+            )
+        if applied != state.applied:
+            await self._write_list(
+                key, policy, config_map_name(key.name), applied, source=source, now=unix_now
+            )
+        self._reputation[key] = (_Lists(own, applied), time.monotonic())
+        problems += [imported.problem for imported in imports if imported.problem]
+        return PricingStatus(
+            reputation_entries=len(applied),
+            learnt=len(own),
+            imported=sum(len(imported.entries) for imported in imports),
+            api_keys=api_keys,
+            problems=problems[:8],
+        )
+
+    async def _ensure_api_keys(
+        self, key: _Key, policy: Manifest, spec: PolicySpec
+    ) -> tuple[int, list[str]]:
+        """Copy the trusted API-key digests into the key Secret; (how many, problems).
+
+        Sidecars apply digests only for the API-key callers their config
+        names, so a policy without any never needs the document: it is
+        emptied once when the last such caller goes, and not read after.
+        """
+        names = api_key_secrets(spec)
+        if not names and _fresh(self._api_keys.get(key)) in (None, _NO_API_KEYS):
+            return 0, []
+        secrets: dict[str, Manifest | None] = {}
+        for name in names:
+            try:
+                secrets[name] = await self._read_secret(key, name)
+            except ClusterError as exc:
+                # Unreadable for now (not absent): the sidecars keep the digests they hold.
+                return 0, [f"Secret {name}: HTTP {exc.status}; trusted API keys unchanged"]
+        hashes, problems = api_key_hashes(spec, secrets)
+        text = hashes.model_dump_json(by_alias=True)
+        if _fresh(self._api_keys.get(key)) != text:
+            secret = await self._read_secret(key, key_secret_name(key.name))
+            encoded = base64.b64encode(text.encode()).decode()
+            stored = ((secret or {}).get("data") or {}).get(API_KEYS_DATA_KEY)
+            if secret is not None and stored != encoded and (names or stored is not None):
+                await self._cluster.patch(
+                    SECRETS,
+                    key_secret_name(key.name),
+                    {"data": {API_KEYS_DATA_KEY: encoded}},
+                    namespace=key.namespace,
+                    patch_type=PatchType.STRATEGIC,
+                )
+            if secret is not None:
+                self._api_keys[key] = (text, time.monotonic())
+        for problem in problems:
+            log.warning("%s/%s: %s", key.namespace, key.name, problem)
+        return sum(len(digests) for digests in hashes.callers.values()), problems
+
+    async def _reputation_state(self, key: _Key) -> _Lists:
+        """What was last written: from memory, or read back (a new or restarted operator)."""
+        known = _fresh(self._reputation.get(key))
+        if known is not None:
+            return known
+        lists = []
+        for name in (reputation_name(key.name), config_map_name(key.name)):
+            stored = await read(self._cluster, CONFIG_MAPS, name, namespace=key.namespace)
+            try:
+                entries = list_from_object(stored, key=REPUTATION_DATA_KEY, secret=False).entries
+            except ValueError:
+                entries = ()
+            lists.append(entries)
+        return _Lists(*lists)
+
+    async def _heavy_clients(
+        self, key: _Key, spec: PolicySpec, credentials: Credentials | None
+    ) -> dict[str, float]:
+        """Client key → fleet-wide rate of the clients the sidecars report as their heaviest."""
+        ring = _fresh(self._rings.get(key))
+        if ring is None:
+            return {}
+        sealed = await self._reader.heavy_clients(
+            prometheus=spec.prometheus,
+            credentials=credentials,
+            policy=f"{key.namespace}/{key.name}",
+        )
+        if isinstance(sealed, Failure):
+            log.debug("heavy clients of %s/%s unknown: %s", key.namespace, key.name, sealed.message)
+            return {}
+        rates, unreadable = open_rates(sealed, ring=ring, now=self._clock().timestamp())
+        if unreadable:
+            metrics.REPUTATION_LABELS.labels("unreadable").inc(unreadable)
+        metrics.REPUTATION_LABELS.labels("opened").inc(len(sealed) - unreadable)
+        return rates
+
+    async def _import_object(self, key: _Key, source: ReputationImport) -> Manifest | None:
+        resource = SECRETS if source.kind is ReputationSourceKind.SECRET else CONFIG_MAPS
+        try:
+            return await read(self._cluster, resource, source.name, namespace=key.namespace)
+        except ClusterError as exc:
+            log.warning(
+                "import %s of %s/%s: HTTP %s", source.name, key.namespace, key.name, exc.status
+            )
+            return None
+
+    async def _write_list(
+        self,
+        key: _Key,
+        policy: Manifest,
+        name: str,
+        entries: tuple[ReputationEntry, ...],
+        *,
+        source: str,
+        now: int,
+    ) -> None:
+        """Write a list under ``reputation.json`` of a ConfigMap, creating the export if absent."""
+        text = ReputationList(source=source, generated=now, entries=entries).to_json()
+        patch = {"data": {REPUTATION_DATA_KEY: text}}
+        try:
+            await self._cluster.patch(
+                CONFIG_MAPS, name, patch, namespace=key.namespace, patch_type=PatchType.STRATEGIC
+            )
+        except NotFoundError:
+            await self._cluster.create(CONFIG_MAPS, reputation_export_body(policy, text))
 
     async def _ensure_role(self, key: _Key, policy: Manifest) -> None:
         """Give a sidecar Role granted by an older operator today's rules (no key access)."""

@@ -16,6 +16,7 @@ from ._keys import KEYRING_SECRET_KEY
 from .cliargs import env_name
 
 __all__ = [
+    "HEAVY_CLIENTS_METRIC",
     "INJECTED_ANNOTATION",
     "KEYRING_SECRET_KEY",
     "METRICS_PORT_NAME",
@@ -43,6 +44,12 @@ POLICY_LABEL: Final = "powgate.dev/policy"
 #: The injected container, and the name of its metrics port (scraped by the PodMonitor).
 SIDECAR_NAME: Final = "powgate-sidecar"
 METRICS_PORT_NAME: Final = "powgate-metrics"
+
+
+#: The gauge in which each sidecar reports its heaviest clients (requests per second), by
+#: ``policy`` and ``client`` (the client key sealed, powgate.reputation.seal_label); the
+#: operator sums it over sidecars into the policy's reputation list.
+HEAVY_CLIENTS_METRIC: Final = "powgate_heavy_client_rate"
 
 
 class SidecarFlag(enum.StrEnum):

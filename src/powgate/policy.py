@@ -64,12 +64,12 @@ __all__ = [
     "OnEmpty",
     "PolicySpec",
     "PolicyStatus",
+    "PricingStatus",
     "PrometheusSpec",
     "Recommendation",
     "ReputationImport",
     "ReputationSourceKind",
     "ReputationSpec",
-    "ReputationStatus",
     "RolloutStatus",
     "SecretKeyRef",
     "SelectPolicy",
@@ -654,14 +654,17 @@ class DifficultyChange(WireModel):
     reason: DecisionReason
 
 
-class ReputationStatus(WireModel):
-    """The list the sidecars apply, and where its entries came from."""
+class PricingStatus(WireModel):
+    """Who pays: the reputation list the sidecars apply and the trusted API keys they hold."""
 
-    entries: int = Field(default=0, ge=0)
+    reputation_entries: int = Field(default=0, ge=0, description="Entries the sidecars apply.")
     learnt: int = Field(default=0, ge=0, description="Entries the policy's own sidecars flagged.")
-    imported: int = Field(default=0, ge=0, description="Entries read from the imports.")
+    imported: int = Field(default=0, ge=0, description="Live entries read from the imports.")
+    api_keys: int = Field(default=0, ge=0, description="Trusted API-key digests in force.")
     problems: list[Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=list, max_length=8, description="Imports that could not be read."
+        default_factory=list,
+        max_length=8,
+        description="Imports and API-key Secrets that could not be read.",
     )
 
 
@@ -684,7 +687,7 @@ class PolicyStatus(WireModel):
     recommendations: list[Recommendation] = Field(
         default_factory=list, max_length=MAX_RECOMMENDATIONS
     )
-    reputation: ReputationStatus | None = None
+    pricing: PricingStatus | None = None
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)

@@ -223,3 +223,43 @@ def test_scalar_results() -> None:
     failure = reading_from_result({"oops": 1}, aggregate=Aggregate.FAIL)
     assert isinstance(failure, Failure)
     assert failure.reason == "BadResponse"
+
+
+def labelled(*series: tuple[str, str]) -> bytes:
+    result = [{"metric": {"client": c}, "value": [1700000000.0, v]} for c, v in series]
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": result}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, labelled(("k1.a", "12.5"), ("k1.b", "0.25")), {"k1.a": 12.5, "k1.b": 0.25}),
+        (200, labelled(), {}),
+        # A series without the label, or with a value that is no rate, is left out.
+        (200, labelled(("", "3"), ("k1.c", "NaN"), ("k1.d", "+Inf")), {}),
+        (503, b"busy", Failure("HTTPError")),
+        (200, b"<html>", Failure("BadResponse")),
+    ],
+)
+async def test_heavy_clients_are_read_by_label(
+    prometheus: tuple[str, Script], status: int, body: bytes, expected: Any
+) -> None:
+    address, script = prometheus
+    script.status, script.body = status, body
+    reader = SignalReader(max_workers=1)
+    try:
+        found = await reader.heavy_clients(
+            prometheus=PrometheusSpec(address=address), credentials=None, policy="ai/chat"
+        )
+    finally:
+        reader.close()
+    if isinstance(expected, Failure):
+        assert isinstance(found, Failure)
+        assert found.reason == expected.reason
+    else:
+        assert found == expected
+    assert script.seen[-1]["query"]["query"] == [
+        'sum by (client) (powgate_heavy_client_rate{policy="ai/chat"})'
+    ]

@@ -6,17 +6,19 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from memory_cluster import MemoryCluster
+from powgate import KeyRing
 from powgate.config import CONFIG_DATA_KEY
 from powgate.contract import KEYRING_SECRET_KEY
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
     CREDENTIALS_LABEL,
+    REPUTATION_SOURCE_LABEL,
     ConditionStatus,
     ConditionType,
     PolicyStatus,
@@ -25,7 +27,10 @@ from powgate.policy import (
     SignalSpec,
     config_map_name,
     key_secret_name,
+    reputation_name,
 )
+from powgate.pricing import API_KEYS_DATA_KEY, API_KEYS_LABEL, ApiKeyHashes, api_key_digest
+from powgate.reputation import REPUTATION_DATA_KEY, ReputationList, seal_label
 from powgate_operator import _metrics as metrics
 from powgate_operator._cluster import (
     CONFIG_MAPS,
@@ -54,6 +59,8 @@ class ScriptedSignals:
         default_factory=lambda: Failure(FailureReason.UNREACHABLE, "no Prometheus")
     )
     credentials_seen: list[Credentials | None] = field(default_factory=list)
+    #: What the sidecars report as their heaviest clients: sealed label -> rate.
+    heavy: dict[str, float] | Failure = field(default_factory=dict)
 
     async def read(
         self,
@@ -76,6 +83,11 @@ class ScriptedSignals:
         version: str,
     ) -> RolloutStatus | Failure:
         return self.rollout_result
+
+    async def heavy_clients(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> dict[str, float] | Failure:
+        return self.heavy
 
 
 @dataclass
@@ -380,3 +392,172 @@ async def test_a_sidecar_role_that_grants_the_keys_loses_that_grant(world: World
     world.reconciler.forget(namespace=NS, name=NAME)
     await world.reconcile()
     assert not world.cluster.has(ROLES, role_name(NAME), NS)
+
+
+# -- who pays: reputation and trusted API keys --------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def fleet() -> tuple[World, Clock]:
+    """A world whose clock the test moves."""
+    clock = Clock()
+    cluster = MemoryCluster()
+    signals = ScriptedSignals()
+    reconciler = Reconciler(cluster=cluster, reader=signals, clock=clock, events=lambda *_: None)
+    return World(cluster, signals, [], reconciler), clock
+
+
+def ring_of(world: World, name: str = NAME) -> KeyRing:
+    secret = world.cluster.stored(SECRETS, key_secret_name(name), NS)
+    return KeyRing.from_json(base64.b64decode(secret["data"][KEYRING_SECRET_KEY]))
+
+
+def applied(world: World, name: str = NAME) -> dict[str, float]:
+    data = world.cluster.stored(CONFIG_MAPS, config_map_name(name), NS)["data"]
+    if REPUTATION_DATA_KEY not in data:  # never written: nothing learnt or imported yet
+        return {}
+    listed = ReputationList.from_json(data[REPUTATION_DATA_KEY])
+    return {entry.key: entry.factor for entry in listed.entries}
+
+
+PRICED = {"enabled": True, "fairRate": 1, "maxFactor": 64}
+
+
+async def test_a_client_flagged_by_the_sidecars_pays_more_at_every_sidecar(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, _ = fleet
+    world.cluster.put(POW_POLICIES, policy(pricing=PRICED))
+    await world.reconcile()
+    assert applied(world) == {}
+    # Two sidecars see the same /24 at 20/s each: the fleet-wide rate prices it.
+    ring = ring_of(world)
+    world.signals.heavy = {seal_label(ring, "203.0.113.0/24"): 40.0, "forged": 1e6}
+    await world.reconcile(evaluate=True)
+    assert applied(world) == {"203.0.113.0/24": 40.0}
+    export = world.cluster.stored(CONFIG_MAPS, reputation_name(NAME), NS)
+    assert export["metadata"]["labels"][REPUTATION_SOURCE_LABEL] == "true"
+    assert ReputationList.from_json(export["data"][REPUTATION_DATA_KEY]).entries[0].factor == 40
+    pricing = world.status().pricing
+    assert pricing is not None
+    assert (pricing.reputation_entries, pricing.learnt, pricing.imported) == (1, 1, 0)
+    # The config document itself did not change: sidecars apply the list without a new version.
+    config = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][CONFIG_DATA_KEY]
+    assert '"reputation' not in config
+
+
+async def test_a_steady_heavy_hitter_does_not_rewrite_the_lists(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, clock = fleet
+    world.cluster.put(POW_POLICIES, policy(pricing=PRICED))
+    await world.reconcile()
+    world.signals.heavy = {seal_label(ring_of(world), "203.0.113.0/24"): 40.0}
+    await world.reconcile(evaluate=True)
+    patches = world.cluster.count("patch", "ConfigMap")
+    for _ in range(5):
+        clock.now += timedelta(seconds=15)
+        world.signals.heavy = {seal_label(ring_of(world), "203.0.113.0/24"): 40.3}
+        await world.reconcile(evaluate=True)
+    assert world.cluster.count("patch", "ConfigMap") == patches
+
+
+async def test_a_learnt_entry_expires(fleet: tuple[World, Clock]) -> None:
+    world, clock = fleet
+    world.cluster.put(POW_POLICIES, policy(pricing=PRICED, reputation={"ttlSeconds": 60}))
+    await world.reconcile()
+    world.signals.heavy = {seal_label(ring_of(world), "203.0.113.0/24"): 40.0}
+    await world.reconcile(evaluate=True)
+    world.signals.heavy = {}
+    clock.now += timedelta(seconds=59)
+    await world.reconcile(evaluate=True)
+    assert applied(world) == {"203.0.113.0/24": 40.0}
+    clock.now += timedelta(seconds=2)
+    await world.reconcile(evaluate=True)
+    assert applied(world) == {}
+
+
+async def test_the_list_stays_bounded_however_many_keys_are_seen(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, clock = fleet
+    world.cluster.put(POW_POLICIES, policy(pricing=PRICED, reputation={"maxEntries": 50}))
+    await world.reconcile()
+    ring = ring_of(world)
+    for wave in range(4):
+        clock.now += timedelta(seconds=15)
+        world.signals.heavy = {seal_label(ring, f"10.{wave}.{i}.0/24"): 2.0 + i for i in range(200)}
+        await world.reconcile(evaluate=True)
+        assert len(applied(world)) == 50
+    export = world.cluster.stored(CONFIG_MAPS, reputation_name(NAME), NS)
+    assert len(ReputationList.from_json(export["data"][REPUTATION_DATA_KEY]).entries) == 50
+
+
+async def test_a_list_imported_from_another_cluster_raises_that_keys_price(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, _ = fleet
+    # "Another cluster": a second policy whose export is what the administrator syncs.
+    world.cluster.put(
+        POW_POLICIES, policy(pricing=PRICED) | {"metadata": {"name": "eu", "namespace": NS}}
+    )
+    await world.reconciler.reconcile(namespace=NS, name="eu", evaluate_signals=False)
+    world.signals.heavy = {seal_label(ring_of(world, "eu"), "198.51.100.0/24"): 30.0}
+    await world.reconciler.reconcile(namespace=NS, name="eu", evaluate_signals=True)
+    imports = [{"name": reputation_name("eu"), "maxFactor": 8}, {"name": "missing"}]
+    world.cluster.put(
+        POW_POLICIES, policy(pricing=PRICED, reputation={"share": False, "imports": imports})
+    )
+    await world.reconcile()
+    assert applied(world) == {"198.51.100.0/24": 8.0}
+    pricing = world.status().pricing
+    assert pricing is not None
+    assert (pricing.imported, pricing.learnt) == (1, 0)
+    assert pricing.problems == ["ConfigMap missing: does not exist"]
+    assert not world.cluster.has(CONFIG_MAPS, reputation_name(NAME), NS)
+
+
+async def test_trusted_api_key_digests_reach_the_key_secret_only(world: World) -> None:
+    digest = api_key_digest("sk-partner")
+    world.cluster.put(
+        SECRETS,
+        {
+            "type": "Opaque",
+            "metadata": {
+                "name": "partner-keys",
+                "namespace": NS,
+                "labels": {API_KEYS_LABEL: "true"},
+            },
+            "data": {"digests": base64.b64encode(digest.encode()).decode()},
+        },
+    )
+    callers = [{"name": "partners", "apiKeys": {"secretName": "partner-keys"}, "multiplier": 0.1}]
+    world.cluster.put(POW_POLICIES, policy(trustedCallers=callers))
+    await world.reconcile()
+    secret = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
+    hashes = ApiKeyHashes.model_validate_json(base64.b64decode(secret["data"][API_KEYS_DATA_KEY]))
+    assert hashes.callers == {"partners": [digest]}
+    assert KEYRING_SECRET_KEY in secret["data"]
+    config_map = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)
+    assert digest not in json.dumps(config_map)
+    pricing = world.status().pricing
+    assert pricing is not None
+    assert (pricing.api_keys, pricing.problems) == (1, [])
+    # Deleting the Secret revokes the keys: they pay the normal price again.
+    del world.cluster.objects[(SECRETS.plural, NS, "partner-keys")]
+    world.reconciler.forget(namespace=NS, name=NAME)
+    await world.reconcile()
+    secret = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
+    hashes = ApiKeyHashes.model_validate_json(base64.b64decode(secret["data"][API_KEYS_DATA_KEY]))
+    assert hashes.callers == {"partners": []}
+    pricing = world.status().pricing
+    assert pricing is not None
+    assert pricing.problems == ["Secret partner-keys (trusted caller partners): does not exist"]
