@@ -310,8 +310,15 @@ class SignalReader:
 
 
 def heavy_clients_query(policy: str) -> str:
-    """Each sealed client's rate over every sidecar of ``policy`` (one client, many sidecars)."""
-    return f"sum by (client) ({HEAVY_CLIENTS_METRIC}{{policy={json.dumps(policy)}}})"
+    """Each sealed client's rate over every sidecar of ``policy`` (one client, many sidecars).
+
+    Scraped from the policy's namespace only, as the rollout query: labels
+    forged elsewhere would not open anyway (they are sealed under the
+    policy's key), but their rates would still be asked for and counted.
+    """
+    namespace = policy.partition("/")[0]
+    matchers = f"namespace={json.dumps(namespace)},policy={json.dumps(policy)}"
+    return f"sum by (client) ({HEAVY_CLIENTS_METRIC}{{{matchers}}})"
 
 
 def _by_label(

@@ -261,5 +261,5 @@ async def test_heavy_clients_are_read_by_label(
     else:
         assert found == expected
     assert script.seen[-1]["query"]["query"] == [
-        'sum by (client) (powgate_heavy_client_rate{policy="ai/chat"})'
+        'sum by (client) (powgate_heavy_client_rate{namespace="ai",policy="ai/chat"})'
     ]
