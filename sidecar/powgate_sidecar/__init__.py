@@ -4,9 +4,10 @@
 below are for embedding it and for tests.
 """
 
-from ._app import WELL_KNOWN, Limits, Sidecar
+from ._app import WELL_KNOWN, Sidecar
 from ._files import FileWatch
 from ._kube import ConfigMapWatcher, ConfigSink, KubeClient, KubeEndpoint
+from ._limits import Limits
 from ._metrics import Metrics, Outcome
 from ._queue import EffortQueue, QueueVerdict
 from ._server import Settings, serve

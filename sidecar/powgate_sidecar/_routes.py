@@ -2,15 +2,67 @@
 
 Compiled once per configuration so the hot path does set lookups and one
 ``str.startswith(tuple)`` (a single C call) per route, never pattern parsing.
+
+Paths are matched in a canonical form (:func:`canonical`), because the
+upstream decides what a path means, not the sidecar: an upstream that
+ignores a trailing slash, strips ``;parameters`` or decodes ``%2F`` would
+otherwise serve a protected handler under a name no route matches.
+Protected routes match case-insensitively (an upstream on a case-folding
+file system or framework serves ``/V1/Chat`` as ``/v1/chat``); exempt paths
+match case-sensitively. Both err on the side of a challenge.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote
 
 from powgate.config import Mode, RouteConfig, SidecarConfig
 
-__all__ = ["EXEMPT", "Route", "RouteTable"]
+__all__ = ["EXEMPT", "Route", "RouteTable", "canonical"]
+
+#: Decoded, these mean something else to some upstream, or nothing good:
+#: control characters, space, backslash (a separator to some servers).
+_REFUSED: Final = re.compile(r"[\x00-\x20\x7f\\]")
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def canonical(path: str) -> str | None:
+    """The path routes are matched against, or ``None`` if it must be refused.
+
+    Percent-escapes are decoded, ``;parameters`` dropped from each segment
+    and a trailing slash removed; dot segments, empty segments, NUL, control
+    characters, space, backslash and broken escapes are refused. The
+    request is forwarded as it was sent: only matching sees this form.
+    """
+    if (
+        "%" not in path
+        and ";" not in path
+        and "/." not in path
+        and "//" not in path
+        and "\\" not in path
+        and (not path.endswith("/") or path == "/")
+    ):
+        return path
+    if _BAD_ESCAPE.search(path):
+        return None
+    decoded = unquote(path, encoding="latin-1") if "%" in path else path
+    if _REFUSED.search(decoded):
+        return None
+    segments = decoded.split("/")
+    if segments[0]:
+        return None
+    if len(segments) > 2 and not segments[-1]:
+        segments.pop()  # one trailing slash
+    kept = [""]
+    for segment in segments[1:]:
+        name = segment.partition(";")[0] if ";" in segment else segment
+        if name in (".", "..") or (not name and len(segments) > 2):
+            return None
+        kept.append(name)
+    return "/".join(kept) or "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +80,9 @@ class Route:
     #: What challenges of this route are bound to (``policy:route``).
     binding: str
 
-    def matches_path(self, path: str) -> bool:
-        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
+    def matches_path(self, folded: str) -> bool:
+        """Whether the canonical, lower-cased ``folded`` path is this route's."""
+        return folded in self.exact or (bool(self.prefixes) and folded.startswith(self.prefixes))
 
 
 class _Exempt:
@@ -44,6 +97,15 @@ class _Exempt:
 EXEMPT = _Exempt()
 
 
+def _fold(pattern: str) -> str:
+    """A route pattern as canonical paths are compared with it: lower case, no trailing slash."""
+    prefix = pattern.endswith("*")
+    body = pattern[:-1] if prefix else pattern
+    if not prefix and len(body) > 1:
+        body = body.rstrip("/") or "/"
+    return body.lower() + ("*" if prefix else "")
+
+
 def _split(patterns: list[str]) -> tuple[frozenset[str], tuple[str, ...]]:
     exact = frozenset(p for p in patterns if not p.endswith("*"))
     prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
@@ -51,12 +113,16 @@ def _split(patterns: list[str]) -> tuple[frozenset[str], tuple[str, ...]]:
 
 
 def _compile_route(*, config: SidecarConfig, route: RouteConfig) -> Route:
-    exact, prefixes = _split(route.paths)
+    exact, prefixes = _split([_fold(path) for path in route.paths])
     multiplier = route.difficulty_multiplier
+    methods = set(route.methods)
+    if "GET" in methods:
+        # Frameworks answer HEAD with their GET handler: it must pay alike.
+        methods.add("HEAD")
     # Both bounds are scaled alike, so a route's challenges always satisfy its own minimum.
     return Route(
         name=route.name,
-        methods=frozenset(route.methods),
+        methods=frozenset(methods),
         exact=exact,
         prefixes=prefixes,
         difficulty=max(config.min_difficulty, round(config.difficulty * multiplier)),
@@ -84,11 +150,15 @@ class RouteTable:
         )
 
     def match(self, *, method: str, path: str) -> Route | _Exempt | None:
-        """The first route (in configuration order) for the request, ``EXEMPT``, or ``None``."""
+        """The first route (in configuration order) for the request, ``EXEMPT``, or ``None``.
+
+        ``path`` is canonical (:func:`canonical`).
+        """
         if self.is_exempt(path):
             return EXEMPT
+        folded = path.lower()
         for route in self.routes:
-            if method in route.methods and route.matches_path(path):
+            if method in route.methods and route.matches_path(folded):
                 return route
         return None
 

@@ -8,19 +8,18 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from powgate import KeyRing
 from powgate.config import SidecarConfig
 
-from ._app import Limits, Sidecar
+from ._app import Sidecar
+from ._connection import Listener
 from ._files import key_path, poll_files
 from ._kube import ConfigMapWatcher, KubeClient, KubeEndpoint
-from ._metrics import Metrics
+from ._limits import Limits
 
 __all__ = ["Settings", "serve"]
 
@@ -42,42 +41,11 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     #: Time a client has to send its request headers (and to idle between requests).
     header_timeout: float = 15.0
+    #: Networks of proxies in front whose ``X-Forwarded-*`` are believed.
+    trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout: float = 30.0
     poll_interval: float = 1.0
     reuse_port: bool = False
-
-
-class _CountingServer(web.Server):
-    """aiohttp's low-level server, counting requests it refuses before the handler runs."""
-
-    def __init__(self, handler: Any, *, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._handler_kwargs = kwargs
-        self._metrics = metrics
-
-    def __call__(self) -> RequestHandler:
-        return _CountingHandler(
-            self, loop=self._loop, metrics=self._metrics, **self._handler_kwargs
-        )
-
-
-class _CountingHandler(RequestHandler):
-    def __init__(self, manager: web.Server, *, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._metrics = metrics
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        # Garbage request lines and oversized or too many headers end here (400/431).
-        self._metrics.client_errors_total.labels(
-            "bad_request" if status < 500 else "internal"
-        ).inc()
-        return super().handle_error(request, status, exc, message)
 
 
 def _metrics_app(sidecar: Sidecar) -> web.Application:
@@ -119,33 +87,28 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         SidecarConfig.from_json(settings.config_file.read_bytes()) if settings.config_file else None
     )
     sidecar = Sidecar(
-        upstream=settings.upstream, keyring=keyring, config=config, limits=settings.limits
+        upstream=settings.upstream,
+        keyring=keyring,
+        config=config,
+        limits=settings.limits,
+        trusted_proxies=settings.trusted_proxies,
     )
     await sidecar.start()
-    server = _CountingServer(
-        sidecar.handle,
-        metrics=sidecar.metrics,
-        keepalive_timeout=settings.header_timeout,
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=100,
-        access_log=None,
-    )
-    runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
+    listener = sidecar.listener(header_seconds=settings.header_timeout)
     metrics_runner = web.AppRunner(_metrics_app(sidecar), access_log=None)
     tasks: list[asyncio.Task[None]] = []
     async with contextlib.AsyncExitStack() as stack:
-        await runner.setup()
         stack.push_async_callback(sidecar.close)
-        stack.push_async_callback(runner.cleanup)
         await metrics_runner.setup()
         stack.push_async_callback(metrics_runner.cleanup)
         await web.TCPSite(
             metrics_runner, *settings.metrics_listen, reuse_port=settings.reuse_port
         ).start()
-        await web.TCPSite(
-            runner, *settings.listen, backlog=1024, reuse_port=settings.reuse_port
-        ).start()
+        host, port = settings.listen
+        server = await loop.create_server(
+            listener, host, port, backlog=4096, reuse_port=settings.reuse_port
+        )
+        stack.push_async_callback(_drain, server, listener, settings.shutdown_timeout)
         tasks.append(
             asyncio.create_task(
                 poll_files(
@@ -177,3 +140,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _drain(server: asyncio.Server, listener: Listener, grace: float) -> None:
+    """Stop accepting, let exchanges in flight finish (up to ``grace`` seconds), then close."""
+    server.close()
+    await listener.drain(grace)
+    await server.wait_closed()

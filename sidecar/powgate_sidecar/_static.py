@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-__all__ = ["ASSETS", "Asset", "Interstitial", "load_asset", "load_interstitial"]
+__all__ = ["ASSETS", "Asset", "load_asset", "load_interstitial"]
 
 log = logging.getLogger("powgate.sidecar")
 
@@ -25,8 +25,8 @@ ASSETS: Final = {
     "worker.js": ("worker.js", "text/javascript; charset=utf-8"),
     "argon2.js": ("hash-wasm/argon2.umd.min.js", "text/javascript; charset=utf-8"),
     "scrypt.js": ("hash-wasm/scrypt.umd.min.js", "text/javascript; charset=utf-8"),
+    "interstitial.js": ("interstitial.js", "text/javascript; charset=utf-8"),
 }
-_PLACEHOLDER: Final = "__POWGATE_CHALLENGE__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +55,16 @@ def load_asset(name: str) -> Asset | None:
     return Asset(body, entry[1], f'"{hashlib.sha256(body).hexdigest()[:32]}"')
 
 
-class Interstitial:
-    """The page a browser navigation gets instead of a JSON challenge."""
+def load_interstitial() -> bytes | None:
+    """The page a browser navigation gets instead of a JSON challenge: static, the same for all.
 
-    __slots__ = ("_head", "_tail")
-
-    def __init__(self, template: str) -> None:
-        head, found, tail = template.partition(_PLACEHOLDER)
-        if not found:
-            raise ValueError(f"the interstitial template has no {_PLACEHOLDER} placeholder")
-        self._head = head.encode()
-        self._tail = tail.encode()
-
-    def render(self, challenge_json: bytes) -> bytes:
-        # Inside a <script> element, "</script>" would end it early; escaping
-        # "<" keeps any JSON inert there and is still the same JSON value.
-        return self._head + challenge_json.replace(b"<", b"\\u003c") + self._tail
-
-
-def load_interstitial() -> Interstitial | None:
+    It carries no challenge: its script fetches one. So a refused navigation
+    costs neither a challenge nor more bytes than the page, and the script
+    and solver it loads are cached by the browser.
+    """
     body = _read("interstitial.html")
     if body is None:
         log.warning(
             "interstitial page powgate/static/interstitial.html is not installed; browsers get JSON"
         )
-        return None
-    try:
-        return Interstitial(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        log.error("interstitial page is unusable (%s); browsers get JSON", exc)
-        return None
+    return body

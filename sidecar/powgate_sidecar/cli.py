@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import multiprocessing
 import signal
 import sys
@@ -22,8 +23,8 @@ from powgate import KeyRingError
 from powgate.cliargs import add_env_argument, env_name, host_port
 from powgate.contract import SidecarFlag
 
-from ._app import Limits
 from ._kube import KubeEndpoint
+from ._limits import Limits
 from ._logging import configure_logging
 from ._loop import new_event_loop
 from ._server import Settings, serve
@@ -36,6 +37,16 @@ def _object(value: str) -> tuple[str, str]:
     if not sep or not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
     return namespace, name
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    networks = tuple(part.strip() for part in value.split(",") if part.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{network!r} is not a network") from None
+    return networks
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,6 +107,13 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         parser,
         SidecarFlag.KUBE_CA_FILE,
         help="CA bundle of the API server (default: the service-account CA)",
+    )
+    add_env_argument(
+        parser,
+        SidecarFlag.TRUSTED_PROXIES,
+        type=_networks,
+        default="",
+        help="comma-separated networks (CIDR) of proxies whose X-Forwarded-* are believed",
     )
     add_env_argument(
         parser,
@@ -168,6 +186,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         kube=kube,
         limits=limits,
         header_timeout=args.header_timeout,
+        trusted_proxies=args.trusted_proxies,
         shutdown_timeout=args.shutdown_timeout,
         reuse_port=args.workers > 1,
     )

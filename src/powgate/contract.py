@@ -65,6 +65,7 @@ class SidecarFlag(enum.StrEnum):
     KUBE_API_URL = "--kube-api-url"
     KUBE_TOKEN_FILE = "--kube-token-file"  # noqa: S105 - a flag's name
     KUBE_CA_FILE = "--kube-ca-file"
+    TRUSTED_PROXIES = "--trusted-proxies"
     MAX_BODY_BYTES = "--max-body-bytes"
     HEADER_TIMEOUT = "--header-timeout"
     UPSTREAM_TIMEOUT = "--upstream-timeout"

@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         elif path == "/solve.html":
             self._send(status=200, body=TEST_PAGE, content_type="text/html; charset=utf-8")
-        elif path == "/challenge":
+        elif path in ("/challenge", "/.well-known/powgate/challenge"):
             self._send(status=200, body=self.site.challenge_json(), content_type="application/json")
         elif path == "/api":
             self._api()
@@ -167,11 +167,10 @@ class Handler(BaseHTTPRequestHandler):
             )
             self.site.done.set()
             return
-        page = (STATIC / "interstitial.html").read_text()
-        challenge = self.site.challenge_json().replace("<", "\\u003c")
+        # The page is static: its script fetches the challenge.
         self._send(
             status=428,
-            body=page.replace("__POWGATE_CHALLENGE__", challenge),
+            body=(STATIC / "interstitial.html").read_text(),
             content_type="text/html; charset=utf-8",
         )
 

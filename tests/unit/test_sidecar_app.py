@@ -1,9 +1,15 @@
-"""The sidecar's request handler against a fake upstream (an in-process aiohttp app)."""
+"""The sidecar's request path against a fake upstream (an in-process aiohttp app).
+
+The sidecar listens on a loopback port of its own (its protocol factory on
+the test's event loop); clients are aiohttp's, or raw sockets where the
+bytes themselves matter.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +20,7 @@ import aiohttp
 import pytest
 import uvloop
 from aiohttp import web
-from aiohttp.test_utils import RawTestServer, TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from powgate import Challenge, Issuer, KeyRing, solve
 from powgate.config import Mode, QueueConfig, RouteConfig, SidecarConfig
@@ -78,7 +84,8 @@ def make_config(**overrides: object) -> SidecarConfig:
 @dataclass
 class Harness:
     sidecar: Sidecar
-    client: TestClient[web.Request, None]
+    client: aiohttp.ClientSession
+    port: int
     upstream: Upstream
     keyring: KeyRing
 
@@ -119,15 +126,24 @@ async def build(
         config=config or make_config(),
         limits=limits,
     )
+    async with serving(sidecar) as (client, port):
+        yield Harness(sidecar, client, port, upstream, keyring)
+    await upstream_server.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(sidecar: Sidecar) -> AsyncIterator[tuple[aiohttp.ClientSession, int]]:
+    """``sidecar`` listening on a free loopback port, and a client session for it."""
     await sidecar.start()
-    client: TestClient[web.Request, None] = TestClient(RawTestServer(sidecar.handle))
-    await client.start_server()
+    server = await asyncio.get_running_loop().create_server(sidecar.listener(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
     try:
-        yield Harness(sidecar, client, upstream, keyring)
+        yield client, port
     finally:
         await client.close()
+        server.close()
         await sidecar.close()
-        await upstream_server.close()
 
 
 @pytest.fixture
@@ -295,13 +311,25 @@ async def test_cookie_is_single_use_stripped_upstream_and_cleared(h: Harness) ->
     assert headers["Cookie"] == "theme=dark; sid=1"
 
 
-async def test_browser_navigation_gets_the_interstitial_page(h: Harness) -> None:
-    response = await h.client.get("/app", headers={"Accept": "text/html,application/xhtml+xml"})
+async def test_browser_navigation_gets_the_static_interstitial_page(h: Harness) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    response = await h.client.get("/app", headers=html)
     assert response.status == 428
     assert response.headers["Content-Type"].startswith("text/html")
-    page = await response.text()
-    assert "__POWGATE_CHALLENGE__" not in page
-    assert '"maxnumber":100' in page  # the pages route: 200 x 0.5
+    assert response.headers["Cache-Control"] == "no-store"
+    page = await response.read()
+    # The same bytes for every refusal: the page carries no challenge, its
+    # script fetches one (and is served, cacheable, like the solver).
+    again = await h.client.get("/app/other", headers=html)
+    assert await again.read() == page
+    assert b"maxnumber" not in page
+    assert b'src="/.well-known/powgate/interstitial.js"' in page
+    script = await h.client.get("/.well-known/powgate/interstitial.js")
+    assert script.status == 200
+    assert "max-age" in script.headers["Cache-Control"]
+    challenge = await h.challenge("/app", "GET")
+    assert challenge.maxnumber == 100  # the pages route: 200 x 0.5
+    assert h.count("pages", "challenged", "missing") == 2
 
 
 async def test_challenge_endpoint(h: Harness) -> None:
@@ -350,8 +378,7 @@ async def test_exempt_and_unprotected_requests_pass_and_are_counted(h: Harness) 
 
 async def raw_exchange(h: Harness, request: bytes) -> bytes:
     """Send bytes as they are (no client library normalising them) and read the answer."""
-    assert h.client.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
     writer.write(request)
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(65536), timeout=10)
@@ -378,11 +405,12 @@ async def raw_exchange(h: Harness, request: bytes) -> bytes:
         # The solution is ours; other cookies go on.
         ({"Cookie": "a=1; powgate_solution=SOLUTION; b=2"}, {"Cookie": "a=1; b=2"}),
         ({"Cookie": "powgate_solution=SOLUTION"}, {}),
-        # A proxy in front keeps its X-Forwarded-* (the peer is appended to -For).
+        # What a client claims about itself is overwritten or dropped: its
+        # peer is no trusted proxy (see the trusted-proxy test).
         (
-            {"X-Forwarded-For": "10.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "a"},
-            {"X-Forwarded-For": "10.0.0.1, 127.0.0.1", "X-Forwarded-Proto": "https",
-             "X-Forwarded-Host": "a"},
+            {"X-Forwarded-For": "10.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "a",
+             "Forwarded": "for=10.0.0.1;proto=https", "X-Real-IP": "10.0.0.1"},
+            {},
         ),
     ],
 )  # fmt: skip
@@ -538,14 +566,11 @@ async def test_slow_upstream_is_a_504() -> None:
 
 async def test_before_any_config_every_request_is_refused() -> None:
     sidecar = Sidecar(upstream="http://127.0.0.1:9", keyring=KeyRing.generate(), config=None)
-    await sidecar.start()
-    client: TestClient[web.Request, None] = TestClient(RawTestServer(sidecar.handle))
-    async with client:
+    async with serving(sidecar) as (client, _):
         assert (await client.post("/v1/chat")).status == 503
         assert (
             await client.get("/.well-known/powgate/challenge", params={"path": "/"})
         ).status == 503
-    await sidecar.close()
 
 
 async def until(predicate: Callable[[], bool]) -> None:

@@ -1,0 +1,273 @@
+"""Admission: does a request to a protected route carry a solution worth forwarding?
+
+Judging happens in steps, each answering with a small record rather than
+a response object: :meth:`Admission.judge` finds the solution (header,
+cookie, or a form it asks to read), checks it and says :class:`Refuse`
+(the answer is ready, bytes and all), :class:`Admit` or :class:`ReadForm`.
+An :class:`Admit` carries the solution's replay key unspent: the caller
+runs its local checks (body limits, the effort queue) first and only then
+:meth:`Admission.spend`\\ s it, so a solution is never used up by a request
+the sidecar itself turns away.
+
+Checking is synchronous for the hash schemes, a few microseconds. A scheme
+whose check is expensive slots in between :meth:`Admission.find` and
+:meth:`Admission.conclude`: the dispatcher already runs forms and queued
+requests off the parser callback, where a bounded pool can be awaited.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from powgate import AUTH_SCHEME, Claim, Reason, Verdict, Verifier
+from powgate._replay import ReplayCache
+
+from . import _http
+from ._carriers import SOLUTION_COOKIE, is_form, parse_solve_ms, split_cookie
+from ._challenges import ChallengeStock
+from ._http import Request
+from ._metrics import Metrics, Outcome
+from ._routes import Route, RouteTable
+
+__all__ = ["Admission", "Admit", "ReadForm", "Refuse"]
+
+log = logging.getLogger("powgate.sidecar")
+
+_SOLUTION: Final = b"x-powgate-solution"
+_SOLVE_MS: Final = b"x-powgate-solve-ms"
+_COOKIE_NAME: Final = SOLUTION_COOKIE.encode()
+_AUTHENTICATE: Final = f'WWW-Authenticate: {AUTH_SCHEME} realm="powgate", algorithm="SHA-256"\r\n'
+#: Everything of a JSON refusal but its status line, date, length and body.
+_JSON_FIELDS: Final = (
+    b"Content-Type: application/json\r\n" + _AUTHENTICATE.encode() + b"Cache-Control: no-store\r\n"
+)
+_PAGE_FIELDS: Final = (
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    + _AUTHENTICATE.encode()
+    + b"Cache-Control: no-store\r\n"
+)
+_RETRY: Final = b"Retry-After: 1\r\n"
+
+
+class Refuse:
+    """The sidecar answers the request itself, with ``response``."""
+
+    __slots__ = ("close", "response")
+
+    def __init__(self, response: bytes, *, close: bool = False) -> None:
+        self.response = response
+        self.close = close
+
+
+class Admit:
+    """Forward the request once local checks pass and the solution is spent."""
+
+    __slots__ = ("clear_cookie", "difficulty", "enforcing", "expires", "key", "paid", "route")
+
+    def __init__(
+        self,
+        *,
+        route: Route,
+        paid: bool,
+        clear_cookie: bool,
+        enforcing: bool,
+        verdict: Verdict,
+        key: bytes | None,
+    ) -> None:
+        self.route = route
+        #: A valid solution: the request may use the upstream connections kept for paid ones.
+        self.paid = paid
+        self.clear_cookie = clear_cookie
+        self.enforcing = enforcing
+        #: Priority in the effort queue.
+        self.difficulty = verdict.difficulty
+        #: The replay key to spend (``None``: nothing to spend).
+        self.key = key
+        self.expires = verdict.expires
+
+
+class ReadForm:
+    """The solution may be in the body (ALTCHA's form field): read it, then judge again."""
+
+    __slots__ = ()
+
+
+READ_FORM: Final = ReadForm()
+
+
+class Admission:
+    """Judges requests to protected routes and writes the refusals."""
+
+    def __init__(
+        self,
+        *,
+        verifier: Verifier,
+        replay: ReplayCache,
+        stock: ChallengeStock,
+        metrics: Metrics,
+        page: bytes | None,
+    ) -> None:
+        self.verifier = verifier
+        self._replay = replay
+        self._stock = stock
+        self._metrics = metrics
+        #: The interstitial's static body, or ``None`` (browsers get JSON).
+        self.page = page
+
+    # -- judging -------------------------------------------------------------
+
+    def find(self, request: Request) -> tuple[bytes | None, bool]:
+        """The solution of the header or cookie carrier, and whether it came in a cookie."""
+        payload = request.header(_SOLUTION)
+        if payload is not None:
+            return payload, False
+        if b"cookie" in request.names:
+            for cookie in request.headers(b"cookie"):
+                # Several Cookie fields are one list (RFC 6265 §5.4): search them all.
+                if _COOKIE_NAME in cookie:
+                    found, _ = split_cookie(cookie.decode("latin-1"))
+                    if found is not None:
+                        return found.encode("latin-1"), True
+        return None, False
+
+    def judge(
+        self, request: Request, *, table: RouteTable, route: Route
+    ) -> Refuse | Admit | ReadForm:
+        payload, from_cookie = self.find(request)
+        if payload is None and request.has_body:
+            content_type = request.header(b"content-type")
+            if content_type is not None and is_form(_media_type(content_type)):
+                return READ_FORM
+        return self.conclude(
+            request, table=table, route=route, payload=payload, from_cookie=from_cookie
+        )
+
+    def conclude(
+        self,
+        request: Request,
+        *,
+        table: RouteTable,
+        route: Route,
+        payload: bytes | str | None,
+        from_cookie: bool = False,
+        verdict: Verdict | None = None,
+    ) -> Refuse | Admit:
+        """Check ``payload`` (unless a ``verdict`` was reached already) and decide."""
+        metrics = self._metrics
+        key: bytes | None = None
+        if verdict is None:
+            if payload is None:
+                verdict, key = self.verifier.check(None)
+            else:
+                started = time.perf_counter()
+                verdict, key = self.verifier.check(
+                    payload, binding=route.binding, min_difficulty=route.min_difficulty
+                )
+                # Requests without a solution are not timed: there was nothing to verify.
+                metrics.verify_seconds.observe(time.perf_counter() - started)
+        if verdict.ok:
+            solve_ms = request.header(_SOLVE_MS)
+            if solve_ms is not None and (seconds := parse_solve_ms(solve_ms.decode("latin-1"))):
+                metrics.client_solve_seconds.observe(seconds)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "solution refused",
+                extra={
+                    "route": route.name,
+                    "reason": verdict.reason.value,
+                    "cause": verdict.cause,
+                    "peer": request.peer,
+                },
+            )
+        enforcing = table.enforcing
+        if not verdict.ok:
+            if enforcing:
+                outcome = (
+                    Outcome.CHALLENGED if verdict.reason is Reason.MISSING else Outcome.REJECTED
+                )
+                metrics.count_request(
+                    route=route.name, outcome=outcome, reason=verdict.reason.value
+                )
+                return Refuse(self.challenge(request, table=table, route=route))
+            metrics.count_request(
+                route=route.name, outcome=Outcome.OBSERVED, reason=verdict.reason.value
+            )
+        return Admit(
+            route=route,
+            paid=verdict.ok,
+            clear_cookie=from_cookie,
+            enforcing=enforcing,
+            verdict=verdict,
+            key=key,
+        )
+
+    def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
+        """Use the solution up (single use); ``None`` when the request may go on."""
+        route = admit.route
+        metrics = self._metrics
+        key = admit.key
+        if key is None:
+            return None  # observe mode, an invalid solution: counted already
+        outcome = self._replay.claim(key, expires_at=admit.expires, now=time.time())
+        if outcome == Claim.NEW:
+            metrics.count_request(
+                route=route.name,
+                outcome=Outcome.ADMITTED if admit.enforcing else Outcome.OBSERVED,
+                reason=Reason.OK.value,
+            )
+            return None
+        reason = Reason.REPLAYED if outcome == Claim.SEEN else Reason.REPLAY_CACHE_FULL
+        if not admit.enforcing:
+            metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason.value)
+            return None
+        metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason.value)
+        return Refuse(self.challenge(request, table=table, route=route))
+
+    # -- refusals ------------------------------------------------------------
+
+    def challenge(
+        self, request: Request, *, table: RouteTable, route: Route, status: int = 428
+    ) -> bytes:
+        """A refusal with a fresh challenge: JSON, or the interstitial for a browser navigation."""
+        retry = _RETRY if status == 503 else b""
+        page = self.page
+        if page is not None and request.method == "GET":
+            accept = request.header(b"accept")
+            if accept is not None and b"text/html" in accept:
+                # The page is static: it fetches its challenge, so a refused
+                # navigation costs no challenge and no per-request bytes.
+                return b"".join(
+                    (
+                        _http.status_line(status),
+                        _http.date_line(),
+                        _PAGE_FIELDS,
+                        retry,
+                        b"Content-Length: %d\r\n\r\n" % len(page),
+                        page,
+                    )
+                )
+        document = self.new_challenge(table=table, route=route)
+        return b"".join(
+            (
+                _http.status_line(status),
+                _http.date_line(),
+                _JSON_FIELDS,
+                retry,
+                b"Content-Length: %d\r\n\r\n" % len(document),
+                document,
+            )
+        )
+
+    def new_challenge(self, *, table: RouteTable, route: Route) -> bytes:
+        """A fresh challenge document for ``route``, as the client receives it."""
+        return self._stock.take(
+            binding=route.binding,
+            difficulty=route.difficulty,
+            ttl=table.config.challenge_ttl_seconds,
+        )
+
+
+def _media_type(content_type: bytes) -> str:
+    return content_type.partition(b";")[0].strip().lower().decode("latin-1")

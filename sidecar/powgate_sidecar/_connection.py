@@ -1,0 +1,789 @@
+"""Client connections: llhttp parsing, one exchange at a time, timeouts, flow control.
+
+Every byte an attacker sends arrives here. The protocol parses with
+``httptools`` (llhttp, strict: no lenient flags), refuses what a proxy must
+not pass on (request smuggling's ingredients, targets that are not a path,
+versions other than 1.0 and 1.1), and hands each request head to the
+dispatcher the moment it is complete: a refusal is written from inside the
+parser's callback, with no task, future or timer created for it.
+
+Requests on one connection are answered in order. Requests pipelined
+behind one still in progress wait parsed, with reading paused; a
+connection that pipelines more than :data:`MAX_PIPELINED` is cut.
+
+Timeouts use one lazily re-armed timer per connection: the hot path only
+moves a deadline (a float), and the timer, when it fires early, re-arms
+itself for the deadline in force. Phases: waiting for a request or its
+head (``header_seconds``), receiving a body (idle ``body_idle_seconds``
+and a minimum average rate after it), and a client that stops reading
+what it asked for (``write_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Final, Protocol, cast
+
+import httptools
+
+from . import _http
+from ._http import Request
+from ._limits import Limits
+
+__all__ = [
+    "MAX_PIPELINED",
+    "BodyConsumer",
+    "ClientConnection",
+    "Exchange",
+    "Listener",
+]
+
+log = logging.getLogger("powgate.sidecar")
+
+#: Requests parsed but not yet answered, per connection, before it is cut.
+MAX_PIPELINED: Final = 32
+#: Fields per request head (aiohttp's default before, and nginx's order of magnitude).
+MAX_FIELDS: Final = 100
+#: One request target or header field (name + value), in bytes.
+MAX_FIELD_BYTES: Final = 8190
+#: A whole request head; also the bound on a head still arriving.
+MAX_HEAD_BYTES: Final = 64 * 1024
+#: After a refusal that closes the connection, how long the client's
+#: remaining request bytes are read and dropped so that it sees the answer
+#: (closing with unread bytes makes the kernel send a reset that can
+#: destroy the answer in flight).
+LINGER_SECONDS: Final = 2.0
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE_FIELD: Final = b"Connection: close\r\n"
+_ALLOW: Final = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+_WRITE_HIGH: Final = 256 * 1024
+
+
+class BodyConsumer(Protocol):
+    """Where a dispatched request's body goes (the forwarder, a form reader)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def end(self) -> None:
+        """The whole body arrived."""
+
+    def cancel(self, why: str) -> None:
+        """The exchange is over before the body was (timeout, limit, hang-up)."""
+
+    def writable(self, ok: bool) -> None:
+        """The client's side stopped (``False``) or resumed (``True``) taking our writes."""
+
+
+class _Discard:
+    """The body of a request already answered: counted, dropped."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def cancel(self, why: str) -> None:
+        pass
+
+    def writable(self, ok: bool) -> None:
+        pass
+
+
+_DISCARD: Final = _Discard()
+
+
+class Exchange:
+    """One request on a client connection and the state of its answer."""
+
+    __slots__ = (
+        "_buffered",
+        "_consumer",
+        "body_done",
+        "body_limit",
+        "conn",
+        "received",
+        "request",
+        "response_done",
+        "response_started",
+    )
+
+    def __init__(self, conn: ClientConnection, request: Request, *, body_limit: int) -> None:
+        self.conn = conn
+        self.request = request
+        self.body_done = not request.has_body
+        self.received = 0
+        #: Bytes of body accepted before :meth:`BodyConsumer.cancel` (``"too_large"``).
+        self.body_limit = body_limit
+        self.response_started = False
+        self.response_done = False
+        self._consumer: BodyConsumer | None = None
+        self._buffered: list[bytes] | None = None
+
+    # -- the request body ---------------------------------------------------
+
+    def consume(self, consumer: BodyConsumer) -> None:
+        """Send the body (what arrived so far, then the rest) to ``consumer``."""
+        request = self.request
+        if (
+            request.expect_continue
+            and not self.body_done
+            and not self.received
+            and not self.response_started
+        ):
+            self.conn.write(_CONTINUE)
+        self._consumer = consumer
+        buffered, self._buffered = self._buffered, None
+        if buffered:
+            for data in buffered:
+                consumer.feed(data)
+        if self.body_done:
+            consumer.end()
+        elif buffered:
+            self.conn.resume_reading(_PAUSE_BUFFER)
+
+    def unread(self, chunks: list[bytes]) -> None:
+        """Give back body bytes a consumer read: the next consumer gets them first."""
+        self._consumer = None
+        self._buffered = chunks or None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the client is still there to answer."""
+        return not self.conn.closed
+
+    def _feed(self, data: bytes) -> None:
+        self.received += len(data)
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.feed(data)
+        else:
+            buffered = self._buffered
+            if buffered is None:
+                self._buffered = [data]
+            else:
+                buffered.append(data)
+            if self.received > _BUFFER_PAUSE:
+                # Nobody takes the body yet (a queued request, a connect in
+                # progress): stop reading until someone does.
+                self.conn.pause_reading(_PAUSE_BUFFER)
+
+    def _end(self) -> None:
+        self.body_done = True
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.end()
+        if self.response_done:
+            self.conn._exchange_done(self)
+
+    # -- the answer ----------------------------------------------------------
+
+    def respond(self, data: bytes, *, close: bool = False) -> None:
+        """Answer with a whole response of the sidecar's own (prebuilt bytes)."""
+        request = self.request
+        if not self.body_done:
+            if self._consumer is None and request.expect_continue and not self.received:
+                # The client waits for a 100 before sending its body: it will
+                # not come, and the connection cannot be reused.
+                close = True
+            self._consumer = _DISCARD
+            self._buffered = None
+            self.conn.resume_reading(_PAUSE_BUFFER | _PAUSE_UPSTREAM)
+        if close or self.conn.draining:
+            close = True
+            end = data.index(b"\r\n") + 2
+            data = data[:end] + _CLOSE_FIELD + data[end:]
+        if request.method == "HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self.response_started = True
+        self.conn.write(data)
+        self.finish(close=close)
+
+    def hold_body(self) -> None:
+        """Stop reading the client until :meth:`release_body`: its body has nowhere to go yet."""
+        self.conn.pause_reading(_PAUSE_BUFFER)
+
+    def release_body(self) -> None:
+        self.conn.resume_reading(_PAUSE_BUFFER)
+
+    def start_response(self) -> None:
+        self.response_started = True
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def finish(self, *, close: bool = False) -> None:
+        """The answer is complete; the connection goes on once the request body is in too."""
+        self.response_done = True
+        conn = self.conn
+        if close:
+            conn.keep_alive = False
+        if self.body_done:
+            conn._exchange_done(self)
+        elif not conn.keep_alive:
+            # The rest of the body is not worth waiting for.
+            conn._linger()
+
+    def abort(self) -> None:
+        """Cut the connection: the only honest end of an answer that cannot be completed."""
+        self.response_done = True
+        self.conn.abort()
+
+    def cancel_body(self, why: str) -> None:
+        consumer = self._consumer
+        self._consumer = _DISCARD
+        if consumer is not None:
+            consumer.cancel(why)
+
+
+_BUFFER_PAUSE: Final = 64 * 1024
+# Reasons to stop reading from a client, one bit each.
+_PAUSE_PIPELINE: Final = 1
+_PAUSE_BUFFER: Final = 2
+_PAUSE_UPSTREAM: Final = 4
+# Connection phases, as the timer reads them.
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_BUSY: Final = 3
+_LINGER: Final = 4
+
+
+class Dispatcher(Protocol):
+    def dispatch(self, exchange: Exchange) -> None: ...
+
+    def refused(self, kind: str) -> None:
+        """Count a request refused before dispatch (``client_errors_total``)."""
+
+
+class Listener:
+    """The set of client connections of one listening socket, and how they are made."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        limits: Limits,
+        header_seconds: float,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.limits = limits
+        #: Time to send a whole request head, and to idle between requests.
+        self.header_seconds = header_seconds
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._drained: asyncio.Event | None = None
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if self._drained is not None and not self.connections:
+            self._drained.set()
+
+    async def drain(self, grace: float) -> None:
+        """Close idle connections, let busy ones finish, cut the rest after ``grace`` seconds."""
+        self.draining = True
+        self._drained = asyncio.Event()
+        for conn in list(self.connections):
+            conn.drain()
+        if self.connections:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+            except TimeoutError:
+                log.warning(
+                    "shutdown timeout: cutting connections",
+                    extra={"connections": len(self.connections)},
+                )
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client's TCP connection (``httptools`` request parser)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._limits = listener.limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.keep_alive = True
+        self._paused = 0
+        self._writable = True
+        self.closed = False
+        self._feeding = False
+        self._deferred: list[tuple[Exchange, Callable[[], None]]] = []
+        # The request being parsed.
+        self._url: bytes = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._names: list[bytes] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._reading: Exchange | None = None
+        # The request being answered, and those parsed behind it.
+        self._current: Exchange | None = None
+        self._pending: deque[Exchange] = deque()
+        # One timer; see the module's docstring.
+        self._phase = _IDLE
+        self._deadline = 0.0
+        self._write_deadline = 0.0
+        self._body_start = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    @property
+    def draining(self) -> bool:
+        return self._listener.draining
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio's classes, only alike.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self._listener.connections.add(self)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == _LINGER or self.closed:
+            return
+        self._feeding = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # CONNECT, or "Connection: upgrade" with no body: the head was
+            # handled (CONNECT is refused); nothing after it is read.
+            self.keep_alive = False
+            self._pause(_PAUSE_PIPELINE)
+        except httptools.HttpParserError as exc:
+            self._feeding = False
+            self._run_deferred(failed=True)
+            self._bad_request(exc)
+            return
+        self._feeding = False
+        if self._deferred:
+            self._run_deferred(failed=False)
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, "request head too large\n")
+
+    def eof_received(self) -> bool | None:
+        # A client half-closing after its request still gets the answer.
+        self.keep_alive = False
+        if self._current is None or self._reading is not None:
+            self.abort()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._listener.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        current = self._current
+        if current is not None:
+            self._current = None
+            current.cancel_body("client gone")
+        for pending in self._pending:
+            pending.cancel_body("client gone")
+        self._pending.clear()
+
+    def pause_writing(self) -> None:
+        self._writable = False
+        self._write_deadline = self._loop.time() + self._limits.write_seconds
+        self._arm(self._write_deadline)
+        if self._current is not None:
+            consumer = self._current._consumer
+            if consumer is not None:
+                consumer.writable(False)
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._write_deadline = 0.0
+        if self._current is not None:
+            consumer = self._current._consumer
+            if consumer is not None:
+                consumer.writable(True)
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.closed or not self.keep_alive:
+            raise _StopParsingError
+        if len(self._pending) >= MAX_PIPELINED:
+            raise _TooManyPipelinedError
+        self._url = b""
+        self._fields = []
+        self._names = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._reading = None
+        if self._phase == _IDLE:
+            self._set_deadline(_HEAD, self._loop.time() + self._listener.header_seconds)
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url if self._url else url
+        if len(url) > MAX_FIELD_BYTES:
+            raise _HeadError(414, "request target too long\n")
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._reading is not None:
+            return  # a trailer of a chunked body: not forwarded, not read
+        fields = self._fields
+        if len(fields) >= MAX_FIELDS or len(name) + len(value) > MAX_FIELD_BYTES:
+            raise _HeadError(431, "request header fields too large\n")
+        fields.append((name, value))
+        self._names.append(name.lower())
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        request = self._request()
+        exchange = Exchange(self, request, body_limit=self._limits.max_body_bytes)
+        self._reading = exchange
+        if request.has_body:
+            now = self._loop.time()
+            self._body_start = now
+            self._set_deadline(_BODY, now + self._limits.body_read_seconds)
+        elif self._phase != _IDLE:
+            self._set_deadline(_BUSY, 0.0)
+        if self._current is None:
+            self._start(exchange)
+        else:
+            self._pending.append(exchange)
+            self._pause(_PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self._reading
+        assert exchange is not None
+        exchange._feed(data)
+        if exchange.received > exchange.body_limit and exchange._consumer is not None:
+            exchange.cancel_body("too_large")
+            return
+        limits = self._limits
+        now = self._loop.time()
+        # Idle time, and an average rate once the grace of the idle time is over.
+        by_rate = (
+            self._body_start + limits.body_read_seconds + exchange.received / limits.body_min_rate
+        )
+        self._deadline = min(now + limits.body_read_seconds, by_rate)
+
+    def on_message_complete(self) -> None:
+        exchange = self._reading
+        assert exchange is not None
+        self._reading = None
+        if self._phase == _BODY:
+            self._set_deadline(_BUSY, 0.0)
+        if not exchange.body_done:
+            exchange._end()
+        elif self._current is None and self._phase != _LINGER and not self.closed:
+            # Answered while its head was parsed: the connection is idle now.
+            self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
+
+    # -- requests -------------------------------------------------------------
+
+    def _request(self) -> Request:
+        parser = self._parser
+        target = self._url
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        names = self._names
+        fields = self._fields
+        if version != "1.1" and version != "1.0":
+            raise _HeadError(505, "HTTP version not supported\n")
+        if method == "CONNECT":
+            raise _HeadError(
+                405,
+                "CONNECT is not supported\n",
+                fields=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n",
+            )
+        if target[:1] != b"/":
+            # Absolute-form and asterisk-form: only a path goes to the upstream.
+            raise _HeadError(400, "request target must be a path\n")
+        content_length: int | None = None
+        chunked = False
+        expect = False
+        if b"content-length" in names:
+            raw = fields[names.index(b"content-length")][1].strip()
+            content_length = int(raw)  # llhttp checked: digits, one field, no overflow
+        if b"transfer-encoding" in names:
+            coding = fields[names.index(b"transfer-encoding")][1].strip().lower()
+            # llhttp accepts "gzip, chunked" and HTTP/1.0 chunking; neither
+            # can be forwarded faithfully (RFC 9112 §6.1).
+            if coding != b"chunked" or version == "1.0":
+                raise _HeadError(400, "unsupported transfer coding\n")
+            chunked = True
+        if b"host" in names:
+            if names.count(b"host") > 1:
+                raise _HeadError(400, "more than one Host field\n")
+        elif version == "1.1":
+            raise _HeadError(400, "missing Host field\n")
+        if b"expect" in names:
+            if fields[names.index(b"expect")][1].strip().lower() != b"100-continue":
+                raise _HeadError(417, "unsupported expectation\n")
+            expect = version == "1.1"
+        raw_path, sep, query = target.partition(b"?")
+        if b"#" in target:
+            raise _HeadError(400, "request target must not carry a fragment\n")
+        return Request(
+            method=method,
+            target=target,
+            path=raw_path.decode("latin-1"),
+            query=query.decode("latin-1") if sep else "",
+            version=version,
+            fields=fields,
+            names=names,
+            # HTTP/1.0 clients get one answer per connection.
+            keep_alive=version == "1.1" and parser.should_keep_alive(),
+            content_length=content_length,
+            chunked=chunked,
+            expect_continue=expect,
+            peer=self.peer,
+        )
+
+    def _start(self, exchange: Exchange) -> None:
+        self._current = exchange
+        if not exchange.request.keep_alive:
+            self.keep_alive = False
+        try:
+            self._listener.dispatcher.dispatch(exchange)
+        except Exception:
+            log.exception("request handler failed", extra={"peer": self.peer})
+            self._listener.dispatcher.refused("internal")
+            if not exchange.response_started:
+                exchange.respond(_http.response(500, b"internal error\n"), close=True)
+            else:
+                self.abort()
+
+    def _exchange_done(self, exchange: Exchange) -> None:
+        if exchange is not self._current:
+            return
+        self._current = None
+        if not self.keep_alive or self.draining:
+            self._close()
+            return
+        if self._pending:
+            self._start(self._pending.popleft())
+            if not self._pending:
+                self.resume_reading(_PAUSE_PIPELINE)
+            return
+        self.resume_reading(_PAUSE_PIPELINE)
+        if self._reading is None and self._phase != _HEAD:
+            self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
+
+    # -- output and flow control ----------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def pause_reading(self, reason: int = _PAUSE_UPSTREAM) -> None:
+        self._pause(reason)
+
+    def resume_reading(self, reason: int = _PAUSE_UPSTREAM) -> None:
+        was = self._paused
+        self._paused &= ~reason
+        if was and not self._paused and self._transport is not None and not self.closed:
+            self._transport.resume_reading()
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self._transport is not None and not self.closed:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    # -- endings --------------------------------------------------------------
+
+    def _bad_request(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            cause = exc.__context__
+            if isinstance(cause, _StopParsingError):
+                return
+            if isinstance(cause, _TooManyPipelinedError):
+                self._listener.dispatcher.refused("bad_request")
+                self.keep_alive = False
+                self._pending.clear()
+                if self._current is None:
+                    self._close()
+                return
+            if isinstance(cause, _HeadError):
+                self._refuse(cause.status, cause.text, fields=cause.fields)
+                return
+            if cause is not None:
+                log.error("request parsing failed", exc_info=cause, extra={"peer": self.peer})
+                self._listener.dispatcher.refused("internal")
+                self._refuse(500, "internal error\n", count=False)
+                return
+        self._refuse(400, "bad request\n")
+
+    def _refuse(self, status: int, text: str, *, fields: bytes = b"", count: bool = True) -> None:
+        """Answer a request that cannot be parsed or served, then close: framing is lost."""
+        if count:
+            self._listener.dispatcher.refused("bad_request")
+        self.keep_alive = False
+        self._pending.clear()
+        current = self._current
+        self._reading = None
+        if current is not None:
+            self._pause(_PAUSE_PIPELINE)
+            if current.body_done:
+                return  # a request behind it broke: the current answer is the last
+            # Its own body broke (a bad chunk): whatever was started for it stops.
+            current.cancel_body("bad_request")
+            if current.response_started:
+                self.abort()
+                return
+            current.response_started = current.response_done = True
+            self._current = None
+        self.write(_http.response(status, text.encode(), fields=fields, close=True))
+        self._linger()
+
+    def defer(self, exchange: Exchange, action: Callable[[], None]) -> None:
+        """Run ``action`` once the bytes being parsed proved well-formed.
+
+        Sending to the upstream waits for the end of the read that completed
+        a request: if the same read goes on to break the framing (a smuggled
+        request, a bad chunk), nothing of it has left. An action of a request
+        whose body was incomplete when the framing broke is dropped.
+        """
+        if self._feeding:
+            self._deferred.append((exchange, action))
+        else:
+            action()
+
+    def _run_deferred(self, *, failed: bool) -> None:
+        deferred, self._deferred = self._deferred, []
+        for exchange, action in deferred:
+            if not failed or exchange.body_done:
+                action()
+
+    def drain(self) -> None:
+        if self._current is None and not self._in_head:
+            self._close()
+
+    def _close(self) -> None:
+        transport = self._transport
+        if transport is None or self.closed:
+            return
+        reading = self._reading
+        if (reading is not None and not reading.body_done) or self._in_head:
+            # The client is still sending: read and drop it for a moment so
+            # that the answer is not destroyed by a reset.
+            self._linger()
+            return
+        self.closed = True
+        transport.close()
+
+    def _linger(self) -> None:
+        transport = self._transport
+        if transport is None or self.closed or self._phase == _LINGER:
+            return
+        self.keep_alive = False
+        self._set_deadline(_LINGER, self._loop.time() + LINGER_SECONDS)
+        self._paused = 0
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def abort(self) -> None:
+        transport = self._transport
+        if transport is not None and not self.closed:
+            self.closed = True
+            transport.abort()
+
+    # -- the timer ------------------------------------------------------------
+
+    def _set_deadline(self, phase: int, deadline: float) -> None:
+        self._phase = phase
+        self._deadline = deadline
+        if deadline:
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= when:
+                return  # it fires first and re-arms for the later deadline
+            timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self._loop.time()
+        upcoming = []
+        if self._write_deadline:
+            if now >= self._write_deadline:
+                log.info("client stopped reading its answer", extra={"peer": self.peer})
+                self.abort()
+                return
+            upcoming.append(self._write_deadline)
+        deadline = self._deadline
+        if deadline:
+            if now >= deadline:
+                self._timed_out()
+                return
+            upcoming.append(deadline)
+        if upcoming:
+            self._arm(min(upcoming))
+
+    def _timed_out(self) -> None:
+        phase = self._phase
+        self._deadline = 0.0
+        if phase == _BODY:
+            exchange = self._reading
+            self._listener.dispatcher.refused("slow_client")
+            self.keep_alive = False
+            if exchange is not None:
+                exchange.cancel_body("slow_client")
+                if not exchange.response_started:
+                    exchange.respond(_http.response(408, b"request body too slow\n"), close=True)
+                    return
+            self.abort()
+            return
+        # Idle keep-alive, a head that never completed (slowloris), or the
+        # end of lingering: hang up without an answer.
+        self.abort() if phase == _LINGER else self._hang_up()
+
+    def _hang_up(self) -> None:
+        transport = self._transport
+        if transport is not None and not self.closed:
+            self.closed = True
+            transport.close()
+
+
+class _HeadError(Exception):
+    """A request head the sidecar refuses: answered with ``status`` and ``text``."""
+
+    def __init__(self, status: int, text: str, *, fields: bytes = b"") -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.fields = fields
+
+
+class _TooManyPipelinedError(Exception):
+    pass
+
+
+class _StopParsingError(Exception):
+    """The connection is closing: what the client sent after is not read."""
