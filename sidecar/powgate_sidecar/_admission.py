@@ -30,6 +30,7 @@ from ._challenges import ChallengeStock
 from ._http import Request
 from ._metrics import Metrics, Outcome
 from ._routes import Route, RouteTable
+from ._trust import TrustedProxies
 
 __all__ = ["Admission", "Admit", "ReadForm", "Refuse"]
 
@@ -108,8 +109,10 @@ class Admission:
         stock: ChallengeStock,
         metrics: Metrics,
         page: bytes | None,
+        trusted: TrustedProxies,
     ) -> None:
         self.verifier = verifier
+        self._trusted = trusted
         self._replay = replay
         self._stock = stock
         self._metrics = metrics
@@ -178,7 +181,7 @@ class Admission:
                     "route": route.name,
                     "reason": verdict.reason.value,
                     "cause": verdict.cause,
-                    "peer": request.peer,
+                    "client": self.client(request),
                 },
             )
         enforcing = table.enforcing
@@ -224,6 +227,17 @@ class Admission:
             return None
         metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason.value)
         return Refuse(self.challenge(request, table=table, route=route))
+
+    def client(self, request: Request) -> str:
+        """Who sent ``request``: the peer, or what a trusted proxy in front says."""
+        if not self._trusted:
+            return request.peer
+        forwarded_for = [
+            entry.decode("latin-1")
+            for value in request.headers(b"x-forwarded-for")
+            for entry in value.split(b",")
+        ]
+        return self._trusted.client(peer=request.peer, forwarded_for=forwarded_for)
 
     # -- refusals ------------------------------------------------------------
 

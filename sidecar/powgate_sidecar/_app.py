@@ -33,12 +33,13 @@ from ._carriers import form_solution
 from ._challenges import ChallengeStock
 from ._connection import Exchange, Listener
 from ._endpoints import WELL_KNOWN, Endpoints, not_configured
-from ._forward import Forwarder, TrustedProxies, UpstreamPool
+from ._forward import Forwarder, UpstreamPool
 from ._limits import Limits
 from ._metrics import NO_LABEL, Metrics, Outcome
 from ._queue import EffortQueue
 from ._routes import EXEMPT, Route, RouteTable, canonical
 from ._static import ASSETS, load_asset, load_interstitial
+from ._trust import TrustedProxies
 
 __all__ = ["WELL_KNOWN", "Limits", "Sidecar"]
 
@@ -64,10 +65,9 @@ class Sidecar:
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits if limits is not None else Limits()
+        trusted = TrustedProxies(trusted_proxies)
         self._forwarder = Forwarder(
-            pool=UpstreamPool(upstream, limits=self.limits),
-            metrics=self.metrics,
-            trusted=TrustedProxies(trusted_proxies),
+            pool=UpstreamPool(upstream, limits=self.limits), metrics=self.metrics, trusted=trusted
         )
         self._replay = replay if replay is not None else MemoryReplayCache()
         self._keyring = keyring
@@ -79,6 +79,7 @@ class Sidecar:
             stock=self._stock,
             metrics=self.metrics,
             page=None,
+            trusted=trusted,
         )
         self._endpoints = Endpoints(admission=self._admission, assets={})
         self._table: RouteTable | None = None

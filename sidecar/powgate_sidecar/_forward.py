@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -38,8 +37,9 @@ from ._connection import Exchange
 from ._http import HOP_BY_HOP, Request
 from ._limits import Limits
 from ._metrics import Metrics
+from ._trust import TrustedProxies
 
-__all__ = ["Forwarder", "TrustedProxies", "UpstreamPool"]
+__all__ = ["Forwarder", "UpstreamPool"]
 
 log = logging.getLogger("powgate.sidecar")
 
@@ -66,45 +66,6 @@ _CLEAR_COOKIE: Final = (
 _CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 _CLOSE: Final = b"Connection: close\r\n"
 _BODILESS: Final = frozenset((204, 304))
-_TRUST_CACHE: Final = 4096
-
-
-class TrustedProxies:
-    """Peers whose ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` are believed."""
-
-    __slots__ = ("_cache", "_networks")
-
-    def __init__(self, networks: Iterable[str] = ()) -> None:
-        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
-
-    def __contains__(self, address: object) -> bool:
-        if not self._networks or not isinstance(address, str):
-            return False
-        known = self._cache.get(address)
-        if known is None:
-            try:
-                ip = ipaddress.ip_address(address.strip())
-            except ValueError:
-                return False
-            known = any(ip in network for network in self._networks)
-            if len(self._cache) >= _TRUST_CACHE:
-                self._cache.clear()
-            self._cache[address] = known
-        return known
-
-    def client(self, *, peer: str, forwarded_for: list[str]) -> str:
-        """The client's address: the nearest ``X-Forwarded-For`` entry not of a trusted proxy."""
-        if peer not in self:
-            return peer
-        for entry in reversed(forwarded_for):
-            address = entry.strip()
-            if address not in self:
-                return address
-        return peer
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -323,7 +323,7 @@ async def test_browser_navigation_gets_the_static_interstitial_page(h: Harness) 
     again = await h.client.get("/app/other", headers=html)
     assert await again.read() == page
     assert b"maxnumber" not in page
-    assert b'src="/.well-known/powgate/interstitial.js"' in page
+    assert b"src=/.well-known/powgate/interstitial.js" in page
     script = await h.client.get("/.well-known/powgate/interstitial.js")
     assert script.status == 200
     assert "max-age" in script.headers["Cache-Control"]
