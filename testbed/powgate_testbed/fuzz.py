@@ -15,7 +15,9 @@ the verifier does not hold. Config documents are a valid rendered config
 mutated likewise, plus random JSON, parsed as a sidecar parses them (fields
 it does not know are ignored and counted); an accepted document is also compiled
 into the sidecar's routing table and every route issues a challenge, which
-is what the sidecar does with it.
+is what the sidecar does with it. Priced payloads (``--priced``) are
+challenges priced per client, verified under random clients and debts,
+with a fourth check: none is accepted *cheapened* (see :func:`fuzz_priced`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from powgate import (
 from powgate.config import SidecarConfig
 from powgate_sidecar._routes import RouteTable
 
-__all__ = ["Counts", "fuzz_configs", "fuzz_payloads", "main"]
+__all__ = ["Counts", "fuzz_configs", "fuzz_payloads", "fuzz_priced", "main"]
 
 _BINDING: Final = "ai/chat:default"
 _DIFFICULTY: Final = 20
@@ -63,6 +65,8 @@ class Counts:
     crashes: int = 0
     forged: int = 0
     replayed: int = 0
+    #: Priced challenges accepted for another client, or below what their client owed.
+    cheapened: int = 0
     accepted: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
@@ -74,7 +78,7 @@ class Counts:
 
     @property
     def clean(self) -> bool:
-        return self.crashes == self.forged == self.replayed == 0
+        return self.crashes == self.forged == self.replayed == self.cheapened == 0
 
 
 # -- solution payloads --------------------------------------------------------------
@@ -237,6 +241,100 @@ def fuzz_payloads(count: int, *, seed: int) -> Counts:
     return counts
 
 
+# -- priced challenges ------------------------------------------------------------------
+
+_CLIENTS: Final = ("c1", "c2", "c3")
+_FACTORS: Final = (0.001, 0.1, 0.5, 1.0, 1.5, 4.0, 64.0)
+
+
+def fuzz_priced(count: int, *, seed: int) -> Counts:
+    """Verify ``count`` payloads of per-client priced challenges under random scopes.
+
+    Challenges are priced for one of a few clients at a factor (discounts
+    included), solved, then re-sent, edited at their ``ck``/``f``
+    parameters, or sent unpriced; each is verified as a random client owing
+    a random factor, or where prices are not per client. An accepted
+    solution must be one this run issued (else *forged*), accepted once
+    (else *replayed*), and must not be *cheapened*: priced for the client
+    presenting it and at least the minimum times its factor; honoured as a
+    discount only by a verifier that prices per client; unpriced only for
+    a client owing no more than the base price.
+    """
+    rng = random.Random(seed)
+    ring = KeyRing.generate(kid="k1")
+    issuer = Issuer(keyring=ring)
+    verifier = Verifier(keyring=ring, replay=MemoryReplayCache(max_entries=max(1024, count)))
+    #: challenge digest → (client it was priced for or None, factor, difficulty)
+    issued: dict[str, tuple[str | None, float, int]] = {}
+    pool: list[tuple[Challenge, int]] = []
+    counts = Counts()
+    accepted: set[str] = set()
+
+    def fresh() -> tuple[Challenge, int]:
+        client = rng.choice((*_CLIENTS, None))
+        factor = rng.choice(_FACTORS)
+        extra: dict[str, Any] = {} if client is None else {"client": client, "factor": factor}
+        challenge = issuer.issue(difficulty=_DIFFICULTY, ttl=_TTL, binding=_BINDING, **extra)
+        assert isinstance(challenge, Challenge)
+        signed = challenge.params
+        read = float(signed.factor) if signed.factor is not None else 1.0
+        issued[challenge.challenge] = (signed.client, read, challenge.maxnumber)
+        solved = (challenge, solve(challenge).number)
+        pool.append(solved)
+        if len(pool) > 256:
+            pool.pop(0)
+        return solved
+
+    for _ in range(count):
+        challenge, number = fresh() if not pool or rng.random() < 0.6 else rng.choice(pool)
+        document = _document(challenge, number)
+        if rng.random() < 0.3:
+            param = rng.choice(("ck", "f", "max"))
+            value = rng.choice(("c1", "c2", "0", "0.001", "64", "", "1e3", "-1"))
+            salt = document["salt"]
+            document["salt"] = rng.choice(
+                (
+                    f"{salt}{param}={value}&",
+                    salt.replace(f"{param}=", f"{param}={value}&{param}=", 1),
+                    salt.replace(f"&{param}=", "&x=", 1),
+                )
+            )
+        payload = _encode(document)
+        client = rng.choice((*_CLIENTS, None))
+        owed = rng.choice((0.1, 1.0, 2.0, 8.0))
+        floor = rng.choice((0, _DIFFICULTY, 2 * _DIFFICULTY))
+        counts.cases += 1
+        try:
+            verdict = verifier.verify(
+                payload, binding=_BINDING, min_difficulty=floor, client=client, owed=owed
+            )
+        except Exception as exc:  # the verifier must never raise: counted, not propagated
+            counts.record_crash(payload, exc)
+            continue
+        counts.reasons[verdict.reason.value] = counts.reasons.get(verdict.reason.value, 0) + 1
+        if verdict.reason is not Reason.OK:
+            continue
+        counts.accepted += 1
+        digest = _accepted_challenge(payload)
+        record = issued.get(digest)
+        if record is None:
+            counts.forged += 1
+            continue
+        if digest in accepted:
+            counts.replayed += 1
+        accepted.add(digest)
+        priced_for, factor, difficulty = record
+        if priced_for is None:
+            fair = client is None or owed <= 1.0
+        elif client is not None:
+            fair = client == priced_for and difficulty >= floor * factor
+        else:
+            fair = difficulty >= floor * max(factor, 1.0)
+        if not fair:
+            counts.cheapened += 1
+    return counts
+
+
 def _accepted_challenge(payload: bytes | str) -> str:
     raw = base64.b64decode(payload)
     return str(json.loads(raw)["challenge"])
@@ -345,7 +443,7 @@ def _report(name: str, counts: Counts, seconds: float) -> None:
     print(
         f"{name}: {counts.cases} cases in {seconds:.1f} s, {counts.crashes} crashes, "
         f"{counts.forged} forged accepted, {counts.replayed} replays accepted, "
-        f"{counts.accepted} accepted"
+        f"{counts.cheapened} cheapened, {counts.accepted} accepted"
     )
     print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.reasons.items())))
     for example in counts.examples:
@@ -357,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payloads", type=int, default=100_000, help="solution payloads")
     parser.add_argument("--configs", type=int, default=100_000, help="config documents")
     parser.add_argument(
+        "--priced", type=int, default=100_000, help="payloads of per-client priced challenges"
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=1,
@@ -367,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, run, count in (
         ("payloads", fuzz_payloads, args.payloads),
         ("configs", fuzz_configs, args.configs),
+        ("priced", fuzz_priced, args.priced),
     ):
         started = time.perf_counter()
         counts = run(count, seed=args.seed)

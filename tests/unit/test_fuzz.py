@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, main
+from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, fuzz_priced, main
 
 
 def test_payloads_reach_every_verdict_and_none_is_forged_or_replayed() -> None:
@@ -22,5 +22,15 @@ def test_config_documents_are_answered_or_refused_never_crash() -> None:
     assert counts.reasons["invalid"] > 0
 
 
+def test_priced_challenges_are_never_cheapened() -> None:
+    counts = fuzz_priced(3000, seed=7)
+    assert counts.clean, counts.examples
+    assert counts.accepted > 0
+    # Each way a priced challenge can be refused is tried.
+    for reason in ("wrong_client", "insufficient", "replayed", "wrong_number"):
+        assert counts.reasons[reason] > 0, reason
+
+
 def test_the_command_reports_and_exits_zero_when_clean(capsys: object) -> None:
-    assert main(["--payloads", "300", "--configs", "300", "--seed", "3"]) == 0
+    argv = ["--payloads", "300", "--configs", "300", "--priced", "300", "--seed", "3"]
+    assert main(argv) == 0
