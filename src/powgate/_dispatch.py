@@ -42,9 +42,14 @@ def parse_challenge(document: object) -> AnyChallenge:
 
 
 def expected_work(challenge: AnyChallenge) -> float:
-    """Mean work of a solve: hashes (ALTCHA v1, DeepSeek) or key derivations (ALTCHA v2)."""
+    """Mean work of a solve, in the unit difficulty counts (``difficulty / 2`` in every scheme).
+
+    Hashes for ALTCHA v1 and DeepSeek; for ALTCHA v2, tries at the policy's
+    parameters ("base tries"): a challenge whose tries were scaled by the
+    issuer counts each try as that fraction or multiple of a base try.
+    """
     if isinstance(challenge, ChallengeV2):
-        return float(challenge.expected_tries)
+        return challenge.difficulty / 2
     if isinstance(challenge, DeepSeekChallenge):
         return challenge.difficulty / 2
     return (challenge.maxnumber + 1) / 2
@@ -54,7 +59,8 @@ def expected_work(challenge: AnyChallenge) -> float:
 class Solved:
     """A solution ready to send: its header and payload, the work it took, the solve time.
 
-    ``work`` counts hashes (ALTCHA v1, DeepSeek) or key derivations (ALTCHA v2).
+    ``work`` counts hashes (ALTCHA v1, DeepSeek) or, for ALTCHA v2, tries
+    in base tries (see :func:`expected_work`).
     """
 
     header: str
@@ -79,7 +85,8 @@ def solve_challenge(
         found = solve_v2(challenge, workers=workers, timeout=timeout)
         ms = round(found.seconds * 1000)
         payload = challenge.solution(found.counter, found.derived_key, ms=ms).encode()
-        return Solved(SOLUTION_HEADER, payload, found.seconds, found.tries)
+        base_tries = found.tries * expected_work(challenge) / challenge.expected_tries
+        return Solved(SOLUTION_HEADER, payload, found.seconds, max(1, round(base_tries)))
     if isinstance(challenge, DeepSeekChallenge):
         result = solve_deepseek(challenge, workers=workers)
         payload = challenge.solution(result.number).encode()

@@ -19,10 +19,13 @@ __all__ = [
     "DEEPSEEK_DIFFICULTY",
     "DEFAULT",
     "QUICK",
+    "SCHEME_RUNS",
     "Backend",
     "Defence",
     "Phases",
     "Scenario",
+    "SchemeComparison",
+    "SchemePrice",
     "policy_manifest",
 ]
 
@@ -38,6 +41,69 @@ class Defence(enum.StrEnum):
     NONE = "none"  # the sidecar forwards everything (policy mode off): no proof of work
     STATIC = "static"  # a fixed difficulty, DeepSeek-style
     ADAPTIVE = "adaptive"  # the operator steers difficulty from Prometheus signals
+    # The scheme comparison: a fixed price that costs a browser the same time
+    # in each, against bots that solve natively (SchemeComparison).
+    SHA256 = "sha256"
+    ARGON2ID = "argon2id"
+
+
+#: The runs of the scheme comparison, in order.
+SCHEME_RUNS: Final = (Defence.SHA256, Defence.ARGON2ID)
+#: Native/browser speed per core, measured by ``python -m bench schemes``
+#: (docs/performance.md): SHA-256 against a midstate native search (twice
+#: OpenSSL's 64-byte rate), Argon2id (one pass over 32 MiB) against libargon2.
+SHA256_NATIVE_RATIO: Final = 5.6
+ARGON2ID_NATIVE_RATIO: Final = 2.7
+
+
+@dataclass(frozen=True, slots=True)
+class SchemePrice:
+    """One scheme of the comparison: what a browser does per second, and the bots' speed-up.
+
+    ``browser_rate`` is in the scheme's unit of work (hashes; Argon2id: tries
+    at the policy's parameters); the bots, solving natively, do
+    ``attack_speedup`` times that.
+    """
+
+    algorithm: str
+    browser_rate: float
+    attack_speedup: float
+
+    def difficulty(self, browser_seconds: float) -> int:
+        """The fixed difficulty that costs a browser ``browser_seconds`` on average."""
+        return max(2, round(2 * self.browser_rate * browser_seconds))
+
+    @property
+    def attack_budget(self) -> float:
+        return self.browser_rate * self.attack_speedup
+
+
+def _sha256_price() -> SchemePrice:
+    # A tenth of a real browser's SHA-256 rate, so that the bots' 10x fits in
+    # one of this machine's cores (CPython hashes ~2 M/s).
+    return SchemePrice("SHA-256", browser_rate=1.5e5, attack_speedup=10.0)
+
+
+def _argon2id_price() -> SchemePrice:
+    # A tenth of a real browser's rate at the default parameters (~10 tries/s
+    # a core), like SHA-256's; the same native machines that are 10x a
+    # browser at SHA-256 are 10 x 2.7 / 5.6 at Argon2id.
+    speedup = round(10.0 * ARGON2ID_NATIVE_RATIO / SHA256_NATIVE_RATIO, 1)
+    return SchemePrice("ARGON2ID", browser_rate=1.0, attack_speedup=speedup)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemeComparison:
+    """SHA-256 and Argon2id priced alike for a browser, flooded by natively solving bots."""
+
+    #: What a fixed toll costs a browser on average, in either scheme.
+    browser_seconds: float = 4.0
+    sha256: SchemePrice = field(default_factory=_sha256_price)
+    argon2id: SchemePrice = field(default_factory=_argon2id_price)
+
+    def price(self, defence: Defence) -> SchemePrice | None:
+        """The price of a scheme run; ``None`` for the other runs."""
+        return {Defence.SHA256: self.sha256, Defence.ARGON2ID: self.argon2id}.get(defence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +156,8 @@ class Scenario:
     #: Phases of the adaptive run, and of each baseline run (which needs no recovery).
     adaptive: Phases = field(default_factory=lambda: Phases(quiet=15, flood=60, after=240))
     baseline: Phases = field(default_factory=lambda: Phases(quiet=10, flood=40, after=5))
+    #: The scheme comparison's runs have the baselines' phases.
+    schemes: SchemeComparison = field(default_factory=SchemeComparison)
     #: Seconds at the start of the flood excluded from the baselines' steady state:
     #: the adaptation budget, so every defence is judged on the same stretch.
     settle: float = 15.0
@@ -172,6 +240,10 @@ def policy_manifest(
     }
     if defence is Defence.NONE:
         spec["mode"] = "off"
+    elif (price := scenario.schemes.price(defence)) is not None:
+        fixed = price.difficulty(scenario.schemes.browser_seconds)
+        spec["challenge"]["algorithm"] = price.algorithm
+        spec["difficulty"] = {"min": fixed, "max": fixed}
     elif defence is Defence.STATIC:
         fixed = scenario.static_difficulty
         spec["difficulty"] = {"min": fixed, "max": fixed}

@@ -36,7 +36,7 @@ from kubernetes import client as k8s
 
 from ._demo_chart import draw_chart
 from ._demo_monitor import Monitor
-from ._demo_scenario import DEFAULT, QUICK, Defence, Phases, Scenario
+from ._demo_scenario import DEFAULT, QUICK, SCHEME_RUNS, Defence, Phases, Scenario
 from ._demo_stack import DemoStack, Deployment
 from ._demo_verdict import TARGETS, Verdict, check_targets, judge, merge_client_rows
 from ._demo_view import LiveView, Snapshot, format_verdicts
@@ -60,12 +60,15 @@ __all__ = [
     "LiveView",
     "Scenario",
     "Verdict",
+    "format_scheme_comparison",
     "main",
     "run_demo",
 ]
 
 #: The adaptive run first (the point of the demo), then the baselines.
 RUN_ORDER: Final = (Defence.ADAPTIVE, Defence.STATIC, Defence.NONE)
+#: ``make demo``: the runs above, then the scheme comparison.
+ALL_RUNS: Final = (*RUN_ORDER, *SCHEME_RUNS)
 #: Bot requests per second before the flood: effectively none (see `_Run`).
 _DORMANT: Final = 1e-9
 #: Rows shown by the live view (the view averages the last few seconds).
@@ -145,18 +148,23 @@ class _Run:
         self._view = view
         self._index, self._runs = index, runs
         share = len(deployment.sidecar_urls)
+        # A scheme run prices a browser and the bots in that scheme's unit of work.
+        price = scenario.schemes.price(deployment.defence)
+        legit = LegitTraffic(rate=scenario.legit_rate / share)
+        budget = scenario.attack_budget
+        if price is not None:
+            legit = replace(legit, hash_rate=price.browser_rate)
+            budget = price.attack_budget
         # One generator per sidecar, each with its share of the traffic and of
         # the bots' budget: clients spread evenly, as a Service would spread them.
         self._generators = [
             LoadGenerator(
                 target=url,
-                legit=LegitTraffic(rate=scenario.legit_rate / share),
+                legit=legit,
                 # The bots' solver starts with the run only for a rate above zero;
                 # this one sends nothing before the flood (one arrival per ~30
                 # years), but the bots are ready when it starts, as a botnet is.
-                attack=AttackTraffic(
-                    rate=_DORMANT, mode=AttackMode.HONEST, budget=scenario.attack_budget / share
-                ),
+                attack=AttackTraffic(rate=_DORMANT, mode=AttackMode.HONEST, budget=budget / share),
                 request=RequestShape(max_tokens=scenario.backend.max_tokens),
                 max_in_flight=scenario.max_in_flight,
                 seed=None if seed is None else seed + number,
@@ -244,7 +252,7 @@ def run_demo(
     scenario: Scenario,
     output: Path,
     kubeconfig: Path | None = None,
-    defences: Sequence[Defence] = RUN_ORDER,
+    defences: Sequence[Defence] = ALL_RUNS,
     view: LiveView | None = None,
     seed: int | None = None,
 ) -> DemoResult:
@@ -283,13 +291,32 @@ def run_demo(
     return _conclude(scenario=scenario, output=output, timelines=timelines)
 
 
+def format_scheme_comparison(scenario: Scenario, verdicts: Mapping[str, Verdict]) -> str:
+    """What each scheme let through at the same browser price (empty without those runs)."""
+    schemes = scenario.schemes
+    lines = []
+    for defence in SCHEME_RUNS:
+        verdict, price = verdicts.get(str(defence)), schemes.price(defence)
+        if verdict is None or price is None:
+            continue
+        goodput = "-" if verdict.attack_goodput is None else f"{verdict.attack_goodput:.2f}/s"
+        lines.append(
+            f"  {price.algorithm:<9} difficulty {price.difficulty(schemes.browser_seconds):>9,}: "
+            f"bots at {price.attack_speedup:g}x a browser got {goodput} through"
+        )
+    if not lines:
+        return ""
+    head = f"the same toll for a browser (~{schemes.browser_seconds:g} s), bots solving natively:"
+    return "\n".join([head, *lines])
+
+
 def _conclude(
     *, scenario: Scenario, output: Path, timelines: dict[str, list[dict[str, Any]]]
 ) -> DemoResult:
     verdicts: dict[str, Verdict] = {}
     # Baselines first in the table and the chart, the adaptive run last:
-    # the comparison reads from left to right.
-    for defence in (d for d in reversed(RUN_ORDER) if str(d) in timelines):
+    # the comparison reads from left to right; the scheme comparison after it.
+    for defence in (d for d in (*reversed(RUN_ORDER), *SCHEME_RUNS) if str(d) in timelines):
         phases = scenario.phases(defence)
         verdicts[str(defence)] = judge(
             timelines[str(defence)],
@@ -313,8 +340,9 @@ def _conclude(
     summary.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     draw_chart(
         chart,
-        runs=timelines,
-        verdicts=verdicts,
+        # The chart compares the defences; the scheme runs are in the table.
+        runs={name: rows for name, rows in timelines.items() if Defence(name) in RUN_ORDER},
+        verdicts={name: v for name, v in verdicts.items() if Defence(name) in RUN_ORDER},
         capacity=scenario.backend.capacity,
         title=(
             f"powgate demo ({scenario.name}): {scenario.flood_rate:g} bot req/s "
@@ -384,13 +412,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sidecars", type=_positive, help="sidecar processes in front of the service (default 2)"
     )
-    parser.add_argument("--no-baselines", action="store_true", help="run only the adaptive defence")
+    parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="run only the adaptive defence (and the scheme comparison unless --no-schemes)",
+    )
+    parser.add_argument(
+        "--no-schemes",
+        action="store_true",
+        help="leave out the scheme comparison (SHA-256 and Argon2id against native bots)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the arrival processes")
     args = parser.parse_args(argv)
     scenario = QUICK if args.quick else DEFAULT
     if args.sidecars is not None:
         scenario = replace(scenario, sidecars=args.sidecars)
     defences = (Defence.ADAPTIVE,) if args.no_baselines else RUN_ORDER
+    if not args.no_schemes:
+        defences = (*defences, *SCHEME_RUNS)
     view = LiveView()
     try:
         with _sigterm_as_interrupt():
@@ -419,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     view.note("")
     view.note(format_verdicts(list(result.verdicts.values()), result.targets))
+    comparison = format_scheme_comparison(scenario, result.verdicts)
+    if comparison:
+        view.note("\n" + comparison)
     one, five, fifteen = result.load_average
     view.note(
         f"\nmachine load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) "

@@ -22,7 +22,14 @@ import pytest
 from kubernetes import client as k8s
 
 from powgate_testbed.cluster import ClusterAccess
-from powgate_testbed.demo import QUICK, DemoResult, LiveView, run_demo
+from powgate_testbed.demo import (
+    QUICK,
+    Defence,
+    DemoResult,
+    LiveView,
+    format_scheme_comparison,
+    run_demo,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +96,30 @@ def test_the_baselines_do_worse_than_the_adaptive_defence(result: DemoResult) ->
     assert static.attack_goodput > adaptive.attack_goodput
 
 
+def test_the_scheme_runs_enforce_their_scheme_and_serve_browsers(result: DemoResult) -> None:
+    """SHA-256 and Argon2id, priced alike for a browser, both under a flood of native bots."""
+    schemes = QUICK.schemes
+    for name in ("sha256", "argon2id"):
+        price = schemes.price(Defence(name))
+        assert price is not None
+        fixed = price.difficulty(schemes.browser_seconds)
+        verdict, timeline = result.verdicts[name], result.timelines[name]
+        assert verdict.peak_difficulty == fixed
+        assert verdict.legit_success is not None
+        assert verdict.legit_success >= 0.9
+        # Every bot request admitted was paid for, in the scheme's unit of work.
+        assert verdict.attack_hashes_per_admitted is not None
+        assert verdict.attack_hashes_per_admitted >= fixed / 20
+        assert sum(row["attack"]["admitted"] for row in timeline) > 0
+    comparison = format_scheme_comparison(QUICK, result.verdicts)
+    assert "SHA-256" in comparison
+    assert "ARGON2ID" in comparison
+
+
 def test_chart_and_summary_are_written(result: DemoResult) -> None:
     assert result.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(result.summary.read_text())
-    assert set(summary["verdicts"]) == {"none", "static", "adaptive"}
+    assert set(summary["verdicts"]) == {"none", "static", "adaptive", "sha256", "argon2id"}
     assert (
         summary["verdicts"]["adaptive"]["time_to_adapt"]
         == result.verdicts["adaptive"].time_to_adapt

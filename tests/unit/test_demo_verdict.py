@@ -219,6 +219,23 @@ def test_policies_are_valid_powpolicies(scenario: Scenario) -> None:
             assert spec.difficulty.min == spec.difficulty.max == scenario.static_difficulty
         if defence is Defence.ADAPTIVE:
             assert [s.name for s in spec.signals] == ["admitted-rate", "backend-load"]
+        price = scenario.schemes.price(defence)
+        if price is not None:
+            fixed = price.difficulty(scenario.schemes.browser_seconds)
+            assert spec.challenge.algorithm == price.algorithm
+            assert spec.difficulty.min == spec.difficulty.max == fixed
+
+
+def test_the_scheme_runs_cost_a_browser_the_same_and_bots_their_native_speed() -> None:
+    schemes = DEFAULT.schemes
+    for price in (schemes.sha256, schemes.argon2id):
+        # Mean work D / 2 at the browser's rate: the same seconds in either scheme.
+        mean_seconds = price.difficulty(schemes.browser_seconds) / 2 / price.browser_rate
+        assert mean_seconds == pytest.approx(schemes.browser_seconds, rel=0.01)
+        assert price.attack_budget == price.browser_rate * price.attack_speedup
+    assert schemes.sha256.attack_speedup == 10.0
+    # The same machines gain less over a browser at Argon2id than at SHA-256.
+    assert schemes.argon2id.attack_speedup < schemes.sha256.attack_speedup
 
 
 def test_a_scenario_refuses_a_flood_below_twenty_times_the_legitimate_rate() -> None:
