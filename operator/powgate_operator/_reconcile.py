@@ -21,7 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from powgate import KeyRing, KeyRingError
-from powgate.config import CONFIG_DATA_KEY, SidecarConfig
+from powgate.config import CONFIG_DATA_KEY, Mode, SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -154,6 +154,36 @@ class Reconciler:
         self._roles.pop(key, None)
         self._reputation.pop(key, None)
         self._api_keys.pop(key, None)
+
+    async def retire(self, *, namespace: str, name: str) -> None:
+        """A policy is being deleted: its sidecars stop charging (``mode: off``).
+
+        The last document its sidecars receive says so before the ConfigMap is
+        collected with the policy: a sidecar keeps the last config it had when
+        its object disappears (as during an API-server outage, when it must keep
+        charging), so the deletion has to be told, not inferred.
+        """
+        key = _Key(namespace, name)
+        config_name = config_map_name(name)
+
+        def switched_off(current: Manifest | None) -> Manifest | None:
+            if current is None:
+                return None
+            try:
+                config = SidecarConfig.from_json((current.get("data") or {})[CONFIG_DATA_KEY])
+            except (KeyError, ValidationError):
+                return None  # nothing a sidecar could apply: it keeps what it has
+            if config.mode is Mode.OFF:
+                return None
+            off = config.model_copy(update={"mode": Mode.OFF})
+            off = off.model_copy(update={"version": off.content_version()})
+            return {**current, "data": {**current["data"], CONFIG_DATA_KEY: off.to_json()}}
+
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            await update(
+                self._cluster, CONFIG_MAPS, config_name, namespace=namespace, change=switched_off
+            )
+        self.forget(namespace=namespace, name=name)
 
     async def reconcile(self, *, namespace: str, name: str, evaluate_signals: bool) -> None:
         """Bring one policy's objects and status up to date; with signals, also decide."""

@@ -26,6 +26,9 @@ log = logging.getLogger("powgate.operator")
 _DEFAULT_INTERVAL: Final = 15.0
 #: A failed spec reconcile is retried after this many seconds (kopf's TemporaryError).
 _RETRY_DELAY: Final = 5.0
+#: Switching a deleted policy's sidecars off is tried this often (a minute) before the
+#: deletion goes ahead without it.
+_RETIRE_RETRIES: Final = 12
 
 
 def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
@@ -44,6 +47,19 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
         try:
             await reconciler.reconcile(namespace=namespace, name=name, evaluate_signals=False)
         except ClusterError as exc:
+            raise kopf.TemporaryError(str(exc), delay=_RETRY_DELAY) from exc
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def retire(*, namespace: str | None, name: str, retry: int, **_: Any) -> None:
+        # Runs before the finalizer goes (the evaluation daemon keeps one on the policy).
+        assert namespace is not None  # PowPolicy is namespaced
+        try:
+            await reconciler.retire(namespace=namespace, name=name)
+        except ClusterError as exc:
+            if retry >= _RETIRE_RETRIES:
+                # A deletion must not hang on this forever: the sidecars keep charging.
+                log.error("sidecars of %s/%s could not be switched off: %s", namespace, name, exc)
+                return
             raise kopf.TemporaryError(str(exc), delay=_RETRY_DELAY) from exc
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from _operator_process import OperatorProcess, apply_crd, delete_policies
 from kubernetes import client as k8s
+from kubernetes import watch
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from powgate import KeyRing
@@ -82,6 +84,41 @@ def operator(
         process.stop()
         # Shown by pytest only when the test failed.
         print(process.log()[-6000:])
+
+
+class ConfigMapEvents:
+    """A watch of one ConfigMap from now on, as a sidecar's, collected in a thread."""
+
+    def __init__(self, core: k8s.CoreV1Api, namespace: str, name: str) -> None:
+        current = core.read_namespaced_config_map(name, namespace)
+        assert current.metadata is not None
+        self._events: list[tuple[str, SidecarConfig | None]] = []
+        self._thread = threading.Thread(
+            target=self._follow,
+            args=(core, namespace, name, current.metadata.resource_version),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _follow(self, core: k8s.CoreV1Api, namespace: str, name: str, version: str) -> None:
+        stream = watch.Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            resource_version=version,
+            timeout_seconds=int(WAIT),
+        )
+        for event in stream:
+            data = event["object"].data or {}
+            document = data.get("config.json")
+            config = SidecarConfig.from_json(document) if document else None
+            self._events.append((event["type"], config))
+            if event["type"] == "DELETED":
+                return
+
+    def until_deleted(self) -> list[tuple[str, SidecarConfig | None]]:
+        self._thread.join(timeout=WAIT)
+        return self._events
 
 
 def policy(name: str, **spec: Any) -> dict[str, Any]:
@@ -274,7 +311,10 @@ def test_policy_lifecycle(
     history = get(custom, namespace, "chat")["status"]["history"]
     assert history[-1]["reason"] == "BoundsChanged"
 
-    # Deleting the policy removes what it owns (garbage collection by owner reference).
+    # Deleting the policy stops the charging: the last document its sidecars see says
+    # `mode: off` (a sidecar keeps its last config when its object disappears, as in an
+    # API-server outage), then what it owns is collected (by owner reference).
+    seen = ConfigMapEvents(core, namespace, config_map_name("chat"))
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
 
     def gone() -> bool:
@@ -286,6 +326,11 @@ def test_policy_lifecycle(
         return config_map_name("chat") not in names and key_secret_name("chat") not in secrets
 
     eventually(gone, what="owned objects to be collected")
+    events = seen.until_deleted()
+    assert events[-1][0] == "DELETED"
+    (last_document,) = [c for kind, c in events[-2:-1] if kind == "MODIFIED"]
+    assert last_document is not None
+    assert last_document.mode == "off"
 
 
 def test_bad_key_secret_is_kept_and_reported(

@@ -13,7 +13,7 @@ import pytest
 
 from memory_cluster import MemoryCluster
 from powgate import KeyRing
-from powgate.config import CONFIG_DATA_KEY
+from powgate.config import CONFIG_DATA_KEY, Mode, SidecarConfig
 from powgate.contract import KEYRING_SECRET_KEY
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
@@ -561,3 +561,38 @@ async def test_trusted_api_key_digests_reach_the_key_secret_only(world: World) -
     pricing = world.status().pricing
     assert pricing is not None
     assert pricing.problems == ["Secret partner-keys (trusted caller partners): does not exist"]
+
+
+# -- a deleted policy stops charging; an outage never does ------------------------------
+
+
+async def test_a_deleted_policy_switches_its_sidecars_off(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile()
+    name = config_map_name(NAME)
+    before = SidecarConfig.from_json(world.cluster.stored(CONFIG_MAPS, name, NS)["data"][
+        CONFIG_DATA_KEY
+    ])  # fmt: skip
+    assert before.mode is Mode.ENFORCE
+    await world.reconciler.retire(namespace=NS, name=NAME)
+    after = SidecarConfig.from_json(world.cluster.stored(CONFIG_MAPS, name, NS)["data"][
+        CONFIG_DATA_KEY
+    ])  # fmt: skip
+    assert after.mode is Mode.OFF
+    assert after.version != before.version  # sidecars report the switch in their rollout metric
+    assert after.model_copy(update={"mode": Mode.ENFORCE, "version": ""}) == before.model_copy(
+        update={"version": ""}
+    )
+    # Idempotent, and harmless when the ConfigMap is already gone.
+    await world.reconciler.retire(namespace=NS, name=NAME)
+    world.cluster.objects.pop((CONFIG_MAPS.plural, NS, name))
+    await world.reconciler.retire(namespace=NS, name=NAME)
+    assert not world.cluster.has(CONFIG_MAPS, name, NS)
+
+
+async def test_an_outage_while_retiring_raises_for_kopf_to_retry(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile()
+    world.cluster.inject("get", CONFIG_MAPS, error=UnavailableError("timed out"))
+    with pytest.raises(UnavailableError):
+        await world.reconciler.retire(namespace=NS, name=NAME)
