@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import aiohttp
 import pytest
 
 from powgate_testbed._process import free_ports
 
-__all__ = ["WAIT", "eventually", "eventually_async", "free_port"]
+__all__ = ["WAIT", "eventually", "eventually_async", "free_port", "until_ready"]
 
 T = TypeVar("T")
 #: Bounds a hang on a loaded 2-core machine; never a speed measurement.
@@ -74,3 +75,17 @@ async def eventually_async(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def until_ready(url: str, *, timeout: float = WAIT) -> None:  # noqa: ASYNC109 - as above
+    """Wait until ``url`` answers 200 (a readiness probe); refused connections mean "not yet"."""
+    async with aiohttp.ClientSession() as session:
+
+        async def answers() -> bool:
+            try:
+                async with session.get(url) as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await eventually_async(answers, what=f"{url} ready", timeout=timeout)

@@ -30,6 +30,7 @@ from powgate.config import CONFIG_DATA_KEY, RouteConfig, SidecarConfig
 from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint, Sidecar
 from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
 from powgate_testbed.cluster import ClusterAccess, LocalCluster
+from waiting import eventually_async
 
 NAME = "powgate-chat"
 GONE = "config watch expired (410 Gone); listing again"
@@ -70,11 +71,7 @@ class Sink:
 
 
 async def eventually(check: Callable[[], bool], *, what: str) -> None:
-    deadline = time.monotonic() + _DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not reached within {_DEADLINE:.0f} s: {what}")
-        await asyncio.sleep(0.05)
+    await eventually_async(check, what=what, timeout=_DEADLINE, interval=0.05)
 
 
 @dataclass(frozen=True)

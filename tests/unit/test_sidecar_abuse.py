@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, solve
 from powgate.config import RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Settings, serve
+from waiting import free_port, until_ready
 
 CONFIG = SidecarConfig(
     policy="team/chat",
@@ -30,12 +30,6 @@ CONFIG = SidecarConfig(
         RouteConfig(name="pages", paths=["/app/*"], methods=["GET"]),
     ],
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -101,13 +95,7 @@ async def running(
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop=stop))
     metrics = f"http://127.0.0.1:{metrics_port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(250):
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with session.get(metrics + "/readyz") as response:
-                    if response.status == 200:
-                        break
-            await asyncio.sleep(0.02)
+    await until_ready(metrics + "/readyz")
     try:
         yield Running(port, metrics, seen)
     finally:
@@ -144,7 +132,7 @@ async def test_stalled_uploads_neither_pin_the_upstream_nor_starve_paid_requests
         for index in range(8):
             # Unprotected uploads, no proof of work: a chunked body that sends
             # one chunk and stops, and a long body that never starts.
-            _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
             if index % 2:
                 writer.write(
                     b"PUT /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -153,7 +141,7 @@ async def test_stalled_uploads_neither_pin_the_upstream_nor_starve_paid_requests
             else:
                 writer.write(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
             await writer.drain()
-            stalled.append(writer)
+            stalled.append((reader, writer))
         await asyncio.sleep(0.2)
         payload = await sidecar.solution()
         async with aiohttp.ClientSession() as session:
@@ -164,11 +152,13 @@ async def test_stalled_uploads_neither_pin_the_upstream_nor_starve_paid_requests
                 timeout=aiohttp.ClientTimeout(total=10),
             )
             assert response.status == 200
-        # The stalled bodies time out; none of them was answered by the upstream.
-        await asyncio.sleep(2.5)
-        assert [s.path for s in sidecar.seen] == ["/v1/chat/completions"]
-        for writer in stalled:
+        # The stalled bodies time out: each is answered 408 by the sidecar (the positive
+        # signal that it is settled), and none of them was answered by the upstream.
+        for reader, writer in stalled:
+            answer = await asyncio.wait_for(reader.read(), timeout=30)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
             writer.close()
+        assert [s.path for s in sidecar.seen] == ["/v1/chat/completions"]
 
 
 # -- 2. only origin-form targets go upstream, always to the configured one ------

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 from powgate import Challenge, Issuer, KeyRing, solve
 from powgate.config import Mode, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Sidecar
+from waiting import eventually_async
 
 POLICY = "team/chat"
 
@@ -573,14 +574,6 @@ async def test_before_any_config_every_request_is_refused() -> None:
         ).status == 503
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 @pytest.fixture
 async def queued() -> AsyncIterator[Harness]:
     config = make_config(queue=QueueConfig(max_concurrent=1, max_waiting=10, max_wait_seconds=30))
@@ -604,9 +597,9 @@ async def test_queue_admits_the_harder_solution_first(queued: Harness) -> None:
         order.append(difficulty)
 
     cheap = asyncio.create_task(send(200))
-    await until(lambda: h.sample("powgate_queue_depth") == 1)
+    await eventually_async(lambda: h.sample("powgate_queue_depth") == 1, what="one waiting")
     dear = asyncio.create_task(send(800))
-    await until(lambda: h.sample("powgate_queue_depth") == 2)
+    await eventually_async(lambda: h.sample("powgate_queue_depth") == 2, what="two waiting")
     h.upstream.release_stream.set()
     await asyncio.gather(cheap, dear)
     await (await holder).read()

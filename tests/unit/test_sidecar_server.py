@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,13 @@ from aiohttp.test_utils import TestServer
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, KeyRingError, solve
 from powgate.config import RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Settings, serve
+from waiting import eventually_async, free_port, until_ready
 
 CONFIG = SidecarConfig(
     policy="team/chat",
     difficulty=100,
     routes=[RouteConfig(name="chat", paths=["/v1/*"], methods=["POST"])],
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -106,14 +100,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop=stop))
     base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(metrics + "/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.02)
+    await until_ready(metrics + "/readyz")
     yield Running(base, metrics, port, config_file, key_file, seen, release, stop, task)
     stop.set()
     release.set()
@@ -199,11 +186,11 @@ async def test_config_file_change_is_applied_and_a_bad_one_is_kept_out(running: 
         running.config_file.write_text(
             CONFIG.model_copy(update={"difficulty": 300, "version": "v2"}).to_json()
         )
-        for _ in range(500):
-            if (await running.challenge(session)).maxnumber == 300:
-                break
-            await asyncio.sleep(0.02)
-        assert (await running.challenge(session)).maxnumber == 300
+
+        async def applied() -> bool:
+            return (await running.challenge(session)).maxnumber == 300
+
+        await eventually_async(applied, what="the edited config applied")
         # The challenge issued before the change still verifies.
         payload = old.solution(solve(old).number).encode()
         async with session.post(
@@ -212,11 +199,11 @@ async def test_config_file_change_is_applied_and_a_bad_one_is_kept_out(running: 
             assert response.status == 200
         running.config_file.write_text('{"difficulty": "lots"}')
         line = 'powgate_config_reloads_total{result="invalid",source="file"}'
-        for _ in range(500):
-            if await running.metric(session, line) == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert await running.metric(session, line) == 1
+
+        async def refused() -> bool:
+            return await running.metric(session, line) == 1
+
+        await eventually_async(refused, what="the bad config counted")
         assert (await running.challenge(session)).maxnumber == 300
         assert (
             await running.metric(session, 'powgate_config_info{policy="team/chat",version="v2"}')
@@ -229,17 +216,20 @@ async def test_key_file_swap_is_picked_up(running: Running) -> None:
         assert (await running.challenge(session)).params.kid == "k1"
         # Replace the file the way a Secret update does: a new inode behind the same name.
         KeyRing.generate(kid="k2").save(running.key_file)
-        for _ in range(500):
-            if (await running.challenge(session)).params.kid == "k2":
-                break
-            await asyncio.sleep(0.02)
-        assert (await running.challenge(session)).params.kid == "k2"
+
+        async def swapped() -> bool:
+            return (await running.challenge(session)).params.kid == "k2"
+
+        await eventually_async(swapped, what="the new key signing")
         running.key_file.write_text(json.dumps({"version": 1, "active": "nope", "keys": []}))
         line = 'powgate_config_reloads_total{result="invalid",source="keyfile"}'
-        for _ in range(500):
-            if await running.metric(session, line) == 1:
-                break
-            await asyncio.sleep(0.02)
+
+        async def refused() -> bool:
+            return await running.metric(session, line) == 1
+
+        # The positive signal: the broken file was read and refused (this fails if it
+        # is never read); only then does the unchanged key prove it was kept out.
+        await eventually_async(refused, what="the invalid key file counted")
         assert (await running.challenge(session)).params.kid == "k2"
 
 
