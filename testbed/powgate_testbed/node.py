@@ -375,7 +375,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             str(self._tools.kubelet),
             f"--config={path}",
             f"--kubeconfig={pki / 'kubelet.kubeconfig'}",
-            f"--root-dir={self.root / 'kubelet'}",
+            # Under /run like the runtime's sockets: the kubelet puts its own
+            # sockets (pod resources, plugin registration) in its root folder,
+            # and a socket's path may have at most 108 bytes.
+            f"--root-dir={self._run / 'kubelet'}",
             f"--cert-dir={self.root / 'kubelet-pki'}",
             f"--hostname-override={self.name}",
             f"--node-ip={self.address}",

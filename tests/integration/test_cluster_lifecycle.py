@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from powgate_testbed._netns import node_cgroups, node_folders, node_network_possible
 from powgate_testbed._process import ProcessRecord, process_alive
 from powgate_testbed.cluster import (
     LocalCluster,
@@ -24,6 +25,8 @@ from powgate_testbed.cluster import (
     reap_stale_runs,
 )
 from powgate_testbed.cluster import main as cluster_main
+from powgate_testbed.images import image_dir
+from powgate_testbed.node import NodeTools, NodeToolsMissingError
 
 INTEGRATION_DIR = Path(__file__).parent
 _DEADLINE = 60.0
@@ -218,6 +221,117 @@ def test_killed_owner_takes_its_processes_along(
     _wait_all_gone(records)
     reap_stale_runs(runs)
     assert not (runs / "victim").exists()
+
+
+@pytest.fixture
+def node_owner_script(tmp_path: Path) -> Path:
+    script = tmp_path / "node_owner.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from pathlib import Path
+            from kubernetes import client, config
+            from powgate_testbed.cluster import LocalCluster, Tools, cache_dir
+            from powgate_testbed.node import NodeTools, RealNode
+
+            cache = cache_dir()
+            cluster = LocalCluster(
+                root=Path(sys.argv[1]), tools=Tools.locate(cache), nodes=1, node_network=True
+            )
+            cluster.start()
+            node = RealNode(cluster=cluster, tools=NodeTools.locate(cache))
+            node.start()
+            core = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+            pod = {
+                "metadata": {"name": "held"},
+                "spec": {
+                    "nodeSelector": node.selector,
+                    "tolerations": [node.toleration],
+                    "containers": [
+                        {"name": "app", "image": node.image("standin"), "imagePullPolicy": "Never"}
+                    ],
+                },
+            }
+            core.create_namespaced_pod("default", pod)
+            while core.read_namespaced_pod("held", "default").status.phase != "Running":
+                time.sleep(0.2)
+            print("ready", flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    return script
+
+
+@pytest.fixture
+def real_node_ready(private_cache: Path) -> None:
+    """The real node's parts, shared with the private cache (or a skip, a failure under CI)."""
+    (private_cache / "images").symlink_to(image_dir(cache_dir()))
+    why = node_network_possible()
+    try:
+        NodeTools.locate(private_cache)
+    except NodeToolsMissingError as exc:
+        why = str(exc)
+    if why and os.environ.get("CI"):
+        pytest.fail(why)
+    if why:
+        pytest.skip(why)
+
+
+def _mounts_under(*folders: Path) -> list[str]:
+    prefixes = tuple(str(folder.resolve()) for folder in folders)
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if line.split()[4].startswith(prefixes)]
+
+
+@pytest.mark.slow
+def test_a_killed_owner_of_a_real_node_leaves_nothing_after_the_next_reap(
+    private_cache: Path, child_env: dict[str, str], node_owner_script: Path, real_node_ready: None
+) -> None:
+    """The hardest case: the owner dies at once, its running pod's container and
+    the runtime's shim are no children of it, and hold mounts, cgroups and the
+    node's network namespace; the next run's reaping removes all of it."""
+    runs = private_cache / "clusters"
+    victim = runs / "victim"
+    errors = private_cache / "node_owner.err"
+    with (
+        errors.open("w") as stderr,
+        subprocess.Popen(
+            [sys.executable, str(node_owner_script), str(victim)],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        ) as owner,
+    ):
+        try:
+            assert owner.stdout is not None
+            assert owner.stdout.readline().strip() == "ready", errors.read_text()[-3000:]
+            state = json.loads((victim / "state.json").read_text())
+            interface, inode = state["node_network"]["interface"], state["node_network"]["inode"]
+            containers = node_cgroups(victim)
+            assert containers  # the pause and the app container
+            assert _mounts_under(*node_folders(victim))  # pod volumes, container file systems
+        finally:
+            owner.kill()  # SIGKILL: no handler, no atexit, no finally runs in the owner.
+    reap_stale_runs(runs)
+    assert not victim.exists()
+    assert not _mounts_under(*node_folders(victim))
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _netns_inode(pid) == inode]
+    assert leftovers == []
+    assert not Path(f"/sys/class/net/{interface}").exists()
+    # A cgroup can only be removed once no process is left in it: the
+    # containers' processes are gone too.
+    for cgroup in containers:
+        assert not Path(f"/sys/fs/cgroup/memory{cgroup}").exists()
+
+
+def _netns_inode(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 @pytest.fixture
