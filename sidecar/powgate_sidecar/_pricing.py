@@ -37,6 +37,9 @@ Header = Callable[[bytes], bytes | None]
 
 #: The longest credential or identity value looked at; longer ones prove nothing.
 _MAX_VALUE: Final = 8 * 1024
+#: Addresses and client tags remembered between requests (parsing and hashing them is
+#: most of a quote); cleared when full, so a flood of new addresses costs only misses.
+_CACHED: Final = 16_384
 
 
 class Quote(NamedTuple):
@@ -104,10 +107,12 @@ class Pricer:
     """Quotes requests for one configuration; keeps counting rates across reloads."""
 
     __slots__ = (
+        "_addresses",
         "_callers",
         "_identity_header",
         "_pricing",
         "_reputation",
+        "_tags",
         "_v4_prefix",
         "_v6_prefix",
         "sketch",
@@ -137,6 +142,8 @@ class Pricer:
             else None
         )
         self.trust = trust
+        self._addresses: dict[str, tuple[Address | None, str]] = {}
+        self._tags: dict[tuple[str, str], str] = {}
         #: The rates of this sidecar's clients: a new pricer takes over its predecessor's
         #: unless the sketch's size or half-life changed.
         self.sketch = sketch
@@ -167,7 +174,10 @@ class Pricer:
         believed. ``now`` is monotonic time (rates), ``wall`` unix time
         (reputation expiry).
         """
-        address = parse_address(client)
+        known = self._addresses.get(client)
+        if known is None:
+            known = self._address(client)
+        address, address_key = known
         multiplier, caller = self._trusted(address, from_proxy=from_proxy, header=header)
         if multiplier == 0.0:
             return EXEMPT
@@ -177,14 +187,7 @@ class Pricer:
             raw = header(self._identity_header)
             if raw is not None and len(raw) <= _MAX_VALUE:
                 identity = identity_key(raw.decode("latin-1").strip())
-        if identity is not None:
-            key = identity
-        elif address is not None:
-            key = network_key(address, self._v4_prefix if address[0] == 32 else self._v6_prefix)
-        else:
-            # No address this sidecar can read (a trusted proxy passed garbage on):
-            # such requests share one key, so they are priced together.
-            key = "id:unparsed-client"
+        key = address_key if identity is None else identity
         factor = 1.0
         if pricing is not None and self.sketch is not None:
             rate = self.sketch.add(key, now=now)
@@ -192,7 +195,27 @@ class Pricer:
                 pricing.factor(rate),
                 self._reputation.factor(address=address, identity=identity, now=wall),
             )
-        return Quote(factor * multiplier, client_tag(key, caller), caller)
+        tag = self._tags.get((key, caller))
+        if tag is None:
+            if len(self._tags) >= _CACHED:
+                self._tags.clear()
+            tag = self._tags[key, caller] = client_tag(key, caller)
+        return Quote(factor * multiplier, tag, caller)
+
+    def _address(self, client: str) -> tuple[Address | None, str]:
+        """``client`` parsed, and its key by address; remembered for the next request."""
+        address = parse_address(client)
+        if address is None:
+            # No address this sidecar can read (a trusted proxy passed garbage on):
+            # such requests share one key, so they are priced together.
+            key = "id:unparsed-client"
+        else:
+            key = network_key(address, self._v4_prefix if address[0] == 32 else self._v6_prefix)
+        if len(self._addresses) >= _CACHED:
+            # Bounded whatever a flood of addresses does; the next ones are cached anew.
+            self._addresses.clear()
+        self._addresses[client] = (address, key)
+        return address, key
 
     def _trusted(
         self, address: Address | None, *, from_proxy: bool, header: Header
