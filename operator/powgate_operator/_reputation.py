@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from powgate import KeyRing
 from powgate.policy import (
@@ -23,6 +22,7 @@ from powgate.policy import (
     ReputationImport,
     ReputationSourceKind,
 )
+from powgate.pricing import round_factor
 from powgate.reputation import (
     ReputationEntry,
     ReputationList,
@@ -38,17 +38,6 @@ __all__ = [
     "published",
     "read_import",
 ]
-
-#: Factors in the lists keep two significant digits: a client whose rate wobbles
-#: does not rewrite the lists every evaluation.
-_DIGITS: Final = 2
-
-
-def _rounded(factor: float) -> float:
-    if factor <= 1:
-        return 1.0
-    scale = 10 ** (_DIGITS - 1 - math.floor(math.log10(factor)))
-    return float(round(factor * scale) / scale)
 
 
 def open_rates(
@@ -88,7 +77,8 @@ def learn(
     ttl = spec.reputation.ttl_seconds
     own = {entry.key: entry for entry in previous if entry.expires > now}
     for key, rate in rates.items():
-        factor = _rounded(spec.pricing.factor(rate))
+        # Two significant digits: a client whose rate wobbles does not rewrite the lists.
+        factor = round_factor(spec.pricing.factor(rate))
         if factor <= 1:
             continue
         kept = own.get(key)

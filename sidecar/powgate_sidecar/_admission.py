@@ -29,6 +29,7 @@ from ._carriers import SOLUTION_COOKIE, is_form, parse_solve_ms, split_cookie
 from ._challenges import ChallengeStock
 from ._http import Request
 from ._metrics import Metrics, Outcome
+from ._pricing import UNPRICED, Pricer, Quote
 from ._routes import Route, RouteTable
 from ._trust import TrustedProxies
 
@@ -65,7 +66,16 @@ class Refuse:
 class Admit:
     """Forward the request once local checks pass and the solution is spent."""
 
-    __slots__ = ("clear_cookie", "difficulty", "enforcing", "expires", "key", "paid", "route")
+    __slots__ = (
+        "clear_cookie",
+        "difficulty",
+        "enforcing",
+        "expires",
+        "key",
+        "paid",
+        "quote",
+        "route",
+    )
 
     def __init__(
         self,
@@ -76,8 +86,11 @@ class Admit:
         enforcing: bool,
         verdict: Verdict,
         key: bytes | None,
+        quote: Quote,
     ) -> None:
         self.route = route
+        #: What the client pays: a refusal after all (replayed, queue full) is priced alike.
+        self.quote = quote
         #: A valid solution: the request may use the upstream connections kept for paid ones.
         self.paid = paid
         self.clear_cookie = clear_cookie
@@ -118,6 +131,26 @@ class Admission:
         self._metrics = metrics
         #: The interstitial's static body, or ``None`` (browsers get JSON).
         self.page = page
+        #: Prices per client; replaced by the sidecar with each change of its inputs.
+        self.pricer: Pricer | None = None
+
+    # -- pricing --------------------------------------------------------------
+
+    def quote(self, request: Request) -> Quote:
+        """What ``request`` pays (counting it towards its client's rate): once per request."""
+        pricer = self.pricer
+        if pricer is None or not pricer.active:
+            return UNPRICED
+        quote = pricer.quote(
+            client=self.client(request),
+            from_proxy=request.peer in self._trusted,
+            header=request.header,
+            now=time.monotonic(),
+            wall=time.time(),
+        )
+        if quote.factor == 0.0:
+            self._metrics.price_factor.observe(0.0)
+        return quote
 
     # -- judging -------------------------------------------------------------
 
@@ -136,7 +169,7 @@ class Admission:
         return None, False
 
     def judge(
-        self, request: Request, *, table: RouteTable, route: Route
+        self, request: Request, *, table: RouteTable, route: Route, quote: Quote
     ) -> Refuse | Admit | ReadForm:
         payload, from_cookie = self.find(request)
         if payload is None and request.has_body:
@@ -144,7 +177,12 @@ class Admission:
             if content_type is not None and is_form(_media_type(content_type)):
                 return READ_FORM
         return self.conclude(
-            request, table=table, route=route, payload=payload, from_cookie=from_cookie
+            request,
+            table=table,
+            route=route,
+            quote=quote,
+            payload=payload,
+            from_cookie=from_cookie,
         )
 
     def conclude(
@@ -153,6 +191,7 @@ class Admission:
         *,
         table: RouteTable,
         route: Route,
+        quote: Quote,
         payload: bytes | str | None,
         from_cookie: bool = False,
         verdict: Verdict | None = None,
@@ -166,7 +205,11 @@ class Admission:
             else:
                 started = time.perf_counter()
                 verdict, key = self.verifier.check(
-                    payload, binding=route.binding, min_difficulty=route.min_difficulty
+                    payload,
+                    binding=route.binding,
+                    min_difficulty=route.min_difficulty,
+                    client=quote.client,
+                    owed=quote.factor,
                 )
                 # Requests without a solution are not timed: there was nothing to verify.
                 metrics.verify_seconds.observe(time.perf_counter() - started)
@@ -193,7 +236,7 @@ class Admission:
                 metrics.count_request(
                     route=route.name, outcome=outcome, reason=verdict.reason.value
                 )
-                return Refuse(self.challenge(request, table=table, route=route))
+                return Refuse(self.challenge(request, table=table, route=route, quote=quote))
             metrics.count_request(
                 route=route.name, outcome=Outcome.OBSERVED, reason=verdict.reason.value
             )
@@ -204,6 +247,7 @@ class Admission:
             enforcing=enforcing,
             verdict=verdict,
             key=key,
+            quote=quote,
         )
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
@@ -226,7 +270,7 @@ class Admission:
             metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason.value)
             return None
         metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason.value)
-        return Refuse(self.challenge(request, table=table, route=route))
+        return Refuse(self.challenge(request, table=table, route=route, quote=admit.quote))
 
     def client(self, request: Request) -> str:
         """Who sent ``request``: the peer, or what a trusted proxy in front says."""
@@ -242,7 +286,13 @@ class Admission:
     # -- refusals ------------------------------------------------------------
 
     def challenge(
-        self, request: Request, *, table: RouteTable, route: Route, status: int = 428
+        self,
+        request: Request,
+        *,
+        table: RouteTable,
+        route: Route,
+        quote: Quote,
+        status: int = 428,
     ) -> bytes:
         """A refusal with a fresh challenge: JSON, or the interstitial for a browser navigation."""
         retry = _RETRY if status == 503 else b""
@@ -262,7 +312,7 @@ class Admission:
                         page,
                     )
                 )
-        document = self.new_challenge(table=table, route=route)
+        document = self.new_challenge(table=table, route=route, quote=quote)
         return b"".join(
             (
                 _http.status_line(status),
@@ -274,12 +324,15 @@ class Admission:
             )
         )
 
-    def new_challenge(self, *, table: RouteTable, route: Route) -> bytes:
-        """A fresh challenge document for ``route``, as the client receives it."""
+    def new_challenge(self, *, table: RouteTable, route: Route, quote: Quote) -> bytes:
+        """A fresh challenge document for ``route`` at ``quote``, as the client receives it."""
+        self._metrics.price_factor.observe(quote.factor)
         return self._stock.take(
             binding=route.binding,
             difficulty=route.difficulty,
             ttl=table.config.challenge_ttl_seconds,
+            client=quote.client,
+            factor=quote.factor,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -26,6 +27,8 @@ from powgate import (
     get_algorithm,
 )
 from powgate.config import Mode, SidecarConfig
+from powgate.pricing import ApiKeyHashes
+from powgate.reputation import ReputationIndex, ReputationList
 
 from . import _http
 from ._admission import Admission, Admit, ReadForm, Refuse
@@ -35,7 +38,8 @@ from ._connection import Exchange, Listener
 from ._endpoints import WELL_KNOWN, Endpoints, not_configured
 from ._forward import Forwarder, UpstreamPool
 from ._limits import Limits
-from ._metrics import NO_LABEL, Metrics, Outcome
+from ._metrics import NO_LABEL, Metrics, Outcome, PricingCollector, PricingView
+from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
 from ._routes import EXEMPT, Route, RouteTable, canonical
 from ._static import ASSETS, load_asset, load_interstitial
@@ -87,6 +91,14 @@ class Sidecar:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Replay keys of admitted requests waiting in the queue, not yet spent.
         self._queued_keys: set[bytes] = set()
+        #: Per-client pricing's inputs besides the config: trusted API-key digests (the key
+        #: folder) and the reputation list (beside the config); the pricer is rebuilt from
+        #: them, keeping its counts, whenever one changes.
+        self._api_keys = ApiKeyHashes()
+        self._reputation = ReputationIndex()
+        self._trust_counts = TrustCounts()
+        self._pricer: Pricer | None = None
+        self.metrics.registry.register(PricingCollector(self._pricing_view, clock=time.monotonic))
         self.metrics.replay_cache_entries.set_function(lambda: len(self._replay))
         self.metrics.queue_depth.set_function(lambda: self._queue.depth if self._queue else 0)
         if config is not None:
@@ -120,6 +132,7 @@ class Sidecar:
         else:
             self._queue.set_limits(config.queue)
         self._table = table
+        self._reprice()
         self.metrics.set_config(
             policy=config.policy, version=table.version, difficulties=table.difficulties()
         )
@@ -163,6 +176,51 @@ class Sidecar:
     def report_source_error(self, *, source: str, why: str) -> None:
         """A configuration source failed (unreachable, unreadable); nothing changes."""
         self._refuse(source=source, why=why, result="error")
+
+    def apply_api_keys(self, hashes: ApiKeyHashes) -> None:
+        """Trust these API-key digests from the next request on."""
+        self._api_keys = hashes
+        self._reprice()
+        self.metrics.config_reloads_total.labels("apikeys", "applied").inc()
+
+    def apply_reputation(self, text: str | bytes | None, *, source: str) -> bool:
+        """Apply a reputation list document (None: no list); a bad one keeps the last good."""
+        try:
+            listed = ReputationList() if text is None else ReputationList.from_json(text)
+        except ValueError as exc:
+            self.metrics.config_reloads_total.labels(source, "invalid").inc()
+            log.error(
+                "invalid reputation list (%s); keeping the list in force",
+                exc,
+                extra={"source": source},
+            )
+            return False
+        self._reputation = ReputationIndex(listed.entries)
+        self._reprice()
+        self.metrics.config_reloads_total.labels(source, "applied").inc()
+        return True
+
+    def _reprice(self) -> None:
+        """Rebuild the pricer from what is in force; rates counted so far are kept."""
+        table = self._table
+        if table is None:
+            return
+        previous = self._pricer
+        self._pricer = Pricer(
+            config=table.config,
+            api_keys=self._api_keys,
+            reputation=self._reputation,
+            sketch=previous.sketch if previous is not None else None,
+            trust=self._trust_counts,
+            now=time.monotonic(),
+        )
+        self._admission.pricer = self._pricer
+
+    def _pricing_view(self) -> PricingView | None:
+        table, pricer = self._table, self._pricer
+        if table is None or pricer is None:
+            return None
+        return PricingView(pricer, self._keyring, table.config.policy, len(self._reputation))
 
     def apply_keyring(self, keyring: KeyRing) -> None:
         """Rotate keys: new challenges are signed with the new active key at once."""
@@ -228,9 +286,16 @@ class Sidecar:
                 return
             self._forwarder.forward(exchange, route=name, paid=False, clear_cookie=False)
             return
-        decision = self._admission.judge(request, table=table, route=target)
+        quote = self._admission.quote(request)
+        if quote.factor == 0.0:
+            # A trusted caller that pays nothing: no challenge, no verification.
+            self.metrics.count_request(route=target.name, outcome=Outcome.TRUSTED, reason=NO_LABEL)
+            if self._body_fits(exchange):
+                self._forwarder.forward(exchange, route=target.name, paid=True, clear_cookie=False)
+            return
+        decision = self._admission.judge(request, table=table, route=target, quote=quote)
         if isinstance(decision, ReadForm):
-            _FormReader(self, exchange, table=table, route=target).start()
+            _FormReader(self, exchange, table=table, route=target, quote=quote).start()
         else:
             self._decided(exchange, decision, table=table)
 
@@ -277,7 +342,9 @@ class Sidecar:
             self.metrics.count_request(
                 route=route.name, outcome=Outcome.REJECTED, reason=Reason.REPLAYED.value
             )
-            exchange.respond(self._admission.challenge(request, table=table, route=route))
+            exchange.respond(
+                self._admission.challenge(request, table=table, route=route, quote=admit.quote)
+            )
             return
         if key is not None:
             self._queued_keys.add(key)
@@ -290,7 +357,9 @@ class Sidecar:
         if refused is not None:
             self.metrics.queue_dropped_total.labels(route.name, refused).inc()
             exchange.respond(
-                self._admission.challenge(request, table=table, route=route, status=503)
+                self._admission.challenge(
+                    request, table=table, route=route, quote=admit.quote, status=503
+                )
             )
             return
         self.metrics.queue_wait_seconds.observe(asyncio.get_running_loop().time() - waited)
@@ -312,15 +381,31 @@ class Sidecar:
 class _FormReader:
     """Reads a (bounded) form body to find ALTCHA's ``altcha`` field, then decides."""
 
-    __slots__ = ("_chunks", "_exchange", "_route", "_sidecar", "_size", "_table", "_timer")
+    __slots__ = (
+        "_chunks",
+        "_exchange",
+        "_quote",
+        "_route",
+        "_sidecar",
+        "_size",
+        "_table",
+        "_timer",
+    )
 
     def __init__(
-        self, sidecar: Sidecar, exchange: Exchange, *, table: RouteTable, route: Route
+        self,
+        sidecar: Sidecar,
+        exchange: Exchange,
+        *,
+        table: RouteTable,
+        route: Route,
+        quote: Quote,
     ) -> None:
         self._sidecar = sidecar
         self._exchange = exchange
         self._table = table
         self._route = route
+        self._quote = quote
         self._chunks: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -380,6 +465,11 @@ class _FormReader:
         exchange.unread(self._chunks)
         sidecar = self._sidecar
         decision = sidecar._admission.conclude(
-            exchange.request, table=self._table, route=self._route, payload=payload, verdict=verdict
+            exchange.request,
+            table=self._table,
+            route=self._route,
+            quote=self._quote,
+            payload=payload,
+            verdict=verdict,
         )
         sidecar._decided(exchange, decision, table=self._table)

@@ -22,6 +22,9 @@ __all__ = ["ChallengeStock"]
 #: How long issued challenges wait to be handed out: what they may lose of their lifetime.
 FRESH_SECONDS: Final = 1.0
 MAX_BATCH: Final = 64
+#: Shelves kept at once. With per-client prices a shelf is a (route, client, price): a
+#: flood from many clients must not grow them without bound; the oldest goes first.
+MAX_SHELVES: Final = 1024
 
 
 class _Shelf:
@@ -42,17 +45,31 @@ class ChallengeStock:
         #: Replace (or rotate its keys) only through :meth:`restock`.
         self.issuer = issuer
         self._clock = clock
-        self._shelves: dict[str, _Shelf] = {}
+        self._shelves: dict[tuple[str, str | None, float], _Shelf] = {}
 
-    def take(self, *, binding: str, difficulty: int, ttl: float) -> bytes:
+    def take(
+        self,
+        *,
+        binding: str,
+        difficulty: int,
+        ttl: float,
+        client: str | None = None,
+        factor: float = 1.0,
+    ) -> bytes:
         """A challenge document never handed out before.
 
-        ``binding`` names the shelf: callers :meth:`restock` whenever the
-        difficulty or lifetime a binding is issued with may have changed.
+        ``binding``, ``client`` and ``factor`` name the shelf (a client's
+        challenges are priced for it alone): callers :meth:`restock`
+        whenever the difficulty or lifetime a binding is issued with may
+        have changed.
         """
-        shelf = self._shelves.get(binding)
+        name = (binding, client, factor)
+        shelves = self._shelves
+        shelf = shelves.get(name)
         if shelf is None:
-            shelf = self._shelves[binding] = _Shelf()
+            if len(shelves) >= MAX_SHELVES:
+                del shelves[next(iter(shelves))]
+            shelf = shelves[name] = _Shelf()
         documents = shelf.documents
         now = self._clock()
         if documents and now - shelf.made_at <= FRESH_SECONDS:
@@ -62,7 +79,14 @@ class ChallengeStock:
             shelf.size = max(1, shelf.size // 2)
         elif now - shelf.made_at <= FRESH_SECONDS:
             shelf.size = min(MAX_BATCH, shelf.size * 2)
-        batch = self.issuer.issue_many(shelf.size, difficulty=difficulty, ttl=ttl, binding=binding)
+        batch = self.issuer.issue_many(
+            shelf.size,
+            difficulty=difficulty,
+            ttl=ttl,
+            binding=binding,
+            client=client,
+            factor=factor,
+        )
         shelf.documents = documents = [challenge.to_json().encode() for challenge in batch]
         shelf.made_at = now
         return documents.pop()

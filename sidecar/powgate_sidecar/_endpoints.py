@@ -12,6 +12,7 @@ from powgate.config import Mode
 from . import _http
 from ._admission import Admission
 from ._http import Request
+from ._pricing import UNPRICED
 from ._routes import Route, RouteTable, canonical
 from ._static import Asset
 
@@ -64,7 +65,12 @@ class Endpoints:
         route = table.match(method=method, path=canon)
         if not isinstance(route, Route) or table.mode is Mode.OFF:
             return _json_error(404, f"no protected route for {method} {path}")
-        document = self._admission.new_challenge(table=table, route=route)
+        quote = self._admission.quote(request)
+        # A trusted caller that pays nothing needs no challenge; asked anyway, it gets the
+        # route's own (its requests pass without one).
+        document = self._admission.new_challenge(
+            table=table, route=route, quote=quote if quote.factor else UNPRICED
+        )
         return _http.response(200, document, content_type=b"application/json", fields=_NO_STORE)
 
 

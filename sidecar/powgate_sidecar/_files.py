@@ -1,4 +1,9 @@
-"""Reloading the config file and the key ring when they change on disk.
+"""Reloading the config file, the key ring and what sits beside them when they change on disk.
+
+Beside the key ring (a mounted Secret folder) the operator puts the trusted
+API-key digests (``apikeys.json``); beside the config file (a mounted
+ConfigMap folder) the reputation list (``reputation.json``). Either may be
+absent: no trusted keys, no list.
 
 Polling ``stat`` is a system call per file per interval: cheaper than any
 notification machinery, and it sees what inotify misses in Kubernetes, where
@@ -15,8 +20,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from powgate import KeyRing, KeyRingError
 from powgate.contract import KEYRING_SECRET_KEY
+from powgate.pricing import API_KEYS_DATA_KEY, ApiKeyHashes
+from powgate.reputation import REPUTATION_DATA_KEY
 
 from ._app import Sidecar
 
@@ -66,6 +75,36 @@ def _reload_keys(*, sidecar: Sidecar, path: Path) -> None:
     sidecar.apply_keyring(ring)
 
 
+def _reload_api_keys(*, sidecar: Sidecar, path: Path) -> None:
+    try:
+        hashes = ApiKeyHashes.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        hashes = ApiKeyHashes()  # removed: nobody is trusted by key any more
+    except (OSError, ValidationError) as exc:
+        sidecar.metrics.config_reloads_total.labels("apikeys", "invalid").inc()
+        log.error(
+            "trusted API keys in %s unusable (%s); keeping those in force",
+            path,
+            str(exc).splitlines()[0],
+            extra={"source": "apikeys"},
+        )
+        return
+    sidecar.apply_api_keys(hashes)
+
+
+def _reload_reputation(*, sidecar: Sidecar, path: Path) -> None:
+    try:
+        text: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        text = None
+    except OSError as exc:
+        sidecar.report_source_error(
+            source="reputation", why=f"reputation list {path} cannot be read: {exc.strerror}"
+        )
+        return
+    sidecar.apply_reputation(text, source="reputation")
+
+
 def _reload_config(*, sidecar: Sidecar, path: Path) -> None:
     try:
         text = path.read_bytes()
@@ -84,9 +123,17 @@ async def poll_files(
     watches: list[tuple[FileWatch, Callable[[], None]]] = []
     keys = key_path(key_file)
     watches.append((FileWatch(keys), lambda: _reload_keys(sidecar=sidecar, path=keys)))
+    api_keys = keys.with_name(API_KEYS_DATA_KEY)
+    _reload_api_keys(sidecar=sidecar, path=api_keys)
+    watches.append((FileWatch(api_keys), lambda: _reload_api_keys(sidecar=sidecar, path=api_keys)))
     if config_file is not None:
         config = config_file
         watches.append((FileWatch(config), lambda: _reload_config(sidecar=sidecar, path=config)))
+        listed = config.with_name(REPUTATION_DATA_KEY)
+        _reload_reputation(sidecar=sidecar, path=listed)
+        watches.append(
+            (FileWatch(listed), lambda: _reload_reputation(sidecar=sidecar, path=listed))
+        )
     while True:
         await asyncio.sleep(interval)
         for watch, reload in watches:

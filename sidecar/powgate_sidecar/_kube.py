@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from powgate.config import CONFIG_DATA_KEY
+from powgate.reputation import REPUTATION_DATA_KEY
 
 __all__ = ["ConfigMapWatcher", "ConfigSink", "KubeClient", "KubeEndpoint"]
 
@@ -33,6 +34,7 @@ log = logging.getLogger("powgate.sidecar")
 
 SERVICE_ACCOUNT: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _SOURCE: Final = "kubernetes"
+_REPUTATION_SOURCE: Final = "reputation"
 _MAX_OBJECT_BYTES: Final = 1024 * 1024  # the API server's own cap on a ConfigMap
 
 
@@ -40,6 +42,10 @@ class ConfigSink(Protocol):
     """Where a watcher delivers documents (the sidecar implements it)."""
 
     def apply_document(self, text: str | bytes | None, *, source: str) -> bool: ...
+
+    def apply_reputation(self, text: str | bytes | None, *, source: str) -> bool:
+        """The reputation list beside the document (None: there is none)."""
+        ...
 
     def report_source_error(self, *, source: str, why: str) -> None: ...
 
@@ -125,7 +131,8 @@ class _GoneError(Exception):
 
 
 class ConfigMapWatcher:
-    """Keeps a :class:`ConfigSink` in step with one ConfigMap's ``config.json``."""
+    """Keeps a :class:`ConfigSink` in step with one ConfigMap's ``config.json`` and
+    ``reputation.json`` (the list the operator publishes beside it)."""
 
     def __init__(
         self,
@@ -146,6 +153,7 @@ class ConfigMapWatcher:
         self._backoff_cap = backoff_cap
         self._watch_seconds = watch_seconds
         self._last_data: str | None = None
+        self._last_reputation: str | None = None
         #: Where the next WATCH resumes: the last version seen, even by a watch that broke.
         self._version: str | None = None
 
@@ -244,6 +252,12 @@ class ConfigMapWatcher:
     def _deliver(self, obj: Any) -> None:
         data = obj.get("data") or {}
         text = data.get(CONFIG_DATA_KEY)
+        listed = data.get(REPUTATION_DATA_KEY)
+        listed = listed if isinstance(listed, str) else None
+        if listed != self._last_reputation:
+            # Its own change: the operator rewrites the list far more often than the document.
+            self._last_reputation = listed
+            self._sink.apply_reputation(listed, source=_REPUTATION_SOURCE)
         if text is not None and text == self._last_data:
             return  # a relist or resync of what is already applied
         self._last_data = text if isinstance(text, str) else None

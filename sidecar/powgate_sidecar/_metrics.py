@@ -15,8 +15,8 @@ Metrics that change only on reconfiguration or errors keep the library types.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
-from typing import Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -28,7 +28,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["NO_LABEL", "LoopHistogram", "Metrics", "Outcome"]
+from powgate import KeyRing
+from powgate.contract import HEAVY_CLIENTS_METRIC
+from powgate.reputation import seal_label
+
+from ._pricing import Pricer
+
+__all__ = ["NO_LABEL", "LoopHistogram", "Metrics", "Outcome", "PricingCollector", "PricingView"]
 
 #: Label value for "not applicable" (no route matched, no failure reason).
 NO_LABEL: Final = "none"
@@ -43,6 +49,7 @@ class Outcome:
     OBSERVED: Final = "observed"  # observe mode: verified, counted, forwarded whatever the verdict
     EXEMPT: Final = "exempt"  # an exempt path: forwarded without looking
     UNPROTECTED: Final = "unprotected"  # no route pays for this method/path, or mode off
+    TRUSTED: Final = "trusted"  # a trusted caller that pays nothing: forwarded unchallenged
 
 
 _FAST_BUCKETS: Final = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 0.02)
@@ -51,6 +58,10 @@ _UPSTREAM_BUCKETS: Final = (
 )  # fmt: skip
 _SOLVE_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Price factors: discounts, the base, and up to the largest caps in use.
+_FACTOR_BUCKETS: Final = (0.0, 0.1, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0)
+#: The heaviest clients whose share of all requests is exported.
+_TOP: Final = (1, 10, 100)
 _STATUS_CLASSES: Final = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
@@ -170,7 +181,14 @@ class Metrics:
             "Solve time reported by clients in X-Powgate-Solve-Ms.",
             buckets=_SOLVE_BUCKETS,
         )
+        self.price_factor = LoopHistogram(
+            "powgate_price_factor",
+            "Price factors of the challenges handed out, times the route's price "
+            "(0: trusted callers let through without one).",
+            buckets=_FACTOR_BUCKETS,
+        )
         self.histograms = (
+            self.price_factor,
             self.verify_seconds,
             self.upstream_seconds,
             self.queue_wait_seconds,
@@ -235,3 +253,83 @@ class Metrics:
         self.difficulty.clear()
         for route, value in difficulties.items():
             self.difficulty.labels(route).set(value)
+
+
+class PricingView(NamedTuple):
+    """What the pricing metrics are read from at scrape time."""
+
+    pricer: Pricer
+    keyring: KeyRing
+    policy: str
+    reputation_entries: int
+
+
+class PricingCollector(Collector):
+    """Per-client pricing at scrape time: how concentrated the traffic is, who is heaviest.
+
+    No address reaches a label: the heaviest clients are reported under
+    their key sealed with the policy's key ring (powgate.reputation), which
+    only the operator opens; everything else is counts and shares.
+    """
+
+    def __init__(
+        self, view: Callable[[], PricingView | None], *, clock: Callable[[], float]
+    ) -> None:
+        self._view = view
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._view()))
+
+    def _families(self, view: PricingView | None) -> list[Metric]:
+        tracked = GaugeMetricFamily(
+            "powgate_clients_tracked", "Clients whose rate the sidecar keeps count of."
+        )
+        evictions = CounterMetricFamily(
+            "powgate_client_evictions",
+            "Clients that lost their place in the count to another (a flood of new clients).",
+        )
+        share = GaugeMetricFamily(
+            "powgate_top_clients_share",
+            "Share of recent requests sent by the heaviest clients.",
+            labels=("top",),
+        )
+        heavy = GaugeMetricFamily(
+            HEAVY_CLIENTS_METRIC,
+            "Requests per second of the heaviest clients, by policy and sealed client key.",
+            labels=("policy", "client"),
+        )
+        trusted = CounterMetricFamily(
+            "powgate_trusted_requests",
+            "Requests of trusted callers (caller, exempt or discounted) and credentials that "
+            "proved nothing (caller none: unknown_api_key, untrusted_identity, "
+            "unknown_identity).",
+            labels=("caller", "result"),
+        )
+        entries = GaugeMetricFamily(
+            "powgate_reputation_entries", "Entries of the reputation list in force."
+        )
+        families: list[Metric] = [tracked, evictions, share, heavy, trusted, entries]
+        if view is None:
+            return families
+        pricer = view.pricer
+        for (caller, result), count in pricer.trust.counts.items():
+            trusted.add_metric([caller, result], count)
+        entries.add_metric([], view.reputation_entries)
+        sketch = pricer.sketch
+        if sketch is None or pricer.pricing is None:
+            return families
+        now = self._clock()
+        tracked.add_metric([], len(sketch))
+        evictions.add_metric([], sketch.evictions)
+        total = sketch.total_rate(now=now)
+        top = sketch.top(max(_TOP), now=now)
+        for size in _TOP:
+            part = sum(rate for _, rate in top[:size])
+            share.add_metric([str(size)], part / total if total > 0 else 0.0)
+        for key, rate in pricer.heaviest(pricer.pricing.shared_clients, now=now):
+            heavy.add_metric([view.policy, seal_label(view.keyring, key)], rate)
+        return families

@@ -74,7 +74,7 @@ class TrustCounts:
 class _Callers:
     """The trusted callers of one configuration, arranged by the proof each asks for."""
 
-    __slots__ = ("api_keys", "identities", "networks")
+    __slots__ = ("any", "api_keys", "identities", "networks")
 
     def __init__(self, config: SidecarConfig, hashes: ApiKeyHashes) -> None:
         networks: list[tuple[Address, int, tuple[float, str]]] = []
@@ -98,9 +98,8 @@ class _Callers:
                     (spec_id.field, values)
                 )
         self.networks: NetworkMap[tuple[float, str]] = NetworkMap(networks)
-
-    def __bool__(self) -> bool:
-        return bool(len(self.networks) or self.api_keys or self.identities)
+        #: Whether any caller is trusted at all (asked on every request).
+        self.any = bool(networks or self.api_keys or self.identities)
 
 
 class Pricer:
@@ -132,7 +131,8 @@ class Pricer:
         pricing = config.pricing
         self._pricing: PricingConfig | None = pricing if pricing.enabled else None
         self._callers = _Callers(config, api_keys)
-        self._reputation = reputation
+        #: None when the list is empty: most requests then skip the lookup.
+        self._reputation = reputation if len(reputation) else None
         key = pricing.client_key
         self._v4_prefix = key.ipv4_prefix_length
         self._v6_prefix = key.ipv6_prefix_length
@@ -159,7 +159,7 @@ class Pricer:
     @property
     def active(self) -> bool:
         """Whether prices depend on the client at all (else every quote is :data:`UNPRICED`)."""
-        return self._pricing is not None or bool(self._callers)
+        return self._pricing is not None or self._callers.any
 
     @property
     def pricing(self) -> PricingConfig | None:
@@ -191,10 +191,10 @@ class Pricer:
         factor = 1.0
         if pricing is not None and self.sketch is not None:
             rate = self.sketch.add(key, now=now)
-            factor = max(
-                pricing.factor(rate),
-                self._reputation.factor(address=address, identity=identity, now=wall),
-            )
+            factor = pricing.factor(rate)
+            listed = self._reputation
+            if listed is not None:
+                factor = max(factor, listed.factor(address=address, identity=identity, now=wall))
         tag = self._tags.get((key, caller))
         if tag is None:
             if len(self._tags) >= _CACHED:
@@ -222,7 +222,7 @@ class Pricer:
     ) -> tuple[float, str]:
         """The lowest multiplier of the trusted callers the request proves to be (1.0: none)."""
         callers = self._callers
-        if not callers:
+        if not callers.any:
             return 1.0, ""
         found = (1.0, "")
         if address is not None:

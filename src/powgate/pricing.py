@@ -40,6 +40,7 @@ __all__ = [
     "format_factor",
     "parse_api_key_digests",
     "parse_factor",
+    "round_factor",
     "xfcc_field",
 ]
 
@@ -274,6 +275,18 @@ class TrustedCaller(WireModel):
         if 0 < self.multiplier < MIN_MULTIPLIER:
             raise ValueError(f"a multiplier is 0 or at least {MIN_MULTIPLIER}")
         return self
+
+
+def round_factor(factor: float) -> float:
+    """``factor`` to two significant digits (1 … 64 in steps of at most 5 %), at least 0.001.
+
+    Prices move in these steps: a client whose rate wobbles keeps its price
+    (and its batch of ready challenges, and the lists their entries), and
+    every factor fits the three decimals a challenge signs.
+    """
+    if not factor > 0:
+        return 0.0
+    return max(MIN_MULTIPLIER, float(round(factor, 1 - math.floor(math.log10(factor)))))
 
 
 def client_tag(key: str, caller: str = "") -> str:

@@ -11,16 +11,27 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import time
 from typing import Any
 from unittest import mock
 
 import pytest
 
 from helm_chart import MONITORING, find, render
-from powgate.contract import METRICS_PORT_NAME, POLICY_LABEL, SIDECAR_NAME, SidecarFlag
+from powgate import KeyRing
+from powgate.config import SidecarConfig
+from powgate.contract import (
+    HEAVY_CLIENTS_METRIC,
+    METRICS_PORT_NAME,
+    POLICY_LABEL,
+    SIDECAR_NAME,
+    SidecarFlag,
+)
 from powgate.policy import LabelSelector, config_map_name
+from powgate.pricing import PricingConfig
 from powgate_operator._inject import PolicyRef, SidecarTemplate, plan, selector_matches
-from powgate_operator._prometheus import rollout_query
+from powgate_operator._prometheus import heavy_clients_query, rollout_query
+from powgate_sidecar import Sidecar
 from powgate_sidecar import cli as sidecar_cli
 from powgate_sidecar._metrics import Metrics
 
@@ -132,3 +143,29 @@ def test_the_rollout_query_asks_for_a_series_the_sidecar_exports() -> None:
     # `namespace` is the target label the chart's PodMonitor attaches; the rest the sidecar's.
     assert labels - {"namespace"} <= exported[series]
     assert "version" in exported[series]  # what the query counts by
+
+
+def test_the_heavy_clients_query_asks_for_a_series_the_sidecar_exports() -> None:
+    """The operator sums what a real sidecar exports, by the label that seals the client."""
+    config = SidecarConfig(policy="ai/llm", pricing=PricingConfig(enabled=True))
+    sidecar = Sidecar(upstream="http://127.0.0.1:9", keyring=KeyRing.generate(), config=config)
+    pricer = sidecar._pricer
+    assert pricer is not None
+    started = time.monotonic()  # the clock the sidecar's metrics read rates at
+    for _ in range(50):
+        pricer.quote(
+            client="203.0.113.9", from_proxy=False, header=lambda _: None, now=started, wall=0
+        )
+    exported = {
+        sample.name: set(sample.labels)
+        for metric in sidecar.metrics.registry.collect()
+        for sample in metric.samples
+    }
+    query = heavy_clients_query("ai/llm")
+    match = re.search(r"by \((\w+)\) \((\w+)\{(.*)\}\)", query)
+    assert match is not None, query
+    grouped, series, matchers = match.groups()
+    assert series == HEAVY_CLIENTS_METRIC
+    labels = set(re.findall(r"(\w+)=", matchers))
+    assert labels - {"namespace"} <= exported[series]
+    assert grouped in exported[series]

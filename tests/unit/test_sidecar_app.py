@@ -116,6 +116,7 @@ async def build(
     config: SidecarConfig | None = None,
     limits: Limits | None = None,
     upstream_url: str | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> AsyncIterator[Harness]:
     upstream = Upstream()
     upstream_server = TestServer(upstream.app())
@@ -126,6 +127,7 @@ async def build(
         keyring=keyring,
         config=config or make_config(),
         limits=limits,
+        trusted_proxies=trusted_proxies,
     )
     async with serving(sidecar) as (client, port):
         yield Harness(sidecar, client, port, upstream, keyring)

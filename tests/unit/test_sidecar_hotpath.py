@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from powgate import Challenge, Issuer, KeyRing, MemoryReplayCache, Reason, Verifier, solve
-from powgate_sidecar._challenges import FRESH_SECONDS, MAX_BATCH, ChallengeStock
+from powgate_sidecar._challenges import FRESH_SECONDS, MAX_BATCH, MAX_SHELVES, ChallengeStock
 from powgate_sidecar._loop import new_event_loop
 from powgate_sidecar._metrics import LoopHistogram, Metrics
 
@@ -90,13 +90,17 @@ def test_stock_hands_out_each_challenge_once_and_each_verifies() -> None:
         assert verifier.verify(payload, binding="p:r").reason is Reason.OK
 
 
+#: The shelf of unpriced challenges of route binding "p:r".
+SHELF = ("p:r", None, 1.0)
+
+
 def test_stock_batches_follow_demand_and_go_stale() -> None:
     stock, clock, _ = _stock()
     sizes = []
     for _ in range(8):
-        before = len(stock._shelves["p:r"].documents) if "p:r" in stock._shelves else 0
+        before = len(stock._shelves[SHELF].documents) if SHELF in stock._shelves else 0
         stock.take(binding="p:r", difficulty=20, ttl=60)
-        shelf = stock._shelves["p:r"]
+        shelf = stock._shelves[SHELF]
         if before == 0:
             sizes.append(shelf.size)
         # Drain the shelf while it is fresh: demand outruns the batch.
@@ -106,11 +110,25 @@ def test_stock_batches_follow_demand_and_go_stale() -> None:
     assert sizes == [1, 2, 4, 8, 16, 32, MAX_BATCH, MAX_BATCH]
     # A stale shelf is not served from; what was left over halves the next batch.
     stock.take(binding="p:r", difficulty=20, ttl=60)
-    left = set(stock._shelves["p:r"].documents)
+    left = set(stock._shelves[SHELF].documents)
     assert left
     clock.now += FRESH_SECONDS + 0.5
     assert stock.take(binding="p:r", difficulty=20, ttl=60) not in left
-    assert stock._shelves["p:r"].size == MAX_BATCH // 2
+    assert stock._shelves[SHELF].size == MAX_BATCH // 2
+
+
+def test_each_client_has_its_shelf_and_the_shelves_are_bounded() -> None:
+    """A flood from many clients, each priced for itself, cannot grow the stock without bound."""
+    stock, _, verifier = _stock()
+    for i in range(MAX_SHELVES + 100):
+        stock.take(binding="p:r", difficulty=20, ttl=60, client=f"c{i}", factor=2.0)
+    assert len(stock._shelves) == MAX_SHELVES
+    mine = Challenge.from_json(
+        stock.take(binding="p:r", difficulty=20, ttl=60, client="me", factor=2.0)
+    )
+    assert (mine.params.client, mine.params.factor, mine.maxnumber) == ("me", "2", 40)
+    payload = mine.solution(solve(mine).number).encode()
+    assert verifier.verify(payload, binding="p:r", client="c1").reason is Reason.WRONG_CLIENT
 
 
 def test_restock_drops_challenges_of_the_old_configuration_and_keys() -> None:

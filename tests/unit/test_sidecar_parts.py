@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from powgate import KeyRing
 from powgate.config import CONFIG_DATA_KEY, QueueConfig, RouteConfig, SidecarConfig
+from powgate.reputation import REPUTATION_DATA_KEY
 from powgate_sidecar import (
     ConfigMapWatcher,
     ConfigSink,
@@ -282,10 +283,15 @@ class Deliveries:
     """A config sink that records what it is handed."""
 
     documents: list[str | bytes | None] = field(default_factory=list)
+    lists: list[str | bytes | None] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def apply_document(self, text: str | bytes | None, *, source: str) -> bool:
         self.documents.append(text)
+        return True
+
+    def apply_reputation(self, text: str | bytes | None, *, source: str) -> bool:
+        self.lists.append(text)
         return True
 
     def report_source_error(self, *, source: str, why: str) -> None:
@@ -401,3 +407,41 @@ async def test_a_broken_watch_resumes_from_the_last_event_it_delivered() -> None
         ("1", "11"),
     ]
     assert len(sink.errors) == 1
+
+
+async def test_the_reputation_list_beside_the_document_is_delivered_on_its_own() -> None:
+    """The operator rewrites the list far more often than the document: each goes alone."""
+    v1 = '{"version": "v1"}'
+    first, second = '{"entries": []}', '{"source": "x", "entries": []}'
+    finished = asyncio.Event()
+
+    def with_list(listed: str | None, version: str) -> dict[str, Any]:
+        obj = _configmap(v1, version)
+        if listed is not None:
+            obj["data"][REPUTATION_DATA_KEY] = listed
+        return obj
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") is None:
+            return web.json_response(_listing([with_list(None, "10")], "10"))
+        events = [
+            {"type": "MODIFIED", "object": with_list(first, "11")},
+            {"type": "MODIFIED", "object": with_list(second, "12")},
+            {"type": "MODIFIED", "object": with_list(second, "13")},  # a resync
+        ]
+        response = await _stream(request, events)
+        await finished.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
+    sink = Deliveries()
+    async with TestServer(app, host="127.0.0.1") as server:
+        await watch_until(
+            api_url=f"http://127.0.0.1:{server.port}",
+            sink=sink,
+            done=lambda: second in sink.lists,
+        )
+        finished.set()
+    assert sink.documents == [v1]
+    assert sink.lists == [first, second]

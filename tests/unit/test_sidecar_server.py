@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,14 @@ from aiohttp.test_utils import TestServer
 
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, KeyRingError, solve
 from powgate.config import RouteConfig, SidecarConfig
+from powgate.pricing import (
+    ApiKeyConfig,
+    ApiKeyHashes,
+    PricingConfig,
+    TrustedCaller,
+    api_key_digest,
+)
+from powgate.reputation import ReputationEntry, ReputationList
 from powgate_sidecar import Limits, Settings, serve
 from waiting import eventually_async, free_port, until_ready
 
@@ -231,6 +240,54 @@ async def test_key_file_swap_is_picked_up(running: Running) -> None:
         # is never read); only then does the unchanged key prove it was kept out.
         await eventually_async(refused, what="the invalid key file counted")
         assert (await running.challenge(session)).params.kid == "k2"
+
+
+async def test_trusted_keys_and_the_reputation_list_are_read_beside_keys_and_config(
+    running: Running,
+) -> None:
+    """A mounted Secret holds apikeys.json beside keyring.json; a mounted ConfigMap holds
+    reputation.json beside config.json. Both are followed like the files they sit with."""
+    priced = CONFIG.model_copy(
+        update={
+            "version": "priced",
+            "pricing": PricingConfig(enabled=True),
+            "trusted_callers": [
+                TrustedCaller(
+                    name="partners", api_keys=ApiKeyConfig(secret_name="k"), multiplier=0.5
+                )
+            ],
+        }
+    )
+    running.config_file.write_text(priced.to_json())
+    listed = ReputationList(
+        entries=(ReputationEntry(key="127.0.0.0/24", factor=8, expires=int(time.time()) + 600),)
+    )
+    running.config_file.with_name("reputation.json").write_text(listed.to_json())
+    running.key_file.with_name("apikeys.json").write_text(
+        ApiKeyHashes(callers={"partners": [api_key_digest("sk-1")]}).model_dump_json()
+    )
+    partner = {"Authorization": "Bearer sk-1"}
+    async with aiohttp.ClientSession() as session:
+
+        async def priced_at(maxnumber: int) -> bool:
+            return (await running.challenge(session)).maxnumber == maxnumber
+
+        await eventually_async(lambda: priced_at(800), what="the listed factor 8 applied")
+        async with session.get(
+            running.base + CHALLENGE_PATH, params={"path": "/v1/chat"}, headers=partner
+        ) as response:
+            assert Challenge.from_json(await response.read()).maxnumber == 400
+        # A list that is not one keeps the one in force; a removed list is no list.
+        running.config_file.with_name("reputation.json").write_text("{")
+        line = 'powgate_config_reloads_total{result="invalid",source="reputation"}'
+
+        async def refused() -> bool:
+            return await running.metric(session, line) == 1
+
+        await eventually_async(refused, what="the invalid list counted")
+        assert (await running.challenge(session)).maxnumber == 800
+        running.config_file.with_name("reputation.json").unlink()
+        await eventually_async(lambda: priced_at(100), what="the removed list dropped")
 
 
 async def test_metrics_and_health_endpoints(running: Running) -> None:
