@@ -9,19 +9,21 @@ runs its local checks (body limits, the effort queue) first and only then
 :meth:`Admission.spend`\\ s it, so a solution is never used up by a request
 the sidecar itself turns away.
 
-Checking is synchronous for the hash schemes, a few microseconds. A scheme
-whose check is expensive slots in between :meth:`Admission.find` and
-:meth:`Admission.conclude`: the dispatcher already runs forms and queued
-requests off the parser callback, where a bounded pool can be awaited.
+Checking is synchronous for the hash schemes, a few microseconds. An
+ALTCHA PoW v2 solution's check is a key derivation (milliseconds, MiB): its
+:class:`Admit` carries the derivation as ``work``, which the dispatcher runs
+in the bounded derivation pool after spending the solution, and then
+:meth:`Admission.settle` counts the outcome.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
-from powgate import AUTH_SCHEME, Claim, Reason, Verdict, Verifier
+from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier
 from powgate._replay import ReplayCache
 
 from . import _http
@@ -38,6 +40,7 @@ __all__ = ["Admission", "Admit", "ReadForm", "Refuse"]
 log = logging.getLogger("powgate.sidecar")
 
 _SOLUTION: Final = b"x-powgate-solution"
+_DEEPSEEK: Final = DEEPSEEK_HEADER.lower().encode()
 _SOLVE_MS: Final = b"x-powgate-solve-ms"
 _COOKIE_NAME: Final = SOLUTION_COOKIE.encode()
 _AUTHENTICATE: Final = f'WWW-Authenticate: {AUTH_SCHEME} realm="powgate", algorithm="SHA-256"\r\n'
@@ -75,6 +78,7 @@ class Admit:
         "paid",
         "quote",
         "route",
+        "work",
     )
 
     def __init__(
@@ -87,6 +91,7 @@ class Admit:
         verdict: Verdict,
         key: bytes | None,
         quote: Quote,
+        work: Callable[[], bool] | None = None,
     ) -> None:
         self.route = route
         #: What the client pays: a refusal after all (replayed, queue full) is priced alike.
@@ -100,6 +105,9 @@ class Admit:
         #: The replay key to spend (``None``: nothing to spend).
         self.key = key
         self.expires = verdict.expires
+        #: ALTCHA v2: the key derivation still to run once the key is spent
+        #: (blocking; true when the solution is right).
+        self.work = work
 
 
 class ReadForm:
@@ -159,6 +167,10 @@ class Admission:
         payload = request.header(_SOLUTION)
         if payload is not None:
             return payload, False
+        # DeepSeek's clients answer in their own header.
+        payload = request.header(_DEEPSEEK)
+        if payload is not None:
+            return payload, False
         if b"cookie" in request.names:
             for cookie in request.headers(b"cookie"):
                 # Several Cookie fields are one list (RFC 6265 §5.4): search them all.
@@ -199,12 +211,14 @@ class Admission:
         """Check ``payload`` (unless a ``verdict`` was reached already) and decide."""
         metrics = self._metrics
         key: bytes | None = None
+        work: Callable[[], bool] | None = None
         if verdict is None:
             if payload is None:
                 verdict, key = self.verifier.check(None)
             else:
                 started = time.perf_counter()
-                verdict, key = self.verifier.check(
+                # Every cheap check; a key derivation is left for after the spend.
+                verdict, key, work = self.verifier.begin(
                     payload,
                     binding=route.binding,
                     min_difficulty=route.min_difficulty,
@@ -248,6 +262,7 @@ class Admission:
             verdict=verdict,
             key=key,
             quote=quote,
+            work=work if verdict.ok else None,
         )
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
@@ -258,6 +273,8 @@ class Admission:
         if key is None:
             return None  # observe mode, an invalid solution: counted already
         outcome = self._replay.claim(key, expires_at=admit.expires, now=time.time())
+        if outcome == Claim.NEW and admit.work is not None:
+            return None  # counted by settle() once the derivation has run
         if outcome == Claim.NEW:
             metrics.count_request(
                 route=route.name,
@@ -270,6 +287,34 @@ class Admission:
             metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason.value)
             return None
         metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason.value)
+        return Refuse(self.challenge(request, table=table, route=route, quote=admit.quote))
+
+    def busy(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
+        """The derivation pool is full: refuse without spending (observe mode: let through)."""
+        route = admit.route
+        reason = Reason.VERIFIER_BUSY.value
+        if not admit.enforcing:
+            self._metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason)
+            return None
+        self._metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason)
+        return Refuse(
+            self.challenge(request, table=table, route=route, status=503, quote=admit.quote)
+        )
+
+    def settle(
+        self, admit: Admit, request: Request, *, table: RouteTable, right: bool
+    ) -> Refuse | None:
+        """Count a spent v2 solution by what its derivation showed; ``None``: go on."""
+        route = admit.route
+        if right:
+            outcome = Outcome.ADMITTED if admit.enforcing else Outcome.OBSERVED
+            self._metrics.count_request(route=route.name, outcome=outcome, reason=Reason.OK.value)
+            return None
+        reason = Reason.WRONG_NUMBER.value
+        if not admit.enforcing:
+            self._metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason)
+            return None
+        self._metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason)
         return Refuse(self.challenge(request, table=table, route=route, quote=admit.quote))
 
     def client(self, request: Request) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final
 
 from pydantic import ValidationError
 
 from powgate import (
+    DerivationPool,
     Issuer,
     KeyRing,
     MemoryReplayCache,
@@ -77,6 +78,10 @@ class Sidecar:
         self._keyring = keyring
         self._verifier = Verifier(keyring=keyring, replay=self._replay)
         self._stock = ChallengeStock(Issuer(keyring=keyring))
+        #: ALTCHA PoW v2 derivations, off the event loop and bounded.
+        self._pool = DerivationPool(
+            workers=self.limits.derivation_workers, max_pending=self.limits.derivations_pending
+        )
         self._admission = Admission(
             verifier=self._verifier,
             replay=self._replay,
@@ -101,6 +106,7 @@ class Sidecar:
         self.metrics.registry.register(PricingCollector(self._pricing_view, clock=time.monotonic))
         self.metrics.replay_cache_entries.set_function(lambda: len(self._replay))
         self.metrics.queue_depth.set_function(lambda: self._queue.depth if self._queue else 0)
+        self.metrics.derivations_pending.set_function(lambda: self._pool.pending)
         if config is not None:
             self.apply_config(config, source="initial")
 
@@ -123,8 +129,15 @@ class Sidecar:
             return True
         # Difficulties and lifetimes may have changed: no challenge issued
         # under the old configuration is handed out under the new one.
-        if current is None or current.config.algorithm != config.algorithm:
-            self._stock.restock(Issuer(keyring=self._keyring, algorithm=config.algorithm))
+        if (
+            current is None
+            or current.config.algorithm != config.algorithm
+            or current.config.kdf != config.kdf
+        ):
+            issuer = Issuer(
+                keyring=self._keyring, algorithm=config.algorithm, params=config.kdf_params()
+            )
+            self._stock.restock(issuer)
         else:
             self._stock.restock()
         if self._queue is None:
@@ -252,6 +265,7 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._forwarder.pool.close()
+        self._pool.close()
 
     # -- dispatch -------------------------------------------------------------
 
@@ -306,11 +320,54 @@ class Sidecar:
         # Local checks first: a solution is spent only on a request that goes on.
         if not self._body_fits(exchange):
             return
+        if decision.work is not None:
+            self._spawn(self._derived(exchange, decision, table=table))
+            return
+        self._admitted(exchange, decision, table=table)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _derived(self, exchange: Exchange, admit: Admit, *, table: RouteTable) -> None:
+        """ALTCHA v2: a place in the pool, the spend, then the derivation, then on."""
+        request = exchange.request
+        ticket = self._pool.reserve()
+        if ticket is None:
+            # Nothing spent: the client's next attempt is not a replay.
+            refusal = self._admission.busy(admit, request, table=table)
+            if refusal is not None:
+                exchange.respond(refusal.response)
+            else:
+                self._admitted(exchange, admit, table=table, spent=True)
+            return
+        try:
+            refusal = self._admission.spend(admit, request, table=table)
+            if refusal is not None:
+                exchange.respond(refusal.response)
+                return
+            work = admit.work
+            assert work is not None
+            right = await ticket.run(work)
+        finally:
+            ticket.close()
+        refusal = self._admission.settle(admit, request, table=table, right=right)
+        if refusal is not None:
+            exchange.respond(refusal.response)
+        elif exchange.alive:
+            self._admitted(exchange, admit, table=table, spent=True)
+
+    def _admitted(
+        self, exchange: Exchange, decision: Admit, *, table: RouteTable, spent: bool = False
+    ) -> None:
+        """Into the effort queue, or spent and forwarded (``spent``: the solution is used up)."""
+        if spent:
+            # Its place in the queue needs no key: the spend is done.
+            decision.key = None
         queue = self._queue
         if queue is not None and table.config.queue.max_concurrent > 0:
-            task = asyncio.ensure_future(self._queued(exchange, decision, table=table, queue=queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._queued(exchange, decision, table=table, queue=queue))
             return
         refusal = self._admission.spend(decision, exchange.request, table=table)
         if refusal is not None:

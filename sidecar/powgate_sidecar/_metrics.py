@@ -222,6 +222,11 @@ class Metrics:
             ["route", "cause"],
             registry=reg,
         )
+        self.derivations_pending = Gauge(
+            "powgate_derivations_pending",
+            "ALTCHA PoW v2 key derivations admitted to the pool (waiting or running).",
+            registry=reg,
+        )
         self.replay_cache_entries = Gauge(
             "powgate_replay_cache_entries", "Solutions remembered against replay.", registry=reg
         )

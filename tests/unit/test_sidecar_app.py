@@ -22,7 +22,17 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from powgate import Challenge, Issuer, KeyRing, solve
+from powgate import (
+    Challenge,
+    ChallengeV2,
+    DeepSeekChallenge,
+    Issuer,
+    KeyRing,
+    parse_challenge,
+    solve,
+    solve_challenge,
+    solve_v2,
+)
 from powgate.config import Mode, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Sidecar
 from waiting import eventually_async
@@ -654,3 +664,83 @@ def test_forwarding_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# -- ALTCHA PoW v2 and DeepSeek's format -------------------------------------------
+
+#: A cheap try, so that tests derive in microseconds.
+SMALL_ARGON2ID = {"cost": 1, "memoryCost": 64, "parallelism": 1}
+
+
+async def _v2_payload(h: Harness, *, wrong: bool = False) -> str:
+    response = await h.client.get(
+        "/.well-known/powgate/challenge", params={"method": "POST", "path": "/v1/chat"}
+    )
+    challenge = parse_challenge(await response.read())
+    assert isinstance(challenge, ChallengeV2)
+    found = solve_v2(challenge)
+    counter = found.counter + 1 if wrong else found.counter
+    return challenge.solution(counter, found.derived_key).encode()
+
+
+@pytest.fixture
+async def v2() -> AsyncIterator[Harness]:
+    config = make_config(algorithm="ARGON2ID", kdf=SMALL_ARGON2ID, difficulty=64, min_difficulty=8)
+    limits = Limits(derivation_workers=1, derivations_pending=1)
+    async for harness in build(config=config, limits=limits):
+        yield harness
+
+
+async def test_v2_challenges_carry_the_policys_parameters_and_are_admitted_once(
+    v2: Harness,
+) -> None:
+    refused = await v2.client.post("/v1/chat", json={"q": 1})
+    assert refused.status == 428
+    challenge = parse_challenge(await refused.read())
+    assert isinstance(challenge, ChallengeV2)
+    assert challenge.algorithm == "ARGON2ID"
+    assert challenge.difficulty == 64
+    payload = await _v2_payload(v2)
+    ok = await v2.client.post("/v1/chat", json={"q": 1}, headers={"X-Powgate-Solution": payload})
+    assert ok.status == 200
+    again = await v2.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert again.status == 428
+    assert v2.count("chat", "admitted", "ok") == 1
+    assert v2.count("chat", "rejected", "replayed") == 1
+    assert len(v2.upstream.seen) == 1
+    assert v2.sample("powgate_derivations_pending") == 0
+
+
+async def test_v2_wrong_key_is_spent_then_refused(v2: Harness) -> None:
+    wrong = await _v2_payload(v2, wrong=True)
+    response = await v2.client.post("/v1/chat", headers={"X-Powgate-Solution": wrong})
+    assert response.status == 428
+    assert v2.count("chat", "rejected", "wrong_number") == 1
+    assert v2.upstream.seen == []
+
+
+async def test_v2_full_derivation_pool_refuses_without_spending(v2: Harness) -> None:
+    payload = await _v2_payload(v2)
+    held = v2.sidecar._pool.reserve()
+    assert held is not None
+    busy = await v2.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert busy.status == 503
+    assert busy.headers["Retry-After"] == "1"
+    assert v2.count("chat", "rejected", "verifier_busy") == 1
+    held.close()
+    # Not spent: the same solution goes through once the pool has room.
+    ok = await v2.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+    assert ok.status == 200
+
+
+async def test_deepseek_answers_in_their_header_are_admitted() -> None:
+    config = make_config(algorithm="DeepSeekHashV1", difficulty=2000)
+    async for h in build(config=config):
+        refused = await h.client.post("/v1/chat", json={"q": 1})
+        challenge = parse_challenge(await refused.read())
+        assert isinstance(challenge, DeepSeekChallenge)
+        solved = solve_challenge(challenge)
+        assert solved.header == "x-ds-pow-response"
+        ok = await h.client.post("/v1/chat", headers={solved.header: solved.payload})
+        assert ok.status == 200
+        assert h.count("chat", "admitted", "ok") == 1
