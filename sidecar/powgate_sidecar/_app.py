@@ -140,6 +140,9 @@ class Sidecar:
             self._stock.restock(issuer)
         else:
             self._stock.restock()
+        # A smaller bound refuses new claims until expiry brings the cache under it.
+        self._replay.max_entries = config.replay_cache_entries
+        self.metrics.replay_cache_capacity.set(config.replay_cache_entries)
         if self._queue is None:
             self._queue = EffortQueue(config.queue)
         else:

@@ -230,6 +230,11 @@ class Metrics:
         self.replay_cache_entries = Gauge(
             "powgate_replay_cache_entries", "Solutions remembered against replay.", registry=reg
         )
+        self.replay_cache_capacity = Gauge(
+            "powgate_replay_cache_capacity",
+            "The replay cache's bound: beyond it valid solutions are refused (replay_cache_full).",
+            registry=reg,
+        )
         self.upstream_errors_total = Counter(
             "powgate_upstream_errors",
             "Failures talking to the upstream, by kind.",

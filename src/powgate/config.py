@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, NamedTuple, Self
 from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
+from ._replay import DEFAULT_MAX_ENTRIES
 from ._verify import MAX_DIFFICULTY, max_difficulty
 from ._wire import WireModel
 from .pricing import PricingConfig, TrustedCaller
@@ -28,6 +29,8 @@ __all__ = [
     "CONFIG_DATA_KEY",
     "DEFAULT_EXEMPT_PATHS",
     "MAX_CHALLENGE_LIFETIME_SECONDS",
+    "MAX_REPLAY_ENTRIES",
+    "MIN_REPLAY_ENTRIES",
     "KdfSpec",
     "Mode",
     "ParsedConfig",
@@ -49,6 +52,9 @@ log = logging.getLogger("powgate.config")
 _JSON: Final = TypeAdapter(Any)
 #: Probes and scrapes are never challenged unless a policy says otherwise.
 DEFAULT_EXEMPT_PATHS: Final = ("/healthz", "/readyz", "/livez", "/metrics")
+#: Bounds of a sidecar's replay cache (entries take about 200 bytes each).
+MIN_REPLAY_ENTRIES: Final = 1_000
+MAX_REPLAY_ENTRIES: Final = 50_000_000
 #: A challenge solvable for longer can be stockpiled while difficulty is low.
 MAX_CHALLENGE_LIFETIME_SECONDS: Final = 3600
 
@@ -214,6 +220,14 @@ class SidecarConfig(WireModel):
         description="Never challenged, whatever the routes say.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    replay_cache_entries: int = Field(
+        default=DEFAULT_MAX_ENTRIES,
+        ge=MIN_REPLAY_ENTRIES,
+        le=MAX_REPLAY_ENTRIES,
+        description="How many spent solutions the sidecar remembers (each until its challenge "
+        "expires). When full, valid solutions are refused (replay_cache_full), never admitted "
+        "twice: size it for the admission rate times the challenge lifetime.",
+    )
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     trusted_callers: list[TrustedCaller] = Field(default_factory=list, max_length=32)
 

@@ -21,6 +21,8 @@ from ._wire import WireModel
 from .config import (
     DEFAULT_EXEMPT_PATHS,
     MAX_CHALLENGE_LIFETIME_SECONDS,
+    MAX_REPLAY_ENTRIES,
+    MIN_REPLAY_ENTRIES,
     AlgorithmName,
     KdfSpec,
     Mode,
@@ -67,6 +69,7 @@ __all__ = [
     "PricingStatus",
     "PrometheusSpec",
     "Recommendation",
+    "ReplaySpec",
     "ReputationImport",
     "ReputationSourceKind",
     "ReputationSpec",
@@ -464,6 +467,32 @@ class ReputationSpec(WireModel):
     imports: list[ReputationImport] = Field(default_factory=list, max_length=8)
 
 
+class ReplaySpec(WireModel):
+    """How each sidecar remembers spent solutions (single use)."""
+
+    expected_admissions_per_second: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Admitted requests per second one sidecar should absorb at peak; its cache "
+        "holds twice this rate times the challenge lifetime.",
+    )
+    max_entries: int | None = Field(
+        default=None,
+        ge=MIN_REPLAY_ENTRIES,
+        le=MAX_REPLAY_ENTRIES,
+        description="The cache's size outright (about 200 bytes per entry), instead of the "
+        "rate. At the bound valid solutions are refused (replay_cache_full): never a replay.",
+    )
+
+    def entries(self, *, lifetime_seconds: int) -> int:
+        """The cache size for challenges that live ``lifetime_seconds``."""
+        if self.max_entries is not None:
+            return self.max_entries
+        wanted = 2 * self.expected_admissions_per_second * lifetime_seconds
+        return max(MIN_REPLAY_ENTRIES, min(MAX_REPLAY_ENTRIES, wanted))
+
+
 class PolicySpec(WireModel):
     """The desired state of a PowPolicy."""
 
@@ -512,6 +541,7 @@ class PolicySpec(WireModel):
         default=15, ge=1, le=3600, description="How often the signals are queried and applied."
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    replay: ReplaySpec = Field(default_factory=lambda: ReplaySpec())
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     trusted_callers: list[TrustedCaller] = Field(
         default_factory=list,
@@ -731,6 +761,7 @@ def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: in
         routes=spec.routes,
         exempt_paths=spec.exempt_paths,
         queue=spec.queue,
+        replay_cache_entries=spec.replay.entries(lifetime_seconds=spec.challenge.lifetime_seconds),
         pricing=spec.pricing,
         trusted_callers=spec.trusted_callers,
     )

@@ -190,3 +190,19 @@ def test_challenge_lifetime_is_capped_at_an_hour() -> None:
         ChallengeSpec(lifetime_seconds=3601)
     with pytest.raises(ValidationError):
         SidecarConfig(challenge_ttl_seconds=86_400)
+
+
+def test_the_replay_cache_is_sized_from_rate_and_lifetime_or_given() -> None:
+    base = {"selector": {"matchLabels": {"a": "b"}}, "challenge": {"lifetimeSeconds": 600}}
+    rendered = render_config(
+        spec=PolicySpec.model_validate({**base, "replay": {"expectedAdmissionsPerSecond": 50}}),
+        namespace="ai",
+        name="p",
+        difficulty=100,
+    )
+    assert rendered.replay_cache_entries == 2 * 50 * 600
+    given = PolicySpec.model_validate({**base, "replay": {"maxEntries": 12_345}})
+    config = render_config(spec=given, namespace="ai", name="p", difficulty=100)
+    assert config.replay_cache_entries == 12_345
+    with pytest.raises(ValidationError):
+        PolicySpec.model_validate({**base, "replay": {"maxEntries": 10}})

@@ -744,3 +744,26 @@ async def test_deepseek_answers_in_their_header_are_admitted() -> None:
         ok = await h.client.post("/v1/chat", headers={solved.header: solved.payload})
         assert ok.status == 200
         assert h.count("chat", "admitted", "ok") == 1
+
+
+async def test_at_the_replay_bound_valid_solutions_are_refused_never_admitted_twice() -> None:
+    """The config sizes the cache; at its bound the sidecar fails closed, and says so."""
+    bound = 1000
+    async for h in build(config=make_config(replay_cache_entries=bound)):
+        assert h.sample("powgate_replay_cache_capacity") == bound
+        first = await h.solution()
+        assert (
+            await h.client.post("/v1/chat", headers={"X-Powgate-Solution": first})
+        ).status == 200
+        for _ in range(bound - 1):
+            payload = await h.solution()
+            response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": payload})
+            assert response.status == 200
+        fresh = await h.solution()
+        refused = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": fresh})
+        assert refused.status != 200
+        assert h.count("chat", "rejected", "replay_cache_full") == 1
+        # A replay is still a replay, not a second admission.
+        again = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": first})
+        assert again.status != 200
+        assert h.count("chat", "admitted", "ok") == bound
