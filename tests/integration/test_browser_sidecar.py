@@ -28,8 +28,8 @@ import pytest
 from _browser import OpenPage, wait_for_page
 from _sidecar_process import SidecarEndpoints, ready, start_sidecar
 
-from powgate import CHALLENGE_PATH, Challenge, KeyRing, parse_salt
-from powgate.config import RouteConfig, SidecarConfig
+from powgate import CHALLENGE_PATH, Challenge, ChallengeV2, KeyRing, parse_challenge, parse_salt
+from powgate.config import KdfSpec, RouteConfig, SidecarConfig
 from powgate_testbed._process import ManagedProcess, stop_all, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -227,14 +227,16 @@ def _html(text: str) -> tuple[str, bytes]:
     return "text/html; charset=utf-8", text.encode()
 
 
-def _start(tmp_path: Path, pages: Mapping[str, tuple[str, bytes]]) -> Iterator[Site]:
+def _start(
+    tmp_path: Path, pages: Mapping[str, tuple[str, bytes]], config: SidecarConfig = CONFIG
+) -> Iterator[Site]:
     upstream = Upstream(pages=pages)
     handler = type("Handler", (UpstreamHandler,), {"upstream": upstream})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
-    config_file.write_text(CONFIG.to_json())
+    config_file.write_text(config.to_json())
     KeyRing.generate().save(key_file)
     processes: list[ManagedProcess] = []
     try:
@@ -273,6 +275,42 @@ def altcha_site(tmp_path: Path, altcha_widget: bytes) -> Iterator[Site]:
             "/static/form.html": _html(ALTCHA_PAGE),
             "/vendor/altcha.js": ("text/javascript; charset=utf-8", altcha_widget),
         },
+    )
+
+
+#: ALTCHA PoW v2 with Argon2id: one try over 4 MiB, 4 tries on average at the submit route.
+V2_CONFIG = CONFIG.model_copy(
+    update={
+        "algorithm": "ARGON2ID",
+        "kdf": KdfSpec(cost=1, memory_cost=4096, parallelism=1),
+        "difficulty": 40,
+    }
+)
+#: The widget bundles SHA and PBKDF2; its Argon2id worker is loaded apart, as its README says.
+ALTCHA_V2_PAGE = ALTCHA_PAGE.replace(
+    '<script type="module" src="/vendor/altcha.js"></script>',
+    '<script type="module" src="/vendor/altcha.js"></script>\n'
+    '<script type="module">\n'
+    "$altcha.algorithms.set('ARGON2ID', () => new Worker('/vendor/workers/argon2id.js'));\n"
+    "</script>",
+)
+
+
+@pytest.fixture
+def altcha_v2_site(
+    tmp_path: Path, altcha_widget: bytes, altcha_workers: dict[str, bytes]
+) -> Iterator[Site]:
+    yield from _start(
+        tmp_path,
+        {
+            "/static/form.html": _html(ALTCHA_V2_PAGE),
+            "/vendor/altcha.js": ("text/javascript; charset=utf-8", altcha_widget),
+            "/vendor/workers/argon2id.js": (
+                "text/javascript; charset=utf-8",
+                altcha_workers["argon2id.js"],
+            ),
+        },
+        config=V2_CONFIG,
     )
 
 
@@ -367,5 +405,38 @@ def test_altcha_widget_form_is_admitted_once(altcha_site: Site, open_page: OpenP
     )
     assert replay.status_code == 428
     Challenge.from_json(replay.content)  # a fresh challenge, as for any refusal
+    assert site.sidecar.requests(route="submit", outcome="rejected", reason="replayed") == 1
+    assert [path for _, path in site.upstream.requests()].count("/submit") == 1
+
+
+@pytest.mark.node
+def test_altcha_widget_answers_the_sidecars_argon2id_challenge(
+    altcha_v2_site: Site, open_page: OpenPage
+) -> None:
+    """ALTCHA's widget solves an ALTCHA PoW v2 (Argon2id) challenge of a real sidecar."""
+    site = altcha_v2_site
+    log = open_page(site.url + "/static/form.html")
+    wait_for_page(
+        site.upstream.until(lambda seen: any(s.path in ("/submit", "/report") for s in seen)),
+        log=log,
+        what="the form's submission",
+    )
+    assert site.reports() == [], "the widget failed instead of submitting"
+    submitted = site.upstream.one("POST", "/submit")
+    (payload,) = parse_qs(submitted.body.decode(), strict_parsing=True)["altcha"]
+    solution = json.loads(base64.b64decode(payload))
+    parameters = solution["challenge"]["parameters"]
+    assert parameters["algorithm"] == "ARGON2ID"
+    assert parameters["data"]["bind"] == f"{POLICY}:submit"
+    assert site.sidecar.requests(route="submit", outcome="admitted", reason="ok") == 1
+    # Spent: the same form again is a replay, refused before any derivation.
+    replay = httpx.post(
+        site.url + "/submit",
+        content=submitted.body,
+        headers={"Content-Type": submitted.headers["content-type"]},
+        timeout=30,
+    )
+    assert replay.status_code == 428
+    assert isinstance(parse_challenge(replay.content), ChallengeV2)
     assert site.sidecar.requests(route="submit", outcome="rejected", reason="replayed") == 1
     assert [path for _, path in site.upstream.requests()].count("/submit") == 1
