@@ -10,6 +10,7 @@ for what is let through. The HTTP connection itself is
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Coroutine, Sequence
@@ -18,6 +19,8 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from powgate import (
+    DEEPSEEK_CHALLENGE_PATH,
+    DeepSeekChallenge,
     DerivationPool,
     Issuer,
     KeyRing,
@@ -52,6 +55,11 @@ log = logging.getLogger("powgate.sidecar")
 
 _BAD_PATH: Final = _http.response(400, b"non-canonical request path\n")
 _TOO_LARGE: Final = b"request body too large\n"
+
+#: The algorithm whose challenges DeepSeek's clients fetch from DEEPSEEK_CHALLENGE_PATH.
+DEEPSEEK_ALGORITHM: Final = "DeepSeekHashV1"
+#: ``{"target_path": "…"}`` is tens of bytes; anything much larger is not one.
+_DEEPSEEK_BODY_BYTES: Final = 4096
 
 
 class Sidecar:
@@ -283,6 +291,14 @@ class Sidecar:
         if path.startswith(WELL_KNOWN):
             exchange.respond(self._endpoints.answer(request, table=table))
             return
+        if (
+            path == DEEPSEEK_CHALLENGE_PATH
+            and table is not None
+            and table.config.algorithm == DEEPSEEK_ALGORITHM
+        ):
+            # DeepSeek's clients ask here, with {"target_path": …} in the body.
+            _DeepSeekChallengeReader(self, exchange, table=table).start()
+            return
         canon = canonical(path)
         if canon is None:
             self.refused("bad_path")
@@ -436,6 +452,97 @@ class Sidecar:
             clear_cookie=admit.clear_cookie,
             on_done=queue.release,
         )
+
+
+class _DeepSeekChallengeReader:
+    """Reads ``create_pow_challenge``'s small JSON body, then answers in DeepSeek's envelope."""
+
+    __slots__ = ("_chunks", "_exchange", "_sidecar", "_size", "_table", "_timer")
+
+    def __init__(self, sidecar: Sidecar, exchange: Exchange, *, table: RouteTable) -> None:
+        self._sidecar = sidecar
+        self._exchange = exchange
+        self._table = table
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        request = self._exchange.request
+        if request.method != "POST":
+            self._exchange.respond(_http.response(405, fields=b"Allow: POST\r\n"))
+            return
+        length = request.content_length
+        if length is not None and length > _DEEPSEEK_BODY_BYTES:
+            self._exchange.respond(_deepseek_error(413, "body too large"), close=True)
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._sidecar.limits.body_read_seconds, self._too_slow)
+        self._exchange.consume(self)
+
+    def feed(self, data: bytes) -> None:
+        if self._timer is None:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _DEEPSEEK_BODY_BYTES:
+            self._stop()
+            self._exchange.respond(_deepseek_error(413, "body too large"), close=True)
+
+    def end(self) -> None:
+        if self._timer is None:
+            return
+        self._stop()
+        self._exchange.respond(self._answer(b"".join(self._chunks)))
+
+    def cancel(self, why: str) -> None:
+        self._stop()
+
+    def writable(self, ok: bool) -> None:
+        pass
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self._sidecar.refused("slow_client")
+        self._exchange.respond(_http.response(408, b"request body too slow\n"), close=True)
+
+    def _answer(self, body: bytes) -> bytes:
+        try:
+            document = json.loads(body) if body else {}
+        except (ValueError, UnicodeDecodeError):
+            return _deepseek_error(400, "the body is not JSON")
+        target = document.get("target_path") if isinstance(document, dict) else None
+        if not isinstance(target, str) or not target.startswith("/") or len(target) > 512:
+            return _deepseek_error(400, "target_path must be an absolute request path")
+        canon = canonical(target)
+        table = self._table
+        route = None if canon is None else table.match(method="POST", path=canon)
+        if not isinstance(route, Route) or table.mode is Mode.OFF:
+            return _deepseek_error(404, f"no protected route for POST {target}")
+        challenge = self._sidecar._stock.issuer.issue(
+            difficulty=route.difficulty,
+            ttl=table.config.challenge_ttl_seconds,
+            binding=route.binding,
+            target_path=target,
+        )
+        assert isinstance(challenge, DeepSeekChallenge)
+        return _http.response(
+            200,
+            challenge.envelope_json().encode(),
+            content_type=b"application/json",
+            fields=b"Cache-Control: no-store\r\n",
+        )
+
+
+def _deepseek_error(status: int, message: str) -> bytes:
+    """An error in DeepSeek's envelope, as its clients read one."""
+    body = json.dumps({"code": status, "msg": message, "data": None}).encode()
+    return _http.response(status, body, content_type=b"application/json")
 
 
 class _FormReader:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,13 +22,16 @@ import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from deepseekpowsolver import DeepSeekPowSolver
 
 from powgate import (
+    DEEPSEEK_CHALLENGE_PATH,
     Challenge,
     ChallengeV2,
     DeepSeekChallenge,
     Issuer,
     KeyRing,
+    _deepseek_hash,
     parse_challenge,
     solve,
     solve_challenge,
@@ -767,3 +771,68 @@ async def test_at_the_replay_bound_valid_solutions_are_refused_never_admitted_tw
         again = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": first})
         assert again.status != 200
         assert h.count("chat", "admitted", "ok") == bound
+
+
+async def test_deepseek_clients_fetch_from_deepseeks_endpoint_and_pay_in_their_header() -> None:
+    """A DeepSeek client unchanged: create_pow_challenge, then x-ds-pow-response.
+
+    ``deepseekpowsolver`` (PyPI; DeepSeek's own WebAssembly, run by Node)
+    solves and encodes the answer; only its solve and encode methods are
+    called, never those that talk to DeepSeek's servers.
+    """
+    if shutil.which("node") is None:
+        pytest.skip("needs Node.js (make system-deps)")
+    config = make_config(algorithm="DeepSeekHashV1", difficulty=20_000)
+    async for h in build(config=config):
+        ask = {"target_path": "/v1/chat"}
+        response = await h.client.post(DEEPSEEK_CHALLENGE_PATH, json=ask)
+        assert response.status == 200
+        envelope = await response.json()
+        assert envelope["code"] == 0
+        issued = envelope["data"]["biz_data"]["challenge"]
+        assert issued["target_path"] == "/v1/chat"
+        challenge = parse_challenge(envelope)
+        assert isinstance(challenge, DeepSeekChallenge)
+        while _deepseek_hash.hash_v1(f"{challenge.prefix}0".encode()).hex() == challenge.challenge:
+            # That solver reports answer 0 as "not found": fetch another.
+            response = await h.client.post(
+                DEEPSEEK_CHALLENGE_PATH, json={"target_path": "/v1/chat"}
+            )
+            issued = (await response.json())["data"]["biz_data"]["challenge"]
+            challenge = parse_challenge(issued)
+            assert isinstance(challenge, DeepSeekChallenge)
+        solver = DeepSeekPowSolver(token="unused")
+        answer = await asyncio.to_thread(solver.SleviS, issued)
+        header = solver.create_Fis(issued, answer)
+        ok = await h.client.post("/v1/chat", json={"q": 1}, headers={"x-ds-pow-response": header})
+        assert ok.status == 200
+        again = await h.client.post("/v1/chat", headers={"x-ds-pow-response": header})
+        assert again.status == 428
+        assert h.count("chat", "admitted", "ok") == 1
+        assert h.count("chat", "rejected", "replayed") == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [
+        ("GET", None, 405),
+        ("POST", b"not json", 400),
+        ("POST", b'{"target_path": "relative"}', 400),
+        ("POST", b'{"target_path": "/not/protected"}', 404),
+        ("POST", b"x" * 5000, 413),
+    ],
+)
+async def test_deepseeks_endpoint_refuses_what_is_not_a_challenge_request(
+    method: str, body: bytes | None, status: int
+) -> None:
+    config = make_config(algorithm="DeepSeekHashV1", difficulty=2000)
+    async for h in build(config=config):
+        response = await h.client.request(method, DEEPSEEK_CHALLENGE_PATH, data=body)
+        assert response.status == status
+        assert h.upstream.seen == []
+
+
+async def test_deepseeks_path_is_the_upstreams_under_other_schemes(h: Harness) -> None:
+    response = await h.client.post(DEEPSEEK_CHALLENGE_PATH, json={"target_path": "/v1/chat"})
+    assert response.status == 200
+    assert [path for _, path, _, _ in h.upstream.seen] == [DEEPSEEK_CHALLENGE_PATH]
