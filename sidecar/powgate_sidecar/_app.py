@@ -180,7 +180,7 @@ class Sidecar:
             )
             return False
         try:
-            config = SidecarConfig.from_json(text)
+            config, ignored = SidecarConfig.parse(text)
         except ValidationError as exc:
             errors = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '<document>'}: {e['msg']}"
@@ -188,6 +188,13 @@ class Sidecar:
             )
             self._refuse(source=source, why=f"invalid configuration document: {errors}")
             return False
+        if ignored:
+            # A newer operator's fields: applied without them, and said so.
+            self.metrics.config_fields_ignored_total.labels(source).inc(len(ignored))
+            log.warning(
+                "config fields unknown to this version ignored",
+                extra={"source": source, "fields": ", ".join(ignored)},
+            )
         return self.apply_config(config, source=source)
 
     def _refuse(self, *, source: str, why: str, result: str = "invalid") -> None:

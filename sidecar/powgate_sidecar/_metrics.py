@@ -213,6 +213,13 @@ class Metrics:
             ["source", "result"],
             registry=reg,
         )
+        self.config_fields_ignored_total = Counter(
+            "powgate_config_fields_ignored",
+            "Fields of applied config documents this version does not know (a newer operator's), "
+            "by source.",
+            ["source"],
+            registry=reg,
+        )
         self.queue_depth = Gauge(
             "powgate_queue_depth", "Requests waiting for an upstream slot.", registry=reg
         )

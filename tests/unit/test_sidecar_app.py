@@ -37,7 +37,7 @@ from powgate import (
     solve_challenge,
     solve_v2,
 )
-from powgate.config import Mode, QueueConfig, RouteConfig, SidecarConfig
+from powgate.config import CONFIG_CONTRACT, Mode, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Sidecar
 from waiting import eventually_async
 
@@ -836,3 +836,17 @@ async def test_deepseeks_path_is_the_upstreams_under_other_schemes(h: Harness) -
     response = await h.client.post(DEEPSEEK_CHALLENGE_PATH, json={"target_path": "/v1/chat"})
     assert response.status == 200
     assert [path for _, path, _, _ in h.upstream.seen] == [DEEPSEEK_CHALLENGE_PATH]
+
+
+async def test_a_newer_operators_document_is_applied_and_its_unknown_fields_counted(
+    h: Harness,
+) -> None:
+    document = json.loads(make_config(difficulty=300, version="v9").to_json())
+    document["replayStore"] = {"url": "redis://valkey:6379"}
+    document["routes"][0]["burst"] = 2
+    assert h.sidecar.apply_document(json.dumps(document), source="kubernetes")
+    assert (await h.challenge()).maxnumber == 300
+    assert h.sample("powgate_config_fields_ignored_total", {"source": "kubernetes"}) == 2
+    newer = {**document, "contract": CONFIG_CONTRACT + 1, "difficulty": 999}
+    assert not h.sidecar.apply_document(json.dumps(newer), source="kubernetes")
+    assert (await h.challenge()).maxnumber == 300
