@@ -300,9 +300,14 @@ def format_scheme_comparison(scenario: Scenario, verdicts: Mapping[str, Verdict]
         if verdict is None or price is None:
             continue
         goodput = "-" if verdict.attack_goodput is None else f"{verdict.attack_goodput:.2f}/s"
+        # What the bots really computed: a machine too busy to reach the
+        # budget shows here, and the goodput is then not the scheme's doing.
+        seconds = max(1, verdict.flood_end - verdict.judged_from)
+        achieved = verdict.attack_hashes / seconds / price.browser_rate
         lines.append(
             f"  {price.algorithm:<9} difficulty {price.difficulty(schemes.browser_seconds):>9,}: "
-            f"bots at {price.attack_speedup:g}x a browser got {goodput} through"
+            f"bots at {price.attack_speedup:g}x a browser (reached {achieved:.1f}x) "
+            f"got {goodput} through"
         )
     if not lines:
         return ""
