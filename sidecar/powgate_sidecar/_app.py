@@ -40,7 +40,7 @@ from ._carriers import form_solution
 from ._challenges import ChallengeStock
 from ._connection import Exchange, Listener
 from ._endpoints import WELL_KNOWN, Endpoints, not_configured
-from ._forward import Forwarder, UpstreamPool
+from ._forward import Forwarder, Opener, UpstreamPool
 from ._limits import Limits
 from ._metrics import NO_LABEL, Metrics, Outcome, PricingCollector, PricingView
 from ._pricing import Pricer, Quote, TrustCounts
@@ -75,12 +75,15 @@ class Sidecar:
         limits: Limits | None = None,
         replay: MemoryReplayCache | None = None,
         trusted_proxies: Sequence[str] = (),
+        opener: Opener | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits if limits is not None else Limits()
         trusted = TrustedProxies(trusted_proxies)
         self._forwarder = Forwarder(
-            pool=UpstreamPool(upstream, limits=self.limits), metrics=self.metrics, trusted=trusted
+            pool=UpstreamPool(upstream, limits=self.limits, opener=opener),
+            metrics=self.metrics,
+            trusted=trusted,
         )
         self._replay = replay if replay is not None else MemoryReplayCache()
         self._keyring = keyring

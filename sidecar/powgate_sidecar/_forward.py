@@ -25,8 +25,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Final, cast
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -39,7 +39,7 @@ from ._limits import Limits
 from ._metrics import Metrics
 from ._trust import TrustedProxies
 
-__all__ = ["Forwarder", "UpstreamPool"]
+__all__ = ["Forwarder", "Opener", "UpstreamConnection", "UpstreamPool", "open_tcp"]
 
 log = logging.getLogger("powgate.sidecar")
 
@@ -246,6 +246,39 @@ class _UpstreamProtocolError(Exception):
     pass
 
 
+#: Opens a connection to the pool's upstream: :func:`open_tcp`, or an in-memory
+#: one where a test or fuzzer plays the upstream (the transport seam).
+Opener: TypeAlias = "Callable[[UpstreamPool], Awaitable[UpstreamConnection]]"
+
+
+async def open_tcp(pool: UpstreamPool) -> UpstreamConnection:
+    """A TCP (or TLS) connection to ``pool``'s upstream, Nagle's algorithm off."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(pool.host, pool.port, type=socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(pool),
+                sock=sock,
+                ssl=pool.ssl,
+                server_hostname=pool.host if pool.ssl is not None else None,
+            )
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+    raise error or OSError(f"cannot resolve {pool.host}")
+
+
 class UpstreamPool:
     """Keep-alive connections to the upstream, at most ``connections`` lent at once.
 
@@ -254,8 +287,9 @@ class UpstreamPool:
     all, so it cannot starve paid requests of the upstream.
     """
 
-    def __init__(self, url: str, *, limits: Limits) -> None:
+    def __init__(self, url: str, *, limits: Limits, opener: Opener | None = None) -> None:
         self.limits = limits
+        self._open = opener if opener is not None else open_tcp
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream {url!r} is not an http:// or https:// URL")
@@ -340,21 +374,10 @@ class UpstreamPool:
                 self._waiting.remove(forward)
 
     async def _connect(self, forward: Forward) -> None:
-        loop = asyncio.get_running_loop()
         conn: UpstreamConnection | None = None
         try:
             async with asyncio.timeout(self.limits.upstream_connect_seconds):
-                sock = await self._socket(loop)
-                try:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(self),
-                        sock=sock,
-                        ssl=self.ssl,
-                        server_hostname=self.host if self.ssl is not None else None,
-                    )
-                except BaseException:
-                    sock.close()
-                    raise
+                conn = await self._open(self)
         except TimeoutError:
             self.give_back(forward, None)
             forward.connect_failed("timeout", cause="connect timed out")
@@ -367,25 +390,6 @@ class UpstreamPool:
             self.give_back(forward, conn)
             return
         forward.connected(conn, reused=False)
-
-    async def _socket(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        error: OSError | None = None
-        for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.sock_connect(sock, address)
-            except OSError as exc:
-                sock.close()
-                error = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        raise error or OSError(f"cannot resolve {self.host}")
 
     def give_back(self, forward: Forward, conn: UpstreamConnection | None) -> None:
         """End ``forward``'s loan; ``conn`` (reusable, or ``None``) goes back to the pool."""
