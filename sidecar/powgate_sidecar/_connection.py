@@ -52,6 +52,9 @@ MAX_FIELDS: Final = 100
 MAX_FIELD_BYTES: Final = 8190
 #: A whole request head; also the bound on a head still arriving.
 MAX_HEAD_BYTES: Final = 64 * 1024
+#: Bytes of one read parsed in one turn: a flood of pipelined requests on one
+#: connection cannot hold the event loop for longer than this much parsing.
+MAX_SLICE: Final = 16 * 1024
 #: After a refusal that closes the connection, how long the client's
 #: remaining request bytes are read and dropped so that it sees the answer
 #: (closing with unread bytes makes the kernel send a reset that can
@@ -247,6 +250,7 @@ _BUFFER_PAUSE: Final = 64 * 1024
 _PAUSE_PIPELINE: Final = 1
 _PAUSE_BUFFER: Final = 2
 _PAUSE_UPSTREAM: Final = 4
+_PAUSE_SLICE: Final = 8
 # Connection phases, as the timer reads them.
 _IDLE: Final = 0
 _HEAD: Final = 1
@@ -322,6 +326,8 @@ class ClientConnection(asyncio.Protocol):
         self._writable = True
         self.closed = False
         self._feeding = False
+        self._out: list[bytes] = []
+        self._rest = b""
         self._deferred: list[tuple[Exchange, Callable[[], None]]] = []
         # The request being parsed.
         self._url: bytes = b""
@@ -363,6 +369,28 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._phase == _LINGER or self.closed:
             return
+        if len(data) > MAX_SLICE:
+            # A pipelined flood or a large upload: one slice now, the rest
+            # once every other connection had its turn, reading paused.
+            self._rest = data[MAX_SLICE:]
+            data = data[:MAX_SLICE]
+            self._pause(_PAUSE_SLICE)
+            self._loop.call_soon(self._next_slice)
+        self._feed(data)
+
+    def _next_slice(self) -> None:
+        rest, self._rest = self._rest, b""
+        if self.closed or self._phase == _LINGER or not rest:
+            return
+        if len(rest) > MAX_SLICE:
+            self._rest = rest[MAX_SLICE:]
+            rest = rest[:MAX_SLICE]
+            self._loop.call_soon(self._next_slice)
+        self._feed(rest)
+        if not self._rest:
+            self.resume_reading(_PAUSE_SLICE)
+
+    def _feed(self, data: bytes) -> None:
         self._feeding = True
         try:
             self._parser.feed_data(data)
@@ -371,18 +399,30 @@ class ClientConnection(asyncio.Protocol):
             # handled (CONNECT is refused); nothing after it is read.
             self.keep_alive = False
             self._pause(_PAUSE_PIPELINE)
+            self._rest = b""
         except httptools.HttpParserError as exc:
-            self._feeding = False
+            self._end_feed()
+            self._rest = b""
             self._run_deferred(failed=True)
             self._bad_request(exc)
             return
-        self._feeding = False
+        self._end_feed()
         if self._deferred:
             self._run_deferred(failed=False)
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, "request head too large\n")
+
+    def _end_feed(self) -> None:
+        """The parser returned: what its callbacks answered goes out in one write."""
+        self._feeding = False
+        out = self._out
+        if out:
+            self._out = []
+            transport = self._transport
+            if transport is not None and not self.closed:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def eof_received(self) -> bool | None:
         # A client half-closing after its request still gets the answer.
@@ -591,6 +631,10 @@ class ClientConnection(asyncio.Protocol):
     # -- output and flow control ----------------------------------------------
 
     def write(self, data: bytes) -> None:
+        if self._feeding:
+            # Answers to pipelined requests parsed from one read leave together.
+            self._out.append(data)
+            return
         transport = self._transport
         if transport is not None and not self.closed:
             transport.write(data)
@@ -679,6 +723,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        self._end_feed()
         transport = self._transport
         if transport is None or self.closed:
             return
@@ -692,6 +737,7 @@ class ClientConnection(asyncio.Protocol):
         transport.close()
 
     def _linger(self) -> None:
+        self._end_feed()
         transport = self._transport
         if transport is None or self.closed or self._phase == _LINGER:
             return
@@ -765,6 +811,7 @@ class ClientConnection(asyncio.Protocol):
         self.abort() if phase == _LINGER else self._hang_up()
 
     def _hang_up(self) -> None:
+        self._end_feed()
         transport = self._transport
         if transport is not None and not self.closed:
             self.closed = True

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -850,3 +851,19 @@ async def test_a_newer_operators_document_is_applied_and_its_unknown_fields_coun
     newer = {**document, "contract": CONFIG_CONTRACT + 1, "difficulty": 999}
     assert not h.sidecar.apply_document(json.dumps(newer), source="kubernetes")
     assert (await h.challenge()).maxnumber == 300
+
+
+async def test_a_long_pipeline_is_answered_in_order(h: Harness) -> None:
+    # Far more than one read: the connection is parsed a slice per turn and
+    # each slice's answers leave in one write, in the order asked.
+    junk = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" * 3000
+    last = b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    writer.write(junk + last)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=60)
+    writer.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"428"] * 3000 + [b"200"]
+    assert [path for _, path, _, _ in h.upstream.seen] == ["/other"]
+    assert h.count("chat", "challenged", "missing") == 3000
