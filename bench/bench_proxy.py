@@ -201,14 +201,16 @@ def _wrk(
     proxy: int | None = None,
     pool: Path | None = None,
     header: str | None = None,
+    cores: str = LOAD_CORE,
+    threads: int = 1,
 ) -> Run:
     env = {**os.environ, "POWGATE_POOL": str(pool or ""), "POWGATE_SOLUTION": header or ""}
     argv = [
         "taskset",
         "-c",
-        LOAD_CORE,
+        cores,
         "wrk",
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
@@ -262,7 +264,14 @@ def _first_event_ms(port: int, *, headers: str = "") -> float:
 
 
 def _sidecar(
-    procs: Processes, *, name: str, upstream: str, keys: Path, config: Path
+    procs: Processes,
+    *,
+    name: str,
+    upstream: str,
+    keys: Path,
+    config: Path,
+    workers: int = 1,
+    core: str = PROXY_CORE,
 ) -> tuple[int, int]:
     port, metrics = free_ports(1)[0], free_ports(1)[0]
     env = {
@@ -273,9 +282,10 @@ def _sidecar(
         "POWGATE_KEY_FILE": str(keys),
         "POWGATE_CONFIG_FILE": str(config),
         "POWGATE_LOG_LEVEL": "warning",
+        "POWGATE_WORKERS": str(workers),
     }
     powgate = str(Path(sys.executable).with_name("powgate"))
-    pid = procs.start(name, argv=[powgate, "sidecar"], core=PROXY_CORE, port=port, env=env)
+    pid = procs.start(name, argv=[powgate, "sidecar"], core=core, port=port, env=env)
     return port, pid
 
 
@@ -315,6 +325,8 @@ class Setup:
     nginx_sse: int
     standin: int
     sidecar_sse: int
+    #: The same sidecar with ``--workers 2``, on both cores.
+    sidecar_workers: int
     #: ROUNDS pools of solutions for the loaded pass runs, then ROUNDS for the unloaded ones.
     pools: list[Path]
     forged: str
@@ -407,6 +419,15 @@ def _servers() -> Iterator[Setup]:
                 keys=keys,
                 config=config,
             )
+            sidecar_workers, _ = _sidecar(
+                procs,
+                name="sidecar-workers",
+                upstream=f"http://127.0.0.1:{upstream}",
+                keys=keys,
+                config=config,
+                workers=2,
+                core=f"{PROXY_CORE},{LOAD_CORE}",
+            )
             yield Setup(
                 upstream=upstream,
                 nginx_proxy=nginx_proxy,
@@ -418,6 +439,7 @@ def _servers() -> Iterator[Setup]:
                 nginx_sse=nginx_sse,
                 standin=standin,
                 sidecar_sse=sidecar_sse,
+                sidecar_workers=sidecar_workers,
                 pools=pools,
                 forged=forged_payload,
                 issuer=Issuer(keyring=keyring),
@@ -480,6 +502,21 @@ def main() -> None:
         sse_direct = _sse_median(s.standin, issuer=None)
         sse_nginx = _sse_median(s.nginx_sse, issuer=None)
         sse_sidecar = _sse_median(s.sidecar_sse, issuer=s.issuer)
+        # Scaling: one worker pinned to one core against two workers on both,
+        # the same wrk (on both cores) in front of each, best of ROUNDS.
+        scaling = functools.partial(
+            _wrk,
+            connections=2 * CONNECTIONS,
+            seconds=SECONDS,
+            cores=f"{PROXY_CORE},{LOAD_CORE}",
+            threads=2,
+        )
+        one_worker = max((scaling(url.format(s.sidecar)) for _ in range(ROUNDS)), key=_rate)
+        two_workers = max(
+            (scaling(url.format(s.sidecar_workers)) for _ in range(ROUNDS)), key=_rate
+        )
+        idle_rss, base_rss = _idle_rss(s.sidecar, pid=s.sidecar_pid, count=IDLE_CONNECTIONS)
+        amplification = _amplification(s.sidecar)
     best = {name: _best(found) for name, found in runs.items() if not name.startswith("quiet")}
     quiet_direct, quiet_nginx, quiet_bare, quiet_sidecar = (
         min(runs[name], key=lambda run: run.p50_ms)
@@ -561,6 +598,105 @@ def main() -> None:
             ],
         )
     )
+    print()
+    added = quiet_sidecar.p50_ms - quiet_direct.p50_ms
+    goals = [
+        ("reject, no solution: x nginx", _per_cpu_ratio(best["missing"], refuse), ">= 0.50"),
+        ("reject, forged: x nginx", _per_cpu_ratio(best["forged"], refuse), ">= 0.40"),
+        ("pass: x nginx", _per_cpu_ratio(best["pass"], forward), ">= 0.35"),
+        ("added p50 minus nginx's added, ms", f"{added - nginx_added:+.3f}", "<= +0.100"),
+        ("SSE first event, added ms", f"{sse_sidecar - sse_direct:.3f}", "<= 0.300"),
+        (
+            f"RSS holding {IDLE_CONNECTIONS:,} idle keep-alive connections, MiB",
+            f"{idle_rss / 2**20:.0f} (idle: {base_rss / 2**20:.0f})",
+            "<= 150",
+        ),
+        (
+            "--workers 2 / 1 worker, reject req/s (wrk on both cores)",
+            f"{two_workers.rate / one_worker.rate:.2f} "
+            f"({two_workers.rate:,.0f} / {one_worker.rate:,.0f})",
+            ">= 1.70",
+        ),
+        ("bytes out per byte in: JSON 428 to wrk's request", f"{amplification[0]:.1f}", "-"),
+        ("bytes out per byte in: page to a navigation", f"{amplification[1]:.2f}", "-"),
+    ]
+    print("goals of the sidecar's data plane, from the runs above")
+    print(table(("goal", "measured", "target"), goals))
+
+
+def _rate(run: Run) -> float:
+    return run.rate
+
+
+#: Idle keep-alive connections held open for the memory row.
+IDLE_CONNECTIONS: Final = 10_000
+#: What Chromium sends for a navigation, for the amplification row.
+NAVIGATION: Final = (
+    b"GET /v1/chat HTTP/1.1\r\nHost: shop.example.com\r\nConnection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
+    b'sec-ch-ua-platform: "Linux"\r\nUpgrade-Insecure-Requests: 1\r\n'
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    b"image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7\r\n"
+    b"Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n"
+    b"Sec-Fetch-Dest: document\r\nAccept-Encoding: gzip, deflate, br\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n\r\n"
+)
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (workers), from /proc."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def _idle_rss(port: int, *, pid: int, count: int) -> tuple[int, int]:
+    """The sidecar's RSS holding ``count`` keep-alive connections that each asked once."""
+    before = _rss(pid)
+    request = b"GET /.well-known/powgate/none HTTP/1.1\r\nHost: bench\r\n\r\n"
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(request)
+            sockets.append(sock)
+        for sock in sockets:
+            if not sock.recv(4096).startswith(b"HTTP/1.1 404"):
+                raise RuntimeError("an idle connection was not answered")
+        return _rss(pid), before
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _amplification(port: int) -> tuple[float, float]:
+    """Bytes answered per byte asked: wrk's refused request, and a refused navigation."""
+    ratios = []
+    wrk_request = b"GET /v1/chat HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
+    for request in (wrk_request, NAVIGATION):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            fields = dict(
+                line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line
+            )
+            length = int(fields[b"content-length"])
+            while len(body) < length:
+                body += sock.recv(65536)
+        ratios.append((len(head) + 4 + length) / len(request))
+    return ratios[0], ratios[1]
 
 
 def _per_cpu_ratio(run: Run, reference: Run) -> str:
