@@ -52,9 +52,12 @@ MAX_FIELDS: Final = 100
 MAX_FIELD_BYTES: Final = 8190
 #: A whole request head; also the bound on a head still arriving.
 MAX_HEAD_BYTES: Final = 64 * 1024
-#: Bytes of one read parsed in one turn: a flood of pipelined requests on one
-#: connection cannot hold the event loop for longer than this much parsing.
-MAX_SLICE: Final = 16 * 1024
+#: Bytes of one read parsed in one turn of the event loop: of a body in flight,
+MAX_SLICE: Final = 64 * 1024
+#: and of requests one after another (about a dozen small ones), so that a
+#: connection pipelining a flood holds the loop for a few hundred microseconds
+#: a turn, and every other connection, a paid request's among them, comes next.
+PIPELINE_SLICE: Final = 1024
 #: After a refusal that closes the connection, how long the client's
 #: remaining request bytes are read and dropped so that it sees the answer
 #: (closing with unread bytes makes the kernel send a reset that can
@@ -327,7 +330,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._feeding = False
         self._out: list[bytes] = []
-        self._rest = b""
+        self._rest: memoryview | None = None
+        self._rest_at = 0
         self._deferred: list[tuple[Exchange, Callable[[], None]]] = []
         # The request being parsed.
         self._url: bytes = b""
@@ -351,6 +355,12 @@ class ClientConnection(asyncio.Protocol):
     def draining(self) -> bool:
         return self._listener.draining
 
+    @property
+    def backlog(self) -> int:
+        """Bytes read from the client and not parsed yet (waiting for their turn)."""
+        rest = self._rest
+        return 0 if rest is None else len(rest) - self._rest_at
+
     # -- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -369,28 +379,45 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._phase == _LINGER or self.closed:
             return
-        if len(data) > MAX_SLICE:
-            # A pipelined flood or a large upload: one slice now, the rest
-            # once every other connection had its turn, reading paused.
-            self._rest = data[MAX_SLICE:]
-            data = data[:MAX_SLICE]
+        rest = self._rest
+        if rest is not None:
+            # Read while a slice was pending (reading was being paused): after it.
+            self._rest = memoryview(bytes(rest[self._rest_at :]) + data)
+            self._rest_at = 0
+            return
+        if len(data) > PIPELINE_SLICE:
+            # Several requests or a body: a slice now, the rest once every
+            # other connection had its turn, reading paused meanwhile.
+            self._rest = memoryview(data)
+            self._rest_at = 0
             self._pause(_PAUSE_SLICE)
-            self._loop.call_soon(self._next_slice)
+            self._next_slice()
+            return
         self._feed(data)
 
     def _next_slice(self) -> None:
-        rest, self._rest = self._rest, b""
-        if self.closed or self._phase == _LINGER or not rest:
+        rest = self._rest
+        if rest is None:
             return
-        if len(rest) > MAX_SLICE:
-            self._rest = rest[MAX_SLICE:]
-            rest = rest[:MAX_SLICE]
-            self._loop.call_soon(self._next_slice)
-        self._feed(rest)
-        if not self._rest:
+        if self.closed or self._phase == _LINGER:
+            self._rest = None
+            return
+        at = self._rest_at
+        reading = self._reading
+        # A body streams in large slices; requests one after another in small
+        # ones, so a connection pipelining a flood gets a dozen answered a turn.
+        size = MAX_SLICE if reading is not None and not reading.body_done else PIPELINE_SLICE
+        end = at + size
+        if end >= len(rest):
+            self._rest = None
+            self._feed(rest[at:])
             self.resume_reading(_PAUSE_SLICE)
+            return
+        self._rest_at = end
+        self._loop.call_soon(self._next_slice)
+        self._feed(rest[at:end])
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         self._feeding = True
         try:
             self._parser.feed_data(data)
@@ -399,10 +426,10 @@ class ClientConnection(asyncio.Protocol):
             # handled (CONNECT is refused); nothing after it is read.
             self.keep_alive = False
             self._pause(_PAUSE_PIPELINE)
-            self._rest = b""
+            self._rest = None
         except httptools.HttpParserError as exc:
             self._end_feed()
-            self._rest = b""
+            self._rest = None
             self._run_deferred(failed=True)
             self._bad_request(exc)
             return

@@ -159,6 +159,11 @@ class Harness:
             if cut > start and not transport.closing:
                 conn.data_received(data[start:cut])
                 start = cut
+            # A read is parsed a slice per turn of the loop: let every slice come.
+            for _ in range(1 + len(data) // 512):
+                if not conn.backlog or transport.closing:
+                    break
+                await asyncio.sleep(0)
             await asyncio.sleep(0)
         for _ in range(3):
             await asyncio.sleep(0)
