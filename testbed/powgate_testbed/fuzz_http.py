@@ -72,6 +72,7 @@ class Harness:
         from powgate import Issuer, KeyRing
         from powgate.config import RouteConfig, SidecarConfig
         from powgate_sidecar import Sidecar
+        from powgate_sidecar._connection import Exchange, Listener
         from powgate_sidecar._forward import UpstreamConnection, UpstreamPool
 
         self.loop = asyncio.new_event_loop()
@@ -105,7 +106,21 @@ class Harness:
             opener=opener,
         )
         self.loop.run_until_complete(self.sidecar.start())
-        self.listener = self.sidecar.listener(header_seconds=5)
+        self.internal = 0
+        sidecar = self.sidecar
+
+        class Counting:
+            """The sidecar as the connections' dispatcher, counting internal errors on the way."""
+
+            def dispatch(self, exchange: Exchange) -> None:
+                sidecar.dispatch(exchange)
+
+            def refused(self, kind: str) -> None:
+                if kind == "internal":
+                    harness.internal += 1
+                sidecar.refused(kind)
+
+        self.listener = Listener(Counting(), limits=sidecar.limits, header_seconds=5)
 
     def solution(self) -> bytes:
         from powgate import Challenge, solve
@@ -121,11 +136,6 @@ class Harness:
             "methods, none beyond the solutions); 0 crashes, 0 hangs, 0 bypasses"
         )
 
-    def internal_errors(self) -> float:
-        registry = self.sidecar.metrics.registry
-        value = registry.get_sample_value("powgate_client_errors_total", {"kind": "internal"})
-        return value or 0.0
-
     def run(self, data: bytes) -> None:
         self.runs += 1
         paid = data.count(TOKEN)
@@ -137,9 +147,9 @@ class Harness:
             data = b"".join(pieces)
             self.solutions += paid
         before = self.protected_requests
-        errors = self.internal_errors()
+        errors = self.internal
         self.loop.run_until_complete(self._feed(data))
-        if self.internal_errors() != errors:
+        if self.internal != errors:
             raise CheckFailedError("the sidecar counted an internal error")
         if self.protected_requests - before > paid:
             raise CheckFailedError(
