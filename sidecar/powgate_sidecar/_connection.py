@@ -54,10 +54,10 @@ MAX_FIELD_BYTES: Final = 8190
 MAX_HEAD_BYTES: Final = 64 * 1024
 #: Bytes of one read parsed in one turn of the event loop: of a body in flight,
 MAX_SLICE: Final = 64 * 1024
-#: and of requests one after another (about a dozen small ones), so that a
+#: and of requests one after another (a handful of small ones), so that a
 #: connection pipelining a flood holds the loop for a few hundred microseconds
 #: a turn, and every other connection, a paid request's among them, comes next.
-PIPELINE_SLICE: Final = 1024
+PIPELINE_SLICE: Final = 512
 #: After a refusal that closes the connection, how long the client's
 #: remaining request bytes are read and dropped so that it sees the answer
 #: (closing with unread bytes makes the kernel send a reset that can
@@ -385,9 +385,18 @@ class ClientConnection(asyncio.Protocol):
             self._rest = memoryview(bytes(rest[self._rest_at :]) + data)
             self._rest_at = 0
             return
-        if len(data) > PIPELINE_SLICE:
-            # Several requests or a body: a slice now, the rest once every
-            # other connection had its turn, reading paused meanwhile.
+        if len(data) > PIPELINE_SLICE and data.count(b"\r\n\r\n", 0, MAX_SLICE) > 1:
+            # Several requests in one read: a client pipelining, a flood's
+            # backlog. They wait for the loop's next turn and go a slice a
+            # turn, so that the reads of other clients (one request each, a
+            # paid one among them) are answered first, in the turn they come.
+            self._rest = memoryview(data)
+            self._rest_at = 0
+            self._pause(_PAUSE_SLICE)
+            self._loop.call_soon(self._next_slice)
+            return
+        if len(data) > MAX_SLICE:
+            # A large body: a slice now, the rest after the other connections.
             self._rest = memoryview(data)
             self._rest_at = 0
             self._pause(_PAUSE_SLICE)
@@ -405,7 +414,7 @@ class ClientConnection(asyncio.Protocol):
         at = self._rest_at
         reading = self._reading
         # A body streams in large slices; requests one after another in small
-        # ones, so a connection pipelining a flood gets a dozen answered a turn.
+        # ones, so a connection pipelining a flood gets a handful answered a turn.
         size = MAX_SLICE if reading is not None and not reading.body_done else PIPELINE_SLICE
         end = at + size
         if end >= len(rest):
