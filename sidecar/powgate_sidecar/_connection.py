@@ -57,7 +57,7 @@ MAX_SLICE: Final = 64 * 1024
 #: and of requests one after another (a handful of small ones), so that a
 #: connection pipelining a flood holds the loop for a few hundred microseconds
 #: a turn, and every other connection, a paid request's among them, comes next.
-PIPELINE_SLICE: Final = 512
+PIPELINE_SLICE: Final = 256
 #: After a refusal that closes the connection, how long the client's
 #: remaining request bytes are read and dropped so that it sees the answer
 #: (closing with unread bytes makes the kernel send a reset that can
