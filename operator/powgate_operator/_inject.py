@@ -310,19 +310,22 @@ def _sidecar(
             {"name": METRICS_PORT_NAME, "containerPort": metrics_port, "protocol": "TCP"},
         ],
         "env": [
+            # First: the kubelet expands $(POD_IP) only from variables defined before.
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_IP", "status.podIP"),
+            field_env("NODE_NAME", "spec.nodeName"),
             {"name": SidecarFlag.LISTEN.env, "value": f"0.0.0.0:{proxy_port}"},
             {"name": SidecarFlag.UPSTREAM.env, "value": f"http://127.0.0.1:{app_port}"},
-            {"name": SidecarFlag.METRICS_LISTEN.env, "value": f"0.0.0.0:{metrics_port}"},
+            # Metrics and probes on the pod's address only: the kubelet and Prometheus
+            # reach it there, the pod's other containers do not on loopback.
+            {"name": SidecarFlag.METRICS_LISTEN.env, "value": f"$(POD_IP):{metrics_port}"},
             {
                 "name": SidecarFlag.CONFIG_OBJECT.env,
                 "value": f"{namespace}/{config_map_name(policy.name)}",
             },
             {"name": SidecarFlag.KEY_FILE.env, "value": KEYS_MOUNT},
             {"name": SidecarFlag.LOG_LEVEL.env, "value": template.log_level},
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_IP", "status.podIP"),
-            field_env("NODE_NAME", "spec.nodeName"),
         ],
         "resources": {k: dict(v) for k, v in template.resources.items()},
         # /readyz answers 200 once a configuration is in force: the app starts after that.

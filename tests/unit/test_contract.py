@@ -68,6 +68,26 @@ def sidecar_container(pod: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+#: What the downward API gives a pod: the values the test's kubelet hands out.
+FIELDS = {"metadata.name": "p", "metadata.namespace": NS, "spec.nodeName": "node-1"}
+
+
+def kubelet_environment(env: list[dict[str, Any]], *, pod_ip: str) -> dict[str, str]:
+    """The variables as the kubelet sets them: field references filled in, and $(VAR)
+    expanded from the variables defined earlier in the list (Kubernetes' rule)."""
+    result: dict[str, str] = {}
+    for entry in env:
+        if "value" in entry:
+            value = re.sub(
+                r"\$\((\w+)\)", lambda m: result.get(m.group(1), m.group(0)), entry["value"]
+            )
+        else:
+            path = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            value = pod_ip if path == "status.podIP" else FIELDS[path]
+        result[entry["name"]] = value
+    return result
+
+
 def sidecar_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     sidecar_cli.add_command(parser.add_subparsers())
@@ -77,7 +97,7 @@ def sidecar_parser() -> argparse.ArgumentParser:
 @pytest.mark.parametrize("native", [True, False])
 def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) -> None:
     container = sidecar_container(injected_pod(native=native))
-    written = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    written = kubelet_environment(container["env"], pod_ip="10.244.0.7")
     powgate = {k: v for k, v in written.items() if k.startswith("POWGATE_")}
     assert powgate, "the injector configures the sidecar through POWGATE_* variables"
     assert set(powgate) <= {flag.env for flag in SidecarFlag}
@@ -93,7 +113,7 @@ def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) 
         settings = sidecar_cli._settings(args)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert settings.listen[1] == ports["http"]  # the port the Service targets by name
-    assert settings.metrics_listen[1] == ports[METRICS_PORT_NAME]
+    assert settings.metrics_listen == ("10.244.0.7", ports[METRICS_PORT_NAME])
     assert settings.upstream == "http://127.0.0.1:8000"
     assert settings.config_object == (NS, config_map_name("llm"))
     mounts = {m["mountPath"] for m in container["volumeMounts"]}

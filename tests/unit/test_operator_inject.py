@@ -184,7 +184,10 @@ def test_port_takeover_renames_the_app_port_and_its_probes() -> None:
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["POWGATE_UPSTREAM"] == "http://127.0.0.1:8000"
     assert env["POWGATE_LISTEN"] == "0.0.0.0:8480"
-    assert env["POWGATE_METRICS_LISTEN"] == "0.0.0.0:9480"
+    # Only the pod's address: the kubelet expands $(POD_IP), defined earlier in the list.
+    assert env["POWGATE_METRICS_LISTEN"] == "$(POD_IP):9480"
+    names = [e["name"] for e in sidecar["env"]]
+    assert names.index("POD_IP") < names.index("POWGATE_METRICS_LISTEN")
     assert env["POWGATE_CONFIG_OBJECT"] == "ai/llm-powgate-config"
     assert env["POWGATE_KEY_FILE"] == "/etc/powgate/keys"
     identity = {
