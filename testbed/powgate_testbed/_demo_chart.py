@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from ._demo_verdict import Verdict
 from ._load_stats import ENDINGS
 
-__all__ = ["draw_chart"]
+__all__ = ["draw_chart", "draw_who_pays"]
 
 _SMOOTH = 3
 
@@ -164,6 +164,96 @@ def draw_chart(
     ax.set_title("during the flood (judged stretch): every defence in the same run", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def draw_who_pays(
+    path: Path,
+    *,
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    verdicts: Mapping[str, Verdict],
+    capacity: float,
+    title: str,
+) -> None:
+    """Write the who-pays PNG: what each side paid and got, global policy against per client.
+
+    ``runs`` and ``verdicts`` hold the comparison's runs in order (a shape's
+    global run, then its per-client run).
+    """
+    names = list(verdicts)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 12), gridspec_kw={"height_ratios": [1, 1, 1]})
+    fig.suptitle(title, fontsize=12)
+    xs = list(range(len(names)))
+
+    ax = axes[0]
+    width = 0.4
+    for offset, (label, key) in enumerate(
+        (("legit hashes / admitted", "legit"), ("bot hashes / admitted", "attack"))
+    ):
+        values = [
+            _nan(
+                verdicts[n].legit_hashes_per_admitted
+                if key == "legit"
+                else verdicts[n].attack_hashes_per_admitted
+            )
+            for n in names
+        ]
+        bars = ax.bar([x + offset * width for x in xs], values, width=width, label=label)
+        ax.bar_label(bars, fmt="%.2g", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks([x + width / 2 for x in xs], names)
+    ax.set_ylabel("hashes per admitted request")
+    ax.set_title(
+        "what a legitimate client and a bot paid (judged stretch of the flood)", fontsize=10
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+
+    ax = axes[1]
+    metrics = {
+        "legit success %": [100 * (verdicts[n].legit_success or 0) for n in names],
+        "backend busy %": [100 * (verdicts[n].backend_utilisation or 0) for n in names],
+        "attacker goodput, % of capacity": [
+            100 * (verdicts[n].attack_goodput or 0) / capacity for n in names
+        ],
+    }
+    width = 0.8 / len(metrics)
+    for offset, (label, values) in enumerate(metrics.items()):
+        bars = ax.bar([x + offset * width for x in xs], values, width=width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([x + width for x in xs], names)
+    ax.set_title("what each side got", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(
+        [x + width for x in xs],
+        [_nan(verdicts[n].legit_p95) for n in names],
+        "kD",
+        label="legit p95 (s)",
+    )
+    twin.set_ylabel("legit p95 latency (s)")
+    twin.legend(loc="upper left", fontsize=8)
+
+    ax = axes[2]
+    for name in names:
+        rows = runs[name]
+        ax.plot(
+            [row["t"] for row in rows],
+            _smooth(_series(rows, "attack", "admitted")),
+            label=f"{name}: bots admitted / s",
+        )
+    verdict = verdicts[names[0]]
+    ax.axvspan(verdict.flood_start, verdict.flood_end, color="tab:red", alpha=0.08, lw=0)
+    ax.axvline(verdict.judged_from, color="tab:green", lw=0.8, ls="--")
+    ax.axhline(capacity, color="black", lw=0.8)
+    ax.set_ylabel("requests / s (line: capacity)")
+    ax.set_xlabel("seconds")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, alpha=0.3)
 
     fig.tight_layout()
     fig.savefig(path, dpi=90)

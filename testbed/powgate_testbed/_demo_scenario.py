@@ -20,12 +20,14 @@ __all__ = [
     "DEFAULT",
     "QUICK",
     "SCHEME_RUNS",
+    "WHO_PAYS_RUNS",
     "Backend",
     "Defence",
     "Phases",
     "Scenario",
     "SchemeComparison",
     "SchemePrice",
+    "WhoPays",
     "policy_manifest",
 ]
 
@@ -45,10 +47,23 @@ class Defence(enum.StrEnum):
     # in each, against bots that solve natively (SchemeComparison).
     SHA256 = "sha256"
     ARGON2ID = "argon2id"
+    # Who pays (WhoPays): the adaptive policy alone, and with per-client prices,
+    # against the flood from a few heavy networks, then from many light ones.
+    HEAVY_GLOBAL = "heavy-global"
+    HEAVY_PER_CLIENT = "heavy-per-client"
+    LIGHT_GLOBAL = "light-global"
+    LIGHT_PER_CLIENT = "light-per-client"
 
 
 #: The runs of the scheme comparison, in order.
 SCHEME_RUNS: Final = (Defence.SHA256, Defence.ARGON2ID)
+#: The runs of the who-pays comparison, in order: each shape, global then per client.
+WHO_PAYS_RUNS: Final = (
+    Defence.HEAVY_GLOBAL,
+    Defence.HEAVY_PER_CLIENT,
+    Defence.LIGHT_GLOBAL,
+    Defence.LIGHT_PER_CLIENT,
+)
 #: Native/browser speed per core, measured by ``python -m bench schemes``
 #: (docs/performance.md): SHA-256 against a midstate native search (twice
 #: OpenSSL's 64-byte rate), Argon2id (one pass over 32 MiB) against libargon2.
@@ -107,6 +122,40 @@ class SchemeComparison:
 
 
 @dataclass(frozen=True, slots=True)
+class WhoPays:
+    """Per-client pricing against the global adaptive policy, for two shapes of one flood.
+
+    Clients come from networks of their own (a /24 each, named by the
+    generator as the proxy in front of a service does): the legitimate
+    clients from ``legit_sources`` networks, the bots from
+    ``heavy_sources`` (a few, each far above the fair rate) or
+    ``light_sources`` (many, each below it). The flood's rate and the bots'
+    budget are the scenario's in both shapes.
+    """
+
+    legit_sources: int = 64
+    heavy_sources: int = 4
+    light_sources: int = 600
+    #: The per-client policy: requests per second at the base price, growth, cap.
+    fair_rate: float = 0.5
+    growth: float = 1.0
+    max_factor: float = 64.0
+    half_life_seconds: float = 5.0
+
+    def sources(self, defence: Defence) -> tuple[int, int]:
+        """Networks of the legitimate clients and of the bots (0, 0: all from one host)."""
+        if defence in (Defence.HEAVY_GLOBAL, Defence.HEAVY_PER_CLIENT):
+            return self.legit_sources, self.heavy_sources
+        if defence in (Defence.LIGHT_GLOBAL, Defence.LIGHT_PER_CLIENT):
+            return self.legit_sources, self.light_sources
+        return 0, 0
+
+    @staticmethod
+    def priced(defence: Defence) -> bool:
+        return defence in (Defence.HEAVY_PER_CLIENT, Defence.LIGHT_PER_CLIENT)
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     """The stand-in AI service: a fixed capacity of ``capacity`` requests per second."""
 
@@ -158,6 +207,8 @@ class Scenario:
     baseline: Phases = field(default_factory=lambda: Phases(quiet=10, flood=40, after=5))
     #: The scheme comparison's runs have the baselines' phases.
     schemes: SchemeComparison = field(default_factory=SchemeComparison)
+    #: The who-pays comparison's runs too (judged, like them, after ``settle``).
+    who_pays: WhoPays = field(default_factory=WhoPays)
     #: Seconds at the start of the flood excluded from the baselines' steady state:
     #: the adaptation budget, so every defence is judged on the same stretch.
     settle: float = 15.0
@@ -250,6 +301,16 @@ def policy_manifest(
     else:
         spec["difficulty"] = {"min": scenario.min_difficulty, "max": scenario.max_difficulty}
         spec["signals"] = _signals(scenario)
+        who = scenario.who_pays
+        if who.priced(defence):
+            spec["pricing"] = {
+                "enabled": True,
+                "fairRate": who.fair_rate,
+                "growth": who.growth,
+                "maxFactor": who.max_factor,
+                "halfLifeSeconds": who.half_life_seconds,
+            }
+            spec["reputation"] = {"share": True, "ttlSeconds": 120}
         spec["behavior"] = {
             "tolerance": 0.1,
             # Up fast: no stabilization, at most x5 per evaluation. The signals lag

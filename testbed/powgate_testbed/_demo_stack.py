@@ -417,6 +417,10 @@ class DemoStack(Service):
                 str(pod / "token"),
                 "--log-level",
                 "warning",
+                # The traffic generator plays the proxy in front of a service: it names
+                # each client in X-Forwarded-For (the who-pays runs).
+                "--trusted-proxies",
+                "127.0.0.1/32",
             ]
             if self._server.ca_pem is not None:
                 argv += ["--kube-ca-file", str(pod / "ca.crt")]

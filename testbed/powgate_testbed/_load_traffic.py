@@ -52,6 +52,7 @@ __all__ = [
     "LoadReport",
     "RequestShape",
     "check_target",
+    "client_address",
 ]
 
 #: Hashes per second of a browser solver on a typical laptop (SHA-256 in a Web Worker).
@@ -81,6 +82,33 @@ def _check_rate(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number ≥ 0")
 
 
+#: The most networks one class can come from (a /24 each, see :func:`client_address`).
+MAX_SOURCES: Final = 1 << 14
+#: The header a proxy in front names the client in; the sidecar believes it from a
+#: trusted proxy only (its ``--trusted-proxies``).
+FORWARDED_FOR: Final = "X-Forwarded-For"
+
+
+def _check_sources(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SOURCES:
+        raise ValueError(f"{name} sources must be within 0..{MAX_SOURCES}")
+
+
+def client_address(name: ClassName, index: int) -> str:
+    """The address of client ``index`` of a class, each in a /24 of its own.
+
+    Legitimate clients come from 198.18.0.0/15 and bots from 100.64.0.0/10
+    (ranges reserved for benchmarks and carrier-grade NAT, never routed to
+    anyone else); the generator names them in ``X-Forwarded-For`` as the
+    proxy in front of a service would.
+    """
+    if not 0 <= index < MAX_SOURCES:
+        raise ValueError(f"client index must be within 0..{MAX_SOURCES - 1}")
+    if name == "legit":
+        return f"198.{18 + index // 256 % 2}.{index % 256}.{7 + index // 512}"
+    return f"100.{64 + index // 256}.{index % 256}.9"
+
+
 @dataclass(frozen=True, slots=True)
 class LegitTraffic:
     """Legitimate clients: ``rate`` requests per second, solving no faster than ``hash_rate``."""
@@ -89,9 +117,12 @@ class LegitTraffic:
     hash_rate: float = DEFAULT_BROWSER_HASH_RATE
     #: Solutions a client sends for one request before it gives up.
     max_attempts: int = 3
+    #: Networks the clients come from (see :func:`client_address`); 0: all from this host.
+    sources: int = 0
 
     def __post_init__(self) -> None:
         _check_rate("legit rate", self.rate)
+        _check_sources("legit", self.sources)
         if not math.isfinite(self.hash_rate) or self.hash_rate <= 0:
             raise ValueError("legit hash rate must be a positive number")
         if self.max_attempts < 1:
@@ -105,9 +136,12 @@ class AttackTraffic:
     rate: float = 0.0
     mode: AttackMode = AttackMode.NONE
     budget: float = DEFAULT_ATTACK_BUDGET
+    #: Networks the bots come from (see :func:`client_address`); 0: all from this host.
+    sources: int = 0
 
     def __post_init__(self) -> None:
         _check_rate("attack rate", self.rate)
+        _check_sources("attack", self.sources)
         if not math.isfinite(self.budget) or self.budget <= 0:
             raise ValueError("attack budget must be a positive number of hashes per second")
 
@@ -381,11 +415,14 @@ class LoadGenerator:
         begun = time.monotonic()
         stats.count("sent", at=self.elapsed)
         outcome: Counter = "aborted"
+        # One logical request comes from one client: its challenge is priced for it.
+        sources = self.legit.sources if group.name == "legit" else self.attack.sources
+        source = client_address(group.name, self._rng.randrange(sources)) if sources else None
         try:
             if group.name == "legit":
-                outcome = await self._legit(stats, session=session, begun=begun)
+                outcome = await self._legit(stats, session=session, begun=begun, source=source)
             else:
-                outcome = await self._bot(stats, session=session, begun=begun)
+                outcome = await self._bot(stats, session=session, begun=begun, source=source)
         except (aiohttp.ClientError, TimeoutError, ProtocolError, SolveError):
             outcome = "errors"
         finally:
@@ -394,7 +431,12 @@ class LoadGenerator:
                 stats.count(outcome, at=self.elapsed)
 
     async def _legit(
-        self, stats: ClassStats, *, session: aiohttp.ClientSession, begun: float
+        self,
+        stats: ClassStats,
+        *,
+        session: aiohttp.ClientSession,
+        begun: float,
+        source: str | None,
     ) -> Counter:
         hash_rate = self.legit.hash_rate
 
@@ -411,23 +453,34 @@ class LoadGenerator:
             begun=begun,
             solver=browser_speed,
             attempts=self.legit.max_attempts,
+            source=source,
         )
 
     async def _bot(
-        self, stats: ClassStats, *, session: aiohttp.ClientSession, begun: float
+        self,
+        stats: ClassStats,
+        *,
+        session: aiohttp.ClientSession,
+        begun: float,
+        source: str | None,
     ) -> Counter:
         mode = self.attack.mode
         if mode is AttackMode.HONEST:
             return await self._solving_flow(
-                stats, session=session, begun=begun, solver=self._budgeted_solve, attempts=1
+                stats,
+                session=session,
+                begun=begun,
+                solver=self._budgeted_solve,
+                attempts=1,
+                source=source,
             )
         if mode is AttackMode.REPLAY:
-            payload = await self._replayable(stats, session=session)
+            payload = await self._replayable(stats, session=session, source=source)
         elif mode is AttackMode.FORGE and self._last_challenge is not None:
             payload = self._forged(self._last_challenge)
         else:
             payload = None
-        status, challenge = await self._post(session, payload=payload)
+        status, challenge = await self._post(session, payload=payload, source=source)
         return self._settle(
             stats,
             status=status,
@@ -448,12 +501,12 @@ class LoadGenerator:
             self._budget.settle(expected=expected, spent=spent)
 
     async def _replayable(
-        self, stats: ClassStats, *, session: aiohttp.ClientSession
+        self, stats: ClassStats, *, session: aiohttp.ClientSession, source: str | None
     ) -> Work | None:
         """The one payload replay bots reuse: solved honestly once (within the budget)."""
         async with self._replay_lock:
             if self._replay_payload is None:
-                _, challenge = await self._post(session, payload=None)
+                _, challenge = await self._post(session, payload=None, source=source)
                 if challenge is None:
                     return None
                 self._last_challenge = challenge
@@ -497,13 +550,16 @@ class LoadGenerator:
         begun: float,
         solver: Callable[[AnyChallenge], Awaitable[Work]],
         attempts: int,
+        source: str | None,
     ) -> Counter:
         """Ask; on a challenge, solve and ask again, sending up to ``attempts`` solutions."""
         payload: Work | None = None
         solve_ms: int | None = None
         sent = 0
         while True:
-            status, challenge = await self._post(session, payload=payload, solve_ms=solve_ms)
+            status, challenge = await self._post(
+                session, payload=payload, solve_ms=solve_ms, source=source
+            )
             outcome = self._settle(
                 stats,
                 status=status,
@@ -542,10 +598,17 @@ class LoadGenerator:
         return "errors"
 
     async def _post(
-        self, session: aiohttp.ClientSession, *, payload: Work | None, solve_ms: int | None = None
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        payload: Work | None,
+        solve_ms: int | None = None,
+        source: str | None = None,
     ) -> tuple[int, AnyChallenge | None]:
         """One HTTP exchange, body read to the end (every event of a stream)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if source is not None:
+            headers[FORWARDED_FOR] = source
         if payload is not None:
             headers[payload.header] = payload.payload
         if solve_ms is not None:

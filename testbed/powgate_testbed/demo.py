@@ -34,9 +34,17 @@ from typing import Any, Final
 import uvloop
 from kubernetes import client as k8s
 
-from ._demo_chart import draw_chart
+from ._demo_chart import draw_chart, draw_who_pays
 from ._demo_monitor import Monitor
-from ._demo_scenario import DEFAULT, QUICK, SCHEME_RUNS, Defence, Phases, Scenario
+from ._demo_scenario import (
+    DEFAULT,
+    QUICK,
+    SCHEME_RUNS,
+    WHO_PAYS_RUNS,
+    Defence,
+    Phases,
+    Scenario,
+)
 from ._demo_stack import DemoStack, Deployment
 from ._demo_verdict import TARGETS, Verdict, check_targets, judge, merge_client_rows
 from ._demo_view import LiveView, Snapshot, format_verdicts
@@ -61,14 +69,15 @@ __all__ = [
     "Scenario",
     "Verdict",
     "format_scheme_comparison",
+    "format_who_pays",
     "main",
     "run_demo",
 ]
 
 #: The adaptive run first (the point of the demo), then the baselines.
 RUN_ORDER: Final = (Defence.ADAPTIVE, Defence.STATIC, Defence.NONE)
-#: ``make demo``: the runs above, then the scheme comparison.
-ALL_RUNS: Final = (*RUN_ORDER, *SCHEME_RUNS)
+#: ``make demo``: the runs above, then the scheme and the who-pays comparisons.
+ALL_RUNS: Final = (*RUN_ORDER, *SCHEME_RUNS, *WHO_PAYS_RUNS)
 #: Bot requests per second before the flood: effectively none (see `_Run`).
 _DORMANT: Final = 1e-9
 #: Rows shown by the live view (the view averages the last few seconds).
@@ -150,7 +159,10 @@ class _Run:
         share = len(deployment.sidecar_urls)
         # A scheme run prices a browser and the bots in that scheme's unit of work.
         price = scenario.schemes.price(deployment.defence)
-        legit = LegitTraffic(rate=scenario.legit_rate / share)
+        # The who-pays runs name each client's network; every generator uses them
+        # all, as a Service spreads each client over the sidecars.
+        legit_sources, bot_sources = scenario.who_pays.sources(deployment.defence)
+        legit = LegitTraffic(rate=scenario.legit_rate / share, sources=legit_sources)
         budget = scenario.attack_budget
         if price is not None:
             legit = replace(legit, hash_rate=price.browser_rate)
@@ -164,7 +176,12 @@ class _Run:
                 # The bots' solver starts with the run only for a rate above zero;
                 # this one sends nothing before the flood (one arrival per ~30
                 # years), but the bots are ready when it starts, as a botnet is.
-                attack=AttackTraffic(rate=_DORMANT, mode=AttackMode.HONEST, budget=budget / share),
+                attack=AttackTraffic(
+                    rate=_DORMANT,
+                    mode=AttackMode.HONEST,
+                    budget=budget / share,
+                    sources=bot_sources,
+                ),
                 request=RequestShape(max_tokens=scenario.backend.max_tokens),
                 max_in_flight=scenario.max_in_flight,
                 seed=None if seed is None else seed + number,
@@ -274,6 +291,12 @@ def run_demo(
             f"Prometheus {stack.prometheus.url}, logs in {output / 'logs'}"
         )
         for index, defence in enumerate(defences, start=1):
+            if index > 1 and defence in WHO_PAYS_RUNS:
+                # These runs are steered by signals too: the previous run's series
+                # must first leave the signals' windows.
+                pause = scenario.rate_window + scenario.interval
+                view.note(f"{pause} s for the signals to forget the previous run")
+                time.sleep(pause)
             with stack.deploy(defence) as deployment:
                 view.note(
                     f"run {index}/{len(defences)}: {defence} — {scenario.sidecars} sidecars "
@@ -315,13 +338,47 @@ def format_scheme_comparison(scenario: Scenario, verdicts: Mapping[str, Verdict]
     return "\n".join([head, *lines])
 
 
+def _shown(value: float | None, fmt: str, *, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, fmt)
+
+
+def format_who_pays(scenario: Scenario, verdicts: Mapping[str, Verdict]) -> str:
+    """The who-pays comparison as a table (empty without those runs)."""
+    who = scenario.who_pays
+    rows = []
+    for defence in WHO_PAYS_RUNS:
+        verdict = verdicts.get(str(defence))
+        if verdict is None:
+            continue
+        _, bots = who.sources(defence)
+        rows.append(
+            f"  {defence!s:<17} {bots:>4} nets  "
+            f"legit {_shown(verdict.legit_success, '.0f', scale=100):>3} % "
+            f"p95 {_shown(verdict.legit_p95, '.2f'):>5} s  "
+            f"paid {_shown(verdict.legit_hashes_per_admitted, '.3g'):>7} h/req  "
+            f"bots paid {_shown(verdict.attack_hashes_per_admitted, '.3g'):>7} h/req, "
+            f"got {_shown(verdict.attack_goodput, '.2f'):>5}/s  "
+            f"backend busy {_shown(verdict.backend_utilisation, '.0f', scale=100):>3} %"
+        )
+    if not rows:
+        return ""
+    head = (
+        f"who pays: the same flood from a few heavy networks, then many light ones, "
+        f"{who.legit_sources} legitimate networks; per client: fair {who.fair_rate:g}/s, "
+        f"growth {who.growth:g}, cap {who.max_factor:g}x"
+    )
+    return "\n".join([head, *rows])
+
+
 def _conclude(
     *, scenario: Scenario, output: Path, timelines: dict[str, list[dict[str, Any]]]
 ) -> DemoResult:
     verdicts: dict[str, Verdict] = {}
     # Baselines first in the table and the chart, the adaptive run last:
     # the comparison reads from left to right; the scheme comparison after it.
-    for defence in (d for d in (*reversed(RUN_ORDER), *SCHEME_RUNS) if str(d) in timelines):
+    for defence in (
+        d for d in (*reversed(RUN_ORDER), *SCHEME_RUNS, *WHO_PAYS_RUNS) if str(d) in timelines
+    ):
         phases = scenario.phases(defence)
         verdicts[str(defence)] = judge(
             timelines[str(defence)],
@@ -343,6 +400,19 @@ def _conclude(
         load_average=os.getloadavg(),
     )
     summary.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    who_pays = [str(d) for d in WHO_PAYS_RUNS if str(d) in timelines]
+    if who_pays:
+        draw_who_pays(
+            output / "who-pays.png",
+            runs={name: timelines[name] for name in who_pays},
+            verdicts={name: verdicts[name] for name in who_pays},
+            capacity=scenario.backend.capacity,
+            title=(
+                f"who pays ({scenario.name}): {scenario.flood_rate:g} bot req/s from "
+                f"{scenario.who_pays.heavy_sources} or {scenario.who_pays.light_sources} "
+                f"networks, the global adaptive policy alone and with per-client prices"
+            ),
+        )
     draw_chart(
         chart,
         # The chart compares the defences; the scheme runs are in the table.
@@ -427,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave out the scheme comparison (SHA-256 and Argon2id against native bots)",
     )
+    parser.add_argument(
+        "--no-who-pays",
+        action="store_true",
+        help="leave out the who-pays comparison (per-client prices against few heavy and "
+        "many light bots)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the arrival processes")
     args = parser.parse_args(argv)
     scenario = QUICK if args.quick else DEFAULT
@@ -435,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     defences = (Defence.ADAPTIVE,) if args.no_baselines else RUN_ORDER
     if not args.no_schemes:
         defences = (*defences, *SCHEME_RUNS)
+    if not args.no_who_pays:
+        defences = (*defences, *WHO_PAYS_RUNS)
     view = LiveView()
     try:
         with _sigterm_as_interrupt():
@@ -463,9 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     view.note("")
     view.note(format_verdicts(list(result.verdicts.values()), result.targets))
-    comparison = format_scheme_comparison(scenario, result.verdicts)
-    if comparison:
-        view.note("\n" + comparison)
+    for comparison in (
+        format_scheme_comparison(scenario, result.verdicts),
+        format_who_pays(scenario, result.verdicts),
+    ):
+        if comparison:
+            view.note("\n" + comparison)
     one, five, fifteen = result.load_average
     view.note(
         f"\nmachine load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) "

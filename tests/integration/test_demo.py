@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
+from powgate_testbed._demo_scenario import WHO_PAYS_RUNS
 from powgate_testbed.cluster import ClusterAccess
 from powgate_testbed.demo import (
     QUICK,
@@ -119,7 +120,15 @@ def test_the_scheme_runs_enforce_their_scheme_and_serve_browsers(result: DemoRes
 def test_chart_and_summary_are_written(result: DemoResult) -> None:
     assert result.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(result.summary.read_text())
-    assert set(summary["verdicts"]) == {"none", "static", "adaptive", "sha256", "argon2id"}
+    assert set(summary["verdicts"]) == {
+        "none",
+        "static",
+        "adaptive",
+        "sha256",
+        "argon2id",
+        *(str(run) for run in WHO_PAYS_RUNS),
+    }
+    assert (result.chart.parent / "who-pays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (
         summary["verdicts"]["adaptive"]["time_to_adapt"]
         == result.verdicts["adaptive"].time_to_adapt

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from powgate.policy import PolicySpec
-from powgate_testbed._demo_scenario import DEFAULT, QUICK, Defence, Scenario, policy_manifest
+from powgate_testbed._demo_scenario import (
+    DEFAULT,
+    QUICK,
+    WHO_PAYS_RUNS,
+    Defence,
+    Scenario,
+    policy_manifest,
+)
 from powgate_testbed._demo_verdict import HOLD, check_targets, judge, merge_client_rows
 from powgate_testbed._demo_view import LiveView, Snapshot, format_verdicts
 from powgate_testbed._load_stats import COUNTERS
@@ -224,6 +231,34 @@ def test_policies_are_valid_powpolicies(scenario: Scenario) -> None:
             fixed = price.difficulty(scenario.schemes.browser_seconds)
             assert spec.challenge.algorithm == price.algorithm
             assert spec.difficulty.min == spec.difficulty.max == fixed
+        # Who pays: every run of the comparison has the adaptive policy, half of them
+        # with per-client prices on top; nothing else differs.
+        if defence in WHO_PAYS_RUNS:
+            adaptive = policy_manifest(
+                scenario,
+                defence=Defence.ADAPTIVE,
+                namespace="demo",
+                prometheus="http://127.0.0.1:9090",
+            )["spec"]
+            priced = scenario.who_pays.priced(defence)
+            assert spec.pricing.enabled is priced
+            extra = {"pricing", "reputation"} if priced else set()
+            assert set(manifest["spec"]) == set(adaptive) | extra
+            assert {k: v for k, v in manifest["spec"].items() if k not in extra} == adaptive
+
+
+def test_the_who_pays_shapes_differ_only_in_how_many_networks_the_bots_use() -> None:
+    who = DEFAULT.who_pays
+    heavy = who.sources(Defence.HEAVY_GLOBAL)
+    assert heavy == who.sources(Defence.HEAVY_PER_CLIENT) == (who.legit_sources, who.heavy_sources)
+    light = who.sources(Defence.LIGHT_GLOBAL)
+    assert light == who.sources(Defence.LIGHT_PER_CLIENT) == (who.legit_sources, who.light_sources)
+    assert who.sources(Defence.ADAPTIVE) == (0, 0)
+    # A few bots each far above the fair rate; many, each below it.
+    per_heavy = DEFAULT.flood_rate / who.heavy_sources
+    per_light = DEFAULT.flood_rate / who.light_sources
+    assert per_heavy > 10 * who.fair_rate
+    assert 2 * per_light < who.fair_rate  # a request and its solution count twice
 
 
 def test_the_scheme_runs_cost_a_browser_the_same_and_bots_their_native_speed() -> None:

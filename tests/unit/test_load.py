@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from powgate import Issuer, KdfParams, KeyRing, MemoryReplayCache, Verifier
+from powgate import Challenge, Issuer, KdfParams, KeyRing, MemoryReplayCache, Verifier
+from powgate_testbed._load_traffic import MAX_SOURCES, client_address
 from powgate_testbed.load import (
     AttackMode,
     AttackTraffic,
@@ -51,21 +52,32 @@ class ChallengeServer:
         self.challenge_body: bytes | None = None
         self.hold = asyncio.Event()
         self.hold.set()
+        #: X-Forwarded-For of every request (None: the header was not sent).
+        self.forwarded_for: list[str | None] = []
+        #: Who each challenge was handed to, and solutions that came back from someone else.
+        self.handed_to: dict[str, str | None] = {}
+        self.moved = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         await self.hold.wait()
+        self.forwarded_for.append(request.headers.get("X-Forwarded-For"))
         payload = request.headers.get(SOLUTION) or request.headers.get(DEEPSEEK)
         verdict = self.verifier.verify(payload)
         self.reasons[verdict.reason.value] += 1
         if not verdict.ok:
-            body = (
-                self.challenge_body
-                or self.issuer.issue(difficulty=self.difficulty, ttl=60).to_json().encode()
-            )
+            body = self.challenge_body
+            if body is None:
+                challenge = self.issuer.issue(difficulty=self.difficulty, ttl=60)
+                if isinstance(challenge, Challenge):
+                    self.handed_to[challenge.challenge] = self.forwarded_for[-1]
+                body = challenge.to_json().encode()
             return web.Response(status=428, body=body, content_type="application/json")
         assert payload is not None
         decoded = json.loads(base64.b64decode(payload))
+        digest = decoded.get("challenge")
+        if isinstance(digest, str) and self.handed_to.get(digest) != self.forwarded_for[-1]:
+            self.moved += 1
         self.admitted_numbers.append(decoded.get("number", decoded.get("answer", -1)))
         if "X-Powgate-Solve-Ms" in request.headers:
             self.solve_ms.append(int(request.headers["X-Powgate-Solve-Ms"]))
@@ -152,6 +164,37 @@ async def test_every_scheme_is_solved_forged_and_refused(
         assert fake.reasons["wrong_number"] > 0
     finally:
         await runner.cleanup()
+
+
+async def test_clients_from_many_networks_keep_theirs_for_the_whole_request(
+    server: tuple[ChallengeServer, str],
+) -> None:
+    """Each logical request comes from one client's network, challenge and solution alike."""
+    fake, url = server
+    generator = LoadGenerator(
+        target=url,
+        legit=LegitTraffic(rate=20, hash_rate=1e7, sources=3),
+        arrivals="uniform",
+        seed=5,
+    )
+    await generator.run(duration=60, max_requests=12)
+    sent = [value for value in fake.forwarded_for if value is not None]
+    assert len(sent) == len(fake.forwarded_for) == 24
+    assert set(sent) <= {client_address("legit", i) for i in range(3)}
+    assert len(set(sent)) > 1
+    assert fake.reasons["ok"] == 12
+    assert fake.moved == 0
+
+
+def test_client_addresses_are_a_network_each_in_reserved_ranges() -> None:
+    legit = {client_address("legit", i).rsplit(".", 1)[0] for i in range(512)}
+    bots = {client_address("attack", i).rsplit(".", 1)[0] for i in range(MAX_SOURCES)}
+    assert len(legit) == 512
+    assert len(bots) == MAX_SOURCES
+    assert all(a.startswith(("198.18.", "198.19.")) for a in legit)
+    assert all(b.startswith("100.") and 64 <= int(b.split(".")[1]) < 128 for b in bots)
+    with pytest.raises(ValueError, match="sources"):
+        AttackTraffic(sources=MAX_SOURCES + 1)
 
 
 async def test_bots_that_never_solve_spend_no_hashes(server: tuple[ChallengeServer, str]) -> None:
