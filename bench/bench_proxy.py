@@ -10,6 +10,9 @@ upstream (an nginx that answers ``200 ok``) share core 1. Rows:
 * rejections: the sidecar without a solution and with a forged signature,
   against nginx answering a static 428 (the cheapest an HTTP server can
   refuse);
+* the pass and no-solution rows again with per-client prices on (every
+  request quoted: client key, sketch, trusted callers; challenges priced for
+  the client, solutions verified for it): what ``pricing`` adds end to end;
 * unloaded latency (one connection): p50 added over the direct path;
 
 every throughput and latency row is the best of ``ROUNDS`` runs interleaved
@@ -50,6 +53,7 @@ from bench import table
 from powgate import Issuer, KeyRing, solve
 from powgate._protocol import decode_solution
 from powgate.config import RouteConfig, SidecarConfig
+from powgate.pricing import ApiKeyConfig, PricingConfig, TrustedCaller, client_tag
 from powgate_testbed._process import free_ports
 
 PROXY_CORE: Final = "0"
@@ -72,6 +76,23 @@ CONFIG: Final = SidecarConfig(
     routes=[RouteConfig(name="chat", paths=["/v1/*"], methods=["GET", "POST"])],
 )
 BINDING: Final = f"{CONFIG.policy}:chat"
+#: The same sidecar with per-client prices and a few trusted callers (none of which
+#: wrk's requests prove to be): the quote runs on every request.
+PRICED: Final = CONFIG.model_copy(
+    update={
+        "pricing": PricingConfig(enabled=True),
+        "trusted_callers": [
+            TrustedCaller(name="office", cidrs=["10.0.0.0/8", "fd00::/8"]),
+            TrustedCaller(
+                name="partners",
+                api_keys=ApiKeyConfig(secret_name="k"),  # noqa: S106 - a Secret's name
+                multiplier=0.1,
+            ),
+        ],
+    }
+)
+#: wrk's client as the priced sidecar keys it: its solutions are priced for it.
+WRK_CLIENT: Final = client_tag("127.0.0.0/24")
 TOOLS: Final = ("wrk", "nginx", "taskset")
 
 
@@ -226,12 +247,15 @@ def _wrk(
     return Run(requests, duration_us / 1e6, status, sockets, p50 / 1000, p99 / 1000, cpu)
 
 
-def _solutions(keyring: KeyRing, count: int) -> list[str]:
+def _solutions(keyring: KeyRing, count: int, *, client: str | None = None) -> list[str]:
     issuer = Issuer(keyring=keyring)
     out = []
     for _ in range(count):
         challenge = issuer.issue(
-            difficulty=CONFIG.difficulty, ttl=CONFIG.challenge_ttl_seconds, binding=BINDING
+            difficulty=CONFIG.difficulty,
+            ttl=CONFIG.challenge_ttl_seconds,
+            binding=BINDING,
+            client=client,
         )
         out.append(challenge.solution(solve(challenge).number).encode())
     return out
@@ -327,8 +351,12 @@ class Setup:
     sidecar_sse: int
     #: The same sidecar with ``--workers 2``, on both cores.
     sidecar_workers: int
+    priced: int
+    priced_pid: int
     #: ROUNDS pools of solutions for the loaded pass runs, then ROUNDS for the unloaded ones.
     pools: list[Path]
+    #: ROUNDS pools priced for wrk's client, for the priced sidecar's pass runs.
+    priced_pools: list[Path]
     forged: str
     issuer: Issuer
 
@@ -358,6 +386,9 @@ def _servers() -> Iterator[Setup]:
             keys, config = root / "keyring.json", root / "config.json"
             keyring.save(keys)
             config.write_text(CONFIG.to_json())
+            priced_config = root / "priced" / "config.json"
+            priced_config.parent.mkdir()
+            priced_config.write_text(PRICED.to_json())
             sizes = [POOL] * ROUNDS + [QUIET_POOL] * ROUNDS
             solutions = _solutions(keyring, sum(sizes) + 1)
             pools, start = [], 1
@@ -365,6 +396,12 @@ def _servers() -> Iterator[Setup]:
                 pools.append(root / f"pool-{index}.txt")
                 pools[-1].write_text("\n".join(solutions[start : start + size]) + "\n")
                 start += size
+            priced_solutions = _solutions(keyring, POOL * ROUNDS, client=WRK_CLIENT)
+            priced_pools = []
+            for index in range(ROUNDS):
+                priced_pools.append(root / f"priced-pool-{index}.txt")
+                batch = priced_solutions[index * POOL : (index + 1) * POOL]
+                priced_pools[-1].write_text("\n".join(batch) + "\n")
             forged_payload = dataclasses.replace(
                 decode_solution(solutions[0]), signature="0" * 64
             ).encode()
@@ -412,6 +449,13 @@ def _servers() -> Iterator[Setup]:
                 keys=keys,
                 config=config,
             )
+            priced, priced_pid = _sidecar(
+                procs,
+                name="sidecar-priced",
+                upstream=f"http://127.0.0.1:{upstream}",
+                keys=keys,
+                config=priced_config,
+            )
             sidecar_sse, _ = _sidecar(
                 procs,
                 name="sidecar-sse",
@@ -440,7 +484,10 @@ def _servers() -> Iterator[Setup]:
                 standin=standin,
                 sidecar_sse=sidecar_sse,
                 sidecar_workers=sidecar_workers,
+                priced=priced,
+                priced_pid=priced_pid,
                 pools=pools,
+                priced_pools=priced_pools,
                 forged=forged_payload,
                 issuer=Issuer(keyring=keyring),
             )
@@ -495,6 +542,11 @@ def main() -> None:
             runs["bare_reject"].append(loaded(bare_reject_url, proxy=s.bare_pid))
             runs["missing"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid))
             runs["forged"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid, header=s.forged))
+            priced_url = url.format(s.priced)
+            runs["priced_pass"].append(
+                loaded(priced_url, proxy=s.priced_pid, pool=s.priced_pools[round_])
+            )
+            runs["priced_missing"].append(loaded(priced_url, proxy=s.priced_pid))
             runs["quiet_direct"].append(quiet(url.format(s.upstream)))
             runs["quiet_nginx"].append(quiet(url.format(s.nginx_proxy)))
             runs["quiet_bare"].append(quiet(url.format(s.bare)))
@@ -567,6 +619,10 @@ def main() -> None:
             expect_ok=False),
         row("sidecar, reject: bad signature", best["forged"], nginx=refuse, bare=bare_reject,
             expect_ok=False),
+        row("sidecar + per-client prices, pass", best["priced_pass"], nginx=forward, bare=bare,
+            expect_ok=True),
+        row("sidecar + per-client prices, reject: no solution", best["priced_missing"],
+            nginx=refuse, bare=bare_reject, expect_ok=False),
     ]  # fmt: skip
     print(table(header, rows))
     print()

@@ -32,7 +32,9 @@ from powgate_testbed.demo import (
     run_demo,
 )
 
-pytestmark = pytest.mark.slow
+# The whole quick demo runs in the first test's fixture: its runs take minutes, more
+# than the suite's per-test limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 #: Bounds a hang of the interrupt test; never a measure of speed.
 _WAIT = 180.0
