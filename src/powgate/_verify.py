@@ -76,6 +76,9 @@ MAX_DIFFICULTY: Final = 1 << 40
 _MAX_PREFIX: Final = 7
 MAX_V2_DIFFICULTY: Final = 2 * MAX_SCALE * 16**_MAX_PREFIX - 1
 _V2_RANDOM_BYTES: Final = 32
+#: Placeholders of a v2 batch's template (neither is hex, neither needs escaping).
+_NONCE_SLOT: Final = "NONCE-SLOT"
+_SALT_SLOT: Final = "SALT-SLOT"
 _DEEPSEEK_SALT_BYTES: Final = 10
 _NONCE_BYTES: Final = 12
 _RANDOM_BYTES: Final = _NONCE_BYTES + 8
@@ -341,21 +344,36 @@ class Issuer:
         if priced is not None:
             data[PARAM_CLIENT], data[PARAM_FACTOR] = priced
         expires = int(self._clock() + ttl)
+        # The batch differs in its nonce and salt only: their canonical JSON
+        # is one template (both are plain hex, which JSON never escapes).
+        template = _altcha2.ChallengeV2.build(
+            algorithm=algorithm.wire_name,
+            nonce=_NONCE_SLOT,
+            salt=_SALT_SLOT,
+            params=params,
+            key_prefix="0" * length,
+            expires_at=expires,
+            data=data,
+        )
+        head, rest = template.canonical().split(_NONCE_SLOT)
+        middle, tail = rest.split(_SALT_SLOT)
         raw = os.urandom(_V2_RANDOM_BYTES * count)
+        sign, secret = algorithm.sign, key.secret
         challenges = []
         for offset in range(0, len(raw), _V2_RANDOM_BYTES):
             half = offset + _V2_RANDOM_BYTES // 2
-            unsigned = _altcha2.ChallengeV2.build(
-                algorithm=algorithm.wire_name,
-                nonce=raw[offset:half].hex(),
-                salt=raw[half : offset + _V2_RANDOM_BYTES].hex(),
-                params=params,
-                key_prefix="0" * length,
-                expires_at=expires,
-                data=data,
+            nonce = raw[offset:half].hex()
+            salt = raw[half : offset + _V2_RANDOM_BYTES].hex()
+            signature = sign(secret, f"{head}{nonce}{middle}{salt}{tail}".encode())
+            challenges.append(
+                dataclasses.replace(
+                    template,
+                    nonce=nonce,
+                    salt=salt,
+                    signature=signature,
+                    raw={**template.raw, "nonce": nonce, "salt": salt},
+                )
             )
-            signature = algorithm.sign(key.secret, unsigned.canonical().encode())
-            challenges.append(dataclasses.replace(unsigned, signature=signature))
         return challenges
 
     def _issue_deepseek(
