@@ -464,27 +464,23 @@ class Sidecar:
         )
 
 
-class _DeepSeekChallengeReader:
-    """Reads ``create_pow_challenge``'s small JSON body, then answers in DeepSeek's envelope."""
+class _BodyReader:
+    """Reads a small request body whole (bounded in size and in time), then hands it on."""
 
-    __slots__ = ("_chunks", "_exchange", "_sidecar", "_size", "_table", "_timer")
+    __slots__ = ("_chunks", "_exchange", "_limit", "_sidecar", "_size", "_timer")
 
-    def __init__(self, sidecar: Sidecar, exchange: Exchange, *, table: RouteTable) -> None:
+    def __init__(self, sidecar: Sidecar, exchange: Exchange, *, limit: int) -> None:
         self._sidecar = sidecar
         self._exchange = exchange
-        self._table = table
+        self._limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        request = self._exchange.request
-        if request.method != "POST":
-            self._exchange.respond(_http.response(405, fields=b"Allow: POST\r\n"))
-            return
-        length = request.content_length
-        if length is not None and length > _DEEPSEEK_BODY_BYTES:
-            self._exchange.respond(_deepseek_error(413, "body too large"), close=True)
+        length = self._exchange.request.content_length
+        if length is not None and length > self._limit:
+            self._oversized(length)
             return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._sidecar.limits.body_read_seconds, self._too_slow)
@@ -495,15 +491,15 @@ class _DeepSeekChallengeReader:
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > _DEEPSEEK_BODY_BYTES:
+        if self._size > self._limit:
             self._stop()
-            self._exchange.respond(_deepseek_error(413, "body too large"), close=True)
+            self._oversized(self._size)
 
     def end(self) -> None:
         if self._timer is None:
             return
         self._stop()
-        self._exchange.respond(self._answer(b"".join(self._chunks)))
+        self._finish(b"".join(self._chunks))
 
     def cancel(self, why: str) -> None:
         self._stop()
@@ -520,6 +516,36 @@ class _DeepSeekChallengeReader:
         self._timer = None
         self._sidecar.refused("slow_client")
         self._exchange.respond(_http.response(408, b"request body too slow\n"), close=True)
+
+    def _oversized(self, size: int) -> None:
+        """The body is, or grew, larger than the limit."""
+        raise NotImplementedError
+
+    def _finish(self, body: bytes) -> None:
+        """The whole body arrived in time."""
+        raise NotImplementedError
+
+
+class _DeepSeekChallengeReader(_BodyReader):
+    """Reads ``create_pow_challenge``'s small JSON body, then answers in DeepSeek's envelope."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, sidecar: Sidecar, exchange: Exchange, *, table: RouteTable) -> None:
+        super().__init__(sidecar, exchange, limit=_DEEPSEEK_BODY_BYTES)
+        self._table = table
+
+    def start(self) -> None:
+        if self._exchange.request.method != "POST":
+            self._exchange.respond(_http.response(405, fields=b"Allow: POST\r\n"))
+            return
+        super().start()
+
+    def _oversized(self, size: int) -> None:
+        self._exchange.respond(_deepseek_error(413, "body too large"), close=True)
+
+    def _finish(self, body: bytes) -> None:
+        self._exchange.respond(self._answer(body))
 
     def _answer(self, body: bytes) -> bytes:
         try:
@@ -555,19 +581,10 @@ def _deepseek_error(status: int, message: str) -> bytes:
     return _http.response(status, body, content_type=b"application/json")
 
 
-class _FormReader:
+class _FormReader(_BodyReader):
     """Reads a (bounded) form body to find ALTCHA's ``altcha`` field, then decides."""
 
-    __slots__ = (
-        "_chunks",
-        "_exchange",
-        "_quote",
-        "_route",
-        "_sidecar",
-        "_size",
-        "_table",
-        "_timer",
-    )
+    __slots__ = ("_quote", "_route", "_table")
 
     def __init__(
         self,
@@ -578,63 +595,23 @@ class _FormReader:
         route: Route,
         quote: Quote,
     ) -> None:
-        self._sidecar = sidecar
-        self._exchange = exchange
+        super().__init__(sidecar, exchange, limit=sidecar.limits.max_form_bytes)
         self._table = table
         self._route = route
         self._quote = quote
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
-        limit = self._sidecar.limits.max_form_bytes
-        length = self._exchange.request.content_length
-        if length is not None and length > limit:
-            self._decide(Verdict(Reason.OVERSIZED, f"form body of {length} bytes"))
-            return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._sidecar.limits.body_read_seconds, self._too_slow)
-        self._exchange.consume(self)
+    def _oversized(self, size: int) -> None:
+        self._decide(Verdict(Reason.OVERSIZED, f"form body of {size} bytes or more"))
 
-    def feed(self, data: bytes) -> None:
-        if self._timer is None:
-            return
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > self._sidecar.limits.max_form_bytes:
-            self._stop()
-            limit = self._sidecar.limits.max_form_bytes
-            self._decide(Verdict(Reason.OVERSIZED, f"form body over {limit} bytes"))
-
-    def end(self) -> None:
-        if self._timer is None:
-            return
-        self._stop()
+    def _finish(self, body: bytes) -> None:
         request = self._exchange.request
         content_type = (request.header(b"content-type") or b"").decode("latin-1")
         found = form_solution(
             mimetype=content_type.partition(";")[0].strip().lower(),
             header=content_type,
-            body=b"".join(self._chunks),
+            body=body,
         )
         self._decide(None, payload=found)
-
-    def cancel(self, why: str) -> None:
-        self._stop()
-
-    def writable(self, ok: bool) -> None:
-        pass
-
-    def _stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _too_slow(self) -> None:
-        self._timer = None
-        self._sidecar.refused("slow_client")
-        self._exchange.respond(_http.response(408, b"request body too slow\n"), close=True)
 
     def _decide(self, verdict: Verdict | None, *, payload: str | None = None) -> None:
         exchange = self._exchange
