@@ -35,6 +35,7 @@ from powgate.policy import (
     RolloutStatus,
     config_map_name,
     key_secret_name,
+    last_raise,
     render_config,
     reputation_name,
 )
@@ -234,8 +235,13 @@ class Reconciler:
             else spec.difficulty.clamp(previous.difficulty or spec.difficulty.start)
         )
         keys_problem = await self._ensure_keys(key, policy, spec, now=now)
+        history = decision.history if decision is not None else previous.history
         config = render_config(
-            spec=spec, namespace=key.namespace, name=key.name, difficulty=difficulty
+            spec=spec,
+            namespace=key.namespace,
+            name=key.name,
+            difficulty=difficulty,
+            raised_at=last_raise(history),
         )
         await self._ensure_config(key, policy, config)
         await self._ensure_role(key, policy)

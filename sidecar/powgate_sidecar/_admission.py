@@ -221,7 +221,7 @@ class Admission:
                 verdict, key, work = self.verifier.begin(
                     payload,
                     binding=route.binding,
-                    min_difficulty=route.min_difficulty,
+                    min_difficulty=route.minimum(time.time()),
                     client=quote.client,
                     owed=quote.factor,
                 )

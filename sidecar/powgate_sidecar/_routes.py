@@ -79,6 +79,15 @@ class Route:
     min_difficulty: int
     #: What challenges of this route are bound to (``policy:route``).
     binding: str
+    #: From this unix time on, challenges easier than ``difficulty`` are refused too
+    #: (a raise's grace has passed: no stockpiling); 0 never.
+    strict_after: float = 0.0
+
+    def minimum(self, now: float) -> int:
+        """The least difficulty a solution's challenge must have at ``now``."""
+        if self.strict_after and now >= self.strict_after:
+            return self.difficulty
+        return self.min_difficulty
 
     def matches_path(self, folded: str) -> bool:
         """Whether the canonical, lower-cased ``folded`` path is this route's."""
@@ -128,6 +137,7 @@ def _compile_route(*, config: SidecarConfig, route: RouteConfig) -> Route:
         difficulty=max(config.min_difficulty, round(config.difficulty * multiplier)),
         min_difficulty=max(config.min_difficulty, round(config.min_difficulty * multiplier)),
         binding=f"{config.policy}:{route.name}",
+        strict_after=(config.raised_at + config.raise_grace_seconds if config.raised_at else 0.0),
     )
 
 

@@ -220,6 +220,19 @@ class SidecarConfig(WireModel):
         description="Never challenged, whatever the routes say.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    raised_at: int = Field(
+        default=0,
+        ge=0,
+        description="Unix time of the last difficulty raise (0: none). From raisedAt + "
+        "raiseGraceSeconds on, solutions of challenges easier than today's are refused, so "
+        "challenges fetched while difficulty was low cannot be stockpiled.",
+    )
+    raise_grace_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=MAX_CHALLENGE_LIFETIME_SECONDS,
+        description="How long after a raise easier challenges still pass (clients in flight).",
+    )
     replay_cache_entries: int = Field(
         default=DEFAULT_MAX_ENTRIES,
         ge=MIN_REPLAY_ENTRIES,

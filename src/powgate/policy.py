@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import string
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Self
 
@@ -84,6 +85,7 @@ __all__ = [
     "StepRules",
     "config_map_name",
     "key_secret_name",
+    "last_raise",
     "render_config",
     "reputation_name",
 ]
@@ -219,6 +221,13 @@ class ChallengeSpec(WireModel):
         default=None,
         description="ALTCHA PoW v2 schemes only: the time and memory one try costs. "
         "Unset fields take the scheme's defaults.",
+    )
+    grace_seconds_after_raise: int = Field(
+        default=60,
+        ge=0,
+        le=MAX_CHALLENGE_LIFETIME_SECONDS,
+        description="After difficulty rises, solutions of easier challenges pass for this long "
+        "(clients already solving), then are refused: no stockpiling of cheap challenges.",
     )
     lifetime_seconds: int = Field(
         default=300,
@@ -744,8 +753,20 @@ def reputation_name(policy: str) -> str:
 # -- rendering ----------------------------------------------------------------
 
 
-def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: int) -> SidecarConfig:
-    """The sidecar config for ``spec`` at ``difficulty``, with its content version set."""
+def last_raise(history: Sequence[DifficultyChange]) -> int:
+    """Unix time of the last change that raised difficulty (0: none in the history)."""
+    raises = [c.time for c in history if c.difficulty > c.previous]
+    return int(max(raises).timestamp()) if raises else 0
+
+
+def render_config(
+    *, spec: PolicySpec, namespace: str, name: str, difficulty: int, raised_at: int = 0
+) -> SidecarConfig:
+    """The sidecar config for ``spec`` at ``difficulty``, with its content version set.
+
+    ``raised_at`` (unix time of the last raise) lets sidecars retire easier
+    challenges once the policy's grace has passed.
+    """
     # Validation keeps max times multiplier within the verifier's range; the clamp holds even
     # for a stored spec that predates that rule (the sidecar would refuse the document).
     steepest = max(route.difficulty_multiplier for route in spec.routes)
@@ -761,6 +782,8 @@ def render_config(*, spec: PolicySpec, namespace: str, name: str, difficulty: in
         routes=spec.routes,
         exempt_paths=spec.exempt_paths,
         queue=spec.queue,
+        raised_at=raised_at,
+        raise_grace_seconds=spec.challenge.grace_seconds_after_raise,
         replay_cache_entries=spec.replay.entries(lifetime_seconds=spec.challenge.lifetime_seconds),
         pricing=spec.pricing,
         trusted_callers=spec.trusted_callers,

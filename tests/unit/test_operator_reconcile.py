@@ -596,3 +596,17 @@ async def test_an_outage_while_retiring_raises_for_kopf_to_retry(world: World) -
     world.cluster.inject("get", CONFIG_MAPS, error=UnavailableError("timed out"))
     with pytest.raises(UnavailableError):
         await world.reconciler.retire(namespace=NS, name=NAME)
+
+
+async def test_a_raise_tells_the_sidecars_when_easier_challenges_stop_paying(world: World) -> None:
+    world.cluster.put(
+        POW_POLICIES, policy(signals=[SIGNAL], difficulty={"min": 100, "max": 100_000})
+    )
+    world.signals.readings["load"] = Sample(40.0)  # four times the target: a raise
+    await world.reconcile(evaluate=True)
+    config = SidecarConfig.from_json(
+        world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][CONFIG_DATA_KEY]
+    )
+    assert config.difficulty > 100
+    assert config.raised_at == int(NOW.timestamp())
+    assert config.raise_grace_seconds == 60

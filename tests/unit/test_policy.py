@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ from powgate._verify import MAX_DIFFICULTY
 from powgate.config import Mode, RouteConfig, SidecarConfig
 from powgate.policy import (
     ChallengeSpec,
+    DecisionReason,
+    DifficultyChange,
     DifficultyRange,
     PolicySpec,
     PolicyStatus,
     SignalSpec,
+    last_raise,
     render_config,
 )
 
@@ -206,3 +210,25 @@ def test_the_replay_cache_is_sized_from_rate_and_lifetime_or_given() -> None:
     assert config.replay_cache_entries == 12_345
     with pytest.raises(ValidationError):
         PolicySpec.model_validate({**base, "replay": {"maxEntries": 10}})
+
+
+def test_the_last_raise_is_rendered_for_the_sidecars_with_the_grace() -> None:
+    spec = PolicySpec.model_validate(
+        {"selector": {"matchLabels": {"a": "b"}}, "challenge": {"graceSecondsAfterRaise": 30}}
+    )
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    history = [
+        DifficultyChange(time=t0, previous=100, difficulty=400, reason=DecisionReason.ABOVE_TARGET),
+        DifficultyChange(
+            time=t0 + timedelta(minutes=5),
+            previous=400,
+            difficulty=200,
+            reason=DecisionReason.BELOW_TARGET,
+        ),
+    ]
+    assert last_raise(history) == int(t0.timestamp())  # a decrease is no raise
+    assert last_raise([]) == 0
+    config = render_config(
+        spec=spec, namespace="ai", name="p", difficulty=200, raised_at=last_raise(history)
+    )
+    assert (config.raised_at, config.raise_grace_seconds) == (int(t0.timestamp()), 30)

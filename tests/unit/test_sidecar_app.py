@@ -867,3 +867,29 @@ async def test_a_long_pipeline_is_answered_in_order(h: Harness) -> None:
     assert statuses == [b"428"] * 3000 + [b"200"]
     assert [path for _, path, _, _ in h.upstream.seen] == ["/other"]
     assert h.count("chat", "challenged", "missing") == 3000
+
+
+async def test_after_a_raise_and_its_grace_easier_challenges_are_refused() -> None:
+    """No stockpiling: challenges fetched while difficulty was low stop paying after a raise."""
+    now = int(time.time())
+
+    def stockpiled(h: Harness) -> str:
+        # Fetched (signed by this sidecar's key) while difficulty was 100, solved later.
+        cheap = Issuer(keyring=h.keyring).issue(difficulty=100, ttl=300, binding=f"{POLICY}:chat")
+        assert isinstance(cheap, Challenge)
+        return cheap.solution(solve(cheap).number).encode()
+
+    within = make_config(difficulty=400, raised_at=now - 10, raise_grace_seconds=60)
+    async for h in build(config=within):
+        response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": stockpiled(h)})
+        assert response.status == 200  # in flight when difficulty rose: still good
+    after = make_config(difficulty=400, raised_at=now - 120, raise_grace_seconds=60)
+    async for h in build(config=after):
+        response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": stockpiled(h)})
+        assert response.status != 200
+        assert h.count("chat", "rejected", "insufficient") == 1
+        # Today's challenges still pay.
+        fresh = await h.solution()
+        assert (
+            await h.client.post("/v1/chat", headers={"X-Powgate-Solution": fresh})
+        ).status == 200
