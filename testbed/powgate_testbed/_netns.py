@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import ipaddress
 import os
+import secrets
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,6 @@ __all__ = [
     "NodeAddresses",
     "NodeNetwork",
     "NodeNetworkError",
-    "delete_interface",
     "kill_namespace",
     "node_cgroups",
     "node_folders",
@@ -141,6 +141,9 @@ class NodeNetwork:
     def __init__(self, *, addresses: NodeAddresses, holder: ManagedProcess) -> None:
         self.addresses = addresses
         self.holder = holder
+        #: Set as the namespace's link's alias: what tells this run's namespace
+        #: from a later one that got the same inode number.
+        self.mark = f"powgate-node-{secrets.token_hex(8)}"
 
     @property
     def path(self) -> str:
@@ -202,6 +205,7 @@ class NodeNetwork:
         _must(_ip("link", "set", a.interface, "up"))
         _must(_ip("route", "add", str(a.block), "via", str(a.node), "dev", a.interface))
         _must(_ip("addr", "add", f"{a.node}/{link}", "dev", "eth0", netns=self.path))
+        _must(_ip("link", "set", "eth0", "alias", self.mark, netns=self.path))
         _must(_ip("link", "set", "eth0", "up", netns=self.path))
         _must(_ip("link", "set", "lo", "up", netns=self.path))
         # Routing between the link and the pods' bridge, and iptables on
@@ -218,13 +222,8 @@ class NodeNetwork:
             _must(result)
 
     def delete(self) -> None:
-        """Remove the host's end of the link (the namespace goes with its last process)."""
-        delete_interface(self.addresses.interface)
-
-
-def delete_interface(name: str) -> None:
-    """Delete a host interface left by a run; nothing happens if it is gone already."""
-    _ip("link", "delete", name)
+        """Remove the host's end of the link, while this run still holds it (a failed set-up)."""
+        _ip("link", "delete", self.addresses.interface)
 
 
 def _parents() -> dict[int, int]:
@@ -247,16 +246,21 @@ def _in_namespace(pid: int, inode: int) -> bool:
         return False
 
 
-def kill_namespace(inode: int) -> int:
+def kill_namespace(inode: int, *, mark: str) -> int:
     """SIGKILL every process in the namespace `inode`, and all their descendants.
 
     What stays after the node's own processes are stopped: the container
     runtime's shims (they run in the node's namespace, in sessions of their
     own) and the containers they started (in the pods' namespaces, their
-    children). Returns how many processes were killed.
+    children). The kernel reuses the inode numbers of namespaces that are
+    gone, so the namespace must also carry the run's `mark` (see `NodeNetwork`)
+    or nothing is killed: a stale record never hits another run's node.
+    Returns how many processes were killed.
     """
     parents = _parents()
     doomed = {pid for pid in parents if pid != os.getpid() and _in_namespace(pid, inode)}
+    if not doomed or not _marked(min(doomed), mark):
+        return 0
     grown = True
     while grown:
         children = {pid for pid, parent in parents.items() if parent in doomed} - doomed
@@ -266,6 +270,17 @@ def kill_namespace(inode: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
     return len(doomed)
+
+
+def _marked(pid: int, mark: str) -> bool:
+    shown = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", "-o", "link", "show", "eth0"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return f"alias {mark}" in shown.stdout
 
 
 def unmount_below(*folders: Path) -> None:

@@ -40,7 +40,6 @@ import yaml
 
 from powgate_testbed._netns import (
     NodeNetwork,
-    delete_interface,
     kill_namespace,
     node_cgroups,
     node_folders,
@@ -290,9 +289,7 @@ class LocalCluster(Service):
         stop_all(reversed(self._processes), grace=_STOP_GRACE)
         self._processes.clear()
         if self.network is not None:
-            _clean_node(
-                self.root, inode=self._network_inode, interface=self.network.addresses.interface
-            )
+            _clean_node(self.root, inode=self._network_inode, mark=self.network.mark)
             self.network = None
         if self._owned:
             atexit.unregister(self.stop)
@@ -551,6 +548,7 @@ class LocalCluster(Service):
             "node_network": {
                 "interface": self.network.addresses.interface,
                 "inode": self._network_inode,
+                "mark": self.network.mark,
             }
             if self.network
             else None,
@@ -626,7 +624,7 @@ class _State:
     owner: ProcessRecord | None
     processes: list[ProcessRecord]
     #: The real node's network: its host interface and its namespace's inode.
-    node_network: tuple[str, int] | None
+    node_network: tuple[int, str] | None
 
 
 def _read_state(root: Path) -> _State | None:
@@ -644,7 +642,7 @@ def _read_state(root: Path) -> _State | None:
             server=str(data["server"]),
             owner=ProcessRecord.from_json(owner) if owner is not None else None,
             processes=[ProcessRecord.from_json(p) for p in data["processes"]],
-            node_network=(str(network["interface"]), int(network["inode"])) if network else None,
+            node_network=(int(network["inode"]), str(network["mark"])) if network else None,
         )
     except FileNotFoundError:
         return None
@@ -662,8 +660,8 @@ def _clear_state(root: Path) -> list[str]:
     # Newest first, as `LocalCluster.stop` does: etcd goes last.
     found = stop_recorded(reversed(state.processes), grace=_STOP_GRACE) if state else []
     if state and state.node_network:
-        interface, inode = state.node_network
-        _clean_node(root, inode=inode, interface=interface)
+        inode, mark = state.node_network
+        _clean_node(root, inode=inode, mark=mark)
     if root.is_dir():
         for entry in root.iterdir():
             if entry.name == "logs":
@@ -675,17 +673,21 @@ def _clear_state(root: Path) -> list[str]:
     return found
 
 
-def _clean_node(root: Path, *, inode: int, interface: str) -> None:
+def _clean_node(root: Path, *, inode: int, mark: str) -> None:
     """What a real node leaves once its processes are stopped: its runtime's
-    shims and their containers, the mounts of pods and containers, the link."""
+    shims and their containers, the mounts of pods and containers.
+
+    The namespace, and with it the link (the host's `pgnode<N>` goes with its
+    peer), its routes and its rules, goes with its last process; the link is
+    never deleted by name, which a later run may have taken since.
+    """
     cgroups = node_cgroups(root)
-    kill_namespace(inode)
+    kill_namespace(inode, mark=mark)
     unmount_below(*node_folders(root))
     for folder in node_folders(root):
         shutil.rmtree(folder, ignore_errors=True)
     for cgroup in cgroups:
         remove_cgroup(cgroup)
-    delete_interface(interface)
 
 
 def reap_stale_runs(runs: Path) -> None:

@@ -320,7 +320,11 @@ def test_a_killed_owner_of_a_real_node_leaves_nothing_after_the_next_reap(
     assert not _mounts_under(*node_folders(victim))
     leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _netns_inode(pid) == inode]
     assert leftovers == []
-    assert not Path(f"/sys/class/net/{interface}").exists()
+    # The link goes with the namespace, which the kernel removes in the background.
+    deadline = time.monotonic() + _DEADLINE
+    while Path(f"/sys/class/net/{interface}").exists():
+        assert time.monotonic() < deadline, f"{interface} still there"
+        time.sleep(0.1)
     # A cgroup can only be removed once no process is left in it: the
     # containers' processes are gone too.
     for cgroup in containers:

@@ -113,6 +113,9 @@ def release(
         "sidecar": {
             "image": {"repository": "powgate-sidecar", "tag": "dev", "pullPolicy": "Never"}
         },
+        # Opted-in pods wait for the webhook instead of starting without a
+        # sidecar when it is slow (CI's busy cores).
+        "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10},
     }
     path = tmp_path_factory.mktemp("release") / "values.json"
     path.write_text(json.dumps(values))
