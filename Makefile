@@ -88,7 +88,7 @@ fuzz: venv ## Hostile input, counted: 1,000,000 solution payloads, config docume
 	$(PY) -m powgate_testbed.fuzz --payloads 1000000 --configs 1000000 --priced 1000000 --seed 1
 
 .PHONY: demo
-demo: venv system-deps tools ## The main job: adaptive PoW defending a stand-in AI service
+demo: venv system-deps tools images ## The main job: adaptive PoW defending a stand-in AI service (on real pods where possible)
 	$(PY) -m powgate_testbed.demo
 
 .PHONY: cluster-up

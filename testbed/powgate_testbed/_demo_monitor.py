@@ -153,13 +153,14 @@ class Monitor:
     def __init__(
         self,
         *,
-        standin_url: str,
+        standin_urls: tuple[str, ...],
         sidecar_metrics: tuple[str, ...],
         backend: Backend,
         policy_status: Callable[[], Mapping[str, Any]],
         policy_period: float,
     ) -> None:
-        self._standin_url = standin_url
+        #: One stand-in behind all the sidecars, or one per pod on the real node.
+        self._standin_urls = standin_urls
         self._sidecar_metrics = sidecar_metrics
         self._backend = backend
         self._policy_status = policy_status
@@ -206,16 +207,20 @@ class Monitor:
             return None
 
     async def _scrape_standin(self, session: aiohttp.ClientSession) -> None:
-        text = await self._get(session, f"{self._standin_url}/metrics")
-        if text is None:
-            return
-        families = _families(text)
-        answers = families.get("powgate_standin_requests_total", [])
+        texts = await asyncio.gather(
+            *(self._get(session, f"{url}/metrics") for url in self._standin_urls)
+        )
+        if any(text is None for text in texts):
+            return  # a partial sum would read as a drop in load
+        parsed = [_families(text) for text in texts if text is not None]
+        answers = [a for f in parsed for a in f.get("powgate_standin_requests_total", [])]
         self._samples.standin.append(
             _Standin(
                 at=self.elapsed,
-                in_flight=_total(families, "powgate_standin_in_flight_requests"),
-                queued=_total(families, "powgate_standin_queued_requests"),
+                in_flight=math.fsum(
+                    _total(f, "powgate_standin_in_flight_requests") for f in parsed
+                ),
+                queued=math.fsum(_total(f, "powgate_standin_queued_requests") for f in parsed),
                 answers=math.fsum(value for _, value in answers),
                 refused=math.fsum(
                     value for labels, value in answers if labels.get("status") in ("429", "503")

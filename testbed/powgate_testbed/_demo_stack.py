@@ -11,6 +11,12 @@ a Secret volume.
 Everything is owned by one :class:`DemoStack` (a context manager): leaving it
 for any reason, Ctrl-C included, stops every process and deletes what the
 demo created in the cluster.
+
+With ``real_pods=True`` the same stack runs in containers instead, on the
+local cluster's real node (:mod:`.node`): the chart installs the operator
+image, and each run's service is a Deployment of stand-in pods whose sidecars
+the webhook injects. One stand-in process served every sidecar in the other
+mode; here each pod has its own, with its share of the backend's capacity.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +41,14 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from powgate.config import CONFIG_DATA_KEY
-from powgate.contract import KEYRING_SECRET_KEY
+from powgate.contract import (
+    INJECTED_ANNOTATION,
+    KEYRING_SECRET_KEY,
+    METRICS_PORT_NAME,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    SIDECAR_NAME,
+)
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
 from powgate_operator.crd import crd_manifest
 
@@ -48,13 +63,16 @@ from ._process import (
     wait_until,
 )
 from .cluster import LocalCluster, Tools, cache_dir, reap_stale_runs
+from .node import NodeTools, RealNode
 from .prometheus import PrometheusServer, ScrapeTarget
 
 __all__ = ["DemoStack", "Deployment"]
 
 _SERVICE_ACCOUNT: Final = "powgate-sidecar"
+_CHART: Final = Path(__file__).resolve().parents[2] / "charts" / "powgate"
 #: Generous: a busy 2-core machine; these bound a hang, they do not measure speed.
 _READY_TIMEOUT: Final = 60.0
+_POD_TIMEOUT: Final = 180.0
 _STOP_GRACE: Final = 10.0
 _LOG_TAIL_LINES: Final = 20
 
@@ -67,6 +85,15 @@ def _probe(check: Callable[[], bool]) -> Callable[[], bool]:
             return False
 
     return guarded
+
+
+def _injected_and_ready(pod: k8s.V1Pod) -> bool:
+    meta, status = pod.metadata, pod.status
+    if meta is None or status is None or meta.deletion_timestamp is not None:
+        return False
+    if INJECTED_ANNOTATION not in (meta.annotations or {}):
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
 
 
 def _raw(manifest: dict[str, Any]) -> Any:
@@ -108,17 +135,28 @@ class Deployment:
     defence: Defence
     sidecar_urls: tuple[str, ...]
     sidecar_metrics: tuple[str, ...]
-    standin_url: str
+    #: One stand-in behind every sidecar, or (real pods) one in each pod.
+    standin_urls: tuple[str, ...]
 
 
 class DemoStack(Service):
     """The cluster side of the demo, and one deployment at a time on top of it."""
 
     def __init__(
-        self, *, scenario: Scenario, workdir: Path, logs: Path, kubeconfig: Path | None
+        self,
+        *,
+        scenario: Scenario,
+        workdir: Path,
+        logs: Path,
+        kubeconfig: Path | None,
+        real_pods: bool = False,
     ) -> None:
         """``workdir`` holds what a pod would mount (token, keys) and Prometheus' data."""
+        if real_pods and kubeconfig is not None:
+            raise ValueError("real pods run on the local cluster's own node, not on a given one")
         self.scenario = scenario
+        self.real_pods = real_pods
+        self.node: RealNode | None = None
         self.workdir = workdir
         self.logs = logs
         self._given_kubeconfig = kubeconfig
@@ -153,6 +191,17 @@ class DemoStack(Service):
         )
         self._api = api
         self._stack.callback(api.close)
+        if self.node is not None:
+            # The operator, in its pod, queries it: on the host's end of the node's link.
+            self.prometheus = PrometheusServer(
+                root=self.workdir / "prometheus",
+                scrape_interval=self.scenario.interval,
+                host=self.node.host_address,
+            )
+            self._stack.enter_context(self.prometheus)
+            self._create_namespace()
+            self._install_chart(self.node)
+            return
         self._install_crd()
         self._stack.enter_context(self.prometheus)
         self._create_namespace()
@@ -167,9 +216,15 @@ class DemoStack(Service):
         runs = cache_dir() / "demos"
         reap_stale_runs(runs)
         cluster = LocalCluster(
-            root=runs / str(os.getpid()), tools=Tools.locate(cache_dir()), nodes=1
+            root=runs / str(os.getpid()),
+            tools=Tools.locate(cache_dir()),
+            nodes=1,
+            node_network=self.real_pods,
         )
         self._stack.enter_context(cluster)
+        if self.real_pods:
+            node = RealNode(cluster=cluster, tools=NodeTools.locate(cache_dir()))
+            self.node = self._stack.enter_context(node)
         return cluster.kubeconfig
 
     @property
@@ -205,8 +260,51 @@ class DemoStack(Service):
 
     def _create_namespace(self) -> None:
         core = k8s.CoreV1Api(self.api)
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=self.namespace)))
+        # With real pods the webhook injects the sidecars: the namespace opts in.
+        labels = {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE} if self.real_pods else None
+        meta = k8s.V1ObjectMeta(name=self.namespace, labels=labels)
+        core.create_namespace(k8s.V1Namespace(metadata=meta))
         self._stack.callback(self._delete_namespace)
+
+    def _install_chart(self, node: RealNode) -> None:
+        """`helm install` of the chart with the operator image, on the real node."""
+        release_namespace = f"{self.namespace}-system"
+        k8s.CoreV1Api(self.api).create_namespace(
+            k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=release_namespace))
+        )
+        values = {
+            "operator": {
+                "image": {"repository": "powgate-operator", "tag": "dev", "pullPolicy": "Never"},
+                "watchNamespaces": [self.namespace],
+                "nodeSelector": node.selector,
+                "tolerations": [node.toleration],
+            },
+            "sidecar": {
+                "image": {"repository": "powgate-sidecar", "tag": "dev", "pullPolicy": "Never"},
+                "logLevel": "warning",
+            },
+            # A pod created while the webhook is slow (a busy machine) waits and
+            # is retried instead of running without its sidecar.
+            "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10},
+        }
+        path = self.workdir / "values.json"
+        path.write_text(json.dumps(values))
+        helm = [str(cache_dir() / "bin" / "helm"), "--namespace", release_namespace]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+        def uninstall() -> None:
+            subprocess.run([*helm, "uninstall", "powgate", "--wait"], env=env, check=False,
+                           capture_output=True, timeout=120)  # fmt: skip
+
+        result = subprocess.run(
+            [*helm, "install", "powgate", str(_CHART), "--values", str(path), "--wait",
+             "--timeout", "300s"],
+            env=env, capture_output=True, text=True, timeout=360, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StartupError(f"helm install failed: {result.stderr.strip()}")
+        # LIFO: after the runs' Deployments and policies are gone, before the namespace.
+        self._stack.callback(uninstall)
 
     def _delete_namespace(self) -> None:
         with contextlib.suppress(k8s.ApiException):
@@ -306,8 +404,12 @@ class DemoStack(Service):
         with contextlib.ExitStack() as stack:
             self._apply_policy(defence)
             stack.callback(self._delete_policy, defence)
-            keys = self._mount_keys(defence)
-            deployment = self._start_service(defence, keys=keys, stack=stack)
+            if self.node is not None:
+                self._wait_config(defence)
+                deployment = self._start_pods(self.node, defence, stack=stack)
+            else:
+                keys = self._mount_keys(defence)
+                deployment = self._start_service(defence, keys=keys, stack=stack)
             self.prometheus.set_targets(self._targets(deployment))
             stack.callback(self.prometheus.set_targets, [])
             yield deployment
@@ -363,6 +465,116 @@ class DemoStack(Service):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / KEYRING_SECRET_KEY).write_bytes(found["ring"])
         return folder
+
+    def _wait_config(self, defence: Defence) -> None:
+        """Until the operator has rendered the policy: pods then start on its config."""
+        core = k8s.CoreV1Api(self.api)
+
+        def rendered() -> bool:
+            config = core.read_namespaced_config_map(config_map_name(str(defence)), self.namespace)
+            return CONFIG_DATA_KEY in (config.data or {})
+
+        self._wait(rendered, what=f"the operator to render {defence}'s config", watch=[])
+
+    def _start_pods(
+        self, node: RealNode, defence: Defence, *, stack: contextlib.ExitStack
+    ) -> Deployment:
+        """The stand-in as a Deployment of `sidecars` pods, each injected with its sidecar."""
+        backend, replicas = self.scenario.backend, self.scenario.sidecars
+
+        def share(total: int) -> int:  # each pod's part of the backend, at least one
+            return max(1, -(-total // replicas))
+
+        name = f"standin-{defence}"
+        body: dict[str, Any] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": APP_LABEL, "run": str(defence)}},
+                "template": {
+                    "metadata": {"labels": {"app": APP_LABEL, "run": str(defence)}},
+                    "spec": {
+                        "nodeSelector": node.selector,
+                        "tolerations": [node.toleration],
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [
+                            {
+                                "name": "standin",
+                                "image": node.image("standin"),
+                                "imagePullPolicy": "Never",
+                                "args": [
+                                    f"--concurrency={share(backend.concurrency)}",
+                                    f"--tokens-per-second={backend.tokens_per_second}",
+                                    f"--max-queue={share(backend.max_queue)}",
+                                ],
+                                "ports": [{"name": "http", "containerPort": 8000}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/healthz", "port": "http"},
+                                    "periodSeconds": 1,
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        }
+        apps, core = k8s.AppsV1Api(self.api), k8s.CoreV1Api(self.api)
+        apps.create_namespaced_deployment(self.namespace, _raw(body))
+        selector = f"run={defence}"
+
+        def pods() -> list[k8s.V1Pod]:
+            return list(core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+        def delete() -> None:
+            with contextlib.suppress(k8s.ApiException):
+                apps.delete_namespaced_deployment(name, self.namespace)
+            with contextlib.suppress(StartupError):
+                wait_until(
+                    lambda: not pods(), what=f"{name}'s pods gone", timeout=_READY_TIMEOUT, watch=[]
+                )
+
+        stack.callback(delete)
+        found: list[k8s.V1Pod] = []
+
+        def running() -> bool:
+            found[:] = [p for p in pods() if _injected_and_ready(p)]
+            return len(found) == replicas
+
+        try:
+            # Longer than a process start: containers, probes and injection, on 2 cores.
+            wait_until(
+                _probe(running), what=f"{replicas} injected {name} pods Ready",
+                timeout=_POD_TIMEOUT, watch=[],
+            )  # fmt: skip
+        except StartupError as exc:
+            seen = [
+                f"{p.metadata.name}: {p.status.phase}, injected "
+                f"{INJECTED_ANNOTATION in (p.metadata.annotations or {})}, "
+                f"{[(c.name, c.ready) for c in (p.status.init_container_statuses or [])]}"
+                f"{[(c.name, c.ready) for c in (p.status.container_statuses or [])]}"
+                for p in pods()
+                if p.metadata is not None and p.status is not None
+            ]
+            raise StartupError(f"{exc}; pods: {seen}") from exc
+        sidecars, metrics, standins = [], [], []
+        for pod in found:
+            # A Ready pod has both.
+            assert pod.status is not None
+            assert pod.spec is not None
+            ip = pod.status.pod_ip
+            (sidecar,) = [c for c in pod.spec.init_containers or [] if c.name == SIDECAR_NAME]
+            ports = {p.name: p.container_port for p in sidecar.ports or []}
+            sidecars.append(f"http://{ip}:{ports['http']}")
+            metrics.append(f"http://{ip}:{ports[METRICS_PORT_NAME]}")
+            standins.append(f"http://{ip}:8000")
+        return Deployment(
+            defence=defence,
+            sidecar_urls=tuple(sidecars),
+            sidecar_metrics=tuple(metrics),
+            standin_urls=tuple(standins),
+        )
 
     def _start_service(
         self, defence: Defence, *, keys: Path, stack: contextlib.ExitStack
@@ -431,7 +643,7 @@ class DemoStack(Service):
             defence=defence,
             sidecar_urls=tuple(sidecars),
             sidecar_metrics=tuple(metrics),
-            standin_url=standin_url,
+            standin_urls=(standin_url,),
         )
         self._wait(
             lambda: (
@@ -450,13 +662,10 @@ class DemoStack(Service):
             ScrapeTarget(job="powgate-sidecar", address=url.removeprefix("http://"), labels=labels)
             for url in deployment.sidecar_metrics
         ]
-        targets.append(
-            ScrapeTarget(
-                job="standin",
-                address=deployment.standin_url.removeprefix("http://"),
-                labels=labels,
-            )
-        )
+        targets += [
+            ScrapeTarget(job="standin", address=url.removeprefix("http://"), labels=labels)
+            for url in deployment.standin_urls
+        ]
         return targets
 
     def policy_status(self, defence: Defence) -> dict[str, Any]:

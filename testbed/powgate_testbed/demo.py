@@ -11,6 +11,13 @@ with a live view. At the end: ``demo.png`` and ``summary.json`` in the output
 folder, and the verdict. Everything started is stopped, on errors and Ctrl-C too.
 
     python -m powgate_testbed.demo [--quick] [--kubeconfig [PATH]] [--output DIR]
+                                   [--pods | --processes]
+
+Where this machine can run containers (root, `make tools`, `make images`),
+the operator and the service with its sidecars run as pods on the local
+cluster's real node (the chart installs the operator image; the webhook
+injects the sidecars); elsewhere, and with ``--processes``, as local
+processes on the code paths a pod uses. The demo says which it used.
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ from ._load_traffic import (
     LoadReport,
     RequestShape,
 )
+from ._netns import node_network_possible
 from .cluster import StartupError, ToolsMissingError, cache_dir
+from .node import NodeTools, NodeToolsMissingError
 from .prometheus import PrometheusError, PrometheusNotFoundError
 
 __all__ = [
@@ -184,13 +193,16 @@ class _Run:
                 ),
                 request=RequestShape(max_tokens=scenario.backend.max_tokens),
                 max_in_flight=scenario.max_in_flight,
+                # Real pods: the sidecars' pod addresses, inside the network
+                # namespace this run made for its node, asked for explicitly.
+                allow_remote=stack.node is not None,
                 seed=None if seed is None else seed + number,
             )
             for number, url in enumerate(deployment.sidecar_urls)
         ]
         defence = deployment.defence
         self._monitor = Monitor(
-            standin_url=deployment.standin_url,
+            standin_urls=deployment.standin_urls,
             sidecar_metrics=deployment.sidecar_metrics,
             backend=scenario.backend,
             policy_status=lambda: stack.policy_status(defence),
@@ -272,6 +284,7 @@ def run_demo(
     defences: Sequence[Defence] = ALL_RUNS,
     view: LiveView | None = None,
     seed: int | None = None,
+    real_pods: bool = False,
 ) -> DemoResult:
     """Bring the stack up, run the scenario once per defence, judge, draw, tear down."""
     if Defence.ADAPTIVE not in defences:
@@ -283,9 +296,19 @@ def run_demo(
     with (
         tempfile.TemporaryDirectory(prefix="powgate-demo-") as scratch,
         DemoStack(
-            scenario=scenario, workdir=Path(scratch), logs=output / "logs", kubeconfig=kubeconfig
+            scenario=scenario,
+            workdir=Path(scratch),
+            logs=output / "logs",
+            kubeconfig=kubeconfig,
+            real_pods=real_pods,
         ) as stack,
     ):
+        view.note(
+            "running on real pods: the operator image and injected sidecars on the local "
+            "cluster's real node"
+            if real_pods
+            else "running as local processes (what pods would run, on the code paths pods use)"
+        )
         view.note(
             f"stack up in {time.monotonic() - started:.0f} s: namespace {stack.namespace}, "
             f"Prometheus {stack.prometheus.url}, logs in {output / 'logs'}"
@@ -461,6 +484,20 @@ def _positive(value: str) -> int:
     return number
 
 
+def _real_pods_unavailable(kubeconfig: Path | None) -> str | None:
+    """Why the demo cannot run on real pods here, or None if it can."""
+    if kubeconfig is not None:
+        return "a cluster was given with --kubeconfig"
+    why = node_network_possible()
+    if why is not None:
+        return why
+    try:
+        NodeTools.locate(cache_dir())
+    except NodeToolsMissingError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m powgate_testbed.demo",
@@ -504,7 +541,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "many light bots)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the arrival processes")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--pods", dest="pods", action="store_true", default=None,
+        help="run the stack as pods on the local cluster's real node (default where possible)",
+    )  # fmt: skip
+    where.add_argument(
+        "--processes", dest="pods", action="store_false",
+        help="run the parts that would be pods as local processes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    pods = args.pods
+    if pods is None:
+        why_not = _real_pods_unavailable(args.kubeconfig)
+        pods = why_not is None
+        if why_not:
+            print(f"demo: local processes, not real pods ({why_not})", file=sys.stderr)
     scenario = QUICK if args.quick else DEFAULT
     if args.sidecars is not None:
         scenario = replace(scenario, sidecars=args.sidecars)
@@ -523,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 defences=defences,
                 view=view,
                 seed=args.seed,
+                real_pods=pods,
             )
     except KeyboardInterrupt:
         print("\ninterrupted: everything the demo started has been stopped", file=sys.stderr)
@@ -530,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         StartupError,
         ToolsMissingError,
+        NodeToolsMissingError,
+        ValueError,
         PrometheusNotFoundError,
         PrometheusError,
     ) as exc:

@@ -283,6 +283,7 @@ def test_a_scenario_refuses_a_flood_below_twenty_times_the_legitimate_rate() -> 
     [
         (["--sidecars", "0"], "must be at least 1"),
         (["--kubeconfig", "/nonexistent/kubeconfig"], "no kubeconfig at /nonexistent/kubeconfig"),
+        (["--pods", "--processes"], "not allowed with argument"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_starts(
@@ -292,6 +293,26 @@ def test_bad_arguments_are_refused_before_anything_starts(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_without_the_real_nodes_parts_the_demo_says_it_runs_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWGATE_CACHE", str(tmp_path / "cache"))
+    assert main(["--quick", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "demo: local processes, not real pods" in err
+    assert "make images" in err or "root" in err
+
+
+def test_real_pods_on_a_given_cluster_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    argv = ["--quick", "--pods", "--kubeconfig", str(kubeconfig), "--output", str(tmp_path)]
+    assert main(argv) == 1
+    assert "real pods run on the local cluster's own node" in capsys.readouterr().err
 
 
 def test_missing_tools_are_an_error_with_a_hint(
