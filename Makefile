@@ -84,8 +84,9 @@ bench: venv system-deps tools ## Benchmarks, printed as tables with same-run ref
 	$(PY) -m bench
 
 .PHONY: fuzz
-fuzz: venv ## Hostile input, counted: 1,000,000 solution payloads, config documents and priced payloads (docs/security.md)
+fuzz: venv ## Hostile input, counted: 1,000,000 solution payloads, config documents, priced payloads and requests (docs/security.md)
 	$(PY) -m powgate_testbed.fuzz --payloads 1000000 --configs 1000000 --priced 1000000 --seed 1
+	$(PY) -m powgate_testbed.fuzz_http --runs 1000000 --seed 1
 
 .PHONY: demo
 demo: venv system-deps tools images ## The main job: adaptive PoW defending a stand-in AI service (on real pods where possible)

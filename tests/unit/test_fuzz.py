@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, fuzz_priced, main
 
 
@@ -34,3 +39,17 @@ def test_priced_challenges_are_never_cheapened() -> None:
 def test_the_command_reports_and_exits_zero_when_clean(capsys: object) -> None:
     argv = ["--payloads", "300", "--configs", "300", "--priced", "300", "--seed", "3"]
     assert main(argv) == 0
+
+
+def test_the_request_fuzzer_runs_clean() -> None:
+    """A short coverage-guided run through the sidecar's parser and handler (atheris)."""
+    pytest.importorskip("atheris")
+    done = subprocess.run(
+        [sys.executable, "-m", "powgate_testbed.fuzz_http", "--runs", "3000", "--seed", "7"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fuzz_http: 3000 inputs checked" in done.stdout, done.stdout[-2000:]
