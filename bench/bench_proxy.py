@@ -64,7 +64,7 @@ CONNECTIONS: Final = 50
 ROUNDS: Final = 3
 #: Distinct solutions per pass-path run (loaded, unloaded): more than the sidecar
 #: serves in one run. Each run gets its own, since wrk starts a pool from its top.
-POOL: Final = 40_000
+POOL: Final = 100_000
 QUIET_POOL: Final = 20_000
 SSE_SAMPLES: Final = 200
 LUA: Final = Path(__file__).with_name("proxy_wrk.lua")
