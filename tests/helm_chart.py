@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -77,3 +78,24 @@ def find(docs: Sequence[dict[str, Any]], kind: str, name: str | None = None) -> 
     matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
     return matches[0]
+
+
+def kubelet_environment(
+    env: Sequence[Mapping[str, Any]], *, fields: Mapping[str, str]
+) -> dict[str, str]:
+    """A container's variables as the kubelet sets them: field references filled in from
+    ``fields`` (downward-API path → value), and $(VAR) expanded from the variables
+    defined earlier in the list (Kubernetes' rule)."""
+    result: dict[str, str] = {}
+    for entry in env:
+        if "value" in entry:
+            value = kubelet_expand(entry["value"], result)
+        else:
+            value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        result[entry["name"]] = value
+    return result
+
+
+def kubelet_expand(text: str, env: Mapping[str, str]) -> str:
+    """$(VAR) in a value or an argument, expanded as the kubelet does (unknown ones kept)."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), text)

@@ -152,7 +152,7 @@ def service_account_kubeconfig(
 def local_args(args: list[str]) -> list[str]:
     """The container's arguments, with the listeners moved to free loopback ports."""
     return [
-        re.sub(r"^(--(metrics|health)-listen)=0\.0\.0\.0:\d+$", rf"\1=127.0.0.1:{free_port()}", a)
+        re.sub(r"^(--(metrics|health)-listen)=.+:\d+$", rf"\1=127.0.0.1:{free_port()}", a)
         for a in args
     ]
 
@@ -229,7 +229,7 @@ def install_release(
 def container_env(container: k8s.V1Container, *, pod: str, namespace: str) -> dict[str, str]:
     """The container's environment as the kubelet sets it (the downward-API fields
     the chart uses resolve to this pod's name and namespace)."""
-    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    fields = {"metadata.name": pod, "metadata.namespace": namespace, "status.podIP": "127.0.0.1"}
     env = {}
     for var in container.env or []:
         if var.value_from is None:

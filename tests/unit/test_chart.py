@@ -31,6 +31,8 @@ from helm_chart import (
     RenderError,
     find,
     helm,
+    kubelet_environment,
+    kubelet_expand,
     render,
 )
 from powgate.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE, OPT_OUT_LABEL
@@ -559,23 +561,27 @@ def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> No
 # -- the chart and the operator's parser agree ------------------------------------
 
 #: What the kubelet would put into fieldRef variables.
-_FIELDS = {"metadata.name": f"{FULLNAME}-5d9c7b-x2x4q", "metadata.namespace": NAMESPACE}
-#: Variables read by something other than the operator's parser (kopf: the peering identity).
-_NOT_FLAGS = {"POD_ID"}
+POD_IP = "10.244.1.9"
+_FIELDS = {
+    "metadata.name": f"{FULLNAME}-5d9c7b-x2x4q",
+    "metadata.namespace": NAMESPACE,
+    "status.podIP": POD_IP,
+}
+#: Variables read by something other than the operator's parser (kopf: the peering
+#: identity; the pod's address, expanded by the kubelet into listen addresses).
+_NOT_FLAGS = {"POD_ID", "POD_IP"}
 
 
 def operator_args(docs: Sequence[dict[str, Any]]) -> argparse.Namespace:
     """The Deployment's args and env through the operator's real parser, as in the pod."""
     main = container(docs)
-    values = {
-        e["name"]: e["value"] if "value" in e else _FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
-        for e in main.get("env", [])
-    }
+    values = kubelet_environment(main.get("env", []), fields=_FIELDS)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("POWGATE_")}
+    args = [kubelet_expand(a, values) for a in main["args"]]
     with mock.patch.dict(os.environ, {**clean, **values}, clear=True):
         parser = argparse.ArgumentParser(prog="powgate")
         add_command(parser.add_subparsers(dest="command", required=True))
-        return parser.parse_args(["operator", *main["args"]])
+        return parser.parse_args(["operator", *args])
 
 
 def parse_operator(docs: Sequence[dict[str, Any]]) -> WebhookOptions | None:
@@ -624,7 +630,7 @@ def test_every_setting_the_chart_passes_is_one_the_operator_reads(variant: str) 
     assert opts.configuration == hook_config["metadata"]["name"]
     assert opts.create_configuration is False  # the chart owns it
     assert opts.operator_namespace == NAMESPACE
-    assert opts.listen == ("0.0.0.0", container_port(docs, "webhook"))
+    assert opts.listen == (POD_IP, container_port(docs, "webhook"))
     if opts.cert_manager:
         assert find(docs, "Certificate")["spec"]["secretName"] == secret_volume(docs)
     else:
@@ -680,9 +686,23 @@ def test_the_operator_runs_locked_down_with_probes() -> None:
     assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-    assert "--health-listen=0.0.0.0:8081" in main["args"]
-    assert "--metrics-listen=0.0.0.0:9090" in main["args"]
     assert env(docs)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize(("bind", "host"), [("", POD_IP), ("0.0.0.0", "0.0.0.0"), ("::", "::")])
+def test_the_operators_listeners_bind_the_pods_own_address_unless_told(
+    bind: str, host: str
+) -> None:
+    """Metrics, health and webhook listen where the kubelet, Prometheus and the API server
+    reach the pod, not on every address (loopback included) unless the values say so."""
+    args = operator_args(render({"operator": {"bindAddress": bind}}))
+    assert args.metrics_listen == (host, 9090)
+    assert args.health_listen == (host, 8081)
+    opts = webhook_options(args)
+    assert opts is not None
+    assert opts.listen == (host, 8443)
+    with pytest.raises(RenderError, match="bindAddress"):
+        render({"operator": {"bindAddress": "$(HOSTNAME)"}})
 
 
 # -- CRDs -------------------------------------------------------------------------

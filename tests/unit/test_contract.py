@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 
-from helm_chart import MONITORING, find, render
+from helm_chart import MONITORING, find, kubelet_environment, render
 from powgate import KeyRing
 from powgate.config import SidecarConfig
 from powgate.contract import (
@@ -72,22 +72,6 @@ def sidecar_container(pod: dict[str, Any]) -> dict[str, Any]:
 FIELDS = {"metadata.name": "p", "metadata.namespace": NS, "spec.nodeName": "node-1"}
 
 
-def kubelet_environment(env: list[dict[str, Any]], *, pod_ip: str) -> dict[str, str]:
-    """The variables as the kubelet sets them: field references filled in, and $(VAR)
-    expanded from the variables defined earlier in the list (Kubernetes' rule)."""
-    result: dict[str, str] = {}
-    for entry in env:
-        if "value" in entry:
-            value = re.sub(
-                r"\$\((\w+)\)", lambda m: result.get(m.group(1), m.group(0)), entry["value"]
-            )
-        else:
-            path = entry["valueFrom"]["fieldRef"]["fieldPath"]
-            value = pod_ip if path == "status.podIP" else FIELDS[path]
-        result[entry["name"]] = value
-    return result
-
-
 def sidecar_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     sidecar_cli.add_command(parser.add_subparsers())
@@ -97,7 +81,7 @@ def sidecar_parser() -> argparse.ArgumentParser:
 @pytest.mark.parametrize("native", [True, False])
 def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) -> None:
     container = sidecar_container(injected_pod(native=native))
-    written = kubelet_environment(container["env"], pod_ip="10.244.0.7")
+    written = kubelet_environment(container["env"], fields={**FIELDS, "status.podIP": "10.244.0.7"})
     powgate = {k: v for k, v in written.items() if k.startswith("POWGATE_")}
     assert powgate, "the injector configures the sidecar through POWGATE_* variables"
     assert set(powgate) <= {flag.env for flag in SidecarFlag}
