@@ -2,21 +2,40 @@
 
 `start_sidecar` runs the console script of this environment, configured
 through ``POWGATE_*`` variables as the injected container is, on free
-loopback ports; `SidecarEndpoints` reads its metrics back.
+loopback ports; `SidecarEndpoints` reads its metrics back. `config_reader`
+makes the credentials of a pod whose sidecar reads one ConfigMap, and
+`start_standin` the stand-in AI service to put behind it.
 """
 
 from __future__ import annotations
 
+import base64
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import yaml
+from kubernetes import client as k8s
 
-from powgate_testbed._process import ManagedProcess, free_ports
+from powgate_sidecar import KubeEndpoint
+from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
+from powgate_testbed.cluster import ClusterAccess
 
-__all__ = ["SidecarEndpoints", "metric_value", "powgate", "ready", "start_sidecar"]
+__all__ = [
+    "PodCredentials",
+    "SidecarEndpoints",
+    "config_reader",
+    "metric_value",
+    "powgate",
+    "ready",
+    "start_sidecar",
+    "start_standin",
+]
+
+#: Bounds a hang of a process start on a loaded machine; never a measurement.
+_START_TIMEOUT = 60.0
 
 
 def powgate(*args: str) -> list[str]:
@@ -84,3 +103,100 @@ def start_sidecar(
     return process, SidecarEndpoints(
         url=f"http://127.0.0.1:{port}", metrics_url=f"http://127.0.0.1:{metrics_port}"
     )
+
+
+def start_standin(*, tmp_path: Path, name: str = "standin") -> tuple[ManagedProcess, str]:
+    """``powgate standin`` on a free loopback port, once it answers; (process, URL)."""
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess(
+        name=name,
+        argv=powgate(
+            "standin",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tokens-per-second",
+            "20",
+            "--model",
+            "standin",
+        ),
+        log_path=tmp_path / f"{name}.log",
+        die_with_parent=True,
+    )
+    try:
+        wait_until(
+            lambda: ready(url + "/healthz"),
+            what=f"{name} up",
+            timeout=_START_TIMEOUT,
+            watch=[process],
+        )
+    except BaseException:
+        stop_all([process], grace=5)
+        raise
+    return process, url
+
+
+@dataclass(frozen=True)
+class PodCredentials:
+    """What a pod's sidecar reads the API server with: address, token file, CA file."""
+
+    api_url: str
+    token_file: Path
+    ca_file: Path
+
+    def endpoint(self) -> KubeEndpoint:
+        return KubeEndpoint(api_url=self.api_url, token_file=self.token_file, ca_file=self.ca_file)
+
+    def sidecar_args(self, *, namespace: str, name: str) -> list[str]:
+        """The flags of a sidecar following the ConfigMap ``namespace/name`` with them."""
+        return [
+            "--config-object", f"{namespace}/{name}",
+            "--kube-api-url", self.api_url,
+            "--kube-token-file", str(self.token_file),
+            "--kube-ca-file", str(self.ca_file),
+        ]  # fmt: skip
+
+
+def config_reader(
+    *, cluster: ClusterAccess, kube_client: k8s.ApiClient, namespace: str, name: str, root: Path
+) -> PodCredentials:
+    """A ServiceAccount allowed to get/list/watch the one ConfigMap ``name``, and its token.
+
+    The same rule as the operator's per-policy Role. list/watch cannot be
+    limited by resourceNames unless the request names the object by a field
+    selector, which is what the sidecar sends.
+    """
+    account = f"reader-{name}"[:63]
+    core, rbac = k8s.CoreV1Api(kube_client), k8s.RbacAuthorizationV1Api(kube_client)
+    core.create_namespaced_service_account(
+        namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account))
+    )
+    rule = k8s.V1PolicyRule(
+        api_groups=[""], resources=["configmaps"], resource_names=[name],
+        verbs=["get", "list", "watch"],
+    )  # fmt: skip
+    rbac.create_namespaced_role(
+        namespace, k8s.V1Role(metadata=k8s.V1ObjectMeta(name=account), rules=[rule])
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name=account),
+            role_ref=k8s.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name=account
+            ),
+            subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)],
+        ),
+    )
+    status = core.create_namespaced_service_account_token(
+        account,
+        namespace,
+        k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[])),
+    ).status
+    assert status is not None
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    entry = kubeconfig["clusters"][0]["cluster"]
+    ca_file, token_file = root / f"{account}.ca.crt", root / f"{account}.token"
+    ca_file.write_bytes(base64.b64decode(entry["certificate-authority-data"]))
+    token_file.write_text(str(status.token))
+    return PodCredentials(entry["server"], token_file, ca_file)

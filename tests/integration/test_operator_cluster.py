@@ -10,22 +10,26 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import yaml
 from _operator_process import OperatorProcess, apply_crd, delete_policies
+from _sidecar_process import config_reader, ready, start_sidecar, start_standin
 from kubernetes import client as k8s
 from kubernetes import watch
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from powgate import KeyRing
+from powgate import CHALLENGE_PATH, Challenge, KeyRing, solve
 from powgate.config import SidecarConfig
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate_testbed._process import stop_all, wait_until
 from powgate_testbed.cluster import ClusterAccess
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
 from waiting import eventually as wait_for
@@ -531,3 +535,145 @@ def test_restart_keeps_difficulty(
     obj = eventually(evaluated_again, what="an evaluation by the new process")
     assert obj["status"]["difficulty"] == 30_000
     assert json.dumps(obj["status"]["history"]).count("AboveTarget") == 1
+
+
+# -- stockpiling, end to end: operator → ConfigMap → a sidecar process ------------
+
+#: Seconds easier challenges keep paying after a raise: long enough that a loaded
+#: machine spends a solution within it, short enough for a test.
+GRACE = 30
+
+
+def write_key_file(core: k8s.CoreV1Api, namespace: str, name: str, path: Path) -> None:
+    """The policy's key ring where the kubelet would mount it (once the Secret exists)."""
+    secret = eventually(
+        lambda: read_or_none(core.read_namespaced_secret, key_secret_name(name), namespace),
+        what="the key Secret",
+    )
+    path.write_bytes(base64.b64decode(secret.data["keyring.json"]))
+
+
+def read_or_none(read: Callable[..., T], *args: str) -> T | None:
+    try:
+        return read(*args)
+    except k8s.ApiException as exc:
+        if exc.status == HTTPStatus.NOT_FOUND:
+            return None
+        raise
+
+
+def test_challenges_fetched_before_a_raise_pay_within_the_grace_and_not_after(
+    operator: OperatorProcess,
+    custom: k8s.CustomObjectsApi,
+    core: k8s.CoreV1Api,
+    kube_client: k8s.ApiClient,
+    cluster: ClusterAccess,
+    namespace: str,
+    prometheus: PrometheusServer,
+    pressure: Pressure,
+    tmp_path: Path,
+) -> None:
+    """Stockpiling through the whole product: a sidecar process follows the operator's
+    ConfigMap, a signal makes the operator raise difficulty, and solutions of challenges
+    fetched at the low difficulty pay only within the policy's grace after the raise."""
+    create(
+        custom,
+        namespace,
+        policy(
+            "grace",
+            # One raise, to the maximum: every later one would restart the grace.
+            difficulty={"min": 1000, "max": 4000},
+            challenge={"graceSecondsAfterRaise": GRACE},
+            prometheus={"address": prometheus.url, "timeoutSeconds": 2},
+            signals=[
+                {
+                    "name": "pressure",
+                    "query": f'max(test_pressure{{job="pressure-{pressure.port}"}})',
+                    "target": TARGET,
+                    "onEmpty": "Failure",
+                }
+            ],
+            behavior={"increase": {"policies": []}},
+            evaluationIntervalSeconds=1,
+        ),
+    )
+    eventually(lambda: rendered(core, namespace, "grace"), what="the rendered config")
+    key_file = tmp_path / "keyring.json"
+    write_key_file(core, namespace, "grace", key_file)
+    reader = config_reader(
+        cluster=cluster,
+        kube_client=kube_client,
+        namespace=namespace,
+        name=config_map_name("grace"),
+        root=tmp_path,
+    )
+    standin, upstream = start_standin(tmp_path=tmp_path)
+    sidecar, endpoints = start_sidecar(
+        tmp_path=tmp_path,
+        upstream=upstream,
+        key_file=key_file,
+        config_args=reader.sidecar_args(namespace=namespace, name=config_map_name("grace")),
+    )
+    processes = [sidecar, standin]
+    try:
+        wait_until(
+            lambda: ready(endpoints.metrics_url + "/readyz"),
+            what="the sidecar ready",
+            timeout=WAIT,
+            watch=processes,
+        )
+
+        def challenge() -> Challenge:
+            response = httpx.get(
+                endpoints.url + CHALLENGE_PATH, params={"path": "/v1/chat/completions"}, timeout=10
+            )
+            assert response.status_code == HTTPStatus.OK
+            return Challenge.from_json(response.content)
+
+        # Fetched and solved while difficulty is low: the stockpile.
+        cheap = [challenge() for _ in range(2)]
+        assert {c.maxnumber for c in cheap} == {1000}
+        stockpile = [c.solution(solve(c).number).encode() for c in cheap]
+
+        pressure.gauge.set(40)  # four times the target: the operator raises to the max
+        eventually(
+            lambda: challenge().maxnumber == 4000 or None,
+            what="challenges of the raised difficulty from the sidecar",
+        )
+        config = rendered(core, namespace, "grace")
+        assert config is not None
+        assert config.raised_at > 0
+        assert config.raise_grace_seconds == GRACE
+
+        def spend(solution: str) -> httpx.Response:
+            return httpx.post(
+                endpoints.url + "/v1/chat/completions",
+                headers={"X-Powgate-Solution": solution},
+                json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+
+        # Within the grace: a client that was solving when difficulty rose still pays.
+        within = spend(stockpile[0])
+        spent_at = time.time()
+        assert spent_at < config.raised_at + GRACE, "the raise reached the sidecar too late"
+        assert within.status_code == HTTPStatus.OK, within.text
+
+        # After the grace (a clock condition: the grace is a time), the stockpile is worth
+        # nothing: the second cheap solution is refused as insufficient.
+        eventually(
+            lambda: time.time() > config.raised_at + GRACE + 1 or None,
+            what="the grace to pass",
+            timeout=GRACE + WAIT,
+        )
+        after = spend(stockpile[1])
+        # Still the one raise: a later one would have restarted the grace.
+        assert getattr(rendered(core, namespace, "grace"), "raised_at", None) == config.raised_at
+        assert after.status_code != HTTPStatus.OK
+        assert endpoints.requests(route="default", outcome="rejected", reason="insufficient") == 1
+        # Today's challenges still pay.
+        fresh = challenge()
+        assert fresh.maxnumber == 4000
+        assert spend(fresh.solution(solve(fresh).number).encode()).status_code == HTTPStatus.OK
+    finally:
+        stop_all(processes, grace=10)

@@ -8,7 +8,6 @@ runs (in-process here, and as `powgate sidecar` in the last test).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -20,15 +19,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from _sidecar_process import metric_value, powgate, ready, start_sidecar
+from _sidecar_process import (
+    PodCredentials,
+    config_reader,
+    metric_value,
+    ready,
+    start_sidecar,
+    start_standin,
+)
 from kubernetes import client as k8s
 
 from powgate import CHALLENGE_PATH, Challenge, Issuer, KeyRing, solve
 from powgate.client import PowAuth
 from powgate.config import CONFIG_DATA_KEY, RouteConfig, SidecarConfig
-from powgate_sidecar import ConfigMapWatcher, KubeClient, KubeEndpoint, Sidecar
-from powgate_testbed._process import ManagedProcess, free_ports, stop_all, wait_until
+from powgate_sidecar import ConfigMapWatcher, KubeClient, Sidecar
+from powgate_testbed._process import ManagedProcess, stop_all, wait_until
 from powgate_testbed.cluster import ClusterAccess, LocalCluster
 from waiting import eventually_async
 
@@ -74,66 +79,14 @@ async def eventually(check: Callable[[], bool], *, what: str) -> None:
     await eventually_async(check, what=what, timeout=_DEADLINE, interval=0.05)
 
 
-@dataclass(frozen=True)
-class PodCredentials:
-    api_url: str
-    token_file: Path
-    ca_file: Path
-
-    def endpoint(self) -> KubeEndpoint:
-        return KubeEndpoint(api_url=self.api_url, token_file=self.token_file, ca_file=self.ca_file)
-
-
 @pytest.fixture
 def pod_credentials(
     cluster: ClusterAccess, kube_client: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> PodCredentials:
-    """A ServiceAccount allowed to get/list/watch the one ConfigMap, as the chart grants it."""
-    core, rbac = k8s.CoreV1Api(kube_client), k8s.RbacAuthorizationV1Api(kube_client)
-    core.create_namespaced_service_account(
-        namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="sidecar"))
+    """A ServiceAccount allowed to get/list/watch the one ConfigMap, as the operator grants it."""
+    return config_reader(
+        cluster=cluster, kube_client=kube_client, namespace=namespace, name=NAME, root=tmp_path
     )
-    rbac.create_namespaced_role(
-        namespace,
-        k8s.V1Role(
-            metadata=k8s.V1ObjectMeta(name="sidecar"),
-            # list/watch cannot be limited by resourceNames unless the request
-            # names the object by a field selector, which is what the sidecar sends.
-            rules=[
-                k8s.V1PolicyRule(
-                    api_groups=[""],
-                    resources=["configmaps"],
-                    resource_names=[NAME],
-                    verbs=["get", "list", "watch"],
-                )
-            ],
-        ),
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        k8s.V1RoleBinding(
-            metadata=k8s.V1ObjectMeta(name="sidecar"),
-            role_ref=k8s.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="sidecar"
-            ),
-            subjects=[
-                k8s.RbacV1Subject(kind="ServiceAccount", name="sidecar", namespace=namespace)
-            ],
-        ),
-    )
-    status = core.create_namespaced_service_account_token(
-        "sidecar",
-        namespace,
-        k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[])),
-    ).status
-    assert status is not None
-    token = str(status.token)
-    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
-    entry = kubeconfig["clusters"][0]["cluster"]
-    ca_file, token_file = tmp_path / "ca.crt", tmp_path / "token"
-    ca_file.write_bytes(base64.b64decode(entry["certificate-authority-data"]))
-    token_file.write_text(token)
-    return PodCredentials(entry["server"], token_file, ca_file)
 
 
 def put_config(kube_client: k8s.ApiClient, namespace: str, document: str) -> None:
@@ -327,34 +280,12 @@ class Stack:
 def stack(
     tmp_path: Path, *, config_args: list[str] | None = None, extra: Sequence[str] = ()
 ) -> Iterator[Stack]:
-    (standin_port,) = free_ports(1)
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
     config_file.write_text(config(100, "v1").to_json())
     KeyRing.generate().save(key_file)
-    standin_url = f"http://127.0.0.1:{standin_port}"
-    standin = ManagedProcess(
-        name="standin",
-        argv=powgate(
-            "standin",
-            "--listen",
-            f"127.0.0.1:{standin_port}",
-            "--tokens-per-second",
-            "20",
-            "--model",
-            "standin",
-        ),
-        log_path=tmp_path / "standin.log",
-        die_with_parent=True,
-    )
+    standin, standin_url = start_standin(tmp_path=tmp_path)
     processes = [standin]
     try:
-        # Listening before the sidecar picks its ports, so they cannot collide.
-        wait_until(
-            lambda: ready(standin_url + "/healthz"),
-            what="stand-in up",
-            timeout=_DEADLINE,
-            watch=processes,
-        )
         sidecar, endpoints = start_sidecar(
             tmp_path=tmp_path,
             upstream=standin_url,
@@ -521,12 +452,7 @@ def test_sidecar_process_follows_the_config_object(
     pod_credentials: PodCredentials, kube_client: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     put_config(kube_client, namespace, config(100, "v1").to_json())
-    args = [
-        "--config-object", f"{namespace}/{NAME}",
-        "--kube-api-url", pod_credentials.api_url,
-        "--kube-token-file", str(pod_credentials.token_file),
-        "--kube-ca-file", str(pod_credentials.ca_file),
-    ]  # fmt: skip
+    args = pod_credentials.sidecar_args(namespace=namespace, name=NAME)
     with stack(tmp_path, config_args=args) as running:
         assert running.challenge().maxnumber == 100
         put_config(kube_client, namespace, config(700, "v2").to_json())
