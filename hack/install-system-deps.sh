@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages powgate's tests, benchmarks, images and demo
-# run against, when they are missing: Prometheus (signals), Chromium (browser
+# run against, when they are missing: Prometheus (signals), Redis (the shared
+# replay store; tests start their own servers on loopback), Chromium (browser
 # solver), nginx and wrk (proxy benchmark references), Node.js (JS solver),
 # npm (the npm packages of the browser tests, `make js-deps`); for the images
 # and the real node: the Docker engine (docker.io, started by `make images`
@@ -12,6 +13,7 @@ set -euo pipefail
 # Each package, with a file that shows it is installed.
 declare -A want=(
   [prometheus]=/usr/bin/prometheus
+  [redis-server]=/usr/bin/redis-server
   [chromium]=/usr/bin/chromium
   [nginx]=/usr/sbin/nginx
   [wrk]=/usr/bin/wrk

@@ -7,7 +7,8 @@ cookie, or a form it asks to read), checks it and says :class:`Refuse`
 An :class:`Admit` carries the solution's replay key unspent: the caller
 runs its local checks (body limits, the effort queue) first and only then
 :meth:`Admission.spend`\\ s it, so a solution is never used up by a request
-the sidecar itself turns away.
+the sidecar itself turns away. With a shared replay store the spend is a
+round trip (:meth:`Admission.spend_async`), still before any key derivation.
 
 Checking is synchronous for the hash schemes, a few microseconds. An
 ALTCHA PoW v2 solution's check is a key derivation (milliseconds, MiB): its
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier
+from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier, claim_reason
 from powgate._replay import ReplayCache
 
 from . import _http
@@ -32,6 +33,7 @@ from ._challenges import ChallengeStock
 from ._http import Request
 from ._metrics import Metrics, Outcome
 from ._pricing import UNPRICED, Pricer, Quote
+from ._replay_store import SharedReplay
 from ._routes import Route, RouteTable
 from ._trust import TrustedProxies
 
@@ -141,6 +143,8 @@ class Admission:
         self.page = page
         #: Prices per client; replaced by the sidecar with each change of its inputs.
         self.pricer: Pricer | None = None
+        #: The policy's shared replay store, when it has one; replaced with the config.
+        self.shared: SharedReplay | None = None
 
     # -- pricing --------------------------------------------------------------
 
@@ -266,13 +270,32 @@ class Admission:
         )
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
-        """Use the solution up (single use); ``None`` when the request may go on."""
-        route = admit.route
-        metrics = self._metrics
+        """Use the solution up in this process's cache; ``None`` when the request may go on.
+
+        With a shared store (:attr:`shared`) callers use :meth:`spend_async`.
+        """
         key = admit.key
         if key is None:
             return None  # observe mode, an invalid solution: counted already
         outcome = self._replay.claim(key, expires_at=admit.expires, now=time.time())
+        return self._spent(outcome, admit, request, table=table)
+
+    async def spend_async(
+        self, admit: Admit, request: Request, *, table: RouteTable
+    ) -> Refuse | None:
+        """:meth:`spend` through the shared store when there is one (cluster-wide single use)."""
+        key = admit.key
+        shared = self.shared
+        if key is None or shared is None:
+            return self.spend(admit, request, table=table)
+        outcome = await shared.claim(key, expires_at=admit.expires, now=time.time())
+        return self._spent(outcome, admit, request, table=table)
+
+    def _spent(
+        self, outcome: str, admit: Admit, request: Request, *, table: RouteTable
+    ) -> Refuse | None:
+        route = admit.route
+        metrics = self._metrics
         if outcome == Claim.NEW and admit.work is not None:
             return None  # counted by settle() once the derivation has run
         if outcome == Claim.NEW:
@@ -282,12 +305,16 @@ class Admission:
                 reason=Reason.OK.value,
             )
             return None
-        reason = Reason.REPLAYED if outcome == Claim.SEEN else Reason.REPLAY_CACHE_FULL
+        reason = claim_reason(outcome).value
         if not admit.enforcing:
-            metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason.value)
+            metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=reason)
             return None
-        metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason.value)
-        return Refuse(self.challenge(request, table=table, route=route, quote=admit.quote))
+        metrics.count_request(route=route.name, outcome=Outcome.REJECTED, reason=reason)
+        # The store could not be asked: the solution was not spent, the client may retry it.
+        status = 503 if outcome == Claim.UNAVAILABLE else 428
+        return Refuse(
+            self.challenge(request, table=table, route=route, quote=admit.quote, status=status)
+        )
 
     def busy(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
         """The derivation pool is full: refuse without spending (observe mode: let through)."""

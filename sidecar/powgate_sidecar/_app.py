@@ -10,10 +10,13 @@ for what is let through. The HTTP connection itself is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -30,7 +33,7 @@ from powgate import (
     Verifier,
     get_algorithm,
 )
-from powgate.config import Mode, SidecarConfig
+from powgate.config import Mode, ReplayStoreSpec, SidecarConfig
 from powgate.pricing import ApiKeyHashes
 from powgate.reputation import ReputationIndex, ReputationList
 
@@ -45,13 +48,18 @@ from ._limits import Limits
 from ._metrics import NO_LABEL, Metrics, Outcome, PricingCollector, PricingView
 from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
+from ._replay_store import SharedReplay
 from ._routes import EXEMPT, Route, RouteTable, canonical
 from ._static import ASSETS, load_asset, load_interstitial
+from ._store import RedisStore, SharedStore
 from ._trust import TrustedProxies
 
 __all__ = ["WELL_KNOWN", "Limits", "Sidecar"]
 
 log = logging.getLogger("powgate.sidecar")
+
+#: Makes the store a config names (the Redis/Valkey client; a seam for tests).
+StoreOpener = Callable[[ReplayStoreSpec], SharedStore]
 
 _BAD_PATH: Final = _http.response(400, b"non-canonical request path\n")
 _TOO_LARGE: Final = b"request body too large\n"
@@ -76,7 +84,11 @@ class Sidecar:
         replay: MemoryReplayCache | None = None,
         trusted_proxies: Sequence[str] = (),
         opener: Opener | None = None,
+        replay_store_credentials: Path | None = None,
+        open_store: StoreOpener | None = None,
     ) -> None:
+        """``replay_store_credentials``: the mounted Secret folder of the shared replay
+        store; ``open_store`` (a test seam) makes the store a config names."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits if limits is not None else Limits()
         trusted = TrustedProxies(trusted_proxies)
@@ -86,6 +98,12 @@ class Sidecar:
             trusted=trusted,
         )
         self._replay = replay if replay is not None else MemoryReplayCache()
+        self._open_store: StoreOpener = open_store or functools.partial(
+            RedisStore, credentials=replay_store_credentials
+        )
+        #: The policy's shared replay store (with its health probe), when the config names one.
+        self._shared: SharedReplay | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._keyring = keyring
         self._verifier = Verifier(keyring=keyring, replay=self._replay)
         self._stock = ChallengeStock(Issuer(keyring=keyring))
@@ -154,6 +172,7 @@ class Sidecar:
         # A smaller bound refuses new claims until expiry brings the cache under it.
         self._replay.max_entries = config.replay_cache_entries
         self.metrics.replay_cache_capacity.set(config.replay_cache_entries)
+        self._apply_store(config)
         if self._queue is None:
             self._queue = EffortQueue(config.queue)
         else:
@@ -199,6 +218,39 @@ class Sidecar:
                 extra={"source": source, "fields": ", ".join(ignored)},
             )
         return self.apply_config(config, source=source)
+
+    def _apply_store(self, config: SidecarConfig) -> None:
+        """Use the shared replay store ``config`` names (a new one only when it changed)."""
+        spec, current = config.replay_store, self._shared
+        if current is not None and current.spec == spec and current.policy == config.policy:
+            return
+        if current is not None:
+            self._retire_store(current)
+        shared = None
+        if spec is not None:
+            shared = SharedReplay(
+                local=self._replay,
+                store=self._open_store(spec),
+                spec=spec,
+                policy=config.policy,
+                metrics=self.metrics,
+            )
+        self._shared = self._admission.shared = shared
+        with contextlib.suppress(RuntimeError):  # no loop yet: start() begins the probe
+            asyncio.get_running_loop()
+            self._watch_store()
+
+    def _watch_store(self) -> None:
+        if self._shared is not None and self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._shared.watch())
+
+    def _retire_store(self, shared: SharedReplay) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        with contextlib.suppress(RuntimeError):  # without a loop it never connected
+            asyncio.get_running_loop()
+            self._spawn(shared.close())
 
     def _refuse(self, *, source: str, why: str, result: str = "invalid") -> None:
         self.metrics.config_reloads_total.labels(source, result).inc()
@@ -276,15 +328,23 @@ class Sidecar:
                 assets[WELL_KNOWN + name] = asset
         self._endpoints = Endpoints(admission=self._admission, assets=assets)
         self._admission.page = load_interstitial()
+        self._watch_store()
 
     def listener(self, *, header_seconds: float = 15.0) -> Listener:
         """A protocol factory for ``loop.create_server``: connections served by this sidecar."""
         return Listener(self, limits=self.limits, header_seconds=header_seconds)
 
     async def close(self) -> None:
+        shared = self._shared
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        self._shared = self._admission.shared = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if shared is not None:
+            await shared.close()
         await self._forwarder.pool.close()
         self._pool.close()
 
@@ -372,7 +432,8 @@ class Sidecar:
                 self._admitted(exchange, admit, table=table, spent=True)
             return
         try:
-            refusal = self._admission.spend(admit, request, table=table)
+            # The claim (a round trip with a shared store) before the derivation.
+            refusal = await self._admission.spend_async(admit, request, table=table)
             if refusal is not None:
                 exchange.respond(refusal.response)
                 return
@@ -398,15 +459,26 @@ class Sidecar:
         if queue is not None and table.config.queue.max_concurrent > 0:
             self._spawn(self._queued(exchange, decision, table=table, queue=queue))
             return
+        if decision.key is not None and self._admission.shared is not None:
+            self._spawn(self._spend_shared(exchange, decision, table=table))
+            return
         refusal = self._admission.spend(decision, exchange.request, table=table)
         if refusal is not None:
             exchange.respond(refusal.response)
             return
+        self._forward(exchange, decision)
+
+    async def _spend_shared(self, exchange: Exchange, admit: Admit, *, table: RouteTable) -> None:
+        """Spend through the shared replay store (a bounded round trip), then forward."""
+        refusal = await self._admission.spend_async(admit, exchange.request, table=table)
+        if refusal is not None:
+            exchange.respond(refusal.response)
+        elif exchange.alive:
+            self._forward(exchange, admit)
+
+    def _forward(self, exchange: Exchange, admit: Admit) -> None:
         self._forwarder.forward(
-            exchange,
-            route=decision.route.name,
-            paid=decision.paid,
-            clear_cookie=decision.clear_cookie,
+            exchange, route=admit.route.name, paid=admit.paid, clear_cookie=admit.clear_cookie
         )
 
     def _body_fits(self, exchange: Exchange) -> bool:
@@ -449,7 +521,7 @@ class Sidecar:
             )
             return
         self.metrics.queue_wait_seconds.observe(asyncio.get_running_loop().time() - waited)
-        refusal = self._admission.spend(admit, request, table=table)
+        refusal = await self._admission.spend_async(admit, request, table=table)
         if refusal is not None or not exchange.alive:
             queue.release()
             if refusal is not None:

@@ -56,6 +56,7 @@ _FAST_BUCKETS: Final = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 0.
 _UPSTREAM_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
+_STORE_BUCKETS: Final = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 _SOLVE_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Price factors: discounts, the base, and up to the largest caps in use.
@@ -187,8 +188,14 @@ class Metrics:
             "(0: trusted callers let through without one).",
             buckets=_FACTOR_BUCKETS,
         )
+        self.replay_store_seconds = LoopHistogram(
+            "powgate_replay_store_seconds",
+            "Time of the shared replay store's answer to one claim (SET NX).",
+            buckets=_STORE_BUCKETS,
+        )
         self.histograms = (
             self.price_factor,
+            self.replay_store_seconds,
             self.verify_seconds,
             self.upstream_seconds,
             self.queue_wait_seconds,
@@ -240,6 +247,34 @@ class Metrics:
         self.replay_cache_capacity = Gauge(
             "powgate_replay_cache_capacity",
             "The replay cache's bound: beyond it valid solutions are refused (replay_cache_full).",
+            registry=reg,
+        )
+        self.replay_store_claims_total = Counter(
+            "powgate_replay_store_claims",
+            "Claims the shared replay store answered, by result (new: this sidecar spent the "
+            "solution; seen: another one had).",
+            ["result"],
+            registry=reg,
+        )
+        self.replay_store_errors_total = Counter(
+            "powgate_replay_store_errors",
+            "Claims and health probes the shared replay store did not answer, by kind (timeout, "
+            "unreachable, auth, tls, protocol, server, credentials).",
+            ["kind"],
+            registry=reg,
+        )
+        self.replay_store_unavailable_total = Counter(
+            "powgate_replay_store_unavailable",
+            "Valid solutions decided without the shared replay store, by action (refused: "
+            "whenUnavailable Refuse; fallback: admitted by this process's cache alone).",
+            ["action"],
+            registry=reg,
+        )
+        self.replay_store_up = Gauge(
+            "powgate_replay_store_up",
+            "1 while the shared replay store answers, 0 while it does not; one series per "
+            "process that uses a store, labelled with the policy and its whenUnavailable.",
+            ["policy", "when_unavailable"],
             registry=reg,
         )
         self.upstream_errors_total = Counter(

@@ -46,6 +46,8 @@ class Settings:
     shutdown_timeout: float = 30.0
     poll_interval: float = 1.0
     reuse_port: bool = False
+    #: The shared replay store's credentials (a mounted Secret folder).
+    replay_store_credentials: Path | None = None
 
 
 def _metrics_app(sidecar: Sidecar) -> web.Application:
@@ -92,6 +94,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         config=config,
         limits=settings.limits,
         trusted_proxies=settings.trusted_proxies,
+        replay_store_credentials=settings.replay_store_credentials,
     )
     await sidecar.start()
     listener = sidecar.listener(header_seconds=settings.header_timeout)

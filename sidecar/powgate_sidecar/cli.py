@@ -92,6 +92,12 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     add_env_argument(
         parser,
+        SidecarFlag.REPLAY_STORE_CREDENTIALS,
+        help="folder of the shared replay store's credentials (a mounted Secret: username, "
+        "password, ca.crt, tls.crt, tls.key), used when the config names a store",
+    )
+    add_env_argument(
+        parser,
         SidecarFlag.WORKERS,
         type=int,
         default="1",
@@ -181,6 +187,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         upstream=args.upstream,
         metrics_listen=args.metrics_listen,
         key_file=Path(args.key_file),
+        replay_store_credentials=(
+            Path(args.replay_store_credentials) if args.replay_store_credentials else None
+        ),
         config_file=Path(args.config_file) if args.config_file else None,
         config_object=args.config_object,
         kube=kube,

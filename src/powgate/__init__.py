@@ -43,7 +43,7 @@ from ._protocol import (
 )
 from ._replay import AsyncReplayCache, Claim, MemoryReplayCache, ReplayCache
 from ._solver import SolveResult, SolveResultV2, solve, solve_deepseek, solve_reference, solve_v2
-from ._verify import AnyChallenge, Attempt, Issuer, Reason, Verdict, Verifier
+from ._verify import AnyChallenge, Attempt, Issuer, Reason, Verdict, Verifier, claim_reason
 
 __version__ = "0.1.0"
 
@@ -92,6 +92,7 @@ __all__ = [
     "Verifier",
     "__version__",
     "algorithm_names",
+    "claim_reason",
     "get_algorithm",
     "parse_challenge",
     "parse_salt",

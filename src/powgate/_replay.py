@@ -10,8 +10,11 @@ new claims (reason ``replay_cache_full``): it fails closed, so no replay is
 ever admitted, and the client gets a fresh challenge. Size the cap above
 ``admitted rate * challenge lifetime``; the sidecar exports the fill level.
 
-A shared store (Redis/Valkey ``SET key 1 NX EXAT expires``) gives cluster-wide
-single use; it implements :class:`AsyncReplayCache`.
+A cache of one process gives single use per process. A shared store
+(Redis/Valkey ``SET key 1 NX PX …``, the sidecar's ``_replay_store``) gives it
+cluster-wide; it implements :class:`AsyncReplayCache`, with this cache in
+front as the first check, and may answer :attr:`Claim.UNAVAILABLE` when the
+store cannot be asked and its policy is to refuse.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class Claim:
     NEW: Final = "new"
     SEEN: Final = "seen"
     FULL: Final = "full"
+    #: A shared store could not be asked and refuses rather than guess (nothing was spent).
+    UNAVAILABLE: Final = "unavailable"
 
 
 class ReplayCache(Protocol):
@@ -66,6 +71,15 @@ class MemoryReplayCache:
         self._entries[key] = expires_at
         heapq.heappush(self._heap, (expires_at, key))
         return Claim.NEW
+
+    def release(self, key: bytes) -> None:
+        """Forget ``key`` (a claim the caller could not complete): it may be claimed again.
+
+        Its heap entry stays until it expires; a new claim of the same key has the
+        same expiry (the key is a digest of the challenge), so purging it removes
+        the right entry.
+        """
+        self._entries.pop(key, None)
 
     def _purge(self, now: float) -> None:
         heap, entries = self._heap, self._entries

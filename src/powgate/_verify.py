@@ -63,6 +63,7 @@ __all__ = [
     "Scope",
     "Verdict",
     "Verifier",
+    "claim_reason",
     "max_difficulty",
 ]
 
@@ -103,6 +104,8 @@ class Reason(enum.StrEnum):
     INSUFFICIENT = "insufficient"
     REPLAYED = "replayed"
     REPLAY_CACHE_FULL = "replay_cache_full"
+    #: The shared replay store could not be asked and its policy is to refuse; not spent.
+    REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
     #: ALTCHA v2: the derivation pool had no room; the solution was not spent.
     VERIFIER_BUSY = "verifier_busy"
 
@@ -751,10 +754,26 @@ def _out_of_scope(
     return None
 
 
+def claim_reason(outcome: str) -> Reason:
+    """The reason of a claim's outcome (:class:`Claim`): ``ok`` for a new claim."""
+    return _CLAIM_REASONS[outcome]
+
+
+_CLAIM_REASONS: Final = {
+    Claim.NEW: Reason.OK,
+    Claim.SEEN: Reason.REPLAYED,
+    Claim.FULL: Reason.REPLAY_CACHE_FULL,
+    Claim.UNAVAILABLE: Reason.REPLAY_STORE_UNAVAILABLE,
+}
+_CLAIM_CAUSES: Final = {
+    Claim.SEEN: "solution already used",
+    Claim.FULL: "replay cache at its cap",
+    Claim.UNAVAILABLE: "the shared replay store could not be asked",
+}
+
+
 def _claim_verdict(outcome: str, verdict: Verdict) -> Verdict:
-    if outcome == Claim.SEEN:
-        return verdict._replace(reason=Reason.REPLAYED, cause="solution already used")
-    return verdict._replace(reason=Reason.REPLAY_CACHE_FULL, cause="replay cache at its cap")
+    return verdict._replace(reason=_CLAIM_REASONS[outcome], cause=_CLAIM_CAUSES[outcome])
 
 
 def _finish(attempt: Attempt, right: bool) -> Verdict:

@@ -25,28 +25,38 @@ from ._wire import WireModel
 from .pricing import PricingConfig, TrustedCaller
 
 __all__ = [
+    "BASE_CONTRACT",
     "CONFIG_CONTRACT",
     "CONFIG_DATA_KEY",
     "DEFAULT_EXEMPT_PATHS",
     "MAX_CHALLENGE_LIFETIME_SECONDS",
     "MAX_REPLAY_ENTRIES",
     "MIN_REPLAY_ENTRIES",
+    "REPLAY_STORE_CONTRACT",
     "KdfSpec",
     "Mode",
     "ParsedConfig",
     "QueueConfig",
+    "ReplayStoreSpec",
     "RouteConfig",
     "SidecarConfig",
+    "StoreOutage",
     "default_routes",
 ]
 
 #: The data key of the rendered ConfigMap (and the conventional file name).
 CONFIG_DATA_KEY: Final = "config.json"
-#: The contract of the rendered document this code writes and understands. Adding an
-#: optional field keeps it: a sidecar ignores (and reports) fields it does not know, so
-#: an operator upgrade never freezes running sidecars. A change an older sidecar must
-#: not apply half-understood raises it; such a sidecar then keeps its last config.
-CONFIG_CONTRACT: Final = 1
+#: The newest contract of the rendered document this code understands. Adding an
+#: optional field keeps a document's contract: a sidecar ignores (and reports) fields it
+#: does not know, so an operator upgrade never freezes running sidecars. A field an older
+#: sidecar must not apply half-understood raises the contract of the documents that use
+#: it (and only of those); such a sidecar then keeps its last config.
+CONFIG_CONTRACT: Final = 2
+#: The contract of a document that uses nothing newer than the first one.
+BASE_CONTRACT: Final = 1
+#: A shared replay store (contract 2): a sidecar that ignored it would admit each
+#: solution once per process while the policy promises once per cluster.
+REPLAY_STORE_CONTRACT: Final = 2
 
 log = logging.getLogger("powgate.config")
 _JSON: Final = TypeAdapter(Any)
@@ -180,11 +190,77 @@ class QueueConfig(WireModel):
     max_wait_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
+class StoreOutage(enum.StrEnum):
+    """What a sidecar does with a valid solution while the shared replay store cannot be asked."""
+
+    #: Refuse it (503, Retry-After, a fresh challenge; the solution is not spent): no
+    #: solution is ever admitted twice, and paid traffic stops while the store is down.
+    REFUSE = "Refuse"
+    #: Admit it once per sidecar process (the local cache): paid traffic goes on, and a
+    #: solution may be admitted once by each process during the outage.
+    FALL_BACK_TO_LOCAL = "FallBackToLocal"
+
+
+class ReplayStoreSpec(WireModel):
+    """A Redis or Valkey server shared by every sidecar of a policy: a solution buys one
+    request cluster-wide, not one per process.
+
+    Credentials never appear here: each sidecar reads them from the Secret
+    ``<policy>-powgate-replay-store`` (keys ``username``, ``password``, and for
+    TLS ``ca.crt``, ``tls.crt``, ``tls.key``), which the injector mounts into
+    the sidecar container only. See docs/sidecar.md and docs/security.md.
+    """
+
+    address: str = Field(
+        min_length=3,
+        max_length=261,
+        pattern=r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$",
+        description="`HOST:PORT` of the Redis/Valkey server (a Service name, `[::1]:6379` "
+        "for IPv6). One endpoint: a cluster-mode deployment is not supported.",
+    )
+    database: int = Field(default=0, ge=0, le=1023, description="The logical database.")
+    tls: bool = Field(
+        default=False,
+        description="Talk TLS, verifying the server's certificate for the address's host "
+        "against `ca.crt` of the Secret (the system's CAs without it); `tls.crt`/`tls.key` of "
+        "the Secret are sent as a client certificate.",
+    )
+    timeout_milliseconds: int = Field(
+        default=100,
+        ge=1,
+        le=5000,
+        description="The most one claim may add to a paid request; past it the store counts "
+        "as unavailable for that request.",
+    )
+    when_unavailable: StoreOutage = Field(
+        default=StoreOutage.REFUSE,
+        description="Refuse: valid solutions are refused (503, reason "
+        "replay_store_unavailable) while the store cannot be asked. FallBackToLocal: they are "
+        "admitted once per sidecar process. Both are counted "
+        "(powgate_replay_store_unavailable_total) and shown in the ReplayStoreAvailable "
+        "condition.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not 0 < int(self.address.rpartition(":")[2]) < 65536:
+            raise ValueError(f"port out of range in address {self.address!r}")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+
 class SidecarConfig(WireModel):
     """Everything a sidecar enforces. Keys travel separately (the key-ring Secret)."""
 
     contract: int = Field(
-        default=CONFIG_CONTRACT,
+        default=BASE_CONTRACT,
         ge=1,
         le=1000,
         description="The document's contract; a sidecar refuses a newer one than it knows.",
@@ -241,6 +317,11 @@ class SidecarConfig(WireModel):
         "expires). When full, valid solutions are refused (replay_cache_full), never admitted "
         "twice: size it for the admission rate times the challenge lifetime.",
     )
+    replay_store: ReplayStoreSpec | None = Field(
+        default=None,
+        description="The shared replay store (contract 2); without it each sidecar process "
+        "remembers spent solutions on its own.",
+    )
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     trusted_callers: list[TrustedCaller] = Field(default_factory=list, max_length=32)
 
@@ -250,6 +331,10 @@ class SidecarConfig(WireModel):
             raise ValueError(
                 f"the document follows config contract {self.contract}; this sidecar knows "
                 f"contract {CONFIG_CONTRACT} at most: upgrade the sidecar"
+            )
+        if self.replay_store is not None and self.contract < REPLAY_STORE_CONTRACT:
+            raise ValueError(
+                f"a document with replayStore follows contract {REPLAY_STORE_CONTRACT} at least"
             )
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):

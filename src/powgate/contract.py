@@ -61,6 +61,7 @@ class SidecarFlag(enum.StrEnum):
     CONFIG_FILE = "--config-file"
     CONFIG_OBJECT = "--config-object"
     KEY_FILE = "--key-file"
+    REPLAY_STORE_CREDENTIALS = "--replay-store-credentials"
     WORKERS = "--workers"
     KUBE_API_URL = "--kube-api-url"
     KUBE_TOKEN_FILE = "--kube-token-file"  # noqa: S105 - a flag's name

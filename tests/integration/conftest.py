@@ -7,7 +7,8 @@ that act on it; `kube_client` is the official client for the cluster;
 `namespace` gives each test its own namespace. `prometheus` is a Prometheus
 server whose scrape targets a test sets with `set_targets`. `chromium` is
 Debian's headless Chromium and `open_page` opens a URL in a fresh instance of
-it; `altcha_widget` is the ALTCHA widget from npm (`make js-deps`).
+it; `altcha_widget` is the ALTCHA widget from npm (`make js-deps`). `store`
+is a fresh Redis/Valkey server (the shared replay store) for one test.
 
 When a binary is missing the fixtures skip with a hint, except under CI
 (`$CI` set), where they fail: CI must never pass by skipping these tests.
@@ -45,6 +46,7 @@ from powgate_testbed.cluster import (
 )
 from powgate_testbed.node import NodeTools, NodeToolsMissingError, RealNode
 from powgate_testbed.prometheus import PrometheusNotFoundError, PrometheusServer, find_prometheus
+from powgate_testbed.store_server import StoreNotFoundError, StoreServer, find_store_server
 from waiting import eventually
 
 # Fixture → marker, for every test that uses the fixture, even indirectly.
@@ -52,6 +54,7 @@ _MARKERS = {
     "cluster": "cluster",
     "local_cluster": "cluster",
     "prometheus_binary": "prometheus",
+    "store_binary": "store",
     "chromium": "browser",
     "altcha_widget": "node",
     "real_node": "realnode",
@@ -214,6 +217,22 @@ def prometheus(
     with PrometheusServer(
         root=tmp_path_factory.mktemp("prometheus"), binary=prometheus_binary
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def store_binary() -> Path:
+    """The system's `redis-server` or `valkey-server` (`make system-deps`)."""
+    try:
+        return find_store_server()
+    except StoreNotFoundError as exc:
+        _unavailable(str(exc))
+
+
+@pytest.fixture
+def store(tmp_path_factory: pytest.TempPathFactory, store_binary: Path) -> Iterator[StoreServer]:
+    """A fresh Redis/Valkey server on a free loopback port, stopped after the test."""
+    with StoreServer(root=tmp_path_factory.mktemp("store"), binary=store_binary) as server:
         yield server
 
 

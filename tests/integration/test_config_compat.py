@@ -36,7 +36,7 @@ def test_a_newer_operators_document_is_applied_and_a_newer_contract_is_not(
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
     KeyRing.generate().save(key_file)
     # Fields a later version adds: at the top, and inside a route.
-    newer = json.loads(document(321, replayStore={"url": "redis://valkey:6379"}))
+    newer = json.loads(document(321, clientBudgets={"perMinute": 5}))
     newer["routes"][0]["burst"] = 4
     config_file.write_text(json.dumps(newer))
     process, sidecar = start_sidecar(
@@ -68,6 +68,6 @@ def test_a_newer_operators_document_is_applied_and_a_newer_contract_is_not(
     finally:
         stop_all([process], grace=10)
     assert (
-        "unknown to this version ignored: replayStore, routes[0].burst"
+        "unknown to this version ignored: clientBudgets, routes[0].burst"
         in (tmp_path / "sidecar.log").read_text()
     )

@@ -39,3 +39,16 @@ def test_memory_is_bounded_by_live_entries() -> None:
 def test_rejects_a_useless_cap() -> None:
     with pytest.raises(ValueError, match="positive"):
         MemoryReplayCache(max_entries=0)
+
+
+def test_a_released_claim_may_be_claimed_again_and_expires_as_before() -> None:
+    """A claim the caller could not complete (a shared store down) spends nothing."""
+    cache = MemoryReplayCache(max_entries=10)
+    assert cache.claim(b"k", expires_at=100, now=0) == Claim.NEW
+    cache.release(b"k")
+    assert len(cache) == 0
+    assert cache.claim(b"k", expires_at=100, now=1) == Claim.NEW
+    assert cache.claim(b"k", expires_at=100, now=2) == Claim.SEEN
+    cache.release(b"absent")  # nothing to forget: no error
+    assert cache.claim(b"other", expires_at=200, now=101) == Claim.NEW
+    assert len(cache) == 1  # b"k" expired and was purged

@@ -264,8 +264,14 @@ def test_priced_difficulty(difficulty: int, factor: float, expected: int) -> Non
 
 
 def test_every_reason_is_covered() -> None:
-    # VERIFIER_BUSY (a full derivation pool) is covered in test_core_schemes.py.
-    others = {Reason.REPLAYED, Reason.REPLAY_CACHE_FULL, Reason.VERIFIER_BUSY}
+    # VERIFIER_BUSY (a full derivation pool) is covered in test_core_schemes.py,
+    # REPLAY_STORE_UNAVAILABLE (a shared store down) in integration/test_replay_store.py.
+    others = {
+        Reason.REPLAYED,
+        Reason.REPLAY_CACHE_FULL,
+        Reason.VERIFIER_BUSY,
+        Reason.REPLAY_STORE_UNAVAILABLE,
+    }
     assert {case[1] for case in CASES} | others == set(Reason)
 
 

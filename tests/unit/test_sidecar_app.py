@@ -843,7 +843,7 @@ async def test_a_newer_operators_document_is_applied_and_its_unknown_fields_coun
     h: Harness,
 ) -> None:
     document = json.loads(make_config(difficulty=300, version="v9").to_json())
-    document["replayStore"] = {"url": "redis://valkey:6379"}
+    document["clientBudgets"] = {"perMinute": 5}
     document["routes"][0]["burst"] = 2
     assert h.sidecar.apply_document(json.dumps(document), source="kubernetes")
     assert (await h.challenge()).maxnumber == 300
