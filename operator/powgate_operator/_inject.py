@@ -31,7 +31,12 @@ from powgate.contract import (
     SIDECAR_NAME,
     SidecarFlag,
 )
-from powgate.policy import LabelSelector, config_map_name, key_secret_name
+from powgate.policy import (
+    LabelSelector,
+    config_map_name,
+    key_secret_name,
+    replay_store_secret_name,
+)
 
 __all__ = [
     "Plan",
@@ -44,8 +49,10 @@ __all__ = [
 ]
 
 KEYS_MOUNT: Final = "/etc/powgate/keys"
+REPLAY_STORE_MOUNT: Final = "/etc/powgate/replay-store"
 TOKEN_MOUNT: Final = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
 _KEYS_VOLUME: Final = "powgate-keys"
+_REPLAY_STORE_VOLUME: Final = "powgate-replay-store"
 _TOKEN_VOLUME: Final = "powgate-token"  # noqa: S105 - a volume name
 _TMP_VOLUME: Final = "powgate-tmp"
 #: Kubernetes port names: at most 15 characters, lowercase alphanumerics and single dashes.
@@ -325,6 +332,7 @@ def _sidecar(
                 "value": f"{namespace}/{config_map_name(policy.name)}",
             },
             {"name": SidecarFlag.KEY_FILE.env, "value": KEYS_MOUNT},
+            {"name": SidecarFlag.REPLAY_STORE_CREDENTIALS.env, "value": REPLAY_STORE_MOUNT},
             {"name": SidecarFlag.LOG_LEVEL.env, "value": template.log_level},
         ],
         "resources": {k: dict(v) for k, v in template.resources.items()},
@@ -344,6 +352,7 @@ def _sidecar(
         },
         "volumeMounts": [
             {"name": _KEYS_VOLUME, "mountPath": KEYS_MOUNT, "readOnly": True},
+            {"name": _REPLAY_STORE_VOLUME, "mountPath": REPLAY_STORE_MOUNT, "readOnly": True},
             {"name": _TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
             {"name": _TMP_VOLUME, "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's
         ],
@@ -382,8 +391,21 @@ def _volumes(policy: PolicyRef) -> list[dict[str, Any]]:
         # so the kubelet's slower volume refresh is enough for keys.
         "secret": {"secretName": key_secret_name(policy.name), "defaultMode": 0o444},
     }
+    # The replay store's credentials, in the sidecar container only (the app's containers
+    # do not mount it, the pod's service account may not read it). Optional: a policy
+    # without a store, or with a store that needs no password, has no such Secret, and
+    # one created later reaches running pods with the kubelet's next sync.
+    replay_store = {
+        "name": _REPLAY_STORE_VOLUME,
+        "secret": {
+            "secretName": replay_store_secret_name(policy.name),
+            "defaultMode": 0o444,
+            "optional": True,
+        },
+    }
     return [
         keys,
+        replay_store,
         token,
         {"name": _TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]

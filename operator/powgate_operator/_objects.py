@@ -14,15 +14,16 @@ from typing import Any, Final
 
 from powgate import HmacKey, KeyRing
 from powgate._keys import new_secret
-from powgate.config import CONFIG_DATA_KEY, SidecarConfig
+from powgate.config import CONFIG_DATA_KEY, ReplayStoreSpec, SidecarConfig, StoreOutage
 from powgate.contract import (
     KEYRING_SECRET_KEY,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
     OPT_OUT_LABEL,
     POLICY_LABEL,
+    REPLAY_STORE_UP_METRIC,
 )
-from powgate.controller import Decision
+from powgate.controller import Decision, Failure
 from powgate.policy import (
     API_VERSION,
     KIND,
@@ -43,6 +44,8 @@ from powgate.policy import (
 )
 from powgate.reputation import REPUTATION_DATA_KEY
 
+from ._prometheus import StoreReach
+
 __all__ = [
     "HANDLER_ID",
     "MANAGED_BY",
@@ -51,6 +54,7 @@ __all__ = [
     "key_secret_body",
     "next_key_ring",
     "owner_reference",
+    "replay_store_conditions",
     "reputation_export_body",
     "ring_from_secret",
     "role_binding_body",
@@ -311,6 +315,54 @@ def set_condition(
     )
     others = [c for c in conditions if c.type is not kind]
     return sorted([*others, updated], key=lambda c: list(ConditionType).index(c.type))
+
+
+def replay_store_conditions(
+    conditions: Sequence[Condition],
+    *,
+    store: ReplayStoreSpec | None,
+    reach: StoreReach | Failure | None,
+    now: datetime,
+) -> list[Condition]:
+    """``conditions`` with ``ReplayStoreAvailable`` from what the sidecars report.
+
+    ``reach`` is ``None`` when Prometheus was not asked this time: the last
+    condition stays. Without a store the condition goes away.
+    """
+    kind = ConditionType.REPLAY_STORE_AVAILABLE
+    if store is None:
+        return [c for c in conditions if c.type is not kind]
+    if reach is None:
+        if any(c.type is kind for c in conditions):
+            return list(conditions)
+        status, reason, message = ConditionStatus.UNKNOWN, "NotObserved", "not yet asked"
+    elif isinstance(reach, Failure):
+        status, reason = ConditionStatus.UNKNOWN, "MetricsUnavailable"
+        message = f"the sidecars' {REPLAY_STORE_UP_METRIC} could not be read: {reach.message}"
+    elif reach.total == 0:
+        status, reason = ConditionStatus.UNKNOWN, "NoSidecarsReporting"
+        message = (
+            f"no sidecar of the policy reports {REPLAY_STORE_UP_METRIC} (none scraped yet, "
+            "or all too old for config contract 2: they keep their last config)"
+        )
+    elif reach.unavailable:
+        status, reason = ConditionStatus.FALSE, "Unreachable"
+        consequence = (
+            "their valid solutions are refused (503, replay_store_unavailable)"
+            if store.when_unavailable is StoreOutage.REFUSE
+            else "they admit each solution once per sidecar process"
+        )
+        message = (
+            f"{reach.unavailable} of {reach.total} sidecar processes cannot reach the replay "
+            f"store at {store.address}: {consequence} (whenUnavailable "
+            f"{store.when_unavailable.value}); see powgate_replay_store_errors_total"
+        )
+    else:
+        status, reason = ConditionStatus.TRUE, "Reachable"
+        message = f"all {reach.total} sidecar processes reach the replay store at {store.address}"
+    return set_condition(
+        conditions, kind=kind, status=status, reason=reason, message=message, now=now
+    )
 
 
 def status_after(

@@ -27,7 +27,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import NewConnectionError
 from urllib3.util.retry import Retry
 
-from powgate.contract import HEAVY_CLIENTS_METRIC
+from powgate.contract import HEAVY_CLIENTS_METRIC, REPLAY_STORE_UP_METRIC
 from powgate.controller import Empty, Failure, Reading, Sample
 from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
 
@@ -38,8 +38,10 @@ __all__ = [
     "FailureReason",
     "SignalReader",
     "Signals",
+    "StoreReach",
     "heavy_clients_query",
     "reading_from_result",
+    "replay_store_query",
     "rollout_query",
 ]
 
@@ -235,6 +237,12 @@ class Signals(Protocol):
         """Requests per second of each sealed client the sidecars of ``policy`` report."""
         ...
 
+    async def replay_store(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> StoreReach | Failure:
+        """How many sidecar processes of ``policy`` reach its replay store, and how many not."""
+        ...
+
 
 class SignalReader:
     """:class:`Signals` from a Prometheus server through ``prometheus-api-client``, in threads."""
@@ -307,6 +315,45 @@ class SignalReader:
             )
         finally:
             client.close()
+
+    async def replay_store(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> StoreReach | Failure:
+        """The sidecars' ``powgate_replay_store_up`` of ``policy``, counted by value."""
+        promql = replay_store_query(policy)
+        loop = asyncio.get_running_loop()
+        client = _client(prometheus=prometheus, credentials=credentials)
+        try:
+            counts = await loop.run_in_executor(
+                self._pool, _by_label, client, promql, "up", prometheus.timeout_seconds
+            )
+        finally:
+            client.close()
+        if isinstance(counts, Failure):
+            return counts
+        return StoreReach(answering=int(counts.get("1", 0)), unavailable=int(counts.get("0", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReach:
+    """Sidecar processes of a policy whose replay store answers, and whose does not."""
+
+    answering: int
+    unavailable: int
+
+    @property
+    def total(self) -> int:
+        return self.answering + self.unavailable
+
+
+def replay_store_query(policy: str) -> str:
+    """Sidecar processes of ``policy`` by whether they reach its replay store (label ``up``).
+
+    From the policy's namespace only, as the rollout query.
+    """
+    namespace = policy.partition("/")[0]
+    matchers = f"namespace={json.dumps(namespace)},policy={json.dumps(policy)}"
+    return f'count_values("up", {REPLAY_STORE_UP_METRIC}{{{matchers}}})'
 
 
 def heavy_clients_query(policy: str) -> str:

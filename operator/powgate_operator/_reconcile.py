@@ -21,7 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from powgate import KeyRing, KeyRingError
-from powgate.config import CONFIG_DATA_KEY, Mode, SidecarConfig
+from powgate.config import CONFIG_DATA_KEY, Mode, ReplayStoreSpec, SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -65,6 +65,7 @@ from ._objects import (
     config_map_body,
     key_secret_body,
     next_key_ring,
+    replay_store_conditions,
     reputation_export_body,
     ring_from_secret,
     role_body,
@@ -77,6 +78,7 @@ from ._prometheus import (
     Credentials,
     FailureReason,
     Signals,
+    StoreReach,
 )
 from ._reputation import learn, list_from_object, open_rates, published, read_import
 from ._trust import api_key_hashes, api_key_secrets
@@ -131,8 +133,11 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         events: EventSink = kopf_events,
         credential_addresses: CredentialAddresses = NO_CREDENTIAL_ADDRESSES,
+        default_store: ReplayStoreSpec | None = None,
     ) -> None:
+        """``default_store``: the replay store of policies that name none (chart value)."""
         self._cluster = cluster
+        self._default_store = default_store
         self._reader = reader
         self._credential_addresses = credential_addresses
         self._event = events
@@ -242,14 +247,22 @@ class Reconciler:
             name=key.name,
             difficulty=difficulty,
             raised_at=last_raise(history),
+            default_store=self._default_store,
         )
         await self._ensure_config(key, policy, config)
         await self._ensure_role(key, policy)
         # Prometheus is asked only on evaluations, and only with usable credentials.
         reachable = evaluate_signals and not isinstance(credentials, Failure)
         usable = None if isinstance(credentials, Failure) else credentials
+        reach: StoreReach | Failure | None = None
         if reachable:
             rollout = await self._rollout(key, spec, usable, config.version)
+            if config.replay_store is not None:
+                reach = await self._reader.replay_store(
+                    prometheus=spec.prometheus,
+                    credentials=usable,
+                    policy=f"{key.namespace}/{key.name}",
+                )
         pricing = await self._ensure_pricing(
             key, policy, spec, credentials=usable, gather=reachable and not keys_problem, now=now
         )
@@ -263,7 +276,15 @@ class Reconciler:
             rollout=rollout,
             now=now,
         )
-        status = status.model_copy(update={"pricing": pricing})
+        status = status.model_copy(
+            update={
+                "pricing": pricing,
+                "conditions": replay_store_conditions(
+                    status.conditions, store=config.replay_store, reach=reach, now=now
+                ),
+            }
+        )
+        self._announce_store(policy, previous, status)
         if keys_problem:
             status = status.model_copy(
                 update={
@@ -281,6 +302,19 @@ class Reconciler:
         if decision is not None:
             self._announce(policy, decision)
         return "KeySecretInvalid" if keys_problem else "ok"
+
+    def _announce_store(
+        self, policy: Manifest, previous: PolicyStatus, status: PolicyStatus
+    ) -> None:
+        """An event when the sidecars are seen to lose, or to reach, the replay store."""
+        kind = ConditionType.REPLAY_STORE_AVAILABLE
+        before, now = previous.condition(kind), status.condition(kind)
+        if now is None or now.status is ConditionStatus.UNKNOWN:
+            return
+        if before is not None and before.status is now.status:
+            return
+        severity = "Warning" if now.status is ConditionStatus.FALSE else "Normal"
+        self._event(policy, severity, now.reason, now.message)
 
     # -- reads ------------------------------------------------------------------
 

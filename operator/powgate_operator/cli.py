@@ -23,8 +23,10 @@ from typing import Any, Final
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from pydantic import ValidationError
 
 from powgate.cliargs import add_env_argument, host_port, parse_host_port
+from powgate.config import ReplayStoreSpec
 
 from ._kube_client import KubeCluster
 from ._options import add_webhook_arguments, webhook_options
@@ -44,6 +46,20 @@ _KUBE_THREADS: Final = 32
 _LOG_FORMATS: Final = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.FULL}
 #: Derived peering priorities stay below this; an explicit ``--priority`` may exceed it.
 _PRIORITY_RANGE: Final = 2**31
+
+
+def _replay_store(value: str) -> ReplayStoreSpec | None:
+    """A ``replay.store`` document (JSON); an empty value means none."""
+    if not value.strip():
+        return None
+    try:
+        return ReplayStoreSpec.model_validate_json(value)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<document>'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        raise argparse.ArgumentTypeError(f"not a replay store: {errors}") from None
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,6 +113,16 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="URL[,URL...]",
         help="the only Prometheus addresses a policy's authSecretRef credentials are sent to "
         "(same scheme, host and port; a path below); empty: none",
+    )
+    add_env_argument(
+        parser,
+        "--default-replay-store",
+        type=_replay_store,
+        default=None,
+        metavar="JSON",
+        help="the shared replay store of every policy that names none in spec.replay.store "
+        '(a replay.store object: {"address": "HOST:PORT", "whenUnavailable": "Refuse", …}); '
+        "unset: such policies' sidecars keep single use per process",
     )
     parser.add_argument("--log-format", choices=sorted(_LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -194,6 +220,7 @@ async def _serve(args: argparse.Namespace) -> None:
             cluster=cluster,
             reader=reader,
             credential_addresses=args.prometheus_credential_addresses,
+            default_store=args.default_replay_store,
         )
         registry = build_registry(reconciler)
         priority = peering_priority(explicit=args.priority, pod_id=os.environ.get("POD_ID"))

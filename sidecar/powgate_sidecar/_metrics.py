@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from powgate import KeyRing
-from powgate.contract import HEAVY_CLIENTS_METRIC
+from powgate.contract import HEAVY_CLIENTS_METRIC, REPLAY_STORE_UP_METRIC
 from powgate.reputation import seal_label
 
 from ._pricing import Pricer
@@ -271,7 +271,7 @@ class Metrics:
             registry=reg,
         )
         self.replay_store_up = Gauge(
-            "powgate_replay_store_up",
+            REPLAY_STORE_UP_METRIC,
             "1 while the shared replay store answers, 0 while it does not; one series per "
             "process that uses a store, labelled with the policy and its whenUnavailable.",
             ["policy", "when_unavailable"],

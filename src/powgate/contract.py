@@ -25,6 +25,7 @@ __all__ = [
     "OPT_OUT_LABEL",
     "POLICY_LABEL",
     "PORT_ANNOTATION",
+    "REPLAY_STORE_UP_METRIC",
     "SIDECAR_NAME",
     "SidecarFlag",
 ]
@@ -50,6 +51,10 @@ METRICS_PORT_NAME: Final = "powgate-metrics"
 #: ``policy`` and ``client`` (the client key sealed, powgate.reputation.seal_label); the
 #: operator sums it over sidecars into the policy's reputation list.
 HEAVY_CLIENTS_METRIC: Final = "powgate_heavy_client_rate"
+#: The gauge in which each sidecar process with a shared replay store says whether the store
+#: answers (1) or not (0), by ``policy`` and ``when_unavailable``; the operator counts it
+#: into the policy's ``ReplayStoreAvailable`` condition.
+REPLAY_STORE_UP_METRIC: Final = "powgate_replay_store_up"
 
 
 class SidecarFlag(enum.StrEnum):

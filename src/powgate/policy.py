@@ -20,15 +20,18 @@ from pydantic import ConfigDict, Field, model_validator
 from ._verify import MAX_DIFFICULTY
 from ._wire import WireModel
 from .config import (
+    BASE_CONTRACT,
     DEFAULT_EXEMPT_PATHS,
     MAX_CHALLENGE_LIFETIME_SECONDS,
     MAX_REPLAY_ENTRIES,
     MIN_REPLAY_ENTRIES,
+    REPLAY_STORE_CONTRACT,
     AlgorithmName,
     KdfSpec,
     Mode,
     PathPattern,
     QueueConfig,
+    ReplayStoreSpec,
     RouteConfig,
     SidecarConfig,
     check_scheme,
@@ -87,6 +90,7 @@ __all__ = [
     "key_secret_name",
     "last_raise",
     "render_config",
+    "replay_store_secret_name",
     "reputation_name",
 ]
 
@@ -477,7 +481,13 @@ class ReputationSpec(WireModel):
 
 
 class ReplaySpec(WireModel):
-    """How each sidecar remembers spent solutions (single use)."""
+    """How sidecars remember spent solutions (single use).
+
+    Each sidecar process keeps a cache of its own (sized below): alone, it
+    makes a solution single use per process. `store` adds a Redis/Valkey
+    server that every sidecar of the policy asks after its own cache, so a
+    solution buys one request cluster-wide.
+    """
 
     expected_admissions_per_second: int = Field(
         default=1000,
@@ -492,6 +502,14 @@ class ReplaySpec(WireModel):
         le=MAX_REPLAY_ENTRIES,
         description="The cache's size outright (about 200 bytes per entry), instead of the "
         "rate. At the bound valid solutions are refused (replay_cache_full): never a replay.",
+    )
+    store: ReplayStoreSpec | None = Field(
+        default=None,
+        description="A Redis/Valkey server shared by the policy's sidecars (single use "
+        "cluster-wide). Unset: the operator's default store (chart value replayStore), if "
+        "any; else single use per sidecar process. Credentials: the Secret "
+        "<policy>-powgate-replay-store (keys username, password, ca.crt, tls.crt, tls.key), "
+        "mounted into the sidecar container only.",
     )
 
     def entries(self, *, lifetime_seconds: int) -> int:
@@ -604,6 +622,8 @@ class ConditionType(enum.StrEnum):
     SIGNALS_HEALTHY = "SignalsHealthy"
     FALLBACK_ACTIVE = "FallbackActive"
     LIMITED = "Limited"
+    #: Whether every sidecar of a policy with a shared replay store reaches it.
+    REPLAY_STORE_AVAILABLE = "ReplayStoreAvailable"
 
 
 class ConditionStatus(enum.StrEnum):
@@ -745,6 +765,11 @@ def key_secret_name(policy: str) -> str:
     return f"{policy}-powgate-keys"
 
 
+def replay_store_secret_name(policy: str) -> str:
+    """The Secret with a policy's replay-store credentials, mounted into its sidecars only."""
+    return f"{policy}-powgate-replay-store"
+
+
 def reputation_name(policy: str) -> str:
     """The ConfigMap exporting what a policy's sidecars learnt (data key ``reputation.json``)."""
     return f"{policy}-powgate-reputation"
@@ -760,13 +785,21 @@ def last_raise(history: Sequence[DifficultyChange]) -> int:
 
 
 def render_config(
-    *, spec: PolicySpec, namespace: str, name: str, difficulty: int, raised_at: int = 0
+    *,
+    spec: PolicySpec,
+    namespace: str,
+    name: str,
+    difficulty: int,
+    raised_at: int = 0,
+    default_store: ReplayStoreSpec | None = None,
 ) -> SidecarConfig:
     """The sidecar config for ``spec`` at ``difficulty``, with its content version set.
 
     ``raised_at`` (unix time of the last raise) lets sidecars retire easier
-    challenges once the policy's grace has passed.
+    challenges once the policy's grace has passed. ``default_store`` is the
+    replay store of a policy that names none (the operator's default).
     """
+    store = spec.replay.store or default_store
     # Validation keeps max times multiplier within the verifier's range; the clamp holds even
     # for a stored spec that predates that rule (the sidecar would refuse the document).
     steepest = max(route.difficulty_multiplier for route in spec.routes)
@@ -785,6 +818,9 @@ def render_config(
         raised_at=raised_at,
         raise_grace_seconds=spec.challenge.grace_seconds_after_raise,
         replay_cache_entries=spec.replay.entries(lifetime_seconds=spec.challenge.lifetime_seconds),
+        # A sidecar too old to know the store must refuse the document, not ignore the store.
+        contract=REPLAY_STORE_CONTRACT if store is not None else BASE_CONTRACT,
+        replay_store=store,
         pricing=spec.pricing,
         trusted_callers=spec.trusted_callers,
     )

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from powgate.controller import Failure
 from powgate.policy import PrometheusSpec, RolloutStatus
-from powgate_operator._prometheus import SignalReader
+from powgate_operator._prometheus import SignalReader, StoreReach
 from powgate_sidecar._metrics import Metrics
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
 from waiting import eventually_async
@@ -39,6 +39,9 @@ def sidecar_metrics() -> Iterator[list[tuple[str, Metrics]]]:
     serve("ai/chat", "v2")
     serve("ai/chat", "v1")
     serve("ai/chat", "v2")  # scraped from another namespace below
+    # Their replay store: the first reaches it, the second not, the intruder claims not.
+    for (_, metrics), up in zip(served, (1, 0, 0), strict=True):
+        metrics.replay_store_up.labels("ai/chat", "Refuse").set(up)
     yield served
     for server, thread in servers:
         server.shutdown()
@@ -78,3 +81,32 @@ async def test_only_sidecars_of_the_policys_namespace_count(
     finally:
         reader.close()
     assert counted == RolloutStatus(version="v2", updated=1, total=2)
+
+
+async def test_replay_store_reach_counts_the_policys_sidecars_by_their_gauge(
+    prometheus: PrometheusServer, sidecar_metrics: list[tuple[str, Metrics]]
+) -> None:
+    """The operator's reading of powgate_replay_store_up (the ReplayStoreAvailable condition)."""
+    namespaces = ["ai", "ai", "intruder"]
+    prometheus.set_targets(
+        [
+            ScrapeTarget(job="sidecars", address=address, labels={"namespace": namespace})
+            for (address, _), namespace in zip(sidecar_metrics, namespaces, strict=True)
+        ]
+    )
+    reader = SignalReader(max_workers=2)
+    spec = PrometheusSpec(address=prometheus.url, timeout_seconds=5)
+
+    def all_scraped() -> bool:
+        with PrometheusConnect(url=prometheus.url, disable_ssl=True) as prom:
+            result = prom.custom_query('count(powgate_replay_store_up{policy="ai/chat"})')
+        return bool(result) and float(result[0]["value"][1]) == 3
+
+    try:
+        await eventually_async(
+            lambda: asyncio.to_thread(all_scraped), what="all three sidecars scraped"
+        )
+        reach = await reader.replay_store(prometheus=spec, credentials=None, policy="ai/chat")
+    finally:
+        reader.close()
+    assert reach == StoreReach(answering=1, unavailable=1)

@@ -35,6 +35,7 @@ from helm_chart import (
     kubelet_expand,
     render,
 )
+from powgate.config import ReplayStoreSpec, StoreOutage
 from powgate.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE, OPT_OUT_LABEL
 from powgate_operator._inject import SidecarTemplate
 from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME
@@ -827,3 +828,28 @@ def test_network_policy_opens_the_webhook_and_limits_metrics() -> None:
     assert by_port["metrics"]["from"] == [{"namespaceSelector": {"matchLabels": {"m": "1"}}}]
     container_ports = {p["name"] for p in container(docs)["ports"]}
     assert set(by_port) <= container_ports
+
+
+def test_a_default_replay_store_reaches_the_operator_as_the_model_reads_it() -> None:
+    """The chart points at an existing Redis/Valkey; it installs none."""
+    assert operator_args(render()).default_replay_store is None
+    values = {
+        "replayStore": {
+            "address": "valkey.cache.svc.cluster.local:6379",
+            "tls": True,
+            "whenUnavailable": "FallBackToLocal",
+        }
+    }
+    docs = render(values)
+    store = operator_args(docs).default_replay_store
+    assert store == ReplayStoreSpec(
+        address="valkey.cache.svc.cluster.local:6379",
+        tls=True,
+        when_unavailable=StoreOutage.FALL_BACK_TO_LOCAL,
+    )
+    kinds = {d["kind"] for d in docs}
+    assert "StatefulSet" not in kinds  # no Redis of the chart's own
+    with pytest.raises(RenderError, match="replayStore"):
+        render({"replayStore": {"address": "redis://valkey:6379"}})
+    with pytest.raises(RenderError, match="replayStore"):
+        render({"replayStore": {"whenUnavailable": "Ignore"}})

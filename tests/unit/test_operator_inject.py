@@ -279,6 +279,27 @@ def test_the_sidecar_has_its_own_token_even_without_automount() -> None:
     assert result["spec"]["automountServiceAccountToken"] is False  # the app's choice stays
 
 
+def test_replay_store_credentials_reach_the_sidecar_container_only() -> None:
+    """The policy's store Secret is mounted (optional) into the sidecar, never into the app."""
+    result = injected(pod())
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert volumes["powgate-replay-store"]["secret"] == {
+        "secretName": "llm-powgate-replay-store",
+        "defaultMode": 0o444,
+        "optional": True,
+    }
+    sidecar = sidecar_of(result)
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert mounts["powgate-replay-store"]["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["POWGATE_REPLAY_STORE_CREDENTIALS"] == mounts["powgate-replay-store"]["mountPath"]
+    others = [c for c in result["spec"]["containers"] if c["name"] != "powgate-sidecar"]
+    assert others
+    for container in others:
+        names = {m["name"] for m in container.get("volumeMounts") or []}
+        assert "powgate-replay-store" not in names
+
+
 def test_injection_is_idempotent_and_leaves_the_input_alone() -> None:
     source = pod()
     before = copy.deepcopy(source)

@@ -13,7 +13,14 @@ import pytest
 
 from memory_cluster import MemoryCluster
 from powgate import KeyRing
-from powgate.config import CONFIG_DATA_KEY, Mode, SidecarConfig
+from powgate.config import (
+    CONFIG_DATA_KEY,
+    REPLAY_STORE_CONTRACT,
+    Mode,
+    ReplayStoreSpec,
+    SidecarConfig,
+    StoreOutage,
+)
 from powgate.contract import KEYRING_SECRET_KEY
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
@@ -43,7 +50,12 @@ from powgate_operator._cluster import (
     UnavailableError,
 )
 from powgate_operator._objects import role_body, role_name
-from powgate_operator._prometheus import CredentialAddresses, Credentials, FailureReason
+from powgate_operator._prometheus import (
+    CredentialAddresses,
+    Credentials,
+    FailureReason,
+    StoreReach,
+)
 from powgate_operator._reconcile import Reconciler
 
 NS, NAME = "ai", "chat"
@@ -61,6 +73,9 @@ class ScriptedSignals:
     credentials_seen: list[Credentials | None] = field(default_factory=list)
     #: What the sidecars report as their heaviest clients: sealed label -> rate.
     heavy: dict[str, float] | Failure = field(default_factory=dict)
+    #: What the sidecars report of their replay store.
+    store_reach: StoreReach | Failure = field(default_factory=lambda: StoreReach(0, 0))
+    store_asked: list[str] = field(default_factory=list)
 
     async def read(
         self,
@@ -88,6 +103,12 @@ class ScriptedSignals:
         self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
     ) -> dict[str, float] | Failure:
         return self.heavy
+
+    async def replay_store(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> StoreReach | Failure:
+        self.store_asked.append(policy)
+        return self.store_reach
 
 
 @dataclass
@@ -610,3 +631,65 @@ async def test_a_raise_tells_the_sidecars_when_easier_challenges_stop_paying(wor
     assert config.difficulty > 100
     assert config.raised_at == int(NOW.timestamp())
     assert config.raise_grace_seconds == 60
+
+
+STORE = {"address": "valkey.cache.svc:6379"}
+
+
+async def test_the_replay_store_condition_follows_what_the_sidecars_report(world: World) -> None:
+    kind = ConditionType.REPLAY_STORE_AVAILABLE
+    world.cluster.put(POW_POLICIES, policy(replay={"store": STORE}))
+    await world.reconcile()  # no evaluation: Prometheus is not asked
+    assert world.condition(kind) == (ConditionStatus.UNKNOWN, "NotObserved")
+    steps: list[tuple[StoreReach | Failure, ConditionStatus, str]] = [
+        (StoreReach(answering=3, unavailable=0), ConditionStatus.TRUE, "Reachable"),
+        (StoreReach(answering=2, unavailable=1), ConditionStatus.FALSE, "Unreachable"),
+        (Failure(FailureReason.TIMEOUT, "slow"), ConditionStatus.UNKNOWN, "MetricsUnavailable"),
+        (StoreReach(answering=0, unavailable=0), ConditionStatus.UNKNOWN, "NoSidecarsReporting"),
+        (StoreReach(answering=3, unavailable=0), ConditionStatus.TRUE, "Reachable"),
+    ]
+    for reach, status, reason in steps:
+        world.signals.store_reach = reach
+        await world.reconcile(evaluate=True)
+        assert world.condition(kind) == (status, reason), reach
+        if status is ConditionStatus.FALSE:
+            message = world.status().condition(kind).message  # type: ignore[union-attr]
+            assert "1 of 3 sidecar processes" in message
+            assert "refused" in message
+            await world.reconcile()  # between evaluations the last word stays
+            assert world.condition(kind) == (status, reason)
+    assert world.signals.store_asked == [f"{NS}/{NAME}"] * len(steps)
+    store_events = [(k, r) for k, r, _ in world.events if r in ("Reachable", "Unreachable")]
+    assert store_events == [
+        ("Normal", "Reachable"),
+        ("Warning", "Unreachable"),
+        ("Normal", "Reachable"),
+    ]
+    # The store taken out of the policy: the condition goes, nothing more is asked.
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile(evaluate=True)
+    assert world.status().condition(kind) is None
+    assert len(world.signals.store_asked) == len(steps)
+
+
+async def test_the_operators_default_store_serves_policies_that_name_none(world: World) -> None:
+    default = ReplayStoreSpec(
+        address="redis.shared.svc:6379", when_unavailable=StoreOutage.FALL_BACK_TO_LOCAL
+    )
+    reconciler = Reconciler(
+        cluster=world.cluster,
+        reader=world.signals,
+        clock=lambda: NOW,
+        events=lambda *_: None,
+        default_store=default,
+    )
+    world.cluster.put(POW_POLICIES, policy())
+    await reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=False)
+    data = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][CONFIG_DATA_KEY]
+    config = SidecarConfig.from_json(data)
+    assert config.replay_store == default
+    assert config.contract == REPLAY_STORE_CONTRACT
+    world.cluster.put(POW_POLICIES, policy(replay={"store": STORE}))
+    await reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=False)
+    data = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][CONFIG_DATA_KEY]
+    assert SidecarConfig.from_json(data).replay_store == ReplayStoreSpec.model_validate(STORE)

@@ -12,7 +12,14 @@ from pydantic import ValidationError
 
 from powgate import algorithm_names
 from powgate._verify import MAX_DIFFICULTY
-from powgate.config import Mode, RouteConfig, SidecarConfig
+from powgate.config import (
+    BASE_CONTRACT,
+    REPLAY_STORE_CONTRACT,
+    Mode,
+    ReplayStoreSpec,
+    RouteConfig,
+    SidecarConfig,
+)
 from powgate.policy import (
     ChallengeSpec,
     DecisionReason,
@@ -23,6 +30,7 @@ from powgate.policy import (
     SignalSpec,
     last_raise,
     render_config,
+    replay_store_secret_name,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -232,3 +240,35 @@ def test_the_last_raise_is_rendered_for_the_sidecars_with_the_grace() -> None:
         spec=spec, namespace="ai", name="p", difficulty=200, raised_at=last_raise(history)
     )
     assert (config.raised_at, config.raise_grace_seconds) == (int(t0.timestamp()), 30)
+
+
+def test_a_replay_store_is_rendered_under_the_contract_that_knows_it() -> None:
+    """Without one, documents keep the base contract (older sidecars apply them)."""
+    plain = render_config(spec=spec(), namespace="ai", name="chat", difficulty=10_000)
+    assert (plain.contract, plain.replay_store) == (BASE_CONTRACT, None)
+    store = {"address": "valkey.cache.svc:6379", "whenUnavailable": "FallBackToLocal"}
+    own = render_config(
+        spec=spec(replay={"store": store}), namespace="ai", name="chat", difficulty=10_000
+    )
+    assert own.contract == REPLAY_STORE_CONTRACT
+    assert own.replay_store == ReplayStoreSpec.model_validate(store)
+    assert SidecarConfig.parse(own.to_json()) == (own, ())
+    # The operator's default applies to policies that name no store of their own.
+    default = ReplayStoreSpec(address="redis.shared.svc:6379")
+    assert (
+        render_config(
+            spec=spec(), namespace="ai", name="chat", difficulty=10_000, default_store=default
+        ).replay_store
+        == default
+    )
+    assert (
+        render_config(
+            spec=spec(replay={"store": store}),
+            namespace="ai",
+            name="chat",
+            difficulty=10_000,
+            default_store=default,
+        ).replay_store
+        == own.replay_store
+    )
+    assert replay_store_secret_name("chat") == "chat-powgate-replay-store"
