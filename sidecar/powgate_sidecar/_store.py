@@ -106,8 +106,19 @@ def _read(path: Path) -> str | None:
 class RedisStore:
     """:class:`SharedStore` on a Redis/Valkey server, through ``redis.asyncio``.
 
-    No retries inside the client: a claim has one bounded attempt, and the
-    caller decides what an unanswered claim means.
+    Claims made in one turn of the event loop leave together, as one
+    pipeline on one connection (``SET … NX PX`` each, answers in order): under
+    load the client's work per round trip (a connection from the pool,
+    packing, the socket write, waking up for the answer) is shared by the
+    batch instead of paid by each request. At most :data:`MAX_CONNECTIONS`
+    batches are in flight; claims arriving meanwhile form the next one.
+
+    Each batch has one timer, started by its first claim: a claim waits at
+    most ``timeout`` for its answer, whether the batch waited for a
+    connection or for the server. There are no retries inside the client: a
+    claim has one bounded attempt, and the caller decides what an unanswered
+    claim means. (A claim that timed out may still have been stored: the
+    server may have received it.)
     """
 
     def __init__(self, spec: ReplayStoreSpec, *, credentials: Path | None) -> None:
@@ -127,19 +138,68 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
-            client_name="powgate-sidecar",
             **options,
         )
         self._client = aioredis.Redis(connection_pool=pool)
+        #: The batch being gathered: (key, ttl in ms, the claim's future).
+        self._batch: list[tuple[bytes, int, asyncio.Future[bool]]] = []
+        self._flushing = False
+        self._in_flight = 0
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def set_once(self, key: bytes, *, ttl_ms: int) -> bool:
-        reply = await self._call(self._client.set(key, b"1", nx=True, px=max(1, ttl_ms)))
-        # SET … NX answers OK when it stored the key, nil when the key existed.
-        if reply is True:
-            return True
-        if reply is None:
-            return False
-        raise StoreError(StoreErrorKind.PROTOCOL, f"SET answered {str(reply)[:40]!r}")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        if not self._batch:
+            # The batch's one timer: whatever holds it up, its claims end in time.
+            loop.call_later(self.timeout, _expire, self._batch, self.timeout)
+        self._batch.append((key, max(1, ttl_ms), answer))
+        if not self._flushing and self._in_flight < MAX_CONNECTIONS:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return await answer
+
+    def _flush(self) -> None:
+        """Send the batch gathered in this turn (called soon after its first claim)."""
+        self._flushing = False
+        batch = [claim for claim in self._batch if not claim[2].done()]
+        self._batch = []
+        if not batch:
+            return
+        self._in_flight += 1
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[bytes, int, asyncio.Future[bool]]]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key, ttl_ms, _ in batch:
+                pipe.set(key, b"1", nx=True, px=ttl_ms)
+            replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+        except StoreError as exc:
+            replies = [exc] * len(batch)
+        finally:
+            self._in_flight -= 1
+            if self._batch and not self._flushing:
+                # Claims that waited for a connection: their batch goes now.
+                self._flushing = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        for (_, _, answer), reply in zip(batch, replies, strict=True):
+            if answer.done():
+                continue  # timed out meanwhile
+            if isinstance(reply, StoreError):
+                # One exception object per claim: each is raised in its own request.
+                answer.set_exception(StoreError(reply.kind, str(reply)))
+            elif isinstance(reply, Exception):
+                answer.set_exception(_translate(reply))
+            elif reply is True or reply is None:
+                # SET … NX answers OK when it stored the key, nil when the key existed.
+                answer.set_result(reply is True)
+            else:
+                answer.set_exception(
+                    StoreError(StoreErrorKind.PROTOCOL, f"SET answered {str(reply)[:40]!r}")
+                )
 
     async def ping(self) -> None:
         reply = await self._call(self._client.ping())
@@ -147,6 +207,9 @@ class RedisStore:
             raise StoreError(StoreErrorKind.PROTOCOL, f"PING answered {str(reply)[:40]!r}")
 
     async def close(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self._client.aclose(close_connection_pool=True)
 
     async def _call(self, command: Awaitable[Any]) -> Any:
@@ -154,33 +217,52 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout):
                 return await command
-        except StoreError:
-            raise
         except (TimeoutError, rexc.TimeoutError) as exc:
             raise StoreError(StoreErrorKind.TIMEOUT, f"no answer within {self.timeout:g}s") from exc
-        except (rexc.AuthenticationError, rexc.AuthorizationError, rexc.NoPermissionError) as exc:
-            raise StoreError(StoreErrorKind.AUTH, _first_line(exc)) from exc
-        except rexc.AuthenticationWrongNumberOfArgsError as exc:
-            raise StoreError(StoreErrorKind.AUTH, _first_line(exc)) from exc
-        except rexc.ResponseError as exc:
-            # NOAUTH and WRONGPASS may come as plain error answers.
-            text = _first_line(exc)
-            kind = StoreErrorKind.AUTH if text.startswith(("NOAUTH", "WRONGPASS")) else None
-            raise StoreError(kind or StoreErrorKind.SERVER, text) from exc
-        except rexc.InvalidResponse as exc:
-            raise StoreError(StoreErrorKind.PROTOCOL, _first_line(exc)) from exc
-        except rexc.ConnectionError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ssl.SSLError) or "SSL" in str(exc):
-                raise StoreError(StoreErrorKind.TLS, _first_line(exc)) from exc
-            raise StoreError(StoreErrorKind.UNREACHABLE, _first_line(exc)) from exc
-        except rexc.RedisError as exc:
-            raise StoreError(StoreErrorKind.PROTOCOL, _first_line(exc)) from exc
-        except ssl.SSLError as exc:
-            raise StoreError(StoreErrorKind.TLS, _first_line(exc)) from exc
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            # A reset mid-answer, or a garbled answer the parser could not take.
-            raise StoreError(StoreErrorKind.PROTOCOL, _first_line(exc)) from exc
+        except StoreError:
+            raise
+        except Exception as exc:  # every failure of the client is translated, here only
+            raise _translate(exc) from exc
+
+
+def _expire(batch: list[tuple[bytes, int, asyncio.Future[bool]]], timeout: float) -> None:
+    """The batch's timer: every claim of ``batch`` still unanswered fails."""
+    for _, _, claim in batch:
+        if not claim.done():
+            claim.set_exception(
+                StoreError(StoreErrorKind.TIMEOUT, f"no answer within {timeout:g}s")
+            )
+
+
+def _translate(exc: BaseException) -> StoreError:
+    """The :class:`StoreError` for a failure of ``redis-py`` (or of the socket under it)."""
+    text = _first_line(exc)
+    if isinstance(exc, rexc.TimeoutError):
+        return StoreError(StoreErrorKind.TIMEOUT, text)
+    if isinstance(
+        exc,
+        rexc.AuthenticationError
+        | rexc.AuthorizationError
+        | rexc.NoPermissionError
+        | rexc.AuthenticationWrongNumberOfArgsError,
+    ):
+        return StoreError(StoreErrorKind.AUTH, text)
+    if isinstance(exc, rexc.ResponseError):
+        # NOAUTH and WRONGPASS may come as plain error answers.
+        if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            return StoreError(StoreErrorKind.AUTH, text)
+        return StoreError(StoreErrorKind.SERVER, text)
+    if isinstance(exc, rexc.ConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc):
+            return StoreError(StoreErrorKind.TLS, text)
+        return StoreError(StoreErrorKind.UNREACHABLE, text)
+    if isinstance(exc, ssl.SSLError):
+        return StoreError(StoreErrorKind.TLS, text)
+    if isinstance(exc, StoreError):
+        return exc
+    # InvalidResponse, other client errors, a reset mid-answer, a garbled answer.
+    return StoreError(StoreErrorKind.PROTOCOL, text)
 
 
 def _tls_options(spec: ReplayStoreSpec, credentials: Path | None) -> dict[str, Any]:

@@ -95,6 +95,12 @@ class StoreServer(Service):
     def running(self) -> bool:
         return self._process is not None
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the store is not running")
+        return self._process.record.pid
+
     def start(self) -> None:
         binary = self._binary or find_store_server()
         self.root.mkdir(parents=True, exist_ok=True)

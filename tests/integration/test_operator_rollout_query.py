@@ -52,6 +52,7 @@ def sidecar_metrics() -> Iterator[list[tuple[str, Metrics]]]:
 async def test_only_sidecars_of_the_policys_namespace_count(
     prometheus: PrometheusServer, sidecar_metrics: list[tuple[str, Metrics]]
 ) -> None:
+    """The rollout, and the replay store's reach (the ReplayStoreAvailable condition)."""
     namespaces = ["ai", "ai", "intruder"]
     prometheus.set_targets(
         [
@@ -78,35 +79,9 @@ async def test_only_sidecars_of_the_policys_namespace_count(
             lambda: asyncio.to_thread(all_scraped), what="all three sidecars scraped"
         )
         counted = await rollout()
-    finally:
-        reader.close()
-    assert counted == RolloutStatus(version="v2", updated=1, total=2)
-
-
-async def test_replay_store_reach_counts_the_policys_sidecars_by_their_gauge(
-    prometheus: PrometheusServer, sidecar_metrics: list[tuple[str, Metrics]]
-) -> None:
-    """The operator's reading of powgate_replay_store_up (the ReplayStoreAvailable condition)."""
-    namespaces = ["ai", "ai", "intruder"]
-    prometheus.set_targets(
-        [
-            ScrapeTarget(job="sidecars", address=address, labels={"namespace": namespace})
-            for (address, _), namespace in zip(sidecar_metrics, namespaces, strict=True)
-        ]
-    )
-    reader = SignalReader(max_workers=2)
-    spec = PrometheusSpec(address=prometheus.url, timeout_seconds=5)
-
-    def all_scraped() -> bool:
-        with PrometheusConnect(url=prometheus.url, disable_ssl=True) as prom:
-            result = prom.custom_query('count(powgate_replay_store_up{policy="ai/chat"})')
-        return bool(result) and float(result[0]["value"][1]) == 3
-
-    try:
-        await eventually_async(
-            lambda: asyncio.to_thread(all_scraped), what="all three sidecars scraped"
-        )
+        # The same scrapes carry powgate_replay_store_up.
         reach = await reader.replay_store(prometheus=spec, credentials=None, policy="ai/chat")
     finally:
         reader.close()
+    assert counted == RolloutStatus(version="v2", updated=1, total=2)
     assert reach == StoreReach(answering=1, unavailable=1)

@@ -241,8 +241,12 @@ async def test_a_frozen_store_costs_a_request_the_timeout_at_most(store: StoreSe
 
 @pytest.fixture
 def guarded_store(tmp_path: Path, store_binary: Path) -> Iterator[StoreServer]:
-    """A store whose default user is off: `powgate` may SET, `reader` may only read."""
-    users = {"powgate": "on >right-password ~* +@all", "reader": "on >reader ~* +@read +ping"}
+    """A store whose default user is off: `powgate` may SET its keys (the least a sidecar
+    needs, as docs/sidecar.md recommends), `reader` may only read."""
+    users = {
+        "powgate": "on >right-password ~powgate:replay:* resetchannels -@all +set +ping",
+        "reader": "on >reader ~* +@read +ping",
+    }
     with StoreServer(root=tmp_path / "guarded", binary=store_binary, users=users) as server:
         yield server
 
