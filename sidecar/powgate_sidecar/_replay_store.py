@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -79,7 +80,7 @@ class SharedReplay:
         self._up = True
         self._trial = False
         self._retry_at = 0.0
-        self._last_answer = clock()
+        self._last_answer = -math.inf
         self._set_up(True)
 
     @property
@@ -130,18 +131,22 @@ class SharedReplay:
         return Claim.NEW
 
     async def watch(self) -> None:
-        """Probe the store now and then (until cancelled), so its state is known without traffic."""
+        """Probe the store now and then (until cancelled), so its state is known without traffic.
+
+        The first probe goes at once: a store unreachable from the start shows
+        before the first paid request finds out.
+        """
         while True:
+            if not self._up or self._clock() - self._last_answer >= PROBE_UP_SECONDS:
+                try:
+                    await self.store.ping()
+                except StoreError as exc:
+                    self._metrics.replay_store_errors_total.labels(exc.kind).inc()
+                    self._failed(exc)
+                else:
+                    self._answered()
+            # Else claims have shown it answers.
             await asyncio.sleep(PROBE_UP_SECONDS if self._up else PROBE_DOWN_SECONDS)
-            if self._up and self._clock() - self._last_answer < PROBE_UP_SECONDS:
-                continue  # claims have shown it answers
-            try:
-                await self.store.ping()
-            except StoreError as exc:
-                self._metrics.replay_store_errors_total.labels(exc.kind).inc()
-                self._failed(exc)
-            else:
-                self._answered()
 
     async def close(self) -> None:
         self._metrics.replay_store_up.clear()

@@ -14,8 +14,9 @@ surrogates); solutions re-sent (replays); and solutions signed with a key
 the verifier does not hold. Config documents are a valid rendered config
 mutated likewise, plus random JSON, parsed as a sidecar parses them (fields
 it does not know are ignored and counted); an accepted document is also compiled
-into the sidecar's routing table and every route issues a challenge, which
-is what the sidecar does with it. Priced payloads (``--priced``) are
+into the sidecar's routing table and every route issues a challenge, and a
+replay store it names is made into the sidecar's store client (no
+connection), which is what the sidecar does with it. Priced payloads (``--priced``) are
 challenges priced per client, verified under random clients and debts,
 with a fourth check: none is accepted *cheapened* (see :func:`fuzz_priced`).
 """
@@ -43,8 +44,9 @@ from powgate import (
     Verifier,
     solve,
 )
-from powgate.config import SidecarConfig
+from powgate.config import REPLAY_STORE_CONTRACT, SidecarConfig
 from powgate_sidecar._routes import RouteTable
+from powgate_sidecar._store import RedisStore
 
 __all__ = ["Counts", "fuzz_configs", "fuzz_payloads", "fuzz_priced", "main"]
 
@@ -354,6 +356,8 @@ def _valid_config() -> dict[str, Any]:
                 {"name": "rest", "paths": ["/*"], "methods": ["POST", "PUT"]},
             ],
             "queue": {"maxConcurrent": 8},
+            "contract": REPLAY_STORE_CONTRACT,
+            "replayStore": {"address": "valkey.cache.svc:6379", "timeoutMilliseconds": 50},
         }
     )
     document: dict[str, Any] = json.loads(config.to_json())
@@ -431,6 +435,9 @@ def fuzz_configs(count: int, *, seed: int) -> Counts:
             )
             for route in table.routes:
                 issuer_for.issue(difficulty=route.difficulty, ttl=1, binding=route.binding)
+            if config.replay_store is not None:
+                counts.reasons["with a store"] = counts.reasons.get("with a store", 0) + 1
+                RedisStore(config.replay_store, credentials=None)
         except Exception as exc:  # an accepted document must be usable: a crash is a 500
             counts.record_crash(document, exc)
     return counts

@@ -32,6 +32,7 @@ from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_n
 from powgate_testbed._process import stop_all, wait_until
 from powgate_testbed.cluster import ClusterAccess
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
+from powgate_testbed.store_server import StoreServer
 from waiting import eventually as wait_for
 from waiting import free_port
 
@@ -675,5 +676,116 @@ def test_challenges_fetched_before_a_raise_pay_within_the_grace_and_not_after(
         fresh = challenge()
         assert fresh.maxnumber == 4000
         assert spend(fresh.solution(solve(fresh).number).encode()).status_code == HTTPStatus.OK
+    finally:
+        stop_all(processes, grace=10)
+
+
+# -- a shared replay store, through the operator ----------------------------------------
+
+
+def test_a_policys_replay_store_makes_a_solution_pay_once_and_shows_in_its_status(
+    operator: OperatorProcess,
+    custom: k8s.CustomObjectsApi,
+    core: k8s.CoreV1Api,
+    kube_client: k8s.ApiClient,
+    cluster: ClusterAccess,
+    namespace: str,
+    prometheus: PrometheusServer,
+    store: StoreServer,
+    tmp_path: Path,
+) -> None:
+    """`replay.store` through the whole product: the operator renders it, two sidecar
+    processes following the ConfigMap admit one solution once, and the policy's
+    ReplayStoreAvailable condition follows the store away and back."""
+    create(
+        custom,
+        namespace,
+        policy(
+            "shared",
+            difficulty={"min": 1000, "max": 1000},
+            replay={"store": {"address": store.address, "timeoutMilliseconds": 500}},
+            prometheus={"address": prometheus.url, "timeoutSeconds": 2},
+            evaluationIntervalSeconds=1,
+        ),
+    )
+    config = eventually(lambda: rendered(core, namespace, "shared"), what="the rendered config")
+    assert config.replay_store is not None
+    assert (config.replay_store.address, config.contract) == (store.address, 2)
+    key_file = tmp_path / "keyring.json"
+    write_key_file(core, namespace, "shared", key_file)
+    reader = config_reader(
+        cluster=cluster,
+        kube_client=kube_client,
+        namespace=namespace,
+        name=config_map_name("shared"),
+        root=tmp_path,
+    )
+    standin, upstream = start_standin(tmp_path=tmp_path)
+    processes = [standin]
+    sidecars = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        process, endpoints = start_sidecar(
+            tmp_path=tmp_path / name,
+            upstream=upstream,
+            key_file=key_file,
+            config_args=reader.sidecar_args(namespace=namespace, name=config_map_name("shared")),
+        )
+        processes.append(process)
+        sidecars.append(endpoints)
+    try:
+        for endpoints in sidecars:
+            wait_until(
+                lambda url=endpoints.metrics_url: ready(url + "/readyz"),
+                what="the sidecar ready",
+                timeout=WAIT,
+                watch=processes,
+            )
+        # Scraped as the chart's PodMonitor would: the namespace as a target label.
+        prometheus.set_targets(
+            [
+                ScrapeTarget(
+                    job="shared-sidecars",
+                    address=endpoints.metrics_url.removeprefix("http://"),
+                    labels={"namespace": namespace},
+                )
+                for endpoints in sidecars
+            ]
+        )
+
+        def spend(url: str, solution: str) -> int:
+            return httpx.post(
+                url + "/v1/chat/completions",
+                headers={"X-Powgate-Solution": solution},
+                json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            ).status_code
+
+        def solution() -> str:
+            response = httpx.get(
+                sidecars[0].url + CHALLENGE_PATH,
+                params={"path": "/v1/chat/completions"},
+                timeout=10,
+            )
+            challenge = Challenge.from_json(response.content)
+            return challenge.solution(solve(challenge).number).encode()
+
+        payload = solution()
+        assert [spend(s.url, payload) for s in sidecars] == [HTTPStatus.OK, 428]
+        assert sidecars[1].requests(route="default", outcome="rejected", reason="replayed") == 1
+
+        def store_condition(wanted: str) -> bool | None:
+            return (
+                condition(get(custom, namespace, "shared"), "ReplayStoreAvailable") == wanted
+                or None
+            )
+
+        eventually(lambda: store_condition("True"), what="ReplayStoreAvailable True")
+        store.stop()
+        assert spend(sidecars[0].url, solution()) == HTTPStatus.SERVICE_UNAVAILABLE
+        eventually(lambda: store_condition("False"), what="ReplayStoreAvailable False")
+        store.start()
+        eventually(lambda: store_condition("True"), what="ReplayStoreAvailable True again")
+        assert spend(sidecars[1].url, solution()) == HTTPStatus.OK
     finally:
         stop_all(processes, grace=10)

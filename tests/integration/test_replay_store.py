@@ -221,7 +221,8 @@ async def test_store_down_fallback_mode_admits_once_per_sidecar_and_counts_it(
 async def test_a_frozen_store_costs_a_request_the_timeout_at_most(store: StoreServer) -> None:
     """SIGSTOP: the kernel accepts, nothing answers. Requests answer; later ones do not wait."""
     async with fleet(store_config(store, timeout_ms=150), size=1) as f:
-        first, second = await f.payload(), await f.payload()
+        first = await f.payload()
+        later = [await f.payload() for _ in range(5)]
         store.pause()
         try:
             # The client would wait 30 s: the sidecar answers long before, by its own bound.
@@ -229,14 +230,18 @@ async def test_a_frozen_store_costs_a_request_the_timeout_at_most(store: StoreSe
             response = await f.clients[0].post("/v1/chat", headers={HEADER: first}, timeout=timeout)
             assert response.status == 503
             assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "timeout"}) == 1
-            # Down now: the next claim is decided without another wait for the store.
-            assert await f.post(0, second) == 503
-            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "timeout"}) == 1
-            assert f.count(0, "rejected", "replay_store_unavailable") == 2
+            # Down now: five at once, and at most one of them (a trial) waits for the store.
+            statuses = await asyncio.gather(*(f.post(0, payload) for payload in later))
+            assert statuses == [503] * 5
+            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "timeout"}) <= 2
+            assert f.count(0, "rejected", "replay_store_unavailable") == 6
         finally:
             store.resume()
         await eventually_async(lambda: f.sidecars[0]._shared.up, what="the store seen back")  # type: ignore[union-attr]
-        assert await f.post(0, first) == 200
+        # The frozen server read the timed-out SET when it resumed: that solution may be
+        # spent (refused as replayed), never admitted twice. A fresh one pays.
+        assert sorted([await f.post(0, first), await f.post(0, first)])[1] == 428
+        assert await f.post(0, await f.payload()) == 200
 
 
 @pytest.fixture
@@ -273,7 +278,8 @@ async def test_a_store_refusing_our_credentials_is_unavailable_and_counted(
     folder = credentials(tmp_path / "secret", **files)
     async with fleet(store_config(guarded_store), credentials=folder) as f:
         assert await f.post(0, await f.payload()) == 503
-        assert f.sample(0, "powgate_replay_store_errors_total", {"kind": kind}) == 1
+        # The start-up probe and the claim (or the probe alone: the store was down already).
+        assert f.sample(0, "powgate_replay_store_errors_total", {"kind": kind}) >= 1
         assert f.count(0, "rejected", "replay_store_unavailable") == 1
 
 
@@ -306,7 +312,7 @@ async def test_a_store_answering_garbage_is_unavailable_and_counted() -> None:
     try:
         async with fleet(config) as f:
             assert await f.post(0, await f.payload()) == 503
-            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "protocol"}) == 1
+            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "protocol"}) >= 1
             assert f.count(0, "admitted", "ok") == 0
     finally:
         server.close()
@@ -325,7 +331,7 @@ async def test_tls_store_is_verified_against_the_mounted_ca(
         untrusted = credentials(tmp_path / "untrusted")
         async with fleet(store_config(tls_store, tls=True), credentials=untrusted) as f:
             assert await f.post(0, await f.payload()) == 503
-            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "tls"}) == 1
+            assert f.sample(0, "powgate_replay_store_errors_total", {"kind": "tls"}) >= 1
 
 
 # -- sidecar processes -------------------------------------------------------------
