@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -44,15 +45,18 @@ from powgate.policy import (
 )
 from powgate.reputation import REPUTATION_DATA_KEY
 
-from ._prometheus import StoreReach
+from ._prometheus import SidecarKeys, StoreReach
 
 __all__ = [
     "HANDLER_ID",
     "MANAGED_BY",
+    "SWITCHED_AT_ANNOTATION",
     "WEBHOOK_NAME",
+    "KeyState",
     "config_map_body",
     "key_secret_body",
-    "next_key_ring",
+    "key_state_from_secret",
+    "next_keys",
     "owner_reference",
     "replay_store_conditions",
     "reputation_export_body",
@@ -86,31 +90,116 @@ def _created(key: HmacKey) -> int:
     return int(match.group(1)) if match else 0
 
 
-def next_key_ring(
-    ring: KeyRing | None, *, keys: KeyRotationSpec, lifetime_seconds: int, now: int
-) -> KeyRing:
-    """The ring to store now: created, rotated one phase further, or ``ring`` unchanged.
+#: On the key Secret: unix time of the last switch of the signing key (the bound's start
+#: when the sidecars' keys cannot be observed).
+SWITCHED_AT_ANNOTATION: Final = "powgate.dev/keys-switched-at"
 
-    Two-phase rotation: publish a new key (listed, not signing); once it has
-    been published for ``propagationSeconds`` every sidecar has it, so it
-    starts signing, and the previous key keeps verifying until every
-    challenge it may still sign (sidecars learn of the switch within the
-    propagation time) has expired.
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """What the key Secret holds: the ring, and when its signing key last changed."""
+
+    ring: KeyRing
+    switched_at: int = 0
+
+    def pending(self) -> HmacKey | None:
+        """The newest key published after the signing key and not signing yet."""
+        signing = _created(self.ring.signing_key)
+        newer = [
+            k
+            for k in self.ring.keys
+            if k.kid != self.ring.active and k.not_after is None and _created(k) > signing
+        ]
+        return max(newer, key=_created) if newer else None
+
+    def retiring(self) -> list[HmacKey]:
+        """Keys that signed before the current one and verify until none signs with them."""
+        signing = _created(self.ring.signing_key)
+        return [
+            k
+            for k in self.ring.keys
+            if k.kid != self.ring.active and k.not_after is None and _created(k) <= signing
+        ]
+
+    @property
+    def rotating(self) -> bool:
+        """Whether the next step waits for the sidecars (a key to switch to, or to retire)."""
+        return self.pending() is not None or bool(self.retiring())
+
+
+def next_keys(
+    state: KeyState | None,
+    *,
+    keys: KeyRotationSpec,
+    lifetime_seconds: int,
+    now: int,
+    seen: SidecarKeys | None,
+) -> KeyState:
+    """The key state to store now: created, rotated one phase further, or unchanged.
+
+    Three phases, each taken only once every sidecar is ready for it, so that
+    no challenge valid when issued is ever refused by another sidecar:
+
+    1. publish a new key (listed, not signing);
+    2. switch signing to it once every sidecar holds it;
+    3. retire the previous key (``notAfter`` = now + a challenge lifetime)
+       once no sidecar signs with it any more; it is dropped after that.
+
+    ``seen`` is what the sidecars report (``powgate_key_info``); ``None``
+    (or no sidecar reporting) means it cannot be observed, and then each of
+    phases 2 and 3 waits ``keys.propagationSeconds``, a bound longer than
+    the kubelet's sync period, after the one before.
     """
-    if ring is None:
-        return KeyRing(active=_kid(now), keys=(HmacKey(_kid(now), new_secret()),))
-    ring = ring.pruned(now=now)
-    pending = [k for k in ring.keys if k.kid != ring.active and k.not_after is None]
-    if pending:
-        newest = max(pending, key=_created)
-        if now - _created(newest) < keys.propagation_seconds:
-            return ring
-        retire_at = now + keys.propagation_seconds + lifetime_seconds
-        return ring.activated(newest.kid, retire_previous_at=retire_at)
+    if state is None:
+        return KeyState(KeyRing(active=_kid(now), keys=(HmacKey(_kid(now), new_secret()),)))
+    state = replace(state, ring=state.ring.pruned(now=now))
+    observed = seen if seen is not None and seen.sidecars > 0 else None
+    retiring = state.retiring()
+    if retiring:
+        if observed is not None:
+            done = observed.all_sign(state.ring.active)
+        else:
+            done = now - state.switched_at >= keys.propagation_seconds
+        if not done:
+            return state
+        ring = state.ring
+        for key in retiring:
+            ring = ring.retired(key.kid, at=now + lifetime_seconds)
+        state = replace(state, ring=ring)
+    pending = state.pending()
+    if pending is not None:
+        if observed is not None:
+            ready = observed.all_hold(pending.kid)
+        else:
+            ready = now - _created(pending) >= keys.propagation_seconds
+        if not ready:
+            return state
+        return KeyState(state.ring.activated(pending.kid, retire_previous_at=None), now)
     interval = keys.rotation_interval_seconds
+    ring = state.ring
     if interval and now - _created(ring.signing_key) >= interval and _kid(now) not in ring:
-        return ring.with_key(HmacKey(_kid(now), new_secret()))
-    return ring
+        return replace(state, ring=ring.with_key(HmacKey(_kid(now), new_secret())))
+    return state
+
+
+def key_state_from_secret(secret: Mapping[str, Any] | None) -> KeyState | None:
+    """The key state stored in a Secret; None when it holds no ring.
+
+    Raises :class:`powgate.KeyRingError` when the ring is malformed: the
+    operator then keeps the Secret as it is (sidecars keep their last good
+    ring) and reports it, rather than replacing keys that may be in use.
+    """
+    if secret is None:
+        return None
+    ring = ring_from_secret(secret.get("data"))
+    if ring is None:
+        return None
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    try:
+        switched_at = int(annotations.get(SWITCHED_AT_ANNOTATION, 0))
+    except ValueError:
+        switched_at = 0  # unreadable: the bound counts from the epoch, i.e. has passed
+    return KeyState(ring, switched_at)
 
 
 def ring_from_secret(secret_data: Mapping[str, str | bytes] | None) -> KeyRing | None:
@@ -175,13 +264,15 @@ def reputation_export_body(policy: Mapping[str, Any], text: str) -> dict[str, An
     }
 
 
-def key_secret_body(policy: Mapping[str, Any], ring: KeyRing) -> dict[str, Any]:
+def key_secret_body(policy: Mapping[str, Any], state: KeyState) -> dict[str, Any]:
+    metadata = _metadata(policy, key_secret_name(policy["metadata"]["name"]))
+    metadata["annotations"] = {SWITCHED_AT_ANNOTATION: str(state.switched_at)}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": _metadata(policy, key_secret_name(policy["metadata"]["name"])),
-        "data": {KEYRING_SECRET_KEY: base64.b64encode(ring.to_json().encode()).decode()},
+        "metadata": metadata,
+        "data": {KEYRING_SECRET_KEY: base64.b64encode(state.ring.to_json().encode()).decode()},
     }
 
 

@@ -27,7 +27,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import NewConnectionError
 from urllib3.util.retry import Retry
 
-from powgate.contract import HEAVY_CLIENTS_METRIC, REPLAY_STORE_UP_METRIC
+from powgate.contract import HEAVY_CLIENTS_METRIC, KEY_INFO_METRIC, REPLAY_STORE_UP_METRIC
 from powgate.controller import Empty, Failure, Reading, Sample
 from powgate.policy import Aggregate, PrometheusSpec, RolloutStatus, SignalSpec
 
@@ -36,10 +36,12 @@ __all__ = [
     "CredentialAddresses",
     "Credentials",
     "FailureReason",
+    "SidecarKeys",
     "SignalReader",
     "Signals",
     "StoreReach",
     "heavy_clients_query",
+    "key_info_query",
     "reading_from_result",
     "replay_store_query",
     "rollout_query",
@@ -243,6 +245,12 @@ class Signals(Protocol):
         """How many sidecar processes of ``policy`` reach its replay store, and how many not."""
         ...
 
+    async def sidecar_keys(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> SidecarKeys | Failure:
+        """How many sidecars of ``policy`` hold, and sign with, each key id."""
+        ...
+
 
 class SignalReader:
     """:class:`Signals` from a Prometheus server through ``prometheus-api-client``, in threads."""
@@ -333,6 +341,43 @@ class SignalReader:
             return counts
         return StoreReach(answering=int(counts.get("1", 0)), unavailable=int(counts.get("0", 0)))
 
+    async def sidecar_keys(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> SidecarKeys | Failure:
+        """How many sidecars of ``policy`` hold, and sign with, each key id."""
+        promql = key_info_query(policy)
+        loop = asyncio.get_running_loop()
+        client = _client(prometheus=prometheus, credentials=credentials)
+        try:
+            return await loop.run_in_executor(
+                self._pool, _sidecar_keys, client, promql, prometheus.timeout_seconds
+            )
+        finally:
+            client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarKeys:
+    """What the sidecars of a policy report holding (``powgate_key_info``), as counts.
+
+    ``held``: sidecars holding each key id; ``signing``: sidecars signing with
+    each. Every sidecar signs with exactly one key, so their sum is how many
+    sidecars reported.
+    """
+
+    held: Mapping[str, int] = field(default_factory=dict)
+    signing: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def sidecars(self) -> int:
+        return sum(self.signing.values())
+
+    def all_hold(self, kid: str) -> bool:
+        return self.held.get(kid, 0) >= self.sidecars
+
+    def all_sign(self, kid: str) -> bool:
+        return self.signing.get(kid, 0) >= self.sidecars
+
 
 @dataclass(frozen=True, slots=True)
 class StoreReach:
@@ -354,6 +399,41 @@ def replay_store_query(policy: str) -> str:
     namespace = policy.partition("/")[0]
     matchers = f"namespace={json.dumps(namespace)},policy={json.dumps(policy)}"
     return f'count_values("up", {REPLAY_STORE_UP_METRIC}{{{matchers}}})'
+
+
+def key_info_query(policy: str) -> str:
+    """Sidecars of ``policy`` per key id they hold and whether they sign with it.
+
+    From the policy's namespace only, like the rollout query: a pod elsewhere
+    exporting the same ``policy`` label must not make a key look propagated.
+    """
+    namespace = policy.partition("/")[0]
+    matchers = f"namespace={json.dumps(namespace)},policy={json.dumps(policy)}"
+    return f"count by (kid, active) ({KEY_INFO_METRIC}{{{matchers}}})"
+
+
+def _sidecar_keys(client: PrometheusConnect, promql: str, timeout: float) -> SidecarKeys | Failure:
+    try:
+        result = client.custom_query(promql, params={"timeout": _duration(timeout)})
+        rows = [
+            (
+                str(series["metric"].get("kid", "")),
+                series["metric"].get("active") == "true",
+                float(series["value"][1]),
+            )
+            for series in result
+        ]
+    except Exception as exc:  # every failure is classified: none may escape into the loop
+        return _failure_from_exception(exc)
+    held: dict[str, int] = {}
+    signing: dict[str, int] = {}
+    for kid, active, count in rows:
+        if not kid or not math.isfinite(count):
+            continue
+        held[kid] = held.get(kid, 0) + int(count)
+        if active:
+            signing[kid] = signing.get(kid, 0) + int(count)
+    return SidecarKeys(held=held, signing=signing)
 
 
 def heavy_clients_query(policy: str) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
@@ -20,13 +20,14 @@ from typing import Any, Final, TypeVar, cast
 import kopf
 from pydantic import ValidationError
 
-from powgate import KeyRing, KeyRingError
+from powgate import KeyRingError
 from powgate.config import CONFIG_DATA_KEY, Mode, ReplayStoreSpec, SidecarConfig
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
     CREDENTIALS_LABEL,
     ConditionStatus,
     ConditionType,
+    KeyStatus,
     PolicySpec,
     PolicyStatus,
     PricingStatus,
@@ -62,12 +63,13 @@ from ._cluster import (
     update,
 )
 from ._objects import (
+    KeyState,
     config_map_body,
     key_secret_body,
-    next_key_ring,
+    key_state_from_secret,
+    next_keys,
     replay_store_conditions,
     reputation_export_body,
-    ring_from_secret,
     role_body,
     set_condition,
     status_after,
@@ -77,6 +79,7 @@ from ._prometheus import (
     CredentialAddresses,
     Credentials,
     FailureReason,
+    SidecarKeys,
     Signals,
     StoreReach,
 )
@@ -144,7 +147,7 @@ class Reconciler:
         self._clock = clock
         self._locks: dict[_Key, asyncio.Lock] = {}
         self._last_write: dict[_Key, float] = {}
-        self._rings: dict[_Key, tuple[KeyRing, float]] = {}
+        self._rings: dict[_Key, tuple[KeyState, float]] = {}
         self._configs: dict[_Key, tuple[str, float]] = {}
         self._roles: dict[_Key, tuple[bool, float]] = {}
         self._reputation: dict[_Key, tuple[_Lists, float]] = {}
@@ -239,7 +242,17 @@ class Reconciler:
             if decision is not None
             else spec.difficulty.clamp(previous.difficulty or spec.difficulty.start)
         )
-        keys_problem = await self._ensure_keys(key, policy, spec, now=now)
+        observe: Callable[[], Awaitable[SidecarKeys | None]] | None = None
+        if evaluate_signals:
+
+            async def observe() -> SidecarKeys | None:
+                if isinstance(credentials, Failure):
+                    return None  # Prometheus is not asked without usable credentials
+                return await self._sidecar_keys(key, spec, credentials)
+
+        keys_problem, key_status = await self._ensure_keys(
+            key, policy, spec, now=now, observe=observe
+        )
         history = decision.history if decision is not None else previous.history
         config = render_config(
             spec=spec,
@@ -285,6 +298,8 @@ class Reconciler:
             }
         )
         self._announce_store(policy, previous, status)
+        if key_status is not None:
+            status = status.model_copy(update={"keys": key_status})
         if keys_problem:
             status = status.model_copy(
                 update={
@@ -394,38 +409,74 @@ class Reconciler:
     # -- writes -----------------------------------------------------------------
 
     async def _ensure_keys(
-        self, key: _Key, policy: dict[str, Any], spec: PolicySpec, *, now: datetime
-    ) -> str:
-        """Create or rotate the key Secret; a message when it cannot be used (left untouched)."""
+        self,
+        key: _Key,
+        policy: dict[str, Any],
+        spec: PolicySpec,
+        *,
+        now: datetime,
+        observe: Callable[[], Awaitable[SidecarKeys | None]] | None,
+    ) -> tuple[str, KeyStatus | None]:
+        """Create or rotate the key Secret: (a message when it cannot be used, key status).
+
+        A missing ring is created on any reconcile; rotation advances only on
+        evaluations (``observe`` given), since each phase may wait for the
+        sidecars, which are asked only while a rotation is under way.
+        """
         name = key_secret_name(key.name)
-        unix_now = int(now.timestamp())
-        known = _fresh(self._rings.get(key))
-        if known is not None and _next_ring(known, spec, unix_now) == known:
-            return ""
-        secret = await self._read_secret(key, name)
-        try:
-            ring: KeyRing | None = ring_from_secret(None if secret is None else secret.get("data"))
-        except (KeyRingError, ValueError) as exc:
-            message = f"Secret {name} holds no valid key ring ({exc}); delete it to regenerate"
-            self._event(policy, "Warning", "KeySecretInvalid", message)
-            return message
-        wanted = _next_ring(ring, spec, unix_now)
-        if wanted == ring and secret is not None:
-            self._rings[key] = (wanted, time.monotonic())
-            return ""
-        body = key_secret_body(policy, wanted)
-        if secret is None:
-            await self._cluster.create(SECRETS, body)
-            self._event(policy, "Normal", "KeysCreated", f"key {wanted.active} signs")
+        stored = _fresh(self._rings.get(key))
+        exists = stored is not None
+        if stored is None:
+            secret = await self._read_secret(key, name)
+            try:
+                stored = key_state_from_secret(secret)
+            except (KeyRingError, ValueError) as exc:
+                message = f"Secret {name} holds no valid key ring ({exc}); delete it to regenerate"
+                self._event(policy, "Warning", "KeySecretInvalid", message)
+                return message, None
+            exists = secret is not None
+        seen: SidecarKeys | None = None
+        if stored is not None and observe is None:
+            wanted = stored
         else:
-            await self._cluster.patch(
-                SECRETS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
+            if stored is not None and stored.rotating and observe is not None:
+                seen = await observe()
+            wanted = next_keys(
+                stored,
+                keys=spec.keys,
+                lifetime_seconds=spec.challenge.lifetime_seconds,
+                now=int(now.timestamp()),
+                seen=seen,
             )
-            assert ring is not None
-            if wanted.active != ring.active:
-                self._event(policy, "Normal", "KeyRotated", f"key {wanted.active} signs now")
+        if wanted != stored:
+            body = key_secret_body(policy, wanted)
+            if not exists:
+                await self._cluster.create(SECRETS, body)
+                self._event(policy, "Normal", "KeysCreated", f"key {wanted.ring.active} signs")
+            else:
+                await self._cluster.patch(
+                    SECRETS, name, body, namespace=key.namespace, patch_type=PatchType.STRATEGIC
+                )
+                if stored is not None and wanted.ring.active != stored.ring.active:
+                    self._event(
+                        policy, "Normal", "KeyRotated", f"key {wanted.ring.active} signs now"
+                    )
         self._rings[key] = (wanted, time.monotonic())
-        return ""
+        return "", None if observe is None else _key_status(wanted, seen)
+
+    async def _sidecar_keys(
+        self, key: _Key, spec: PolicySpec, credentials: Credentials | None
+    ) -> SidecarKeys | None:
+        result = await self._reader.sidecar_keys(
+            prometheus=spec.prometheus,
+            credentials=credentials,
+            policy=f"{key.namespace}/{key.name}",
+        )
+        if isinstance(result, Failure):
+            # Not observable now: the rotation's phases wait keys.propagationSeconds instead.
+            log.info("keys of %s/%s unknown: %s", key.namespace, key.name, result.message)
+            return None
+        return result
 
     async def _ensure_config(
         self, key: _Key, policy: dict[str, Any], config: SidecarConfig
@@ -550,9 +601,10 @@ class Reconciler:
         self, key: _Key, spec: PolicySpec, credentials: Credentials | None
     ) -> dict[str, float]:
         """Client key → fleet-wide rate of the clients the sidecars report as their heaviest."""
-        ring = _fresh(self._rings.get(key))
-        if ring is None:
+        state = _fresh(self._rings.get(key))
+        if state is None:
             return {}
+        ring = state.ring
         sealed = await self._reader.heavy_clients(
             prometheus=spec.prometheus,
             credentials=credentials,
@@ -688,9 +740,22 @@ def _fresh(entry: tuple[T, float] | None) -> T | None:
     return entry[0]
 
 
-def _next_ring(ring: KeyRing | None, spec: PolicySpec, now: int) -> KeyRing:
-    return next_key_ring(
-        ring, keys=spec.keys, lifetime_seconds=spec.challenge.lifetime_seconds, now=now
+def _key_status(state: KeyState, seen: SidecarKeys | None) -> KeyStatus:
+    pending = state.pending()
+    retiring = state.retiring()
+    sidecars = seen.sidecars if seen is not None and seen.sidecars else None
+    ready = None
+    if sidecars is not None and seen is not None:
+        if retiring:
+            ready = seen.signing.get(state.ring.active, 0)
+        elif pending is not None:
+            ready = seen.held.get(pending.kid, 0)
+    return KeyStatus(
+        active=state.ring.active,
+        pending="" if pending is None else pending.kid,
+        retiring=[k.kid for k in retiring],
+        sidecars=sidecars,
+        ready=ready,
     )
 
 

@@ -45,7 +45,7 @@ from ._connection import Exchange, Listener
 from ._endpoints import WELL_KNOWN, Endpoints, not_configured
 from ._forward import Forwarder, Opener, UpstreamPool
 from ._limits import Limits
-from ._metrics import NO_LABEL, Metrics, Outcome, PricingCollector, PricingView
+from ._metrics import NO_LABEL, KeysCollector, Metrics, Outcome, PricingCollector, PricingView
 from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
 from ._replay_store import SharedReplay
@@ -133,6 +133,7 @@ class Sidecar:
         self._trust_counts = TrustCounts()
         self._pricer: Pricer | None = None
         self.metrics.registry.register(PricingCollector(self._pricing_view, clock=time.monotonic))
+        self.metrics.registry.register(KeysCollector(self._keys_view))
         self.metrics.replay_cache_entries.set_function(lambda: len(self._replay))
         self.metrics.queue_depth.set_function(lambda: self._queue.depth if self._queue else 0)
         self.metrics.derivations_pending.set_function(lambda: self._pool.pending)
@@ -307,6 +308,10 @@ class Sidecar:
         if table is None or pricer is None:
             return None
         return PricingView(pricer, self._keyring, table.config.policy, len(self._reputation))
+
+    def _keys_view(self) -> tuple[str, KeyRing]:
+        table = self._table
+        return (table.config.policy if table is not None else "", self._keyring)
 
     def apply_keyring(self, keyring: KeyRing) -> None:
         """Rotate keys: new challenges are signed with the new active key at once."""

@@ -29,12 +29,20 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from powgate import KeyRing
-from powgate.contract import HEAVY_CLIENTS_METRIC, REPLAY_STORE_UP_METRIC
+from powgate.contract import HEAVY_CLIENTS_METRIC, KEY_INFO_METRIC, REPLAY_STORE_UP_METRIC
 from powgate.reputation import seal_label
 
 from ._pricing import Pricer
 
-__all__ = ["NO_LABEL", "LoopHistogram", "Metrics", "Outcome", "PricingCollector", "PricingView"]
+__all__ = [
+    "NO_LABEL",
+    "KeysCollector",
+    "LoopHistogram",
+    "Metrics",
+    "Outcome",
+    "PricingCollector",
+    "PricingView",
+]
 
 #: Label value for "not applicable" (no route matched, no failure reason).
 NO_LABEL: Final = "none"
@@ -305,6 +313,37 @@ class Metrics:
         self.difficulty.clear()
         for route, value in difficulties.items():
             self.difficulty.labels(route).set(value)
+
+
+class KeysCollector(Collector):
+    """``powgate_key_info``: the key ids this process holds, read at scrape time.
+
+    The operator reads it to switch signing to a new key only once every
+    sidecar of the policy holds it, and to retire the previous key once none
+    signs with it (a mounted Secret reaches pods whenever their kubelet syncs).
+    """
+
+    def __init__(self, view: Callable[[], tuple[str, KeyRing]]) -> None:
+        self._view = view
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        policy, ring = self._view()
+        for key in ring.keys:
+            active = "true" if key.kid == ring.active else "false"
+            family.add_metric([policy, key.kid, active], 1)
+        return iter([family])
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            KEY_INFO_METRIC,
+            "Keys of the ring in force: always 1, one series per key id (active: signs).",
+            labels=("policy", "kid", "active"),
+        )
 
 
 class PricingView(NamedTuple):

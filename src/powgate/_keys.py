@@ -13,10 +13,11 @@ and by the key Secret the operator writes (data key ``keyring.json``)::
     }
 
 ``active`` signs new challenges; every listed key verifies, until its optional
-``notAfter`` (unix seconds) passes. Rotation is two-phase so that no challenge
-that was valid when issued is ever rejected: publish the next key (listed,
-not active), switch ``active`` once every verifier has it, and keep the old
-key listed until the longest challenge lifetime has passed.
+``notAfter`` (unix seconds) passes. Rotation proceeds in phases so that no
+challenge that was valid when issued is ever rejected: publish the next key
+(listed, not active), switch ``active`` once every verifier has it, and retire
+the old key (``notAfter``) a challenge lifetime after the last signer stopped
+using it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ class KeyRing:
             for k in self.keys
         )
         return KeyRing(active=kid, keys=keys)
+
+    def retired(self, kid: str, *, at: int) -> KeyRing:
+        """Stop accepting ``kid`` after ``at`` (phase 3; the active key cannot retire)."""
+        if kid == self.active:
+            raise KeyRingError(f"key {kid!r} signs: switch to another before retiring it")
+        if kid not in self._by_id:
+            raise KeyRingError(f"key {kid!r} is not in the ring")
+        return replace(
+            self, keys=tuple(replace(k, not_after=at) if k.kid == kid else k for k in self.keys)
+        )
 
     def pruned(self, *, now: float) -> KeyRing:
         """Drop keys no verifier accepts any more (phase 3)."""

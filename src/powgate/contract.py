@@ -19,6 +19,7 @@ __all__ = [
     "HEAVY_CLIENTS_METRIC",
     "INJECTED_ANNOTATION",
     "KEYRING_SECRET_KEY",
+    "KEY_INFO_METRIC",
     "METRICS_PORT_NAME",
     "NAMESPACE_LABEL",
     "NAMESPACE_LABEL_VALUE",
@@ -55,6 +56,13 @@ HEAVY_CLIENTS_METRIC: Final = "powgate_heavy_client_rate"
 #: answers (1) or not (0), by ``policy`` and ``when_unavailable``; the operator counts it
 #: into the policy's ``ReplayStoreAvailable`` condition.
 REPLAY_STORE_UP_METRIC: Final = "powgate_replay_store_up"
+
+
+#: The gauge in which each sidecar reports the key ids it holds: 1 per key of its ring,
+#: by ``policy``, ``kid`` and ``active`` ("true" for the key it signs with). The operator
+#: switches signing to a new key only once every sidecar of the policy holds it, and
+#: retires the previous key once none signs with it any more.
+KEY_INFO_METRIC: Final = "powgate_key_info"
 
 
 class SidecarFlag(enum.StrEnum):

@@ -64,6 +64,7 @@ __all__ = [
     "FallbackAction",
     "FallbackSpec",
     "KeyRotationSpec",
+    "KeyStatus",
     "LabelSelector",
     "LabelSelectorRequirement",
     "LastDecision",
@@ -252,10 +253,13 @@ class KeyRotationSpec(WireModel):
         description="0 never rotates; otherwise at least the challenge lifetime.",
     )
     propagation_seconds: int = Field(
-        default=60,
+        default=180,
         ge=0,
         le=3600,
-        description="How long a new key is published before it signs (sidecars must have it).",
+        description="When the sidecars' keys cannot be read from Prometheus (powgate_key_info): "
+        "how long a new key is published before it signs, and the previous one keeps signing "
+        "elsewhere. Longer than the kubelet's sync period (1 min by default), which is when a "
+        "changed Secret reaches a pod. Observed, each phase waits for every sidecar instead.",
     )
 
 
@@ -697,6 +701,35 @@ class RolloutStatus(WireModel):
     total: int = Field(default=0, ge=0)
 
 
+class KeyStatus(WireModel):
+    """Where key rotation stands: the signing key, and one waiting for the sidecars."""
+
+    active: str = Field(default="", max_length=32)
+    pending: str = Field(
+        default="",
+        max_length=32,
+        description="Published, not signing yet: it signs once every sidecar holds it.",
+    )
+    retiring: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="No longer sign; verify until no sidecar signs with them, then a "
+        "challenge lifetime more.",
+    )
+    sidecars: int | None = Field(
+        default=None,
+        ge=0,
+        description="Sidecars that reported their keys at the last evaluation of a rotation "
+        "(unset: not observed; the phases then wait keys.propagationSeconds).",
+    )
+    ready: int | None = Field(
+        default=None,
+        ge=0,
+        description="Of them, those ready for the next phase (holding the pending key, or "
+        "signing with the active one).",
+    )
+
+
 class Recommendation(WireModel):
     """One raw recommendation, kept for the stabilization windows."""
 
@@ -747,6 +780,7 @@ class PolicyStatus(WireModel):
         default_factory=list, max_length=MAX_RECOMMENDATIONS
     )
     pricing: PricingStatus | None = None
+    keys: KeyStatus | None = None
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)

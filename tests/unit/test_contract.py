@@ -22,6 +22,7 @@ from powgate import KeyRing
 from powgate.config import SidecarConfig
 from powgate.contract import (
     HEAVY_CLIENTS_METRIC,
+    KEY_INFO_METRIC,
     METRICS_PORT_NAME,
     POLICY_LABEL,
     SIDECAR_NAME,
@@ -30,7 +31,7 @@ from powgate.contract import (
 from powgate.policy import LabelSelector, config_map_name
 from powgate.pricing import PricingConfig
 from powgate_operator._inject import PolicyRef, SidecarTemplate, plan, selector_matches
-from powgate_operator._prometheus import heavy_clients_query, rollout_query
+from powgate_operator._prometheus import heavy_clients_query, key_info_query, rollout_query
 from powgate_sidecar import Sidecar
 from powgate_sidecar import cli as sidecar_cli
 from powgate_sidecar._metrics import Metrics
@@ -173,3 +174,27 @@ def test_the_heavy_clients_query_asks_for_a_series_the_sidecar_exports() -> None
     labels = set(re.findall(r"(\w+)=", matchers))
     assert labels - {"namespace"} <= exported[series]
     assert grouped in exported[series]
+
+
+def test_the_key_query_asks_for_a_series_the_sidecar_exports() -> None:
+    """The operator counts, by the labels a real sidecar exports, who holds which key."""
+    sidecar = Sidecar(
+        upstream="http://127.0.0.1:9",
+        keyring=KeyRing.generate(),
+        config=SidecarConfig(policy="ai/llm"),
+    )
+    exported = {
+        sample.name: dict(sample.labels)
+        for metric in sidecar.metrics.registry.collect()
+        for sample in metric.samples
+    }
+    query = key_info_query("ai/llm")
+    match = re.search(r"by \(([\w, ]+)\) \((\w+)\{(.*)\}\)", query)
+    assert match is not None, query
+    grouped, series, matchers = match.groups()
+    assert series == KEY_INFO_METRIC
+    labels = set(re.findall(r"(\w+)=", matchers))
+    assert labels - {"namespace"} <= set(exported[series])
+    assert {g.strip() for g in grouped.split(",")} <= set(exported[series])
+    assert exported[series]["policy"] == "ai/llm"
+    assert exported[series]["active"] == "true"

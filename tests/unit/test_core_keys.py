@@ -20,6 +20,7 @@ from powgate import (
     Verifier,
     solve,
 )
+from powgate._keys import new_secret
 from powgate.contract import KEYRING_SECRET_KEY
 
 SECRET = base64.b64encode(b"s" * 32).decode()
@@ -151,3 +152,18 @@ def test_rotation_never_rejects_a_challenge_valid_when_issued() -> None:
     assert [key.kid for key in ring4.keys] == ["k2"]
     assert verify(ring4, late) in {Reason.EXPIRED, Reason.UNKNOWN_KEY}
     assert verify(ring4, issue(ring4)) is Reason.OK
+
+
+def test_a_retired_key_verifies_until_its_time_and_the_signing_key_cannot_retire() -> None:
+    ring = (
+        KeyRing.generate(kid="a")
+        .with_key(HmacKey("b", new_secret()))
+        .activated("b", retire_previous_at=None)
+    )
+    retired = ring.retired("a", at=1000)
+    assert retired.verification_key("a", now=1000) is not None
+    assert retired.verification_key("a", now=1001) is None
+    with pytest.raises(KeyRingError):
+        ring.retired("b", at=1000)
+    with pytest.raises(KeyRingError):
+        ring.retired("c", at=1000)

@@ -20,13 +20,15 @@ from powgate.policy import (
     render_config,
 )
 from powgate_operator._objects import (
+    KeyState,
     config_map_body,
     key_secret_body,
-    next_key_ring,
-    ring_from_secret,
+    key_state_from_secret,
+    next_keys,
     set_condition,
     status_after,
 )
+from powgate_operator._prometheus import SidecarKeys
 from powgate_operator._reconcile import _previous_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,53 +42,84 @@ POLICY = {
 }
 
 
-def step(ring: KeyRing | None, now: int) -> KeyRing:
-    return next_key_ring(ring, keys=ROTATION, lifetime_seconds=LIFETIME, now=now)
+def step(
+    state: KeyState | None,
+    now: int,
+    seen: SidecarKeys | None = None,
+    spec: KeyRotationSpec = ROTATION,
+) -> KeyState:
+    return next_keys(state, keys=spec, lifetime_seconds=LIFETIME, now=now, seen=seen)
 
 
-def test_two_phase_rotation_keeps_every_issued_challenge_verifiable() -> None:
+def test_unobserved_rotation_keeps_every_issued_challenge_verifiable() -> None:
+    """Without reports from the sidecars each phase waits the propagation bound."""
     first = step(None, T0)
-    assert [k.kid for k in first.keys] == [f"k{T0}"]
+    assert [k.kid for k in first.ring.keys] == [f"k{T0}"]
     assert step(first, T0 + 3599) == first  # not due yet
 
     published = step(first, T0 + 3600)
     new_kid = f"k{T0 + 3600}"
-    assert published.active == first.active  # phase 1: listed, not signing
-    assert new_kid in published
+    assert published.ring.active == first.ring.active  # phase 1: listed, not signing
+    assert new_kid in published.ring
     assert step(published, T0 + 3600 + 59) == published  # still propagating
 
     switched = step(published, T0 + 3660)
-    assert switched.active == new_kid  # phase 2: signs now
-    old = switched.verification_key(first.active, now=T0 + 3660)
+    assert switched.ring.active == new_kid  # phase 2: signs now
+    assert switched.switched_at == T0 + 3660
+    # Sidecars learn of the switch within the bound: the old key verifies meanwhile...
+    assert step(switched, T0 + 3660 + 59) == switched
+    old = switched.ring.verification_key(first.ring.active, now=T0 + 10**6)
     assert old is not None
-    # The old key verifies for the propagation time plus a whole challenge lifetime.
-    assert old.not_after == T0 + 3660 + 60 + LIFETIME
-    assert step(switched, T0 + 3661) == switched
+    # ...then a whole challenge lifetime more (phase 3).
+    retired = step(switched, T0 + 3720)
+    old = retired.ring.verification_key(first.ring.active, now=T0 + 3720)
+    assert old is not None
+    assert old.not_after == T0 + 3720 + LIFETIME
+    pruned = step(retired, T0 + 3720 + LIFETIME + 1)
+    assert [k.kid for k in pruned.ring.keys] == [new_kid]  # gone once unusable
 
-    pruned = step(switched, T0 + 3660 + 60 + LIFETIME + 1)
-    assert [k.kid for k in pruned.keys] == [new_kid]  # phase 3: gone once unusable
+
+def test_observed_rotation_waits_for_every_sidecar_not_for_the_clock() -> None:
+    first = step(None, T0)
+    old = first.ring.active
+    published = step(first, T0 + 3600)
+    new = f"k{T0 + 3600}"
+    lagging = SidecarKeys(held={old: 3, new: 2}, signing={old: 3})
+    assert step(published, T0 + 10**5, lagging) == published  # long past the bound: waits
+    holding = SidecarKeys(held={old: 3, new: 3}, signing={old: 3})
+    switched = step(published, T0 + 3601, holding)  # at once: every sidecar holds it
+    assert switched.ring.active == new
+    still_signing = SidecarKeys(held={old: 3, new: 3}, signing={old: 1, new: 2})
+    assert step(switched, T0 + 10**5, still_signing) == switched
+    done = step(switched, T0 + 3700, SidecarKeys(held={old: 3, new: 3}, signing={new: 3}))
+    retired = done.ring.verification_key(old, now=T0 + 3700)
+    assert retired is not None
+    assert retired.not_after == T0 + 3700 + LIFETIME
+    # Nobody reporting is not "all of none hold it": the bound applies.
+    assert step(published, T0 + 3601, SidecarKeys()) == published
 
 
 def test_rotation_disabled() -> None:
-    ring = step(None, T0)
+    state = step(None, T0)
     never = KeyRotationSpec(rotation_interval_seconds=0)
-    assert next_key_ring(ring, keys=never, lifetime_seconds=LIFETIME, now=T0 + 10**8) == ring
+    assert step(state, T0 + 10**8, spec=never) == state
 
 
 def test_foreign_key_ids_rotate_first() -> None:
-    ring = KeyRing.generate(kid="imported")
-    assert len(step(ring, T0).keys) == 2
+    state = KeyState(KeyRing.generate(kid="imported"))
+    assert len(step(state, T0).ring.keys) == 2
 
 
-def test_ring_round_trips_through_the_secret() -> None:
-    ring = step(None, T0)
-    body = key_secret_body(POLICY, ring)
+def test_keys_round_trip_through_the_secret() -> None:
+    state = step(step(step(None, T0), T0 + 3600), T0 + 3700)
+    assert state.switched_at == T0 + 3700
+    body = key_secret_body(POLICY, state)
     assert body["metadata"]["name"] == "chat-powgate-keys"
-    assert ring_from_secret(body["data"]) == ring
-    assert ring_from_secret(None) is None
-    assert ring_from_secret({}) is None
+    assert key_state_from_secret(body) == state
+    assert key_state_from_secret(None) is None
+    assert key_state_from_secret({"data": {}}) is None
     with pytest.raises(KeyRingError):
-        ring_from_secret({"keyring.json": base64.b64encode(b"[]").decode()})
+        key_state_from_secret({"data": {"keyring.json": base64.b64encode(b"[]").decode()}})
 
 
 def test_owned_objects_carry_the_owner_reference() -> None:

@@ -21,7 +21,12 @@ import pytest
 
 from powgate.controller import Empty, Failure, Sample
 from powgate.policy import Aggregate, PrometheusSpec, SignalSpec
-from powgate_operator._prometheus import Credentials, SignalReader, reading_from_result
+from powgate_operator._prometheus import (
+    Credentials,
+    SidecarKeys,
+    SignalReader,
+    reading_from_result,
+)
 
 
 @dataclass
@@ -262,4 +267,58 @@ async def test_heavy_clients_are_read_by_label(
         assert found == expected
     assert script.seen[-1]["query"]["query"] == [
         'sum by (client) (powgate_heavy_client_rate{namespace="ai",policy="ai/chat"})'
+    ]
+
+
+def key_rows(*rows: tuple[str, str, str]) -> bytes:
+    result = [
+        {"metric": {"kid": kid, "active": active}, "value": [1700000000.0, count]}
+        for kid, active, count in rows
+    ]
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": result}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, key_rows(), SidecarKeys()),
+        # Three sidecars hold k1 and sign with it; two of them hold k2 already.
+        (
+            200,
+            key_rows(("k1", "true", "3"), ("k2", "false", "2")),
+            SidecarKeys(held={"k1": 3, "k2": 2}, signing={"k1": 3}),
+        ),
+        # Mid-switch: one signs with k2 already.
+        (
+            200,
+            key_rows(("k1", "true", "2"), ("k1", "false", "1"), ("k2", "true", "1")),
+            SidecarKeys(held={"k1": 3, "k2": 1}, signing={"k1": 2, "k2": 1}),
+        ),
+        # No key id, or a count that is no number, counts for nothing.
+        (200, key_rows(("", "true", "3"), ("k1", "true", "NaN")), SidecarKeys()),
+        (503, b"busy", Failure("HTTPError")),
+        (200, b"<html>", Failure("BadResponse")),
+    ],
+)
+async def test_the_keys_sidecars_hold_are_counted_by_key_and_role(
+    prometheus: tuple[str, Script], status: int, body: bytes, expected: Any
+) -> None:
+    address, script = prometheus
+    script.status, script.body = status, body
+    reader = SignalReader(max_workers=1)
+    try:
+        found = await reader.sidecar_keys(
+            prometheus=PrometheusSpec(address=address), credentials=None, policy="ai/chat"
+        )
+    finally:
+        reader.close()
+    if isinstance(expected, Failure):
+        assert isinstance(found, Failure)
+        assert found.reason == expected.reason
+    else:
+        assert found == expected
+    assert script.seen[-1]["query"]["query"] == [
+        'count by (kid, active) (powgate_key_info{namespace="ai",policy="ai/chat"})'
     ]

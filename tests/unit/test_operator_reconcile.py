@@ -54,6 +54,7 @@ from powgate_operator._prometheus import (
     CredentialAddresses,
     Credentials,
     FailureReason,
+    SidecarKeys,
     StoreReach,
 )
 from powgate_operator._reconcile import Reconciler
@@ -76,6 +77,11 @@ class ScriptedSignals:
     #: What the sidecars report of their replay store.
     store_reach: StoreReach | Failure = field(default_factory=lambda: StoreReach(0, 0))
     store_asked: list[str] = field(default_factory=list)
+    #: What the sidecars report holding (powgate_key_info); asked only during rotations.
+    keys: SidecarKeys | Failure = field(
+        default_factory=lambda: Failure(FailureReason.UNREACHABLE, "no Prometheus")
+    )
+    keys_asked: int = 0
 
     async def read(
         self,
@@ -109,6 +115,12 @@ class ScriptedSignals:
     ) -> StoreReach | Failure:
         self.store_asked.append(policy)
         return self.store_reach
+
+    async def sidecar_keys(
+        self, *, prometheus: PrometheusSpec, credentials: Credentials | None, policy: str
+    ) -> SidecarKeys | Failure:
+        self.keys_asked += 1
+        return self.keys
 
 
 @dataclass
@@ -693,3 +705,91 @@ async def test_the_operators_default_store_serves_policies_that_name_none(world:
     await reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=False)
     data = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"][CONFIG_DATA_KEY]
     assert SidecarConfig.from_json(data).replay_store == ReplayStoreSpec.model_validate(STORE)
+
+
+# -- key rotation gated on the sidecars ------------------------------------------------
+
+ROTATING = {"keys": {"rotationIntervalSeconds": 600, "propagationSeconds": 120}}
+
+
+async def test_a_new_key_signs_only_once_every_sidecar_holds_it(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, clock = fleet
+    world.cluster.put(POW_POLICIES, policy(**ROTATING))
+    await world.reconcile(evaluate=True)
+    first = ring_of(world).active
+    assert world.signals.keys_asked == 0  # no rotation under way: Prometheus is not asked
+    world.signals.keys = SidecarKeys(held={first: 3}, signing={first: 3})
+
+    clock.now = NOW + timedelta(seconds=600)
+    await world.reconcile(evaluate=True)
+    published = ring_of(world)
+    (new,) = [k.kid for k in published.keys if k.kid != first]
+    assert published.active == first
+
+    # Long past the bound, but one of three sidecars lacks the key: the old one signs on.
+    world.signals.keys = SidecarKeys(held={first: 3, new: 2}, signing={first: 3})
+    clock.now += timedelta(seconds=3600)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).active == first
+    keys = world.status().keys
+    assert keys is not None
+    assert (keys.active, keys.pending, keys.sidecars, keys.ready) == (first, new, 3, 2)
+    # A spec change never advances a rotation.
+    world.signals.keys = SidecarKeys(held={first: 3, new: 3}, signing={first: 3})
+    await world.reconcile()
+    assert ring_of(world).active == first
+
+    await world.reconcile(evaluate=True)
+    switched = ring_of(world)
+    assert switched.active == new
+    assert switched.verification_key(first, now=clock.now.timestamp() + 10**6) is not None
+
+    # The old key verifies as long as any sidecar still signs with it...
+    world.signals.keys = SidecarKeys(held={first: 3, new: 3}, signing={first: 1, new: 2})
+    clock.now += timedelta(seconds=3600)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).signing_key.kid == new
+    assert all(k.not_after is None for k in ring_of(world).keys)
+    # ...and a challenge lifetime (300 s by default) after the last one stopped.
+    world.signals.keys = SidecarKeys(held={first: 3, new: 3}, signing={new: 3})
+    await world.reconcile(evaluate=True)
+    retired = ring_of(world).verification_key(first, now=clock.now.timestamp())
+    assert retired is not None
+    assert retired.not_after == int(clock.now.timestamp()) + 300
+    clock.now += timedelta(seconds=301)
+    await world.reconcile(evaluate=True)
+    assert first not in ring_of(world)
+    assert ring_of(world).active == new
+
+
+async def test_without_sidecar_reports_each_phase_waits_the_bound(
+    fleet: tuple[World, Clock],
+) -> None:
+    world, clock = fleet
+    world.cluster.put(POW_POLICIES, policy(**ROTATING))
+    await world.reconcile(evaluate=True)
+    first = ring_of(world).active
+    clock.now = NOW + timedelta(seconds=600)
+    await world.reconcile(evaluate=True)  # published; Prometheus unreachable
+    clock.now += timedelta(seconds=119)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).active == first
+    assert world.signals.keys_asked == 1
+    clock.now += timedelta(seconds=1)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).active != first
+    keys = world.status().keys
+    assert keys is not None
+    assert (keys.retiring, keys.sidecars) == ([first], None)
+    # The switch is recorded on the Secret: the previous key retires a bound after it.
+    clock.now += timedelta(seconds=119)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).verification_key(first, now=10**12) is not None
+    clock.now += timedelta(seconds=1)
+    await world.reconcile(evaluate=True)
+    assert ring_of(world).verification_key(first, now=10**12) is None
+    # No sidecar reporting counts as not observed, not as "all of none hold it".
+    world.signals.keys = SidecarKeys()
+    assert ring_of(world).verification_key(first, now=clock.now.timestamp()) is not None

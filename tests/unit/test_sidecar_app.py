@@ -30,6 +30,7 @@ from powgate import (
     Challenge,
     ChallengeV2,
     DeepSeekChallenge,
+    HmacKey,
     Issuer,
     KeyRing,
     _deepseek_hash,
@@ -38,6 +39,7 @@ from powgate import (
     solve_challenge,
     solve_v2,
 )
+from powgate._keys import new_secret
 from powgate.config import CONFIG_CONTRACT, Mode, QueueConfig, RouteConfig, SidecarConfig
 from powgate_sidecar import Limits, Sidecar
 from waiting import eventually_async
@@ -893,3 +895,23 @@ async def test_after_a_raise_and_its_grace_easier_challenges_are_refused() -> No
         assert (
             await h.client.post("/v1/chat", headers={"X-Powgate-Solution": fresh})
         ).status == 200
+
+
+async def test_the_key_ids_held_are_exported_for_the_operator() -> None:
+    """``powgate_key_info``: what the operator waits for before it switches or retires a key."""
+
+    def held(h: Harness) -> dict[str, str]:
+        families = {m.name: m for m in h.sidecar.metrics.registry.collect()}
+        return {
+            s.labels["kid"]: s.labels["active"]
+            for s in families["powgate_key_info"].samples
+            if s.labels["policy"] == POLICY and s.value == 1
+        }
+
+    async for h in build():
+        assert held(h) == {h.keyring.active: "true"}
+        published = h.keyring.with_key(HmacKey("k2", new_secret()))
+        h.sidecar.apply_keyring(published)
+        assert held(h) == {h.keyring.active: "true", "k2": "false"}
+        h.sidecar.apply_keyring(published.activated("k2", retire_previous_at=None))
+        assert held(h) == {h.keyring.active: "false", "k2": "true"}
