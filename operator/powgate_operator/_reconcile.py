@@ -86,7 +86,7 @@ from ._prometheus import (
 from ._reputation import learn, list_from_object, open_rates, published, read_import
 from ._trust import api_key_hashes, api_key_secrets
 
-__all__ = ["EventSink", "Reconciler", "kopf_events"]
+__all__ = ["EventSink", "Reconciler", "StoreAddresses", "kopf_events"]
 
 log = logging.getLogger("powgate.operator")
 
@@ -125,6 +125,35 @@ class _Lists:
     applied: tuple[ReputationEntry, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StoreAddresses:
+    """The replay-store addresses a policy may name (set by the operator's administrator).
+
+    A policy's sidecars send the credentials of its store Secret to the
+    address it names. Empty: any address (the chart's default store is always
+    allowed); addresses compare as written, host case-insensitively.
+    """
+
+    entries: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str | None) -> StoreAddresses:
+        """From a comma-separated list of ``HOST:PORT``; ``ValueError`` names a bad one."""
+        entries = [e.strip() for e in (text or "").split(",") if e.strip()]
+        for entry in entries:
+            ReplayStoreSpec(address=entry)  # raises for anything but HOST:PORT
+        return cls(frozenset(e.lower() for e in entries))
+
+    def allows(self, address: str) -> bool:
+        return not self.entries or address.lower() in self.entries
+
+    def including(self, store: ReplayStoreSpec | None) -> StoreAddresses:
+        """These and the address of ``store`` (the operator's default, always allowed)."""
+        if store is None or not self.entries:
+            return self
+        return StoreAddresses(self.entries | {store.address.lower()})
+
+
 class Reconciler:
     """Reconciles PowPolicies through a :class:`._cluster.Cluster` and a Prometheus reader."""
 
@@ -137,10 +166,13 @@ class Reconciler:
         events: EventSink = kopf_events,
         credential_addresses: CredentialAddresses = NO_CREDENTIAL_ADDRESSES,
         default_store: ReplayStoreSpec | None = None,
+        store_addresses: StoreAddresses | None = None,
     ) -> None:
-        """``default_store``: the replay store of policies that name none (chart value)."""
+        """``default_store``: the replay store of policies that name none (chart value);
+        ``store_addresses``: the only ones a policy may name (None: any)."""
         self._cluster = cluster
         self._default_store = default_store
+        self._store_addresses = (store_addresses or StoreAddresses()).including(default_store)
         self._reader = reader
         self._credential_addresses = credential_addresses
         self._event = events
@@ -224,8 +256,29 @@ class Reconciler:
             spec = PolicySpec.model_validate(policy.get("spec") or {})
         except ValidationError as exc:
             # The CRD rejects such specs; this guards against a CRD older than the operator.
-            await self._report_invalid(key, policy, generation=generation, error=exc, now=now)
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            await self._report_unusable(
+                key, policy, generation=generation, reason="InvalidSpec", message=message, now=now
+            )
             return "InvalidSpec"
+        store = spec.replay.store
+        if store is not None and not self._store_addresses.allows(store.address):
+            # Its sidecars would send the store's credentials there: the last config stays.
+            message = (
+                f"replay.store.address {store.address} is not among the operator's replay "
+                "store addresses (--replay-store-addresses); the last published config stays"
+            )
+            await self._report_unusable(
+                key,
+                policy,
+                generation=generation,
+                reason="ReplayStoreNotAllowed",
+                message=message,
+                now=now,
+            )
+            return "ReplayStoreNotAllowed"
         previous = _previous_status(policy)
 
         decision: Decision | None
@@ -687,19 +740,19 @@ class Reconciler:
         )
         self._last_write[key] = time.monotonic()
 
-    async def _report_invalid(
+    async def _report_unusable(
         self,
         key: _Key,
         policy: dict[str, Any],
         *,
         generation: int,
-        error: ValidationError,
+        reason: str,
+        message: str,
         now: datetime,
     ) -> None:
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )[:1024]
-        self._event(policy, "Warning", "InvalidSpec", message)
+        """A spec the operator will not render: ``Ready=False`` and an event, nothing else."""
+        message = message[:1024]
+        self._event(policy, "Warning", reason, message)
         previous = _previous_status(policy)
         status = previous.model_copy(
             update={
@@ -708,7 +761,7 @@ class Reconciler:
                     previous.conditions,
                     kind=ConditionType.READY,
                     status=ConditionStatus.FALSE,
-                    reason="InvalidSpec",
+                    reason=reason,
                     message=message,
                     now=now,
                 ),

@@ -31,7 +31,7 @@ from powgate.config import ReplayStoreSpec
 from ._kube_client import KubeCluster
 from ._options import add_webhook_arguments, webhook_options
 from ._prometheus import CredentialAddresses, SignalReader
-from ._reconcile import Reconciler
+from ._reconcile import Reconciler, StoreAddresses
 from ._server import start_servers
 from .handlers import build_registry
 from .webhook import Injector
@@ -123,6 +123,16 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="the shared replay store of every policy that names none in spec.replay.store "
         '(a replay.store object: {"address": "HOST:PORT", "whenUnavailable": "Refuse", …}); '
         "unset: such policies' sidecars keep single use per process",
+    )
+    add_env_argument(
+        parser,
+        "--replay-store-addresses",
+        type=StoreAddresses.parse,
+        default="",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the only replay-store addresses a policy may name in spec.replay.store (its "
+        "sidecars send the store's credentials there); a policy naming another is not "
+        "rendered (Ready=False ReplayStoreNotAllowed); empty: any",
     )
     parser.add_argument("--log-format", choices=sorted(_LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -221,6 +231,7 @@ async def _serve(args: argparse.Namespace) -> None:
             reader=reader,
             credential_addresses=args.prometheus_credential_addresses,
             default_store=args.default_replay_store,
+            store_addresses=args.replay_store_addresses,
         )
         registry = build_registry(reconciler)
         priority = peering_priority(explicit=args.priority, pod_id=os.environ.get("POD_ID"))

@@ -849,6 +849,13 @@ def test_a_default_replay_store_reaches_the_operator_as_the_model_reads_it() -> 
     )
     kinds = {d["kind"] for d in docs}
     assert "StatefulSet" not in kinds  # no Redis of the chart's own
+    assert operator_args(docs).replay_store_addresses.allows("anywhere:6379")
+    listed = {"replayStore": {**values["replayStore"], "allowedAddresses": ["valkey.b:6379"]}}
+    addresses = operator_args(render(listed)).replay_store_addresses
+    assert addresses.allows("valkey.b:6379")
+    assert not addresses.allows("anywhere:6379")
+    with pytest.raises(RenderError, match="replayStore"):
+        render({"replayStore": {"allowedAddresses": ["redis://valkey:6379"]}})
     with pytest.raises(RenderError, match="replayStore"):
         render({"replayStore": {"address": "redis://valkey:6379"}})
     with pytest.raises(RenderError, match="replayStore"):

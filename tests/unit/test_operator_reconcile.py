@@ -57,7 +57,7 @@ from powgate_operator._prometheus import (
     SidecarKeys,
     StoreReach,
 )
-from powgate_operator._reconcile import Reconciler
+from powgate_operator._reconcile import Reconciler, StoreAddresses
 
 NS, NAME = "ai", "chat"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -793,3 +793,45 @@ async def test_without_sidecar_reports_each_phase_waits_the_bound(
     # No sidecar reporting counts as not observed, not as "all of none hold it".
     world.signals.keys = SidecarKeys()
     assert ring_of(world).verification_key(first, now=clock.now.timestamp()) is not None
+
+
+async def test_a_store_address_the_administrator_did_not_allow_is_not_rendered(
+    world: World,
+) -> None:
+    """Its sidecars would send the store's credentials there: the last config stays."""
+    allowed = StoreAddresses.parse("valkey.cache.svc:6379, Redis.Shared:6380")
+    default = ReplayStoreSpec(address="default.store:6379")
+    reconciler = Reconciler(
+        cluster=world.cluster,
+        reader=world.signals,
+        clock=lambda: NOW,
+        events=lambda _policy, kind, reason, message: world.events.append((kind, reason, message)),
+        default_store=default,
+        store_addresses=allowed,
+    )
+
+    async def reconcile() -> None:
+        await reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=False)
+
+    def published() -> ReplayStoreSpec | None:
+        data = world.cluster.stored(CONFIG_MAPS, config_map_name(NAME), NS)["data"]
+        return SidecarConfig.from_json(data[CONFIG_DATA_KEY]).replay_store
+
+    world.cluster.put(POW_POLICIES, policy(replay={"store": STORE}))
+    await reconcile()
+    assert published() == ReplayStoreSpec.model_validate(STORE)
+    world.cluster.put(POW_POLICIES, policy(replay={"store": {"address": "attacker.example:6379"}}))
+    await reconcile()
+    assert world.condition(ConditionType.READY) == (ConditionStatus.FALSE, "ReplayStoreNotAllowed")
+    assert published() == ReplayStoreSpec.model_validate(STORE)  # the last good config
+    assert ("Warning", "ReplayStoreNotAllowed") in [(k, r) for k, r, _ in world.events]
+    # Host names compare case-insensitively; the operator's own default is always allowed.
+    for address in ("redis.shared:6380", "default.store:6379"):
+        world.cluster.put(POW_POLICIES, policy(replay={"store": {"address": address}}))
+        await reconcile()
+        assert world.condition(ConditionType.READY)[0] is ConditionStatus.TRUE
+        assert published() == ReplayStoreSpec(address=address)
+    # Without a list, any address.
+    assert StoreAddresses.parse("").allows("anything:1")
+    with pytest.raises(ValueError, match="address"):
+        StoreAddresses.parse("redis://valkey:6379")
