@@ -770,15 +770,20 @@ def _ratio(value: float, *, reference: float) -> str:
 
 
 def profile(*, load: str, seconds: int = 10) -> None:
-    """Sample the sidecar with py-spy under ``load`` ("pass" or "reject"); print where time goes."""
+    """Sample the sidecar with py-spy under ``load`` ("pass" or "reject", or either with
+    per-client prices: "priced-pass", "priced-reject"); print where time goes."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with _setup() as s, tempfile.TemporaryDirectory() as tmp:
+        priced = load.startswith("priced-")
+        pid, port = (s.priced_pid, s.priced) if priced else (s.sidecar_pid, s.sidecar)
         out = Path(tmp) / "profile.txt"
-        argv = [py_spy, "record", "--pid", str(s.sidecar_pid), "--duration", str(seconds)]
+        argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds)]
         argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
         sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pool = s.pools[0] if load == "pass" else None
-        url = f"http://127.0.0.1:{s.sidecar}/v1/chat"
+        pool = None
+        if load.endswith("pass"):
+            pool = s.priced_pools[0] if priced else s.pools[0]
+        url = f"http://127.0.0.1:{port}/v1/chat"
         _wrk(url, connections=CONNECTIONS, seconds=seconds + 2, pool=pool)
         sampler.wait(timeout=60)
         own: collections.Counter[str] = collections.Counter()
@@ -814,7 +819,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--profile",
-        choices=["pass", "reject"],
+        choices=["pass", "reject", "priced-pass", "priced-reject"],
         help="sample the sidecar with py-spy under this load instead",
     )
     args = parser.parse_args()

@@ -184,7 +184,7 @@ def draw_who_pays(
     global run, then its per-client run).
     """
     names = list(verdicts)
-    fig, axes = plt.subplots(3, 1, figsize=(11, 12), gridspec_kw={"height_ratios": [1, 1, 1]})
+    fig, axes = plt.subplots(4, 1, figsize=(11, 15))
     fig.suptitle(title, fontsize=12)
     xs = list(range(len(names)))
 
@@ -251,8 +251,23 @@ def draw_who_pays(
     ax.axvline(verdict.judged_from, color="tab:green", lw=0.8, ls="--")
     ax.axhline(capacity, color="black", lw=0.8)
     ax.set_ylabel("requests / s (line: capacity)")
-    ax.set_xlabel("seconds")
     ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, alpha=0.3)
+
+    ax = axes[3]
+    for name in names:
+        rows = runs[name]
+        ax.step(
+            [row["t"] for row in rows],
+            [_nan(row["service"]["difficulty"]) for row in rows],
+            where="post",
+            label=f"{name}: route difficulty (before per-client factors)",
+        )
+    ax.axvspan(verdict.flood_start, verdict.flood_end, color="tab:red", alpha=0.08, lw=0)
+    ax.set_yscale("log")
+    ax.set_ylabel("difficulty the global policy set")
+    ax.set_xlabel("seconds")
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, alpha=0.3)
 
     fig.tight_layout()

@@ -62,6 +62,10 @@ class ServiceSecond:
     demand: float | None
     #: Requests the backend refused (its queue was full).
     refused: float
+    #: Challenges the sidecars handed out this second, and how many of them were
+    #: priced above the route's price (per-client prices: a heavy client's factor).
+    challenges: float = 0.0
+    priced_above_base: float = 0.0
 
     @property
     def over_capacity(self) -> bool:
@@ -80,6 +84,8 @@ class ServiceSecond:
             "demand": self.demand,
             "refused": self.refused,
             "over_capacity": self.over_capacity,
+            "challenges": self.challenges,
+            "priced_above_base": self.priced_above_base,
         }
 
 
@@ -97,6 +103,9 @@ class _Sidecars:
     at: float
     difficulty: int | None
     outcomes: dict[str, float]
+    #: Totals since the sidecars started: challenges handed out, and those above 1x.
+    challenges: float = 0.0
+    above_base: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +176,7 @@ class Monitor:
         self._policy_period = policy_period
         self._samples = _Samples()
         # Per sidecar, its last good scrape: a failed one keeps these.
-        self._last: dict[str, tuple[int | None, dict[str, float]]] = {}
+        self._last: dict[str, tuple[int | None, dict[str, float], float, float]] = {}
         self._started = time.monotonic()
 
     def start_clock(self) -> None:
@@ -241,17 +250,34 @@ class Monitor:
                 key = _outcome_key(labels)
                 outcomes[key] = outcomes.get(key, 0.0) + value
             levels = [int(value) for _, value in families.get("powgate_difficulty", [])]
-            self._last[url] = (max(levels) if levels else None, outcomes)
+            # The factors of the challenges handed out (powgate_price_factor): all of
+            # them, and those above the route's price (above the `le="1.0"` bucket).
+            issued = _total(families, "powgate_price_factor_count")
+            at_most_base = math.fsum(
+                value
+                for labels, value in families.get("powgate_price_factor_bucket", [])
+                if labels.get("le") == "1.0"
+            )
+            self._last[url] = (
+                max(levels) if levels else None,
+                outcomes,
+                issued,
+                issued - at_most_base,
+            )
         if not self._last:
             return
         combined: dict[str, float] = {}
-        for _, outcomes in self._last.values():
+        for _, outcomes, _, _ in self._last.values():
             for key, value in outcomes.items():
                 combined[key] = combined.get(key, 0.0) + value
-        levels = [level for level, _ in self._last.values() if level is not None]
+        levels = [level for level, _, _, _ in self._last.values() if level is not None]
         self._samples.sidecars.append(
             _Sidecars(
-                at=self.elapsed, difficulty=max(levels) if levels else None, outcomes=combined
+                at=self.elapsed,
+                difficulty=max(levels) if levels else None,
+                outcomes=combined,
+                challenges=math.fsum(issued for _, _, issued, _ in self._last.values()),
+                above_base=math.fsum(above for _, _, _, above in self._last.values()),
             )
         )
 
@@ -276,12 +302,16 @@ class Monitor:
         before, after = _at(samples.standin, t), _at(samples.standin, t + 1)
         side_before, side_after = _at(samples.sidecars, t), _at(samples.sidecars, t + 1)
         outcomes: dict[str, float] = {}
+        challenges = priced = 0.0
         if side_after is not None:
             previous = side_before.outcomes if side_before is not None else {}
             outcomes = {
                 key: max(0.0, value - previous.get(key, 0.0))
                 for key, value in side_after.outcomes.items()
             }
+            if side_before is not None:
+                challenges = max(0.0, side_after.challenges - side_before.challenges)
+                priced = max(0.0, side_after.above_base - side_before.above_base)
         policy = _at(samples.policy, t + 1)
         return ServiceSecond(
             t=t,
@@ -298,6 +328,8 @@ class Monitor:
             queued=math.fsum(s.queued for s in inside) / len(inside) if inside else None,
             demand=self._demand(t),
             refused=(after.refused - before.refused) if before and after else 0.0,
+            challenges=challenges,
+            priced_above_base=priced,
         )
 
     def _demand(self, t: int) -> float | None:

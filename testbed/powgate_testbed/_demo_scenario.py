@@ -136,6 +136,13 @@ class WhoPays:
     legit_sources: int = 64
     heavy_sources: int = 4
     light_sources: int = 600
+    #: Bot requests outstanding per sidecar: bots send what they offer and then wait
+    #: for their budget, as a flood does (the other runs cap them at 8, so that
+    #: challenges do not pile up); each request they send counts towards their rate.
+    bot_in_flight: int = 64
+    #: Longer than the baselines': the global policy comes down only after its
+    #: decrease window, and what it does once the bots are priced is part of the story.
+    phases: Phases = field(default_factory=lambda: Phases(quiet=10, flood=75, after=5))
     #: The per-client policy: requests per second at the base price, growth, cap.
     fair_rate: float = 0.5
     growth: float = 1.0
@@ -240,7 +247,9 @@ class Scenario:
         return round(0.65 * self.backend.capacity, 3)
 
     def phases(self, defence: Defence) -> Phases:
-        return self.adaptive if defence is Defence.ADAPTIVE else self.baseline
+        if defence is Defence.ADAPTIVE:
+            return self.adaptive
+        return self.who_pays.phases if defence in WHO_PAYS_RUNS else self.baseline
 
 
 DEFAULT: Final = Scenario(name="default")
@@ -248,6 +257,7 @@ QUICK: Final = Scenario(
     name="quick",
     adaptive=Phases(quiet=8, flood=40, after=70),
     baseline=Phases(quiet=5, flood=25, after=3),
+    who_pays=WhoPays(phases=Phases(quiet=5, flood=40, after=3)),
     decrease_window=20,
     decrease_period=4,
 )

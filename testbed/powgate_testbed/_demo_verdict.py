@@ -115,6 +115,9 @@ class Verdict:
     peak_difficulty: int | None
     back_to_min: float | None
     direction_changes: int
+    #: Share of the challenges handed out that were priced above the route's price
+    #: (per-client prices: heavy clients); None when no challenge was handed out.
+    priced_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,9 @@ def judge(
     flood_flags = [row["service"]["over_capacity"] for row in rows[flood_start:flood_end]]
     levels = [row["service"]["difficulty"] for row in rows]
     known = [level for level in levels if level is not None]
+    # Rows written before these counters existed have neither.
+    challenges = sum(row["service"].get("challenges", 0.0) for row in judged)
+    priced = sum(row["service"].get("priced_above_base", 0.0) for row in judged)
     return Verdict(
         defence=defence,
         flood_start=flood_start,
@@ -219,6 +225,7 @@ def judge(
             else None
         ),
         direction_changes=_direction_changes(known),
+        priced_share=priced / challenges if challenges else None,
     )
 
 

@@ -192,7 +192,11 @@ class _Run:
                     sources=bot_sources,
                 ),
                 request=RequestShape(max_tokens=scenario.backend.max_tokens),
-                max_in_flight=scenario.max_in_flight,
+                max_in_flight=(
+                    scenario.who_pays.bot_in_flight
+                    if deployment.defence in WHO_PAYS_RUNS
+                    else scenario.max_in_flight
+                ),
                 # Real pods: the sidecars' pod addresses, inside the network
                 # namespace this run made for its node, asked for explicitly.
                 allow_remote=stack.node is not None,
@@ -381,7 +385,8 @@ def format_who_pays(scenario: Scenario, verdicts: Mapping[str, Verdict]) -> str:
             f"paid {_shown(verdict.legit_hashes_per_admitted, '.3g'):>7} h/req  "
             f"bots paid {_shown(verdict.attack_hashes_per_admitted, '.3g'):>7} h/req, "
             f"got {_shown(verdict.attack_goodput, '.2f'):>5}/s  "
-            f"backend busy {_shown(verdict.backend_utilisation, '.0f', scale=100):>3} %"
+            f"backend busy {_shown(verdict.backend_utilisation, '.0f', scale=100):>3} %  "
+            f"challenges above 1x {_shown(verdict.priced_share, '.0f', scale=100):>3} %"
         )
     if not rows:
         return ""

@@ -29,6 +29,7 @@ from powgate_testbed.demo import (
     DemoResult,
     LiveView,
     format_scheme_comparison,
+    format_who_pays,
     run_demo,
 )
 
@@ -118,6 +119,24 @@ def test_the_scheme_runs_enforce_their_scheme_and_serve_browsers(result: DemoRes
     comparison = format_scheme_comparison(QUICK, result.verdicts)
     assert "SHA-256" in comparison
     assert "ARGON2ID" in comparison
+
+
+def test_per_client_prices_price_the_heavy_bots_and_only_with_pricing_on(
+    result: DemoResult,
+) -> None:
+    """Who pays: 4 bot networks far above the fair rate are priced above the route's
+    price by the per-client policy; the global policy alone prices no one apart."""
+    heavy = result.verdicts["heavy-per-client"]
+    assert heavy.priced_share is not None
+    assert heavy.priced_share > 0.2
+    for name in ("heavy-global", "light-global"):
+        assert result.verdicts[name].priced_share == 0.0
+    # Both shapes met the same global policy, and everyone was served.
+    for name in ("heavy-global", "heavy-per-client", "light-global", "light-per-client"):
+        verdict = result.verdicts[name]
+        assert verdict.peak_difficulty is not None
+        assert verdict.peak_difficulty > QUICK.min_difficulty
+    assert "heavy-per-client" in format_who_pays(QUICK, result.verdicts)
 
 
 def test_chart_and_summary_are_written(result: DemoResult) -> None:

@@ -150,6 +150,29 @@ def test_flapping_counts_every_change_of_direction() -> None:
     assert not check_targets(verdict)["direction_changes"]
 
 
+def test_the_share_of_challenges_priced_above_the_base_is_over_the_judged_stretch() -> None:
+    rows = [second(t) for t in range(10)]
+    for t, row in enumerate(rows):
+        # Outside the judged stretch everything is priced; inside, 1 in 4.
+        row["service"]["challenges"] = 8.0
+        row["service"]["priced_above_base"] = 8.0 if t < 3 else 2.0
+    verdict = judge(rows, defence="heavy", flood_start=1, flood_end=9, settle=2, minimum=None)
+    assert verdict.judged_from == 3
+    assert verdict.priced_share == 0.25
+    # Rows from before the counters existed, or no challenge at all: nothing to say.
+    assert (
+        judge(
+            [second(t) for t in range(10)],
+            defence="x",
+            flood_start=1,
+            flood_end=9,
+            settle=2,
+            minimum=None,
+        ).priced_share
+        is None
+    )
+
+
 def test_baselines_are_judged_after_the_settling_time_and_have_no_adaptation() -> None:
     rows = flood_run(adapt_at=40, back_at=None)
     verdict = judge(rows, defence="static", flood_start=10, flood_end=40, settle=15, minimum=None)
