@@ -67,7 +67,7 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv system-deps tools js-deps images lint ## Everything CI runs: lint, unit, integration (real control plane and node)
+test: system-deps venv tools js-deps images lint ## Everything CI runs: lint, unit, integration (real control plane and node)
 	$(VENV)/bin/pytest
 
 .PHONY: unit
@@ -80,7 +80,7 @@ crds: venv ## Regenerate crds/ and docs/policy-reference.md from the PowPolicy m
 	$(PY) -m powgate_operator.reference > docs/policy-reference.md
 
 .PHONY: bench
-bench: venv system-deps tools ## Benchmarks, printed as tables with same-run references
+bench: system-deps venv tools ## Benchmarks, printed as tables with same-run references
 	$(PY) -m bench
 
 .PHONY: fuzz

@@ -7,7 +7,8 @@
 # and the real node: the Docker engine (docker.io, started by `make images`
 # itself), mmdebstrap (the base image from Debian packages), containerd, the
 # CNI plugins, iptables and conntrack (kube-proxy), libseccomp-dev (runc is
-# built with seccomp, `make tools`).
+# built with seccomp, `make tools`); libssl-dev (powgate._native's SHA-256
+# hot path is built against OpenSSL, `make venv`).
 set -euo pipefail
 
 # Each package, with a file that shows it is installed.
@@ -26,6 +27,7 @@ declare -A want=(
   [iptables]=/usr/sbin/iptables
   [conntrack]=/usr/sbin/conntrack
   [libseccomp-dev]=/usr/include/seccomp.h
+  [libssl-dev]=/usr/include/openssl/sha.h
 )
 missing=()
 for package in "${!want[@]}"; do

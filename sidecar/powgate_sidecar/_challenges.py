@@ -79,7 +79,7 @@ class ChallengeStock:
             shelf.size = max(1, shelf.size // 2)
         elif now - shelf.made_at <= FRESH_SECONDS:
             shelf.size = min(MAX_BATCH, shelf.size * 2)
-        batch = self.issuer.issue_many(
+        shelf.documents = documents = self.issuer.issue_documents(
             shelf.size,
             difficulty=difficulty,
             ttl=ttl,
@@ -87,7 +87,6 @@ class ChallengeStock:
             client=client,
             factor=factor,
         )
-        shelf.documents = documents = [challenge.to_json().encode() for challenge in batch]
         shelf.made_at = now
         return documents.pop()
 

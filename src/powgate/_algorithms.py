@@ -18,22 +18,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, runtime_checkable
 
-from . import _deepseek_hash
-
-#: Makes a keyed HMAC state, ``new_keyed(key, digestmod=name)``, to be copied per message.
-_new_keyed: Callable[..., Any]
-try:
-    # OpenSSL's HMAC object without hmac.HMAC's Python wrapper: copying a
-    # keyed state costs half of a one-shot hmac.digest, which re-derives the
-    # key pads every call. (CPython-internal, hence the fallback.)
-    from _hashlib import hmac_new as _new_keyed
-except ImportError:  # pragma: no cover - builds without OpenSSL
-    _new_keyed = hmac.new
+from . import _deepseek_hash, _fastpath
 
 __all__ = [
     "Algorithm",
@@ -83,31 +72,32 @@ class Algorithm(Protocol):
 
 
 class _Keyed:
-    """HMAC signing from keyed states copied per message, per key of the ring."""
+    """HMAC signing from keyed states (:func:`._fastpath.hmac_state`), per key of the ring."""
 
     __slots__ = ("_digest", "_keyed")
 
     def __init__(self, digest: str) -> None:
         self._digest = digest
         #: Keyed HMAC states by key; a ring holds a handful of keys at most.
-        self._keyed: dict[bytes, Any] = {}
+        self._keyed: dict[bytes, _fastpath.HmacState] = {}
 
-    def sign(self, key: bytes, message: bytes) -> str:
+    def state(self, key: bytes) -> _fastpath.HmacState:
         keyed = self._keyed.get(key)
         if keyed is None:
             if len(self._keyed) >= _MAX_KEYED_STATES:
                 # Rotated-out keys are dead weight.
                 self._keyed.clear()
-            keyed = self._keyed[key] = _new_keyed(key, digestmod=self._digest)
-        mac = keyed.copy()
-        mac.update(message)
-        return mac.hexdigest()  # type: ignore[no-any-return]
+            keyed = self._keyed[key] = _fastpath.hmac_state(key, self._digest)
+        return keyed
+
+    def sign(self, key: bytes, message: bytes) -> str:
+        return self.state(key).hexdigest(message)
 
 
 class HashAlgorithm:
     """ALTCHA v1 schemes: a plain hash for the work, HMAC of the same hash to sign."""
 
-    __slots__ = ("_digest", "_keyed", "_name", "new")
+    __slots__ = ("_digest", "_hex", "_keyed", "_name", "new")
 
     family: Final = Family.ALTCHA_V1
 
@@ -121,6 +111,10 @@ class HashAlgorithm:
             lambda data: hashlib.new(digest, data)
         )
         self._keyed = _Keyed(digest)
+        # SHA-256, the work of nearly every challenge issued or checked: in C where built.
+        self._hex: Callable[[bytes], str] = (
+            _fastpath.sha256_hex if digest == "sha256" else self._hashlib_hex
+        )
 
     @property
     def name(self) -> str:
@@ -136,10 +130,18 @@ class HashAlgorithm:
         return self._digest
 
     def work_hex(self, data: bytes) -> str:
+        """The work: the lowercase hex digest of ``data``."""
+        return self._hex(data)
+
+    def _hashlib_hex(self, data: bytes) -> str:
         return self.new(data).hexdigest()  # type: ignore[no-any-return]
 
     def sign(self, key: bytes, message: bytes) -> str:
         return self._keyed.sign(key, message)
+
+    def keyed(self, key: bytes) -> _fastpath.HmacState:
+        """The signing state of ``key``: signs, and issues batches of challenge documents."""
+        return self._keyed.state(key)
 
 
 class KdfKind(enum.StrEnum):

@@ -9,6 +9,15 @@
  * deepseek_search() is the solver's loop: the prefix's full blocks are
  * absorbed once, each candidate costs one permutation (two when the number
  * spills into a second block), and the GIL is released while it runs.
+ *
+ * With OpenSSL's headers at build time (POWGATE_OPENSSL, see setup.py) it
+ * also holds the hot path of ALTCHA v1 over SHA-256, the scheme every
+ * refusal issues and most requests carry: sha256_hex(), HmacSha256 (an HMAC
+ * key with its pads hashed once: hexdigest() and issue_v1(), a batch of
+ * challenge documents), and canonical_v1() (a payload of the canonical shape
+ * read in one pass). Each has a pure-Python definition in powgate that
+ * gives the same bytes (tests/unit/test_core_native.py holds them to it);
+ * this file only removes the interpreter from the loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -162,11 +171,389 @@ static PyObject *deepseek_search(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(found);
 }
 
+#ifdef POWGATE_OPENSSL
+/* OpenSSL 3 deprecates the low-level SHA-256 calls in favour of EVP, whose
+ * provider dispatch and allocations cost more than the hashing of a few
+ * blocks does here. They remain part of its API. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#define SHA_BLOCK 64
+#define SHA_HEX (2 * SHA256_DIGEST_LENGTH)
+
+static const char HEX[] = "0123456789abcdef";
+
+static void to_hex(const uint8_t *in, size_t len, char *out) {
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = HEX[in[i] >> 4];
+        out[2 * i + 1] = HEX[in[i] & 15];
+    }
+}
+
+static void sha256_to_hex(const uint8_t *data, size_t len, char out[SHA_HEX]) {
+    /* Not the one-shot SHA256(): in OpenSSL 3 it fetches the algorithm from
+     * a provider on every call, which costs more than these few blocks. */
+    SHA256_CTX ctx;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, data, len);
+    SHA256_Final(digest, &ctx);
+    to_hex(digest, sizeof digest, out);
+}
+
+static PyObject *sha256_hex(PyObject *self, PyObject *arg) {
+    Py_buffer data;
+    char out[SHA_HEX];
+    (void)self;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    sha256_to_hex((const uint8_t *)data.buf, (size_t)data.len, out);
+    PyBuffer_Release(&data);
+    return PyUnicode_FromStringAndSize(out, SHA_HEX);
+}
+
+/* -- HmacSha256: a key whose inner and outer pads are hashed once ------------ */
+
+typedef struct {
+    PyObject_HEAD
+    SHA256_CTX inner;
+    SHA256_CTX outer;
+} HmacObject;
+
+static int hmac_init(HmacObject *self, PyObject *args, PyObject *kwargs) {
+    Py_buffer key;
+    uint8_t block[SHA_BLOCK], pad[SHA_BLOCK];
+    static char *names[] = {"key", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*:HmacSha256", names, &key)) return -1;
+    memset(block, 0, sizeof block);
+    if ((size_t)key.len > SHA_BLOCK) {
+        SHA256_CTX ctx;
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, key.buf, (size_t)key.len);
+        SHA256_Final(block, &ctx);
+    } else {
+        memcpy(block, key.buf, (size_t)key.len);
+    }
+    PyBuffer_Release(&key);
+    for (int i = 0; i < SHA_BLOCK; i++) pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&self->inner);
+    SHA256_Update(&self->inner, pad, SHA_BLOCK);
+    for (int i = 0; i < SHA_BLOCK; i++) pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&self->outer);
+    SHA256_Update(&self->outer, pad, SHA_BLOCK);
+    OPENSSL_cleanse(block, sizeof block);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return 0;
+}
+
+static void hmac_dealloc(HmacObject *self) {
+    OPENSSL_cleanse(&self->inner, sizeof self->inner);
+    OPENSSL_cleanse(&self->outer, sizeof self->outer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void hmac_hex(const HmacObject *self, const uint8_t *msg, size_t len, char out[SHA_HEX]) {
+    SHA256_CTX ctx = self->inner;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    SHA256_Update(&ctx, msg, len);
+    SHA256_Final(digest, &ctx);
+    ctx = self->outer;
+    SHA256_Update(&ctx, digest, sizeof digest);
+    SHA256_Final(digest, &ctx);
+    to_hex(digest, sizeof digest, out);
+}
+
+static PyObject *hmac_hexdigest(HmacObject *self, PyObject *arg) {
+    Py_buffer msg;
+    char out[SHA_HEX];
+    if (PyObject_GetBuffer(arg, &msg, PyBUF_SIMPLE) < 0) return NULL;
+    hmac_hex(self, (const uint8_t *)msg.buf, (size_t)msg.len, out);
+    PyBuffer_Release(&msg);
+    return PyUnicode_FromStringAndSize(out, SHA_HEX);
+}
+
+/* What json.dumps writes for s unchanged: printable ASCII but '"' and '\\'. */
+static int json_plain(const char *s, Py_ssize_t len) {
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return 0;
+    }
+    return 1;
+}
+
+#define NONCE_BYTES 12
+#define RANDOM_BYTES (NONCE_BYTES + 8)
+
+/* issue_v1(name, head, difficulty, random): one document per 20 random bytes:
+ * {"algorithm":name,"challenge":H,"maxnumber":difficulty,"salt":S,"signature":M}
+ * with S = hex(12 bytes) + head, n = the next 8 bytes (big-endian) mod
+ * difficulty, H = SHA-256(S + decimal(n)) and M = HMAC(H), both in hex:
+ * powgate.Issuer's batch, byte for byte. */
+static PyObject *hmac_issue_v1(HmacObject *self, PyObject *args) {
+    const char *name, *head;
+    Py_ssize_t name_len, head_len;
+    unsigned long long difficulty;
+    Py_buffer random;
+    PyObject *list = NULL;
+    if (!PyArg_ParseTuple(args, "s#s#Ky*:issue_v1", &name, &name_len, &head, &head_len,
+                          &difficulty, &random))
+        return NULL;
+    if (difficulty < 1 || random.len % RANDOM_BYTES || !json_plain(name, name_len) ||
+        !json_plain(head, head_len) || head_len > 4096 || name_len > 64) {
+        PyErr_SetString(PyExc_ValueError, "issue_v1: arguments out of range");
+        goto done;
+    }
+    Py_ssize_t count = random.len / RANDOM_BYTES;
+    list = PyList_New(count);
+    if (list == NULL) goto done;
+    /* The salt, then room for the number: what the work hashes. */
+    size_t salt_len = 2 * NONCE_BYTES + (size_t)head_len;
+    uint8_t *work = PyMem_Malloc(salt_len + MAX_DIGITS);
+    if (work == NULL) {
+        Py_CLEAR(list);
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(work + 2 * NONCE_BYTES, head, (size_t)head_len);
+    char maxnumber[MAX_DIGITS];
+    int maxnumber_len = put_decimal((uint8_t *)maxnumber, difficulty);
+    const uint8_t *raw = (const uint8_t *)random.buf;
+    for (Py_ssize_t i = 0; i < count; i++, raw += RANDOM_BYTES) {
+        char challenge[SHA_HEX], signature[SHA_HEX];
+        uint64_t value = 0;
+        to_hex(raw, NONCE_BYTES, (char *)work);
+        for (int k = NONCE_BYTES; k < RANDOM_BYTES; k++) value = (value << 8) | raw[k];
+        int digits = put_decimal(work + salt_len, value % difficulty);
+        sha256_to_hex(work, salt_len + (size_t)digits, challenge);
+        hmac_hex(self, (const uint8_t *)challenge, SHA_HEX, signature);
+        static const char K1[] = "{\"algorithm\":\"", K2[] = "\",\"challenge\":\"",
+                          K3[] = "\",\"maxnumber\":", K4[] = ",\"salt\":\"",
+                          K5[] = "\",\"signature\":\"", K6[] = "\"}";
+        size_t size = (sizeof K1 - 1) + (size_t)name_len + (sizeof K2 - 1) + SHA_HEX +
+                      (sizeof K3 - 1) + (size_t)maxnumber_len + (sizeof K4 - 1) + salt_len +
+                      (sizeof K5 - 1) + SHA_HEX + (sizeof K6 - 1);
+        PyObject *doc = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+        if (doc == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        char *p = PyBytes_AS_STRING(doc);
+#define PUT(src, n)              \
+    do {                         \
+        memcpy(p, (src), (n));   \
+        p += (n);                \
+    } while (0)
+        PUT(K1, sizeof K1 - 1);
+        PUT(name, (size_t)name_len);
+        PUT(K2, sizeof K2 - 1);
+        PUT(challenge, SHA_HEX);
+        PUT(K3, sizeof K3 - 1);
+        PUT(maxnumber, (size_t)maxnumber_len);
+        PUT(K4, sizeof K4 - 1);
+        PUT(work, salt_len);
+        PUT(K5, sizeof K5 - 1);
+        PUT(signature, SHA_HEX);
+        PUT(K6, sizeof K6 - 1);
+#undef PUT
+        PyList_SET_ITEM(list, i, doc);
+    }
+    PyMem_Free(work);
+done:
+    PyBuffer_Release(&random);
+    return list;
+}
+
+static PyMethodDef hmac_methods[] = {
+    {"hexdigest", (PyCFunction)hmac_hexdigest, METH_O,
+     "hexdigest(message): HMAC-SHA256 of message under the key, lowercase hex."},
+    {"issue_v1", (PyCFunction)hmac_issue_v1, METH_VARARGS,
+     "issue_v1(name, head, difficulty, random): a batch of ALTCHA v1 challenge documents "
+     "(JSON bytes), one per 20 bytes of random, signed with the key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HmacType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "powgate._native.HmacSha256",
+    .tp_basicsize = sizeof(HmacObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "HmacSha256(key): HMAC-SHA256 under one key, its pads hashed once.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)hmac_init,
+    .tp_dealloc = (destructor)hmac_dealloc,
+    .tp_methods = hmac_methods,
+};
+
+/* -- canonical_v1: a payload of the canonical shape, read in one pass ----------- */
+
+static const signed char B64[256] = {
+    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,
+    ['H'] = 8,  ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14,
+    ['O'] = 15, ['P'] = 16, ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21,
+    ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28,
+    ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33, ['h'] = 34, ['i'] = 35,
+    ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41, ['p'] = 42,
+    ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
+    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63,
+    ['/'] = 64,
+}; /* value + 1; 0: not in the alphabet */
+
+/* Standard base64 with its padding, nothing else (no newlines, no '=' inside):
+ * what binascii.a2b_base64(strict_mode=True) decodes to the same bytes. Returns
+ * the decoded length, or -1. */
+static Py_ssize_t b64_decode(const uint8_t *in, Py_ssize_t len, uint8_t *out) {
+    if (len == 0 || len % 4) return -1;
+    Py_ssize_t pad = (in[len - 1] == '=') + (in[len - 1] == '=' && in[len - 2] == '=');
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < len; i += 4) {
+        int last = i + 4 == len;
+        uint32_t v = 0;
+        for (int k = 0; k < 4; k++) {
+            int c = B64[in[i + k]];
+            if (c == 0) {
+                if (!(last && k >= 4 - pad)) return -1;
+                c = 1; /* padding: zero bits */
+            }
+            v = (v << 6) | (uint32_t)(c - 1);
+        }
+        out[n++] = (uint8_t)(v >> 16);
+        if (!(last && pad == 2)) out[n++] = (uint8_t)(v >> 8);
+        if (!(last && pad >= 1)) out[n++] = (uint8_t)v;
+    }
+    return n;
+}
+
+typedef struct {
+    const uint8_t *p, *end;
+} Cursor;
+
+static int take(Cursor *c, const char *lit) {
+    size_t n = strlen(lit);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0) return 0;
+    c->p += n;
+    return 1;
+}
+
+enum { HEXLOW = 1, DIGIT = 2, NAME = 4, VALUE = 8, TOKEN = 16, FACTOR = 32 };
+static unsigned char CLASS[256];
+
+static void classes_init(void) {
+    for (int c = 0; c < 256; c++) {
+        unsigned char k = 0;
+        int alnum = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) k |= HEXLOW;
+        if (c >= '0' && c <= '9') k |= DIGIT | FACTOR;
+        if (alnum || c == '-') k |= NAME;                                /* [A-Za-z0-9-] */
+        if (alnum || c == '.' || c == '_' || c == '~' || c == '/' || c == ':' || c == '-')
+            k |= VALUE;                                                  /* [A-Za-z0-9._~/:-] */
+        if (alnum || c == '_' || c == '-') k |= TOKEN;                   /* [A-Za-z0-9_-] */
+        if (c == '.') k |= FACTOR;                                       /* [0-9.] */
+        CLASS[c] = k;
+    }
+}
+
+/* Advances over characters of `cls`; fails outside [min, max] of them. */
+static int span(Cursor *c, unsigned char cls, Py_ssize_t min, Py_ssize_t max, const uint8_t **start,
+                Py_ssize_t *len) {
+    const uint8_t *s = c->p;
+    while (c->p < c->end && (CLASS[*c->p] & cls)) c->p++;
+    *start = s;
+    *len = c->p - s;
+    return *len >= min && *len <= max;
+}
+
+static long long decimal(const uint8_t *s, Py_ssize_t len) {
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < len; i++) v = v * 10 + (s[i] - '0');
+    return v;
+}
+
+static PyObject *text(const uint8_t *s, Py_ssize_t len) {
+    return PyUnicode_DecodeASCII((const char *)s, len, NULL);
+}
+
+/* canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C. */
+static PyObject *canonical_v1(PyObject *self, PyObject *arg) {
+    const uint8_t *in;
+    Py_ssize_t len;
+    Py_buffer view = {0};
+    uint8_t raw[2048];
+    (void)self;
+    if (PyUnicode_Check(arg)) {
+        if (!PyUnicode_IS_ASCII(arg)) Py_RETURN_NONE;
+        in = (const uint8_t *)PyUnicode_DATA(arg);
+        len = PyUnicode_GET_LENGTH(arg);
+    } else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+        in = (const uint8_t *)view.buf;
+        len = view.len;
+    }
+    Py_ssize_t size = len <= 2048 ? b64_decode(in, len, raw) : -1;
+    if (view.obj != NULL) PyBuffer_Release(&view);
+    if (size < 0) Py_RETURN_NONE;
+
+    Cursor c = {raw, raw + size};
+    const uint8_t *name, *challenge, *number, *salt, *expires, *kid, *difficulty, *sig;
+    const uint8_t *binding = NULL, *client = NULL, *factor = NULL, *nonce;
+    Py_ssize_t name_n, challenge_n, number_n, expires_n, kid_n, difficulty_n, sig_n, nonce_n;
+    Py_ssize_t binding_n = 0, client_n = 0, factor_n = 0;
+    if (!take(&c, "{\"algorithm\":\"") || !span(&c, NAME, 1, 32, &name, &name_n) ||
+        !take(&c, "\",\"challenge\":\"") || !span(&c, HEXLOW, 1, 128, &challenge, &challenge_n) ||
+        !take(&c, "\",\"number\":") || !span(&c, DIGIT, 1, 16, &number, &number_n) ||
+        (number_n > 1 && number[0] == '0') || !take(&c, ",\"salt\":\""))
+        Py_RETURN_NONE;
+    salt = c.p;
+    if (!span(&c, HEXLOW, 0, 2048, &nonce, &nonce_n) || !take(&c, "?expires=") ||
+        !span(&c, DIGIT, 1, 18, &expires, &expires_n) || !take(&c, "&kid=") ||
+        !span(&c, VALUE, 0, 2048, &kid, &kid_n) || !take(&c, "&max=") ||
+        !span(&c, DIGIT, 1, 18, &difficulty, &difficulty_n) || !take(&c, "&"))
+        Py_RETURN_NONE;
+    if (take(&c, "bind=")) {
+        if (!span(&c, VALUE, 0, 2048, &binding, &binding_n) || !take(&c, "&")) Py_RETURN_NONE;
+    }
+    if (take(&c, "ck=")) {
+        if (!span(&c, TOKEN, 0, 2048, &client, &client_n) || !take(&c, "&f=") ||
+            !span(&c, FACTOR, 0, 2048, &factor, &factor_n) || !take(&c, "&"))
+            Py_RETURN_NONE;
+    }
+    const uint8_t *salt_end = c.p;
+    if (!take(&c, "\",\"signature\":\"") || !span(&c, HEXLOW, 1, 128, &sig, &sig_n) ||
+        !take(&c, "\"}") || c.p != c.end)
+        Py_RETURN_NONE;
+    long long n = decimal(number, number_n);
+    if (n >= (1LL << 53)) Py_RETURN_NONE;
+
+    /* The work's input: the salt (ending in '&' by its shape) and the number. */
+    Py_ssize_t salt_n = salt_end - salt;
+    PyObject *work = PyBytes_FromStringAndSize(NULL, salt_n + number_n);
+    if (work == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(work), salt, (size_t)salt_n);
+    memcpy(PyBytes_AS_STRING(work) + salt_n, number, (size_t)number_n);
+    PyObject *none = Py_None;
+    PyObject *params = Py_BuildValue(
+        "(LNLNNN)", decimal(expires, expires_n), text(kid, kid_n), decimal(difficulty, difficulty_n),
+        binding ? text(binding, binding_n) : Py_NewRef(none),
+        client ? text(client, client_n) : Py_NewRef(none),
+        factor ? text(factor, factor_n) : Py_NewRef(none));
+    if (params == NULL) {
+        Py_DECREF(work);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNNN)", text(name, name_n), text(challenge, challenge_n),
+                         text(sig, sig_n), work, params);
+}
+#endif /* POWGATE_OPENSSL */
+
 static PyMethodDef methods[] = {
     {"deepseek_hash", deepseek_hash, METH_VARARGS, "DeepSeekHashV1 of a bytes-like object (32 bytes)."},
     {"deepseek_search", deepseek_search, METH_VARARGS,
      "deepseek_search(prefix, target, start, stop): the first n in [start, stop) whose "
      "DeepSeekHashV1(prefix + decimal(n)) equals target, or -1."},
+#ifdef POWGATE_OPENSSL
+    {"sha256_hex", sha256_hex, METH_O, "SHA-256 of a bytes-like object, lowercase hex."},
+    {"canonical_v1", canonical_v1, METH_O,
+     "canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C (None: not canonical)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -175,4 +562,15 @@ static struct PyModuleDef module = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+#ifdef POWGATE_OPENSSL
+    classes_init();
+    if (PyType_Ready(&HmacType) < 0 || PyModule_AddObjectRef(m, "HmacSha256", (PyObject *)&HmacType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
+    return m;
+}

@@ -33,9 +33,11 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "SOLUTION_HEADER",
     "SOLVE_MS_HEADER",
+    "CanonicalV1",
     "Challenge",
     "SaltParams",
     "Solution",
+    "canonical_v1_fields",
     "decode_object",
     "decode_solution",
     "format_factor",
@@ -101,6 +103,22 @@ _CANONICAL_SALT: Final = re.compile(
     rf"&{PARAM_DIFFICULTY}=([0-9]{{1,18}})&(?:{PARAM_BINDING}=([A-Za-z0-9._~/:-]*)&)?"
     rf"(?:{PARAM_CLIENT}=([A-Za-z0-9_-]*)&{PARAM_FACTOR}=([0-9.]*)&)?"
 )
+
+
+#: An ALTCHA v1 payload (decoded from base64) exactly as powgate's clients write
+#: it (:meth:`Solution.encode`, solver.js): these keys in this order, no
+#: whitespace, no escapes, lowercase hex, the salt as the issuer writes it.
+#: Whatever the general decoder would read from such bytes, these groups hold
+#: too; anything else takes the general path (:func:`canonical_v1_fields`).
+_CANONICAL_V1: Final = re.compile(
+    rb'\{"algorithm":"([A-Za-z0-9-]{1,32})","challenge":"([0-9a-f]{1,128})",'
+    rb'"number":(0|[1-9][0-9]{0,15}),"salt":"([0-9a-f]*\?'
+    + rf"{PARAM_EXPIRES}=([0-9]{{1,18}})&{PARAM_KID}=([A-Za-z0-9._~/:-]*)"
+    rf"&{PARAM_DIFFICULTY}=([0-9]{{1,18}})&(?:{PARAM_BINDING}=([A-Za-z0-9._~/:-]*)&)?"
+    rf"(?:{PARAM_CLIENT}=([A-Za-z0-9_-]*)&{PARAM_FACTOR}=([0-9.]*)&)?".encode()
+    + rb')","signature":"([0-9a-f]{1,128})"\}'
+)
+_MAX_NUMBER: Final = 2**53
 
 
 def format_salt(nonce: str, params: dict[str, str]) -> str:
@@ -325,6 +343,52 @@ def decode_object(payload: str | bytes) -> dict[str, Any]:
     if type(data) is not dict:
         raise MalformedPayloadError("malformed", "not a JSON object")
     return data
+
+
+#: What :func:`canonical_v1_fields` returns: ``(algorithm, challenge, signature,
+#: work input, salt parameters)``; the work input is ``salt + str(number)`` encoded.
+CanonicalV1 = tuple[str, str, str, bytes, SaltFields]
+
+
+def canonical_v1_fields(payload: str | bytes) -> CanonicalV1 | None:
+    """An ALTCHA v1 payload of the canonical shape read with one match, else ``None``.
+
+    The verifier's fast path: base64, one regular expression over the bytes
+    (instead of the JSON scanner, the type checks and the salt's own match),
+    and the values as :func:`decode_object`, :func:`v1_fields` and
+    :func:`salt_fields` would give them. ``None`` for anything else, including
+    every malformed payload: the general path then decides, and explains.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        raw = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    match = _CANONICAL_V1.fullmatch(raw)
+    if match is None:
+        return None
+    name, challenge, number, salt, expires, kid, difficulty, binding, client, factor, sig = (
+        match.groups()
+    )
+    if int(number) >= _MAX_NUMBER:
+        return None
+    # ASCII by the pattern: decoding cannot fail, and reads as JSON would.
+    return (
+        name.decode(),
+        challenge.decode(),
+        sig.decode(),
+        # The salt ends in "&" by the pattern, and the number has no leading zero.
+        salt + number,
+        (
+            int(expires),
+            kid.decode(),
+            int(difficulty),
+            None if binding is None else binding.decode(),
+            None if client is None else client.decode(),
+            None if factor is None else factor.decode(),
+        ),
+    )
 
 
 def v1_fields(data: dict[str, Any]) -> tuple[str, str, int, str, str]:

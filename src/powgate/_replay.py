@@ -63,7 +63,9 @@ class MemoryReplayCache:
         return len(self._entries)
 
     def claim(self, key: bytes, *, expires_at: float, now: float) -> str:
-        self._purge(now)
+        heap = self._heap
+        if heap and heap[0][0] < now:
+            self._purge(now)
         if key in self._entries:
             return Claim.SEEN
         if len(self._entries) >= self.max_entries:

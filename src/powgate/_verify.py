@@ -35,7 +35,8 @@ from ._algorithms import (
     get_algorithm,
     get_v2_algorithm,
 )
-from ._keys import KeyRing
+from ._fastpath import RANDOM_BYTES, canonical_v1, issue_v1_challenges
+from ._keys import HmacKey, KeyRing
 from ._pool import DerivationPool
 from ._protocol import (
     PARAM_BINDING,
@@ -46,6 +47,7 @@ from ._protocol import (
     PARAM_KID,
     Challenge,
     MalformedPayloadError,
+    SaltFields,
     decode_object,
     format_factor,
     format_salt,
@@ -81,8 +83,6 @@ _V2_RANDOM_BYTES: Final = 32
 _NONCE_SLOT: Final = "NONCE-SLOT"
 _SALT_SLOT: Final = "SALT-SLOT"
 _DEEPSEEK_SALT_BYTES: Final = 10
-_NONCE_BYTES: Final = 12
-_RANDOM_BYTES: Final = _NONCE_BYTES + 8
 _MAX_SUFFIXES: Final = 256
 
 
@@ -135,6 +135,15 @@ class Verdict(NamedTuple):
 
 MISSING: Final = Verdict(Reason.MISSING, "no solution sent")
 
+#: Builds a named tuple without its Python-level ``__new__`` (a frame per call):
+#: the hot path makes a verdict and an attempt per request.
+_new_tuple: Final = tuple.__new__
+
+
+def _ok(difficulty: int, expires: int) -> Verdict:
+    """``Verdict(Reason.OK, "", difficulty, expires)``, as the hot path builds it."""
+    return _new_tuple(Verdict, (Reason.OK, "", difficulty, expires))
+
 
 class Scope(NamedTuple):
     """Where a solution is spent, and by whom: what a verifier compares a challenge with.
@@ -156,6 +165,11 @@ class Scope(NamedTuple):
 _ANYWHERE: Final = Scope()
 
 
+def _scope(binding: str | None, min_difficulty: int, client: str | None, owed: float) -> Scope:
+    """``Scope(...)`` as the hot path builds it, once per verification."""
+    return _new_tuple(Scope, (binding, min_difficulty, client, owed))
+
+
 class Attempt(NamedTuple):
     """The cheap part of a verification (:meth:`Verifier.begin`).
 
@@ -169,14 +183,18 @@ class Attempt(NamedTuple):
     work: Callable[[], bool] | None = None
 
 
+_MISSING_ATTEMPT: Final = Attempt(MISSING)
+
+
 class Issuer:
     """Creates signed challenges of one algorithm with the ring's active key.
 
     ``params`` sets the price of one try of an ALTCHA v2 scheme (the
-    algorithm's defaults when omitted); other families take none.
+    algorithm's defaults when omitted); other families take none. ``random``
+    (``os.urandom``) supplies the nonces and salts.
     """
 
-    __slots__ = ("_algorithm", "_clock", "_params", "_suffixes", "keyring")
+    __slots__ = ("_algorithm", "_clock", "_params", "_random", "_suffixes", "keyring")
 
     def __init__(
         self,
@@ -185,6 +203,7 @@ class Issuer:
         algorithm: str = "SHA-256",
         params: KdfParams | None = None,
         clock: Clock = time.time,
+        random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         found = get_algorithm(algorithm)
         if found is None:
@@ -199,6 +218,8 @@ class Issuer:
         self._algorithm: Algorithm = found
         self._params = params
         self._clock = clock
+        #: The system's randomness (a seam: tests replay a batch from known bytes).
+        self._random = random
         self._suffixes: dict[tuple[str, int, str | None, tuple[str, str] | None], str] = {}
         #: Replace to rotate; issuing reads it once per challenge.
         self.keyring = keyring
@@ -261,14 +282,7 @@ class Issuer:
         decimals) are signed in with the other parameters.
         """
         algorithm = self._algorithm
-        limit = max_difficulty(algorithm)
-        if not 1 <= difficulty <= limit:
-            raise ValueError(f"difficulty must be within 1..{limit}")
-        priced: tuple[str, str] | None = None
-        if client is not None:
-            shown = format_factor(factor)
-            difficulty = _priced(difficulty, float(shown), limit)
-            priced = (client, shown)
+        difficulty, priced = self._price(algorithm, difficulty, client, factor)
         if isinstance(algorithm, KdfAlgorithm):
             return list(self._issue_v2(count, algorithm, difficulty, ttl, binding, priced))
         if isinstance(algorithm, DeepSeekAlgorithm):
@@ -279,6 +293,63 @@ class Issuer:
             )
         return list(self._issue_v1(count, difficulty, ttl, binding, priced))
 
+    def issue_documents(
+        self,
+        count: int,
+        *,
+        difficulty: int,
+        ttl: float,
+        binding: str | None = None,
+        client: str | None = None,
+        factor: float = 1.0,
+    ) -> list[bytes]:
+        """:meth:`issue_many`, as the JSON documents clients receive (``to_json()``).
+
+        What a server refusing a flood hands out: for ALTCHA v1 the batch is
+        written by the key's signing state in one call (in C where built),
+        with no challenge objects in between.
+        """
+        algorithm = self._algorithm
+        if not isinstance(algorithm, HashAlgorithm):
+            batch = self.issue_many(
+                count,
+                difficulty=difficulty,
+                ttl=ttl,
+                binding=binding,
+                client=client,
+                factor=factor,
+            )
+            return [challenge.to_json().encode() for challenge in batch]
+        difficulty, priced = self._price(algorithm, difficulty, client, factor)
+        key, head = self._v1_head(difficulty, ttl, binding, priced)
+        return algorithm.keyed(key.secret).issue_v1(
+            algorithm.name, head, difficulty, self._random(RANDOM_BYTES * count)
+        )
+
+    def _price(
+        self, algorithm: Algorithm, difficulty: int, client: str | None, factor: float
+    ) -> tuple[int, tuple[str, str] | None]:
+        """The difficulty to issue, and the signed ``(client, factor)`` when priced."""
+        limit = max_difficulty(algorithm)
+        if not 1 <= difficulty <= limit:
+            raise ValueError(f"difficulty must be within 1..{limit}")
+        if client is None:
+            return difficulty, None
+        shown = format_factor(factor)
+        return _priced(difficulty, float(shown), limit), (client, shown)
+
+    def _v1_head(
+        self, difficulty: int, ttl: float, binding: str | None, priced: tuple[str, str] | None
+    ) -> tuple[HmacKey, str]:
+        """The signing key and what follows the nonce in a v1 salt (``?expires=…&``)."""
+        key = self.keyring.signing_key
+        suffix = self._suffixes.get((key.kid, difficulty, binding, priced))
+        if suffix is None:
+            suffix = self._suffix(
+                kid=key.kid, difficulty=difficulty, binding=binding, priced=priced
+            )
+        return key, f"?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
+
     def _issue_v1(
         self,
         count: int,
@@ -287,34 +358,17 @@ class Issuer:
         binding: str | None,
         priced: tuple[str, str] | None,
     ) -> list[Challenge]:
-        key = self.keyring.signing_key
-        suffix = self._suffixes.get((key.kid, difficulty, binding, priced))
-        if suffix is None:
-            suffix = self._suffix(
-                kid=key.kid, difficulty=difficulty, binding=binding, priced=priced
-            )
-        head = f"?{PARAM_EXPIRES}={int(self._clock() + ttl)}&{suffix}"
+        key, head = self._v1_head(difficulty, ttl, binding, priced)
         algorithm = self._algorithm
         assert isinstance(algorithm, HashAlgorithm)
-        secret, name = key.secret, algorithm.name
-        work_hex, sign = algorithm.work_hex, algorithm.sign
-        # Each challenge takes a nonce and a number from the same read. The
-        # number is uniform below maxnumber (mean work difficulty/2, worst case
-        # difficulty); the modulo bias of 64 random bits over at most 2**40 is
-        # below 2**-24.
-        raw = os.urandom(_RANDOM_BYTES * count)
-        challenges = []
-        for offset in range(0, len(raw), _RANDOM_BYTES):
-            nonce = raw[offset : offset + _NONCE_BYTES].hex()
-            number = (
-                int.from_bytes(raw[offset + _NONCE_BYTES : offset + _RANDOM_BYTES]) % difficulty
-            )
-            salt = nonce + head
-            challenge = work_hex(f"{salt}{number}".encode())
-            challenges.append(
-                Challenge(name, challenge, difficulty, salt, sign(secret, challenge.encode()))
-            )
-        return challenges
+        return issue_v1_challenges(
+            sign=algorithm.keyed(key.secret).hexdigest,
+            work_hex=algorithm.work_hex,
+            name=algorithm.name,
+            head=head,
+            difficulty=difficulty,
+            random=self._random(RANDOM_BYTES * count),
+        )
 
     def _issue_v2(
         self,
@@ -360,7 +414,7 @@ class Issuer:
         )
         head, rest = template.canonical().split(_NONCE_SLOT)
         middle, tail = rest.split(_SALT_SLOT)
-        raw = os.urandom(_V2_RANDOM_BYTES * count)
+        raw = self._random(_V2_RANDOM_BYTES * count)
         sign, secret = algorithm.sign, key.secret
         challenges = []
         for offset in range(0, len(raw), _V2_RANDOM_BYTES):
@@ -403,7 +457,7 @@ class Issuer:
         query = format_salt("", params)[1:]
         expire_at = expires * 1000
         step = _DEEPSEEK_SALT_BYTES + 8
-        raw = os.urandom(step * count)
+        raw = self._random(step * count)
         challenges = []
         for offset in range(0, len(raw), step):
             salt = raw[offset : offset + _DEEPSEEK_SALT_BYTES].hex()
@@ -475,13 +529,13 @@ class Verifier:
         inline, after the claim: servers call :meth:`verify_async` instead.
         """
         now = self._clock()
-        attempt = self._begin(payload, Scope(binding, min_difficulty, client, owed), now)
-        verdict = attempt.verdict
-        if attempt.replay_key is not None and self.replay is not None:
-            outcome = self.replay.claim(attempt.replay_key, expires_at=verdict.expires, now=now)
+        attempt = self._begin(payload, _scope(binding, min_difficulty, client, owed), now)
+        verdict, replay_key, work = attempt
+        if replay_key is not None and self.replay is not None:
+            outcome = self.replay.claim(replay_key, expires_at=verdict.expires, now=now)
             if outcome != Claim.NEW:
                 return _claim_verdict(outcome, verdict)
-        return _finish(attempt, attempt.work() if attempt.work is not None else True)
+        return verdict if work is None else _finish(attempt, work())
 
     async def verify_async(
         self,
@@ -502,7 +556,7 @@ class Verifier:
         verifier's own cache), then the derivation.
         """
         now = self._clock()
-        attempt = self._begin(payload, Scope(binding, min_difficulty, client, owed), now)
+        attempt = self._begin(payload, _scope(binding, min_difficulty, client, owed), now)
         verdict = attempt.verdict
         if attempt.replay_key is None:
             return verdict
@@ -544,13 +598,11 @@ class Verifier:
         claim the key themselves when the verdict is ok. An ALTCHA v2 payload
         is derived here before any claim: use :meth:`begin` for those.
         """
-        attempt = self.begin(
-            payload, binding=binding, min_difficulty=min_difficulty, client=client, owed=owed
-        )
-        verdict = attempt.verdict
-        if attempt.work is not None:
-            verdict = _finish(attempt, attempt.work())
-        return verdict, attempt.replay_key if verdict.ok else None
+        attempt = self._begin(payload, _scope(binding, min_difficulty, client, owed), self._clock())
+        verdict, replay_key, work = attempt
+        if work is not None:
+            verdict = _finish(attempt, work())
+        return verdict, replay_key if verdict.reason is Reason.OK else None
 
     def begin(
         self,
@@ -562,38 +614,68 @@ class Verifier:
         owed: float = 1.0,
     ) -> Attempt:
         """Every cheap check; see :class:`Attempt` for what is left to the caller."""
-        return self._begin(payload, Scope(binding, min_difficulty, client, owed), self._clock())
+        return self._begin(payload, _scope(binding, min_difficulty, client, owed), self._clock())
 
     def _begin(self, payload: str | bytes | None, scope: Scope, now: float) -> Attempt:
         if not payload:
-            return Attempt(MISSING)
+            return _MISSING_ATTEMPT
+        # ALTCHA v1 as powgate's own clients write it: one match instead of
+        # the JSON scanner (the same values; anything else takes the path below).
+        fields = canonical_v1(payload)
+        if fields is not None:
+            name, challenge, signature, work_input, params = fields
+            verdict, key = self._check_v1(
+                name, challenge, challenge.encode(), signature, work_input, params, scope, now
+            )
+            return _new_tuple(Attempt, (verdict, key, None))
         try:
             data = decode_object(payload)
             if "solution" in data:
                 return self._begin_v2(data, scope, now)
             if "answer" in data:
                 return self._begin_deepseek(data, scope, now)
-            verdict, key = self._check_v1(v1_fields(data), scope, now)
+            name, challenge, number, salt, signature = v1_fields(data)
         except MalformedPayloadError as exc:
             return Attempt(Verdict(Reason(exc.reason), exc.cause))
+        # ALTCHA's delimiter against splicing: hash as if the salt ended in "&".
+        # JSON may carry lone surrogates; "surrogatepass" keeps them from raising.
+        work_salt = salt if salt.endswith("&") else salt + "&"
+        verdict, key = self._check_v1(
+            name,
+            challenge,
+            challenge.encode("utf-8", "surrogatepass"),
+            signature,
+            f"{work_salt}{number}".encode("utf-8", "surrogatepass"),
+            salt_fields(salt),
+            scope,
+            now,
+        )
         return Attempt(verdict, key)
 
     def _check_v1(
-        self, fields: tuple[str, str, int, str, str], scope: Scope, now: float
+        self,
+        name: str,
+        challenge: str,
+        signed: bytes,
+        signature: str,
+        work_input: bytes,
+        params: SaltFields,
+        scope: Scope,
+        now: float,
     ) -> tuple[Verdict, bytes | None]:
-        name, challenge, number, salt, signature = fields
+        """An ALTCHA v1 payload's checks; ``signed`` is the challenge encoded,
+        ``work_input`` the salt (ending in ``&``) and the number, encoded."""
         algorithm = get_algorithm(name)
         if not isinstance(algorithm, HashAlgorithm):
             return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"), None
-        expires, kid, difficulty, bound_to, priced_for, factor = salt_fields(salt)
+        expires, kid, difficulty, bound_to, priced_for, factor = params
         ring = self.keyring
         # A challenge without a key id was made by a plain ALTCHA server with
         # our active key: the signature check below still applies.
         key = ring.verification_key(kid if kid is not None else ring.active, now=now)
         if key is None:
             return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"), None
-        # JSON may carry lone surrogates; "surrogatepass" keeps them from raising.
-        expected = algorithm.sign(key.secret, challenge.encode("utf-8", "surrogatepass"))
+        expected = algorithm.sign(key.secret, signed)
         if not signature.isascii() or not hmac.compare_digest(expected, signature):
             return Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"), None
         difficulty = difficulty or 0
@@ -601,20 +683,14 @@ class Verifier:
             return Verdict(Reason.EXPIRED, "challenge has no expires parameter", difficulty), None
         if now > expires:
             return Verdict(Reason.EXPIRED, f"expired {now - expires:.0f}s ago", difficulty), None
-        # ALTCHA's delimiter against splicing: hash as if the salt ended in "&".
-        if not salt.endswith("&"):
-            salt += "&"
-        work = algorithm.work_hex(f"{salt}{number}".encode("utf-8", "surrogatepass"))
-        if work != challenge:
+        if algorithm.work_hex(work_input) != challenge:
             return Verdict(Reason.WRONG_NUMBER, "hash of salt and number differs", difficulty), None
         if scope is not _ANYWHERE:
-            refused = _out_of_scope(
-                scope, bound_to, difficulty, priced_for, factor, max_difficulty(algorithm)
-            )
+            refused = _out_of_scope(scope, bound_to, difficulty, priced_for, factor, algorithm)
             if refused is not None:
                 return refused, None
         # The challenge is our own digest here, so it is valid hex.
-        return Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work)
+        return _ok(difficulty, expires), bytes.fromhex(challenge)
 
     def _begin_v2(self, data: dict[str, Any], scope: Scope, now: float) -> Attempt:
         challenge, counter, derived_key = _altcha2.parse_payload(data)
@@ -650,7 +726,7 @@ class Verifier:
             difficulty,
             meta.get(PARAM_CLIENT),
             meta.get(PARAM_FACTOR),
-            max_difficulty(algorithm),
+            algorithm,
         )
         if refused is not None:
             return Attempt(refused)
@@ -702,9 +778,7 @@ class Verifier:
         ).hex()
         if work != challenge:
             return Attempt(Verdict(Reason.WRONG_NUMBER, "hash of the answer differs", difficulty))
-        refused = _out_of_scope(
-            scope, bound_to, difficulty, priced_for, factor, max_difficulty(algorithm)
-        )
+        refused = _out_of_scope(scope, bound_to, difficulty, priced_for, factor, algorithm)
         if refused is not None:
             return Attempt(refused)
         return Attempt(Verdict(Reason.OK, "", difficulty, expires), bytes.fromhex(work))
@@ -721,7 +795,7 @@ def _out_of_scope(
     difficulty: int,
     priced_for: object,
     factor_text: object,
-    limit: int,
+    algorithm: Algorithm,
 ) -> Verdict | None:
     """A refusal when a valid challenge is used on another route, by another client, too cheap.
 
@@ -748,7 +822,7 @@ def _out_of_scope(
         return Verdict(Reason.INSUFFICIENT, cause, difficulty)
     floor = scope.min_difficulty
     if factor != 1.0:
-        floor = _priced(floor, factor, limit) if floor else 0
+        floor = _priced(floor, factor, max_difficulty(algorithm)) if floor else 0
     if difficulty < floor:
         return Verdict(Reason.INSUFFICIENT, f"difficulty {difficulty} < {floor}", difficulty)
     return None
