@@ -195,7 +195,8 @@ class MemoryCluster:
         if create and key in self.objects:
             raise ConflictError("already exists", status=409, reason="AlreadyExists")
         meta["resourceVersion"] = str(next(self._versions))
-        meta.setdefault("uid", str(uuid.uuid4()))
+        # An update keeps the object's identity, as the API server does.
+        meta.setdefault("uid", (previous or {}).get("metadata", {}).get("uid") or str(uuid.uuid4()))
         body.setdefault("apiVersion", resource.api_version)
         body.setdefault("kind", resource.kind)
         if resource.group not in ("", "rbac.authorization.k8s.io", "admissionregistration.k8s.io"):

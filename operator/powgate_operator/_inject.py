@@ -127,8 +127,6 @@ class Plan:
     message: str = ""
     #: Shown to whoever created the pod (admission warnings).
     warnings: tuple[str, ...] = ()
-    #: The pod's service account: the sidecar reads its config with this identity.
-    service_account: str = "default"
 
 
 def supports_native_sidecars(major: str, minor: str) -> bool:
@@ -224,14 +222,7 @@ def plan(
         app_index=found[0],
         app_port=found[1],
     )
-    account = spec.get("serviceAccountName") or "default"
-    return Plan(
-        injected,
-        policy=policy,
-        message=f"sidecar of {policy.name}",
-        warnings=warnings,
-        service_account=str(account),
-    )
+    return Plan(injected, policy=policy, message=f"sidecar of {policy.name}", warnings=warnings)
 
 
 # -- building the pod ---------------------------------------------------------

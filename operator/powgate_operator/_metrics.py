@@ -7,15 +7,17 @@ from typing import Final
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "ADMISSIONS_REFUSED",
     "CERT_EXPIRY",
     "DECISIONS",
     "DIFFICULTY",
     "EVALUATION_LAG",
+    "FOREIGN_OBJECTS",
+    "GRANT_ERRORS",
     "INJECTIONS",
     "POLICY_LISTING_ERRORS",
     "QUERIES",
     "QUERY_SECONDS",
-    "RBAC_ERRORS",
     "RECONCILES",
     "RECONCILE_SECONDS",
     "REPUTATION_LABELS",
@@ -74,9 +76,21 @@ INJECTIONS: Final = Counter(
     "Pod admissions seen by the injector, by result (Injected, a skip reason, or Error).",
     ["result"],
 )
-RBAC_ERRORS: Final = Counter(
-    f"{_PREFIX}_injection_rbac_errors_total",
-    "Failures to grant an injected pod's service account read access to its config.",
+GRANT_ERRORS: Final = Counter(
+    f"{_PREFIX}_grant_errors_total",
+    "Failures to bind a policy's Role to the service accounts of its injected pods "
+    "(retried on the next pod event or evaluation).",
+)
+FOREIGN_OBJECTS: Final = Counter(
+    f"{_PREFIX}_foreign_objects_total",
+    "Objects the operator would write but did not create (never adopted; the policy reports "
+    "ObjectNotOwned).",
+)
+ADMISSIONS_REFUSED: Final = Counter(
+    f"{_PREFIX}_webhook_refused_total",
+    "Admission reviews refused before any handler ran, by reason (an unknown client "
+    "certificate, a review whose object's namespace is not the request's).",
+    ["reason"],
 )
 TLS_ERRORS: Final = Counter(
     f"{_PREFIX}_webhook_tls_errors_total",

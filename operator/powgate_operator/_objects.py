@@ -52,11 +52,13 @@ __all__ = [
     "MANAGED_BY",
     "SWITCHED_AT_ANNOTATION",
     "WEBHOOK_NAME",
+    "ForeignObjectError",
     "KeyState",
     "config_map_body",
     "key_secret_body",
     "key_state_from_secret",
     "next_keys",
+    "owned_by",
     "owner_reference",
     "replay_store_conditions",
     "reputation_export_body",
@@ -230,6 +232,33 @@ def owner_reference(policy: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class ForeignObjectError(Exception):
+    """An object the operator would write exists, but the operator did not create it.
+
+    Such an object is never adopted: a key Secret someone else wrote would
+    sign with keys they know, a Role or RoleBinding of theirs could grant
+    anything. The policy reports it until the object is removed or renamed.
+    """
+
+    def __init__(self, kind: str, name: str, why: str) -> None:
+        super().__init__(
+            f"{kind} {name} exists and is not the operator's ({why}): delete or rename it"
+        )
+        self.kind = kind
+        self.name = name
+
+
+def owned_by(obj: Mapping[str, Any], policy: Mapping[str, Any]) -> bool:
+    """Whether the operator made ``obj`` for ``policy``: its label, and the policy as owner."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    uid = policy["metadata"]["uid"]
+    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and any(
+        ref.get("uid") == uid and ref.get("kind") == KIND
+        for ref in meta.get("ownerReferences") or []
+    )
+
+
 def _metadata(policy: Mapping[str, Any], name: str) -> dict[str, Any]:
     meta = policy["metadata"]
     return {
@@ -376,8 +405,8 @@ def webhook_configuration_body(
                 },
                 "failurePolicy": failure_policy,
                 "timeoutSeconds": timeout_seconds,
-                # The handler writes RBAC objects, except on dry runs.
-                "sideEffects": "NoneOnDryRun",
+                # Admission writes nothing: grants follow the pods once they exist.
+                "sideEffects": "None",
                 "matchPolicy": "Equivalent",
                 "reinvocationPolicy": "Never",
                 "admissionReviewVersions": ["v1"],

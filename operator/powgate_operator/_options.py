@@ -52,6 +52,10 @@ class WebhookOptions:
     cert_lifetime: dt.timedelta = SERVING_LIFETIME
     #: "auto" asks the API server's version; "native" or "container" force the form.
     sidecar_mode: str = "auto"
+    #: CA bundle of the API server's client certificate: callers without one are refused.
+    client_ca: Path | None = None
+    #: Names (CN or DNS) that certificate may carry; empty: any the CA issued.
+    client_names: tuple[str, ...] = ()
 
     @property
     def tls_secret(self) -> str:
@@ -183,6 +187,22 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_env_argument(
         group,
+        "--webhook-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM bundle of the CA that issues the API server's client certificate "
+        "(its admission-plugin kubeconfig): callers without such a certificate are refused. "
+        "Without it, anyone reaching the port may send reviews (they grant nothing)",
+    )
+    add_env_argument(
+        group,
+        "--webhook-client-names",
+        metavar="NAME[,NAME…]",
+        help="with --webhook-client-ca: the common or DNS names the API server's certificate "
+        "may carry (default: any certificate of that CA)",
+    )
+    add_env_argument(
+        group,
         "--operator-namespace",
         metavar="NS",
         help="never injected (default: the service account's namespace)",
@@ -291,6 +311,13 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         raise ValueError("--webhook-cert-validity-days must be between 1 and 3650")
     if not 0 < args.sidecar_metrics_port < 65536:
         raise ValueError("--sidecar-metrics-port must be between 1 and 65535")
+    client_names = tuple(
+        n.strip() for n in str(args.webhook_client_names or "").split(",") if n.strip()
+    )
+    if client_names and args.webhook_client_ca is None:
+        raise ValueError("--webhook-client-names needs --webhook-client-ca")
+    if args.webhook_client_ca is not None and not args.webhook_client_ca.is_file():
+        raise ValueError(f"--webhook-client-ca {args.webhook_client_ca} is not a file")
     cert_manager = _flag(args.webhook_cert_manager, "--webhook-cert-manager")
     if cert_manager and args.webhook_cert_dir is None:
         raise ValueError("--webhook-cert-manager needs --webhook-cert-dir (the mounted Secret)")
@@ -341,4 +368,6 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         cert_manager=cert_manager,
         cert_lifetime=dt.timedelta(days=args.webhook_cert_validity_days),
         sidecar_mode=args.sidecar_mode,
+        client_ca=args.webhook_client_ca,
+        client_names=client_names,
     )

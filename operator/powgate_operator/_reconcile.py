@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from powgate import KeyRingError
 from powgate.config import CONFIG_DATA_KEY, Mode, ReplayStoreSpec, SidecarConfig
+from powgate.contract import POLICY_LABEL
 from powgate.controller import Decision, Empty, Failure, Reading, Sample, evaluate, follow_bounds
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -51,29 +52,31 @@ from . import _metrics as metrics
 from ._cluster import (
     CONFIG_MAPS,
     POW_POLICIES,
-    ROLES,
     SECRETS,
     Cluster,
     ClusterError,
     Manifest,
-    NotFoundError,
     PatchType,
     patch_status,
     read,
     update,
 )
+from ._grants import write_grants
 from ._objects import (
+    MANAGED_BY,
+    ForeignObjectError,
     KeyState,
     config_map_body,
     key_secret_body,
     key_state_from_secret,
     next_keys,
+    owned_by,
     replay_store_conditions,
     reputation_export_body,
-    role_body,
     set_condition,
     status_after,
 )
+from ._pods import PodView, injected_accounts
 from ._prometheus import (
     NO_CREDENTIAL_ADDRESSES,
     CredentialAddresses,
@@ -181,7 +184,9 @@ class Reconciler:
         self._last_write: dict[_Key, float] = {}
         self._rings: dict[_Key, tuple[KeyState, float]] = {}
         self._configs: dict[_Key, tuple[str, float]] = {}
-        self._roles: dict[_Key, tuple[bool, float]] = {}
+        #: Service accounts last bound per policy (pod events compare against it).
+        self._grants: dict[_Key, tuple[frozenset[str], float]] = {}
+        self._grant_locks: dict[_Key, asyncio.Lock] = {}
         self._reputation: dict[_Key, tuple[_Lists, float]] = {}
         self._api_keys: dict[_Key, tuple[str, float]] = {}
 
@@ -192,7 +197,8 @@ class Reconciler:
         self._last_write.pop(key, None)
         self._rings.pop(key, None)
         self._configs.pop(key, None)
-        self._roles.pop(key, None)
+        self._grants.pop(key, None)
+        self._grant_locks.pop(key, None)
         self._reputation.pop(key, None)
         self._api_keys.pop(key, None)
 
@@ -208,7 +214,7 @@ class Reconciler:
         config_name = config_map_name(name)
 
         def switched_off(current: Manifest | None) -> Manifest | None:
-            if current is None:
+            if current is None or not _owned_by_policy(current, name):
                 return None
             try:
                 config = SidecarConfig.from_json((current.get("data") or {})[CONFIG_DATA_KEY])
@@ -226,14 +232,25 @@ class Reconciler:
             )
         self.forget(namespace=namespace, name=name)
 
-    async def reconcile(self, *, namespace: str, name: str, evaluate_signals: bool) -> None:
-        """Bring one policy's objects and status up to date; with signals, also decide."""
+    async def reconcile(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        evaluate_signals: bool,
+        pods: PodView | None = None,
+    ) -> None:
+        """Bring one policy's objects and status up to date; with signals, also decide.
+
+        ``pods``: the namespace's pods as the operator knows them (None: not
+        known yet; what depends on them is left as it is).
+        """
         key = _Key(namespace, name)
         trigger = "evaluation" if evaluate_signals else "spec"
         started = time.perf_counter()
         async with self._locks.setdefault(key, asyncio.Lock()):
             try:
-                result = await self._reconcile(key, evaluate_signals=evaluate_signals)
+                result = await self._reconcile(key, evaluate_signals=evaluate_signals, pods=pods)
             except ClusterError as exc:
                 metrics.RECONCILES.labels(
                     trigger, f"HTTP{exc.status}" if exc.status else "error"
@@ -245,11 +262,59 @@ class Reconciler:
             metrics.RECONCILES.labels(trigger, result).inc()
         metrics.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
 
-    async def _reconcile(self, key: _Key, *, evaluate_signals: bool) -> str:
+    async def grant(self, *, namespace: str, name: str, pods: PodView) -> None:
+        """Bind the policy's Role to the accounts of its injected pods, if they changed.
+
+        Called on every event of a pod carrying the policy's sidecar: cheap
+        when nothing changed (no API call), one read and at most two writes
+        when an account appears or its last pod goes.
+        """
+        key = _Key(namespace, name)
+        accounts = frozenset(injected_accounts(pods.in_namespace(namespace), name))
+        if _fresh(self._grants.get(key)) == accounts:
+            return
+        async with self._grant_locks.setdefault(key, asyncio.Lock()):
+            if _fresh(self._grants.get(key)) == accounts:
+                return
+            policy = await self._get_policy(key)
+            if policy is None or policy["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                await write_grants(self._cluster, policy, accounts)
+            except ForeignObjectError as exc:
+                # Reported in the policy's status by its next reconcile.
+                log.error("%s/%s: %s", namespace, name, exc)
+                return
+            except ClusterError as exc:
+                metrics.GRANT_ERRORS.inc()
+                log.error("%s/%s: binding %s failed: %s", namespace, name, sorted(accounts), exc)
+                return
+            self._grants[key] = (accounts, time.monotonic())
+
+    async def _reconcile(self, key: _Key, *, evaluate_signals: bool, pods: PodView | None) -> str:
         """One reconcile; returns its result for the metric ("ok" or what was wrong)."""
         policy = await self._get_policy(key)
         if policy is None or policy["metadata"].get("deletionTimestamp"):
             return "gone"
+        try:
+            return await self._reconcile_policy(
+                key, policy, evaluate_signals=evaluate_signals, pods=pods
+            )
+        except ForeignObjectError as exc:
+            metrics.FOREIGN_OBJECTS.inc()
+            await self._report_unusable(
+                key,
+                policy,
+                generation=int(policy["metadata"].get("generation", 0)),
+                reason="ObjectNotOwned",
+                message=str(exc),
+                now=self._clock(),
+            )
+            return "ObjectNotOwned"
+
+    async def _reconcile_policy(
+        self, key: _Key, policy: Manifest, *, evaluate_signals: bool, pods: PodView | None
+    ) -> str:
         now = self._clock()
         generation = int(policy["metadata"].get("generation", 0))
         try:
@@ -316,7 +381,8 @@ class Reconciler:
             default_store=self._default_store,
         )
         await self._ensure_config(key, policy, config)
-        await self._ensure_role(key, policy)
+        if pods is not None:
+            await self._ensure_grants(key, policy, pods)
         # Prometheus is asked only on evaluations, and only with usable credentials.
         reachable = evaluate_signals and not isinstance(credentials, Failure)
         usable = None if isinstance(credentials, Failure) else credentials
@@ -481,6 +547,8 @@ class Reconciler:
         exists = stored is not None
         if stored is None:
             secret = await self._read_secret(key, name)
+            if secret is not None and not owned_by(secret, policy):
+                raise ForeignObjectError("Secret", name, "not created by the operator")
             try:
                 stored = key_state_from_secret(secret)
             except (KeyRingError, ValueError) as exc:
@@ -539,6 +607,8 @@ class Reconciler:
         name = config_map_name(key.name)
         body = config_map_body(policy, config)
         current = await read(self._cluster, CONFIG_MAPS, name, namespace=key.namespace)
+        if current is not None and not owned_by(current, policy):
+            raise ForeignObjectError("ConfigMap", name, "not created by the operator")
         if current is None:
             await self._cluster.create(CONFIG_MAPS, body)
         elif (current.get("data") or {}).get(CONFIG_DATA_KEY) != body["data"][CONFIG_DATA_KEY]:
@@ -694,34 +764,33 @@ class Reconciler:
     ) -> None:
         """Write a list under ``reputation.json`` of a ConfigMap, creating the export if absent."""
         text = ReputationList(source=source, generated=now, entries=entries).to_json()
-        patch = {"data": {REPUTATION_DATA_KEY: text}}
-        try:
-            await self._cluster.patch(
-                CONFIG_MAPS, name, patch, namespace=key.namespace, patch_type=PatchType.STRATEGIC
-            )
-        except NotFoundError:
+        current = await read(self._cluster, CONFIG_MAPS, name, namespace=key.namespace)
+        if current is None:
             await self._cluster.create(CONFIG_MAPS, reputation_export_body(policy, text))
-
-    async def _ensure_role(self, key: _Key, policy: Manifest) -> None:
-        """Give a sidecar Role granted by an older operator today's rules (no key access)."""
-        if _fresh(self._roles.get(key)):
             return
-        wanted = role_body(policy)
-
-        def current_rules(role: Manifest | None) -> Manifest | None:
-            # Absent: the injector creates it with the first pod; present: only rules change.
-            if role is None or role.get("rules") == wanted["rules"]:
-                return None
-            return {**role, "rules": wanted["rules"]}
-
-        await update(
-            self._cluster,
-            ROLES,
-            wanted["metadata"]["name"],
+        if not owned_by(current, policy):
+            raise ForeignObjectError("ConfigMap", name, "not created by the operator")
+        await self._cluster.patch(
+            CONFIG_MAPS,
+            name,
+            {"data": {REPUTATION_DATA_KEY: text}},
             namespace=key.namespace,
-            change=current_rules,
+            patch_type=PatchType.STRATEGIC,
         )
-        self._roles[key] = (True, time.monotonic())
+
+    async def _ensure_grants(self, key: _Key, policy: Manifest, pods: PodView) -> None:
+        """The Role's rules and the RoleBinding's accounts, re-read each heartbeat.
+
+        Pod events keep the binding current (:meth:`grant`); this catches
+        what they cannot: a policy created after its pods (re-created under
+        the same name), a hand edit, a Role an older operator wrote.
+        """
+        accounts = frozenset(injected_accounts(pods.in_namespace(key.namespace), key.name))
+        if _fresh(self._grants.get(key)) == accounts:
+            return
+        async with self._grant_locks.setdefault(key, asyncio.Lock()):
+            await write_grants(self._cluster, policy, accounts)
+            self._grants[key] = (accounts, time.monotonic())
 
     async def _write_status(
         self, key: _Key, *, previous: PolicyStatus, status: PolicyStatus
@@ -791,6 +860,16 @@ def _fresh(entry: tuple[T, float] | None) -> T | None:
     if entry is None or time.monotonic() - entry[1] >= STATUS_HEARTBEAT_SECONDS:
         return None
     return entry[0]
+
+
+def _owned_by_policy(obj: Manifest, policy: str) -> bool:
+    """Made by the operator for a policy of this name (its uid is not known any more)."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (
+        labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        and labels.get(POLICY_LABEL) == policy
+    )
 
 
 def _key_status(state: KeyState, seen: SidecarKeys | None) -> KeyStatus:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +20,7 @@ import kopf
 from . import _metrics as metrics
 from ._cluster import Cluster
 from ._options import WebhookOptions
+from ._webhook_auth import guarded
 from ._webhook_certs import not_after
 from ._webhook_registration import register, sync_tls
 
@@ -52,6 +54,7 @@ class SelfManagedServer(kopf.WebhookServer):
             pkeyfile=cert_dir / "tls.key",
             cafile=cert_dir / "ca.crt",
             file_check_interval=_FILE_CHECK_SECONDS,
+            **_client_verification(options),
         )
         self._cluster = cluster
         self._options = options
@@ -100,7 +103,9 @@ class SelfManagedServer(kopf.WebhookServer):
         refresher = asyncio.create_task(self._refresh_forever())
         try:
             await self._serving.wait()
-            async for client_config in super().__call__(fn):
+            async for client_config in super().__call__(
+                guarded(fn, client_names=self._options.client_names)
+            ):
                 yield client_config
         finally:
             refresher.cancel()
@@ -121,7 +126,9 @@ class MountedCertServer(kopf.WebhookServer):
             certfile=cert_dir / "tls.crt",
             pkeyfile=cert_dir / "tls.key",
             file_check_interval=_FILE_CHECK_SECONDS,
+            **_client_verification(options),
         )
+        self._options = options
         self._cert_dir = cert_dir
         self._serving = serving
 
@@ -133,8 +140,17 @@ class MountedCertServer(kopf.WebhookServer):
             await asyncio.sleep(RETRY_SECONDS)
         metrics.CERT_EXPIRY.set(not_after((self._cert_dir / "tls.crt").read_bytes()).timestamp())
         self._serving.set()
-        async for client_config in super().__call__(fn):
+        async for client_config in super().__call__(
+            guarded(fn, client_names=self._options.client_names)
+        ):
             yield client_config
+
+
+def _client_verification(options: WebhookOptions) -> dict[str, Any]:
+    """kopf's settings for requiring the API server's client certificate, when configured."""
+    if options.client_ca is None:
+        return {}
+    return {"verify_mode": ssl.CERT_REQUIRED, "verify_cafile": options.client_ca}
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -17,11 +17,18 @@ kopf admission server. Who owns what:
   mounted files of ``--webhook-cert-dir`` (reloaded when they change) and
   leaves certificates and ``caBundle`` to cert-manager.
 
+- Callers: with ``--webhook-client-ca`` only the API server (its client
+  certificate) is answered; every review is judged in its request's
+  namespace (:mod:`._webhook_auth`).
+- Admission writes nothing: the service accounts of injected pods are
+  granted read access to their config once the pods exist (the operator's
+  pod events, :mod:`.handlers`), so a review, forged or dry, grants nothing.
+
 The parts live in their own modules: the options (:mod:`._options`), the
-pod rules (:mod:`._inject`), the RBAC grants (:mod:`._grants`), the
-certificates and their registration (:mod:`._webhook_certs`,
-:mod:`._webhook_registration`), the HTTPS servers (:mod:`._webhook_servers`)
-and the policies admissions see (:mod:`._policy_listing`); this module wires
+pod rules (:mod:`._inject`), the certificates and their registration
+(:mod:`._webhook_certs`, :mod:`._webhook_registration`), the HTTPS servers
+and who may call them (:mod:`._webhook_servers`, :mod:`._webhook_auth`) and
+the policies admissions see (:mod:`._policy_listing`); this module wires
 them into kopf.
 
 The handler never refuses a pod: whatever goes wrong, the pod is admitted
@@ -47,8 +54,7 @@ import kopf
 from powgate.policy import GROUP, PLURAL, VERSION
 
 from . import _metrics as metrics
-from ._cluster import Cluster, ClusterError
-from ._grants import Grants
+from ._cluster import Cluster
 from ._inject import PolicyRef, SidecarTemplate, plan, supports_native_sidecars
 from ._objects import HANDLER_ID
 from ._options import WebhookOptions
@@ -87,7 +93,6 @@ def install(
 
     ``namespaces`` is the operator's scope (``None``: every namespace).
     """
-    grants = Grants(cluster)
     policies = PolicyListing(cluster, namespaces)
     serving = asyncio.Event()
     cert_dir = options.cert_dir or Path(tempfile.mkdtemp(prefix="powgate-webhook-"))
@@ -122,7 +127,7 @@ def install(
         "pods",
         id=HANDLER_ID,
         operations=["CREATE"],
-        side_effects=True,
+        side_effects=False,
         ignore_failures=options.failure_policy == "Ignore",
         registry=registry,
     )
@@ -131,7 +136,6 @@ def install(
         body: kopf.Body,
         patch: kopf.Patch,
         warnings: list[str],
-        dryrun: bool,
         **kwargs: Any,
     ) -> None:
         pod = copy.deepcopy(dict(body))
@@ -141,8 +145,6 @@ def install(
                 pod=pod,
                 policies=policies.in_namespace(namespace, kwargs[_INDEX].get(namespace, [])),
                 template=sidecar.value,
-                grants=grants,
-                dryrun=dryrun,
                 patch=patch,
                 warnings=warnings,
             )
@@ -167,12 +169,10 @@ async def admit(
     pod: dict[str, Any],
     policies: Sequence[PolicyRef],
     template: SidecarTemplate,
-    grants: Grants,
-    dryrun: bool,
     patch: kopf.Patch,
     warnings: list[str],
 ) -> None:
-    """Decide on one pod, grant its service account access, and put the pod into ``patch``."""
+    """Decide on one pod and put the injected pod into ``patch``; nothing else is written."""
     namespace = str((pod.get("metadata") or {}).get("namespace") or "")
     decided = plan(pod, namespace=namespace, policies=policies, template=template)
     warnings.extend(decided.warnings)
@@ -180,16 +180,6 @@ async def admit(
         metrics.INJECTIONS.labels(str(decided.skip)).inc()
         log.debug("pod not injected: %s (%s)", decided.skip, decided.message)
         return
-    assert decided.policy is not None
-    if not dryrun:
-        try:
-            await grants.grant(decided.policy, decided.service_account)
-        except ClusterError as exc:
-            # Inject anyway: the sidecar retries until the RoleBinding exists, and a
-            # pod without its sidecar would run unprotected.
-            metrics.RBAC_ERRORS.inc()
-            log.error("could not grant %s access to its config: %s", decided.service_account, exc)
-            warnings.append("powgate: the sidecar may wait for read access to its config")
     metrics.INJECTIONS.labels("Injected").inc()
     patch.fns.append(_replacing(decided.pod))
 

@@ -63,6 +63,7 @@ from powgate_testbed._process import (
 __all__ = [
     "FAKE_NODE_ANNOTATION",
     "REAL_NODE_NAME",
+    "WEBHOOK_CLIENT_NAME",
     "ApiServerReplica",
     "ClusterAccess",
     "LocalCluster",
@@ -87,6 +88,9 @@ _APISERVER_TIMEOUT = 60.0
 _SETTLE_TIMEOUT = 60.0
 #: The real node's name (`powgate_testbed.node`); its certificates are made with the cluster's.
 REAL_NODE_NAME = "powgate-node"
+#: The common name of the client certificate the API server presents to admission
+#: webhooks (issued by the cluster's CA; its admission-plugin kubeconfig names it).
+WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
 
 
 def cache_dir() -> Path:
@@ -100,11 +104,14 @@ class ClusterAccess:
 
     `reaches_loopback` says whether the API server runs on this machine and
     can therefore call webhooks served on 127.0.0.1 (true for `LocalCluster`,
-    false for a cluster in containers such as kind).
+    false for a cluster in containers such as kind). `webhook_client` is the
+    name on the client certificate the API server presents to webhooks,
+    issued by the CA of the kubeconfig (None: it presents none known here).
     """
 
     kubeconfig: Path
     reaches_loopback: bool
+    webhook_client: str | None = None
 
 
 class ToolsMissingError(FileNotFoundError):
@@ -256,7 +263,9 @@ class LocalCluster(Service):
 
     @property
     def access(self) -> ClusterAccess:
-        return ClusterAccess(kubeconfig=self.kubeconfig, reaches_loopback=True)
+        return ClusterAccess(
+            kubeconfig=self.kubeconfig, reaches_loopback=True, webhook_client=WEBHOOK_CLIENT_NAME
+        )
 
     @property
     def ca_file(self) -> Path:
@@ -435,7 +444,47 @@ class LocalCluster(Service):
             config = _kubeconfig(server=self.server, ca=ca.pair.cert_pem, client=pair, user=user)
             path = self.kubeconfig if name == "admin" else pki / f"{name}.kubeconfig"
             _write_private(path, yaml.safe_dump(config).encode())
+        self._write_admission_config(ca, pki)
         return pki
+
+    def _write_admission_config(self, ca: CertificateAuthority, pki: Path) -> None:
+        """The API server presents a client certificate to every admission webhook.
+
+        Its admission plugins read a kubeconfig whose user ``*`` (any webhook
+        host) holds the certificate, as a production API server is set up for
+        webhooks that authenticate it (docs/injection.md).
+        """
+        ca.issue(common_name=WEBHOOK_CLIENT_NAME, client=True).write(
+            cert_path=pki / "webhook-client.crt", key_path=pki / "webhook-client.key"
+        )
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [
+                {
+                    "name": "*",
+                    "user": {
+                        "client-certificate": str(pki / "webhook-client.crt"),
+                        "client-key": str(pki / "webhook-client.key"),
+                    },
+                }
+            ],
+        }
+        _write_private(pki / "webhook-client.kubeconfig", yaml.safe_dump(kubeconfig).encode())
+        plugin = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(pki / "webhook-client.kubeconfig"),
+        }
+        admission = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {"name": name, "configuration": plugin}
+                for name in ("MutatingAdmissionWebhook", "ValidatingAdmissionWebhook")
+            ],
+        }
+        (pki / "admission.yaml").write_text(yaml.safe_dump(admission))
 
     def _etcd_argv(self, ports: _Ports) -> list[str]:
         client = f"http://127.0.0.1:{ports.etcd_client}"
@@ -471,6 +520,7 @@ class LocalCluster(Service):
             # Added to the default plugins (which already include the
             # ServiceAccount and webhook plugins); named so the intent is visible.
             "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            f"--admission-control-config-file={pki / 'admission.yaml'}",
             f"--service-account-issuer={_SA_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",

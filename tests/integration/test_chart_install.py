@@ -536,12 +536,26 @@ def test_the_charts_webhook_injects_the_sidecar_with_the_charts_rbac(
                 assert env["POWGATE_CONFIG_OBJECT"] == (
                     f"{policy_namespace}/{config_map_name('llm')}"
                 )
-                # The operator granted both pods' service accounts read access to the
-                # policy's config: creating and then updating the RoleBinding.
-                binding = k8s.RbacAuthorizationV1Api(kube_client).read_namespaced_role_binding(
-                    role_name("llm"), policy_namespace
+
+                # The operator granted the Deployment pod's service account read access
+                # to the policy's config; the probes' pods are gone, and so is their grant.
+                def bound() -> list[str]:
+                    rbac = k8s.RbacAuthorizationV1Api(kube_client)
+                    try:
+                        binding = rbac.read_namespaced_role_binding(
+                            role_name("llm"), policy_namespace
+                        )
+                    except k8s.ApiException as exc:
+                        if exc.status == HTTPStatus.NOT_FOUND:
+                            return []
+                        raise
+                    return sorted(s.name for s in binding.subjects or [])
+
+                eventually(
+                    lambda: bound() == ["llm"] or None,
+                    what="the binding to name the Deployment's account only",
+                    context=lambda: str(bound()),
                 )
-                assert sorted(s.name for s in binding.subjects or []) == ["llm", "probe"]
             finally:
                 # While the operator runs: it removes its finalizer.
                 custom.delete_namespaced_custom_object(

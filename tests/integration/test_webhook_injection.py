@@ -2,19 +2,23 @@
 
 The operator runs as its own process with the webhook on, watching only the
 test's namespace; the API server calls it over TLS with the CA bundle the
-operator issued and wrote into its MutatingWebhookConfiguration. Pods come
-from a real Deployment (controller manager → ReplicaSet → pods), and the
-assertions read the pods as stored.
+operator issued and wrote into its MutatingWebhookConfiguration, and presents
+its own client certificate (its admission-plugin kubeconfig), which the
+webhook requires. Pods come from a real Deployment (controller manager →
+ReplicaSet → pods), and the assertions read the pods as stored.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from _operator_process import OperatorProcess, apply_crd
@@ -28,7 +32,7 @@ from powgate.contract import (
     SIDECAR_NAME,
 )
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
-from powgate_operator._objects import role_name
+from powgate_operator._objects import HANDLER_ID, role_name
 from powgate_testbed.cluster import ClusterAccess
 from waiting import eventually, free_port
 
@@ -43,12 +47,31 @@ def crd(kube_client: k8s.ApiClient) -> None:
     apply_crd(kube_client, CRD)
 
 
+def cluster_ca(cluster: ClusterAccess, path: Path) -> Path:
+    """The cluster's CA (it issues the API server's webhook client certificate), as a file."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    path.write_bytes(
+        base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    )
+    return path
+
+
 class Operator(OperatorProcess):
-    """The operator process with the injection webhook on."""
+    """The operator process with the injection webhook on, answering the API server only."""
 
     def __init__(self, *, cluster: ClusterAccess, namespace: str, root: Path) -> None:
         port = free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        self.cert_dir = root / "certs"
         self.configuration = f"injector-{namespace}"
+        client_auth = []
+        if cluster.webhook_client is not None:
+            client_auth = [
+                "--webhook-client-ca",
+                str(cluster_ca(cluster, root / "cluster-ca.crt")),
+                "--webhook-client-names",
+                cluster.webhook_client,
+            ]
         super().__init__(
             namespace=namespace,
             kubeconfig=cluster.kubeconfig,
@@ -68,6 +91,7 @@ class Operator(OperatorProcess):
                 "default",
                 "--sidecar-image",
                 "powgate/sidecar:test",
+                *client_auth,
             ],
         )
 
@@ -187,6 +211,17 @@ def _injected_probe(core: k8s.CoreV1Api, namespace: str) -> Callable[[], dict[st
     return probe
 
 
+def bound(rbac: k8s.RbacAuthorizationV1Api, namespace: str) -> list[tuple[str, str]] | None:
+    """The subjects of the policy's RoleBinding (None: there is none)."""
+    try:
+        binding = rbac.read_namespaced_role_binding(role_name("llm"), namespace)
+    except k8s.ApiException as exc:
+        if exc.status == HTTPStatus.NOT_FOUND:
+            return None
+        raise
+    return [(s.kind, s.name) for s in binding.subjects or []]
+
+
 def _sidecar(pod: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in pod["spec"].get("initContainers", []) if c["name"] == SIDECAR_NAME)
 
@@ -238,8 +273,13 @@ def test_selected_pods_get_the_sidecar_and_others_are_untouched(
     assert [n for r in role.rules for n in r.resource_names] == [config_map_name("llm")]
     assert _may(kube_client, namespace, "default", "configmaps", config_map_name("llm"))
     assert not _may(kube_client, namespace, "default", "secrets", key_secret_name("llm"))
-    binding = rbac.read_namespaced_role_binding(role_name("llm"), namespace)
-    assert [(s.kind, s.name) for s in binding.subjects] == [("ServiceAccount", "default")]
+    # The Deployment's pod exists: its service account is bound (the throw-away probe
+    # pods are gone, and with them their grants).
+    eventually(
+        lambda: bound(rbac, namespace) == [("ServiceAccount", "default")] or None,
+        what="the binding to name exactly the pod's account",
+        context=lambda: str(bound(rbac, namespace)),
+    )
 
     # Not selected, and opted out: stored exactly as sent.
     for name, labels in (
@@ -285,3 +325,97 @@ def test_webhook_down_with_ignore_does_not_block_pods(
     stored = _create_pod(core, namespace, "while-down", {"app": "llm"})
     assert INJECTED_ANNOTATION not in (stored["metadata"].get("annotations") or {})
     assert stored["spec"]["containers"][0]["ports"][0]["name"] == "http"
+
+
+def forged_review(namespace: str, account: str) -> dict[str, Any]:
+    """An AdmissionReview for a selected pod, as an attacker would write it."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "forged", "namespace": namespace, "labels": {"app": "llm"}},
+        "spec": {**_pod_spec(), "serviceAccountName": account},
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "f0f0f0f0-0000-0000-0000-000000000000",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "forged",
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
+
+
+def test_a_forged_admission_review_is_refused_and_grants_nothing(
+    cluster: ClusterAccess, kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    """Anyone who reaches the webhook's port may try to have a service account granted."""
+    if cluster.webhook_client is None:
+        pytest.skip("this cluster's API server presents no client certificate known here")
+    namespace = opted_in
+    core, rbac = k8s.CoreV1Api(kube_client), k8s.RbacAuthorizationV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
+    # The positive signal first: the API server's own calls are answered.
+    eventually(_injected_probe(core, namespace), what="the webhook to inject")
+    review = forged_review(namespace, "attacker")
+    server = ssl.create_default_context(cafile=str(operator.cert_dir / "ca.crt"))
+    # Without a client certificate the TLS handshake itself fails.
+    with pytest.raises(httpx.TransportError), httpx.Client(verify=server, timeout=10) as anyone:
+        anyone.post(f"{operator.url}/{HANDLER_ID}", json=review)
+    # With a certificate of the same CA but another name (the cluster's administrator's):
+    # answered, refused, and no handler ran.
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())["users"][0]["user"]
+    tmp = operator.cert_dir.parent
+    (tmp / "admin.crt").write_bytes(base64.b64decode(admin["client-certificate-data"]))
+    (tmp / "admin.key").write_bytes(base64.b64decode(admin["client-key-data"]))
+    server.load_cert_chain(tmp / "admin.crt", tmp / "admin.key")
+    with httpx.Client(verify=server, timeout=10) as other:
+        answer = other.post(f"{operator.url}/{HANDLER_ID}", json=review).json()
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == HTTPStatus.FORBIDDEN
+    assert "patch" not in answer["response"]
+    # Nothing was granted: no pod of the account exists (the probes' pods are gone too).
+    assert not _may(kube_client, namespace, "attacker", "configmaps", config_map_name("llm"))
+    assert ("ServiceAccount", "attacker") not in (bound(rbac, namespace) or [])
+
+
+def test_grants_follow_the_pods_that_exist(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    namespace = opted_in
+    core, rbac = k8s.CoreV1Api(kube_client), k8s.RbacAuthorizationV1Api(kube_client)
+    apps = k8s.AppsV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
+    eventually(_injected_probe(core, namespace), what="the webhook to inject")
+    for account in ("model", "batch"):
+        core.create_namespaced_service_account(
+            namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account))
+        )
+        body = _deployment(account, {"app": "llm"})
+        body["spec"]["template"]["spec"]["serviceAccountName"] = account
+        apps.create_namespaced_deployment(namespace, body)
+    expected = [("ServiceAccount", "batch"), ("ServiceAccount", "model")]
+    eventually(
+        lambda: bound(rbac, namespace) == expected or None,
+        what="both accounts bound",
+        context=lambda: str(bound(rbac, namespace)),
+    )
+    assert _may(kube_client, namespace, "batch", "configmaps", config_map_name("llm"))
+    # The batch Deployment goes, and with its last pod the account's grant.
+    apps.delete_namespaced_deployment("batch", namespace, propagation_policy="Foreground")
+    eventually(
+        lambda: bound(rbac, namespace) == [("ServiceAccount", "model")] or None,
+        what="the batch account pruned",
+        context=lambda: str(bound(rbac, namespace)),
+    )
+    assert not _may(kube_client, namespace, "batch", "configmaps", config_map_name("llm"))

@@ -480,7 +480,7 @@ def test_the_webhook_configuration_matches_what_the_operator_checks() -> None:
         sidecar=SidecarTemplate(image="i", operator_namespace=NAMESPACE),
         service=(NAMESPACE, "x", 443),
     ).configuration_body(ca_bundle=b"")
-    assert hook["sideEffects"] == own["webhooks"][0]["sideEffects"] == "NoneOnDryRun"
+    assert hook["sideEffects"] == own["webhooks"][0]["sideEffects"] == "None"
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
@@ -860,3 +860,39 @@ def test_a_default_replay_store_reaches_the_operator_as_the_model_reads_it() -> 
         render({"replayStore": {"address": "redis://valkey:6379"}})
     with pytest.raises(RenderError, match="replayStore"):
         render({"replayStore": {"whenUnavailable": "Ignore"}})
+
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_the_webhook_answers_only_the_api_servers_certificate_when_given_its_ca(
+    tmp_path: Path,
+) -> None:
+    """The CA reaches the operator as a mounted file; the names as a variable it reads."""
+    assert "POWGATE_WEBHOOK_CLIENT_CA" not in env(render())
+    values = {"webhook": {"clientAuth": {"caBundle": CA_PEM, "names": ["kube-apiserver"]}}}
+    docs = render(values)
+    config_map = find(docs, "ConfigMap", f"{FULLNAME}-webhook-client-ca")
+    assert config_map["data"]["ca.crt"].strip() == CA_PEM.strip()
+    pod = deployment(docs)["spec"]["template"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["webhook-client-ca"]["configMap"]["name"] == config_map["metadata"]["name"]
+    (mount,) = [m for m in container(docs)["volumeMounts"] if m["name"] == "webhook-client-ca"]
+    variables = env(docs)
+    assert Path(variables["POWGATE_WEBHOOK_CLIENT_CA"]).parent == Path(mount["mountPath"])
+    # A new CA rolls the pods (the server reads it at start).
+    assert "checksum/webhook-client-ca" in pod["metadata"]["annotations"]
+    # Through the operator's parser, with the mounted file where the kubelet puts it.
+    local = tmp_path / "ca.crt"
+    local.write_text(CA_PEM)
+    container(docs)["env"] = [
+        e if e["name"] != "POWGATE_WEBHOOK_CLIENT_CA" else {**e, "value": str(local)}
+        for e in container(docs)["env"]
+    ]
+    opts = parse_operator(docs)
+    assert opts is not None
+    assert (opts.client_ca, opts.client_names) == (local, ("kube-apiserver",))
+    with pytest.raises(RenderError, match=r"clientAuth\.names needs"):
+        render({"webhook": {"clientAuth": {"names": ["kube-apiserver"]}}})
+    with pytest.raises(RenderError, match="caBundle"):
+        render({"webhook": {"clientAuth": {"caBundle": "not a certificate"}}})

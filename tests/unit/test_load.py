@@ -33,6 +33,8 @@ from powgate_testbed.load import (
 
 SOLUTION = "X-Powgate-Solution"
 DEEPSEEK = "x-ds-pow-response"
+#: A difficulty at which a made-up answer is right once in a billion tries.
+UNGUESSABLE = 2**30
 
 
 class ChallengeServer:
@@ -155,6 +157,9 @@ async def test_every_scheme_is_solved_forged_and_refused(
         )
         assert totals(report, "legit")["admitted"] == 4
         assert totals(report, "legit")["hashes"] >= 4
+        # Forgers send made-up answers; at difficulty 64 one in 64 of them is right (a
+        # lucky guess, not a forgery), so they meet a difficulty nobody guesses.
+        fake.difficulty = UNGUESSABLE
         attack = AttackTraffic(rate=200, mode=AttackMode.FORGE)
         forged = await LoadGenerator(
             target=url, legit=LegitTraffic(rate=0), attack=attack, seed=3

@@ -325,16 +325,6 @@ def test_the_patch_only_adds_and_replaces_what_injection_owns() -> None:
     assert jsonpatch.apply_patch(source, patch) == injected(source)
 
 
-def test_service_account_of_the_pod_is_reported() -> None:
-    source = pod()
-    source["spec"]["serviceAccountName"] = "inference"
-    outcome = plan(source, namespace=NS, policies=[POLICY], template=SETTINGS)
-    assert outcome.service_account == "inference"
-    assert (
-        plan(pod(), namespace=NS, policies=[POLICY], template=SETTINGS).service_account == "default"
-    )
-
-
 # -- least privilege and versions ---------------------------------------------------
 
 

@@ -58,7 +58,7 @@ def test_configuration_selects_opted_in_namespaces_and_honours_opt_out() -> None
         {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
     ]
     assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 5)
-    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["sideEffects"] == "None"
     assert opts.hosts() == [
         "powgate.powgate-system.svc",
         "powgate.powgate-system.svc.cluster.local",
@@ -110,6 +110,31 @@ def test_cert_manager_serves_mounted_files() -> None:
     assert opts.cert_dir == Path("/etc/tls")
     with pytest.raises(ValueError, match="needs --webhook-cert-dir"):
         options(env={**base, "POWGATE_WEBHOOK_CERT_MANAGER": "true"})
+
+
+def test_the_api_servers_client_certificate_is_required_when_its_ca_is_given(
+    tmp_path: Path,
+) -> None:
+    base = {"POWGATE_WEBHOOK_LISTEN": "0.0.0.0:8443", "POWGATE_WEBHOOK_SERVICE": "a/b"}
+    opts = options(env=base)
+    assert opts is not None
+    assert (opts.client_ca, opts.client_names) == (None, ())
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    opts = options(
+        env={
+            **base,
+            "POWGATE_WEBHOOK_CLIENT_CA": str(ca),
+            "POWGATE_WEBHOOK_CLIENT_NAMES": "kube-apiserver, apiserver.internal",
+        }
+    )
+    assert opts is not None
+    assert opts.client_ca == ca
+    assert opts.client_names == ("kube-apiserver", "apiserver.internal")
+    with pytest.raises(ValueError, match="is not a file"):
+        options(env={**base, "POWGATE_WEBHOOK_CLIENT_CA": str(tmp_path / "absent")})
+    with pytest.raises(ValueError, match="needs --webhook-client-ca"):
+        options(env={**base, "POWGATE_WEBHOOK_CLIENT_NAMES": "kube-apiserver"})
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from powgate.config import (
     SidecarConfig,
     StoreOutage,
 )
-from powgate.contract import KEYRING_SECRET_KEY
+from powgate.contract import INJECTED_ANNOTATION, KEYRING_SECRET_KEY, POLICY_LABEL, SIDECAR_NAME
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -42,6 +42,7 @@ from powgate_operator import _metrics as metrics
 from powgate_operator._cluster import (
     CONFIG_MAPS,
     POW_POLICIES,
+    ROLE_BINDINGS,
     ROLES,
     SECRETS,
     ClusterError,
@@ -50,6 +51,7 @@ from powgate_operator._cluster import (
     UnavailableError,
 )
 from powgate_operator._objects import role_body, role_name
+from powgate_operator._pods import PodFacts, PodView, pod_facts
 from powgate_operator._prometheus import (
     CredentialAddresses,
     Credentials,
@@ -130,8 +132,10 @@ class World:
     events: list[tuple[str, str, str]]
     reconciler: Reconciler
 
-    async def reconcile(self, *, evaluate: bool = False) -> None:
-        await self.reconciler.reconcile(namespace=NS, name=NAME, evaluate_signals=evaluate)
+    async def reconcile(self, *, evaluate: bool = False, pods: PodView | None = None) -> None:
+        await self.reconciler.reconcile(
+            namespace=NS, name=NAME, evaluate_signals=evaluate, pods=pods
+        )
 
     def status(self) -> PolicyStatus:
         return PolicyStatus.model_validate(
@@ -231,11 +235,11 @@ async def test_a_refused_write_is_counted_by_its_status(world: World) -> None:
 
 async def test_a_damaged_key_secret_is_reported_and_left_untouched(world: World) -> None:
     world.cluster.put(POW_POLICIES, policy())
-    damaged = {
-        "metadata": {"name": key_secret_name(NAME), "namespace": NS},
-        "data": {KEYRING_SECRET_KEY: base64.b64encode(b"{not json").decode()},
-    }
+    await world.reconcile()
+    damaged = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
+    damaged["data"] = {KEYRING_SECRET_KEY: base64.b64encode(b"{not json").decode()}
     world.cluster.put(SECRETS, damaged)
+    world.reconciler.forget(namespace=NS, name=NAME)
     await world.reconcile()
     stored = world.cluster.stored(SECRETS, key_secret_name(NAME), NS)
     assert stored["data"] == damaged["data"]
@@ -417,13 +421,13 @@ async def test_a_sidecar_role_that_grants_the_keys_loses_that_grant(world: World
         }
     )
     world.cluster.put(ROLES, old)
-    await world.reconcile()
+    await world.reconcile(pods=Pods())
     rules = world.cluster.stored(ROLES, role_name(NAME), NS)["rules"]
     assert [r["resources"] for r in rules] == [["configmaps"]]
     # A policy whose pods were never injected gets no Role from the reconciler.
     world.cluster.objects.pop((ROLES.plural, NS, role_name(NAME)))
     world.reconciler.forget(namespace=NS, name=NAME)
-    await world.reconcile()
+    await world.reconcile(pods=Pods())
     assert not world.cluster.has(ROLES, role_name(NAME), NS)
 
 
@@ -835,3 +839,110 @@ async def test_a_store_address_the_administrator_did_not_allow_is_not_rendered(
     assert StoreAddresses.parse("").allows("anything:1")
     with pytest.raises(ValueError, match="address"):
         StoreAddresses.parse("redis://valkey:6379")
+
+
+# -- grants follow pods that exist; objects of others are never adopted ------------------
+
+
+class Pods:
+    """The namespace's pods as the operator's index holds them."""
+
+    def __init__(self, *bodies: dict[str, Any]) -> None:
+        self.facts = [f for f in map(pod_facts, bodies) if f is not None]
+
+    def in_namespace(self, namespace: str) -> list[PodFacts]:
+        return self.facts if namespace == NS else []
+
+
+def sidecar_pod(name: str, account: str, *, policy_name: str = NAME) -> dict[str, Any]:
+    """A pod as the injector stores it: annotation, label and the sidecar container."""
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"app": "chat", POLICY_LABEL: policy_name},
+            "annotations": {INJECTED_ANNOTATION: policy_name},
+        },
+        "spec": {
+            "serviceAccountName": account,
+            "initContainers": [{"name": SIDECAR_NAME, "restartPolicy": "Always"}],
+            "containers": [{"name": "app"}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def bound(world: World) -> list[str]:
+    binding = world.cluster.stored(ROLE_BINDINGS, role_name(NAME), NS)
+    return [s["name"] for s in binding.get("subjects") or []]
+
+
+async def test_pod_events_bind_the_accounts_of_existing_pods_and_prune_the_rest(
+    world: World,
+) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    pods = Pods(
+        sidecar_pod("a", "model"),
+        sidecar_pod("b", "web"),
+        sidecar_pod("x", "x", policy_name="other"),
+    )
+    await world.reconciler.grant(namespace=NS, name=NAME, pods=pods)
+    assert bound(world) == ["model", "web"]
+    writes = world.cluster.count("replace") + world.cluster.count("create")
+    await world.reconciler.grant(namespace=NS, name=NAME, pods=pods)  # a status update
+    assert world.cluster.count("replace") + world.cluster.count("create") == writes
+    assert world.cluster.count("get", "PowPolicy") == 1  # nothing changed: not even a read
+    # web's only pod goes: its account is pruned.
+    await world.reconciler.grant(namespace=NS, name=NAME, pods=Pods(sidecar_pod("a", "model")))
+    assert bound(world) == ["model"]
+
+
+async def test_each_evaluation_rechecks_the_binding_against_the_pods(world: World) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    pods = Pods(sidecar_pod("a", "model"))
+    await world.reconcile(pods=pods)
+    assert bound(world) == ["model"]
+    # A hand edit adds an account; the next check after the heartbeat removes it.
+    binding = world.cluster.stored(ROLE_BINDINGS, role_name(NAME), NS)
+    binding["subjects"].append({"kind": "ServiceAccount", "name": "default", "namespace": NS})
+    world.cluster.put(ROLE_BINDINGS, binding)
+    world.reconciler.forget(namespace=NS, name=NAME)
+    await world.reconcile(pods=pods, evaluate=True)
+    assert bound(world) == ["model"]
+    # Without the pods known (the index not ready), nothing is touched.
+    await world.reconcile(pods=None)
+    assert bound(world) == ["model"]
+
+
+@pytest.mark.parametrize(
+    ("resource", "name"),
+    [(SECRETS, key_secret_name(NAME)), (CONFIG_MAPS, config_map_name(NAME))],
+)
+async def test_a_key_secret_or_config_the_operator_did_not_create_is_never_adopted(
+    world: World, resource: Any, name: str
+) -> None:
+    """Someone who may create Secrets in the namespace writes the policy's key Secret
+    first: adopted, its keys (theirs) would sign every challenge."""
+    ring = KeyRing.generate()
+    planted = {
+        "metadata": {"name": name, "namespace": NS},
+        "data": {
+            KEYRING_SECRET_KEY: base64.b64encode(ring.to_json().encode()).decode(),
+            CONFIG_DATA_KEY: "{}",
+        },
+    }
+    world.cluster.put(resource, planted)
+    before = world.cluster.stored(resource, name, NS)
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile(evaluate=True)
+    assert world.cluster.stored(resource, name, NS) == before
+    status, reason = world.condition(ConditionType.READY)
+    assert (status, reason) == (ConditionStatus.FALSE, "ObjectNotOwned")
+    found = world.status().condition(ConditionType.READY)
+    assert found is not None
+    assert name in found.message
+    assert ("Warning", "ObjectNotOwned") in [(k, r) for k, r, _ in world.events]
+    # Removed by its owner: the operator makes its own and the policy is ready.
+    world.cluster.objects.pop((resource.plural, NS, name))
+    await world.reconcile()
+    assert world.condition(ConditionType.READY)[0] is ConditionStatus.TRUE

@@ -1,8 +1,8 @@
-"""The injector's writes against the in-memory cluster: RBAC grants, TLS Secret, caBundle.
+"""The operator's RBAC grants and the injector's writes against the in-memory cluster.
 
-Several operator replicas answer admissions and renew certificates at once;
-these tests play the other replica (a write between our read and our write)
-and the API server's failures.
+Grants bind exactly the accounts of the pods that exist; several operator
+replicas renew certificates at once: these tests play the other writer (a
+write between our read and our write) and the API server's failures.
 """
 
 from __future__ import annotations
@@ -29,9 +29,15 @@ from powgate_operator._cluster import (
     NotFoundError,
     UnavailableError,
 )
-from powgate_operator._grants import Grants
+from powgate_operator._grants import write_grants
 from powgate_operator._inject import PolicyRef, SidecarTemplate
-from powgate_operator._objects import WEBHOOK_NAME, role_binding_body, role_name
+from powgate_operator._objects import (
+    WEBHOOK_NAME,
+    ForeignObjectError,
+    role_binding_body,
+    role_body,
+    role_name,
+)
 from powgate_operator._options import WebhookOptions
 from powgate_operator._policy_listing import PolicyListing
 from powgate_operator._webhook_certs import WebhookTLS
@@ -59,70 +65,100 @@ def subjects(cluster: MemoryCluster) -> list[str]:
     return [s["name"] for s in binding["subjects"]]
 
 
-def other_replica_adds(account: str) -> Any:
-    """A write by another replica: the binding gains ``account`` (or is created with it)."""
+def other_writer_binds(account: str) -> Any:
+    """A write by someone else between our read and our write: ``account`` is bound."""
 
     def act(cluster: MemoryCluster) -> None:
-        name = role_name("llm")
-        accounts = [account]
-        if cluster.has(ROLE_BINDINGS, name, NS):
-            accounts += subjects(cluster)
-        cluster.put(ROLE_BINDINGS, role_binding_body(POLICY.metadata(), accounts))
+        cluster.put(ROLE_BINDINGS, role_binding_body(OWNER, [account]))
 
     return act
 
 
-# -- grants ----------------------------------------------------------------------------
+# -- grants: exactly the accounts of the pods that carry the sidecar ----------------------
+
+OWNER = POLICY.metadata()
 
 
-async def test_a_grant_creates_the_role_and_binds_each_account_once() -> None:
+async def test_grants_create_the_role_and_bind_exactly_the_accounts_given() -> None:
     cluster = MemoryCluster()
-    grants = Grants(cluster)
-    await grants.grant(POLICY, "model")
-    await grants.grant(POLICY, "web")
-    await grants.grant(POLICY, "model")
+    await write_grants(cluster, OWNER, {"web", "model"})
     assert cluster.has(ROLES, role_name("llm"), NS)
     assert subjects(cluster) == ["model", "web"]
-    assert cluster.count("replace", "RoleBinding") == 1  # the repeat was remembered
+    await write_grants(cluster, OWNER, {"model"})  # web's last pod went: pruned
+    assert subjects(cluster) == ["model"]
+    writes = len(cluster.calls)
+    await write_grants(cluster, OWNER, {"model"})
+    assert [c for c in cluster.calls[writes:] if c.verb != "get"] == []  # nothing to change
+    await write_grants(cluster, OWNER, set())
+    assert subjects(cluster) == []
 
 
-async def test_a_binding_changed_by_another_replica_keeps_both_subjects() -> None:
+async def test_no_pods_no_objects() -> None:
     cluster = MemoryCluster()
-    grants = Grants(cluster)
-    await grants.grant(POLICY, "model")
-    cluster.inject("replace", ROLE_BINDINGS, before=other_replica_adds("batch"))
-    await grants.grant(POLICY, "web")
-    assert sorted(subjects(cluster)) == ["batch", "model", "web"]
+    await write_grants(cluster, OWNER, set())
+    assert not cluster.has(ROLES, role_name("llm"), NS)
+    assert not cluster.has(ROLE_BINDINGS, role_name("llm"), NS)
+
+
+async def test_a_binding_raced_by_another_writer_ends_as_the_pods_say() -> None:
+    cluster = MemoryCluster()
+    await write_grants(cluster, OWNER, {"model"})
+    cluster.inject("replace", ROLE_BINDINGS, before=other_writer_binds("intruder"))
+    await write_grants(cluster, OWNER, {"model", "web"})
+    assert subjects(cluster) == ["model", "web"]
     assert cluster.count("replace", "RoleBinding") == 2  # the stale one, then the retry
 
 
-async def test_a_binding_created_by_another_replica_first_is_extended() -> None:
+async def test_a_role_written_by_an_older_operator_gets_todays_rules() -> None:
     cluster = MemoryCluster()
-    cluster.inject("create", ROLE_BINDINGS, before=other_replica_adds("batch"))
-    await Grants(cluster).grant(POLICY, "model")
-    assert subjects(cluster) == ["batch", "model"]
-
-
-async def test_an_existing_role_is_replaced_with_the_current_rules() -> None:
-    cluster = MemoryCluster()
-    cluster.put(
-        ROLES,
-        {"metadata": {"name": role_name("llm"), "namespace": NS}, "rules": [{"verbs": ["*"]}]},
-    )
-    await Grants(cluster).grant(POLICY, "model")
+    old = role_body(OWNER)
+    old["rules"] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    cluster.put(ROLES, old)
+    await write_grants(cluster, OWNER, {"model"})
     rules = cluster.stored(ROLES, role_name("llm"), NS)["rules"]
     assert [r["resources"] for r in rules] == [["configmaps"]]
 
 
+@pytest.mark.parametrize("kind", [ROLES, ROLE_BINDINGS])
+async def test_a_role_or_binding_the_operator_did_not_create_is_never_adopted(
+    kind: Any,
+) -> None:
+    """Someone who may create Roles in the namespace pre-creates the policy's names, e.g. a
+    binding to a role of theirs: the operator would otherwise add accounts to it."""
+    cluster = MemoryCluster()
+    foreign = (role_body if kind is ROLES else role_binding_body)(
+        OWNER, *(() if kind is ROLES else (["someone"],))
+    )
+    foreign["metadata"]["labels"] = {}
+    foreign["metadata"]["ownerReferences"] = []
+    if kind is ROLE_BINDINGS:
+        foreign["roleRef"]["name"] = "cluster-admin-ish"
+    cluster.put(kind, foreign)
+    before = cluster.stored(kind, role_name("llm"), NS)
+    with pytest.raises(ForeignObjectError, match="not created by the operator"):
+        await write_grants(cluster, OWNER, {"model"})
+    assert cluster.stored(kind, role_name("llm"), NS) == before
+
+
+async def test_a_binding_of_ours_that_now_binds_another_role_is_refused() -> None:
+    cluster = MemoryCluster()
+    await write_grants(cluster, OWNER, {"model"})
+    binding = cluster.stored(ROLE_BINDINGS, role_name("llm"), NS)
+    binding["roleRef"]["name"] = "edit"
+    cluster.put(ROLE_BINDINGS, binding)
+    with pytest.raises(ForeignObjectError, match="binds another role"):
+        await write_grants(cluster, OWNER, {"model", "web"})
+
+
 async def test_a_binding_that_never_settles_gives_up_with_a_conflict() -> None:
     cluster = MemoryCluster()
-    await Grants(cluster).grant(POLICY, "model")
+    await write_grants(cluster, OWNER, {"model"})
     cluster.inject("replace", ROLE_BINDINGS, error=ConflictError("modified", status=409), times=9)
     with pytest.raises(ConflictError, match="kept changing"):
-        await Grants(cluster).grant(POLICY, "web")
+        await write_grants(cluster, OWNER, {"model", "web"})
 
 
-# -- admission: grants fail, the pod is still injected ---------------------------------
+# -- admission writes nothing ------------------------------------------------------------
 
 
 def pod() -> dict[str, Any]:
@@ -135,47 +171,13 @@ def pod() -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        UnavailableError("timed out"),
-        ConflictError("modified", status=409),
-        NotFoundError("namespace gone", status=404),
-    ],
-)
-async def test_a_failed_grant_still_injects_and_warns(error: Exception) -> None:
-    cluster = MemoryCluster()
-    cluster.inject("create", ROLES, error=error, times=9)
-    patch, warnings = kopf.Patch(), []
-    before = metrics.RBAC_ERRORS._value.get()
-    await admit(
-        pod=pod(),
-        policies=[POLICY],
-        template=TEMPLATE,
-        grants=Grants(cluster),
-        dryrun=False,
-        patch=patch,
-        warnings=warnings,
-    )
-    assert patch.fns, "the pod is injected"
-    assert metrics.RBAC_ERRORS._value.get() == before + 1
-    assert warnings == ["powgate: the sidecar may wait for read access to its config"]
-
-
-async def test_a_dry_run_writes_nothing() -> None:
-    cluster = MemoryCluster()
+async def test_admission_injects_and_writes_nothing() -> None:
+    """A review, forged or real, dry or not, grants nothing: grants follow pods that exist."""
     patch: kopf.Patch = kopf.Patch()
-    await admit(
-        pod=pod(),
-        policies=[POLICY],
-        template=TEMPLATE,
-        grants=Grants(cluster),
-        dryrun=True,
-        patch=patch,
-        warnings=[],
-    )
-    assert patch.fns
-    assert cluster.calls == []
+    warnings: list[str] = []
+    await admit(pod=pod(), policies=[POLICY], template=TEMPLATE, patch=patch, warnings=warnings)
+    assert patch.fns, "the pod is injected"
+    assert warnings == []
 
 
 # -- the TLS Secret: first writer wins -------------------------------------------------

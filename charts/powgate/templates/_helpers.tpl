@@ -89,6 +89,9 @@ app.kubernetes.io/component: operator
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.peering.enabled) }}
 {{- fail "operator.replicas > 1 needs peering.enabled=true: without peering every replica would reconcile every policy" }}
 {{- end }}
+{{- if and .Values.webhook.clientAuth.names (not .Values.webhook.clientAuth.caBundle) }}
+{{- fail "webhook.clientAuth.names needs webhook.clientAuth.caBundle: names are checked on certificates of that CA" }}
+{{- end }}
 {{- if and .Values.certManager.enabled (not .Values.webhook.enabled) }}
 {{- fail "certManager.enabled issues the webhook's certificate: it needs webhook.enabled=true" }}
 {{- end }}
@@ -112,6 +115,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+# Pods, read only: which carry a policy's sidecar (their service accounts are
+# bound to its config; nothing is granted at admission), which run without one.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
 {{- if .Values.webhook.enabled }}
 # Per policy, a Role that lets the injected sidecars read their config and
 # keys, bound to the service accounts of the injected pods.
@@ -124,4 +132,8 @@ app.kubernetes.io/component: operator
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]
 {{- end }}
+{{- end }}
+
+{{- define "powgate.webhookClientCA" -}}
+{{- printf "%s-webhook-client-ca" (include "powgate.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
