@@ -521,7 +521,9 @@ class LoadGenerator:
 
     def _forged(self, challenge: AnyChallenge) -> Work:
         # Half wrong answers under a genuine signature, half forged signatures:
-        # both must fail, for different counted reasons.
+        # both must fail, for different counted reasons. Answers are drawn from
+        # above the challenge's range, where the issued one never is: a guess
+        # inside it would be right once in `difficulty` tries, a solve, not a forgery.
         genuine = self._rng.random() < 0.5
         signature = challenge.signature if genuine else secrets.token_hex(32)
         if isinstance(challenge, ChallengeV2):
@@ -536,10 +538,10 @@ class LoadGenerator:
             deepseek = dataclasses.replace(
                 challenge, signature=challenge.signature if genuine else f"{signature}?{query}"
             )
-            answer = self._rng.randrange(challenge.difficulty)
+            answer = self._rng.randrange(challenge.difficulty, 2 * challenge.difficulty)
             return Work(DEEPSEEK_HEADER, deepseek.solution(answer).encode(), 0)
         forged = dataclasses.replace(challenge, signature=signature)
-        number = self._rng.randrange(challenge.maxnumber + 1)
+        number = self._rng.randrange(challenge.maxnumber + 1, 2 * challenge.maxnumber + 2)
         return Work(SOLUTION_HEADER, forged.solution(number).encode(), 0)
 
     async def _solving_flow(
