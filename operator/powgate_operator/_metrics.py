@@ -99,7 +99,7 @@ TLS_ERRORS: Final = Counter(
 )
 POLICY_LISTING_ERRORS: Final = Counter(
     f"{_PREFIX}_webhook_policy_listing_errors_total",
-    "Failed listings of PowPolicies while the webhook's index is not yet complete.",
+    "Admissions whose PowPolicies could not be read from the API server.",
 )
 CERT_EXPIRY: Final = Gauge(
     f"{_PREFIX}_webhook_certificate_expiry_timestamp_seconds",

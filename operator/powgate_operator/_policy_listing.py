@@ -1,19 +1,24 @@
-"""Which policies admissions see: kopf's index, merged with a periodic direct listing.
+"""Which policies an admission sees: the pod's namespace, read at the admission.
 
-kopf fills its index from a watch that starts only after start-up and is
-paused on standby replicas (peering), yet every replica behind the webhook
-Service answers admissions. The listing covers both gaps: a pod created in
-the first moments, or handled by a standby, still finds its policy. The
-index wins for a policy both know (it is fresher); a deleted policy may
-linger in the listing for one interval.
+The read is the API server's consistent list (no ``resourceVersion``), so an
+admission sees exactly the policies that exist when the pod is created: one
+deleted before, even a moment before, is never injected, and one created
+before is always found. A cache fed by a watch (kopf's index, a periodic
+listing) lags both, is empty in the first moments after start-up and frozen
+on a standby replica (peering pauses its watches), yet every ready replica
+behind the webhook Service answers admissions. The read costs one namespaced
+list of a few objects per pod creation.
+
+A policy being deleted (its finalizer still pending) selects nothing: its
+config and keys are about to go, and a pod injected with it would wait for
+them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -26,9 +31,6 @@ from ._inject import PolicyRef
 __all__ = ["PolicyListing", "policy_ref"]
 
 log = logging.getLogger("powgate.operator.webhook")
-
-#: Until kopf's index holds every listed policy, admissions use a listing this fresh.
-RELIST_SECONDS: Final = 5.0
 
 
 def policy_ref(
@@ -47,49 +49,30 @@ def policy_ref(
 
 
 class PolicyListing:
-    """The policies of the operator's scope, listed every :data:`RELIST_SECONDS`."""
+    """The live policies of one namespace in the operator's scope, read on demand."""
 
     def __init__(self, cluster: Cluster, namespaces: Sequence[str] | None) -> None:
         self._cluster = cluster
-        self._namespaces = None if namespaces is None else tuple(namespaces)
-        self._listing: dict[str, list[PolicyRef]] = {}
-        self.listed = asyncio.Event()
+        self._namespaces = None if namespaces is None else frozenset(namespaces)
 
-    def in_namespace(self, namespace: str, indexed: Iterable[PolicyRef]) -> list[PolicyRef]:
-        """The policies of ``namespace``: kopf's ``indexed`` ones, then listed ones it lacks."""
-        known = list(indexed)
-        names = {p.name for p in known}
-        return known + [p for p in self._listing.get(namespace, []) if p.name not in names]
+    async def in_namespace(self, namespace: str) -> list[PolicyRef]:
+        """The policies of ``namespace`` that exist now and are not being deleted.
 
-    async def refresh(self) -> None:
-        """List once; a failure is counted and leaves the last listing in place."""
+        A failed read is counted and raised (:class:`ClusterError`): the caller
+        decides what an admission without an answer means.
+        """
+        if self._namespaces is not None and namespace not in self._namespaces:
+            return []
         try:
-            refs = await self._list()
-        except ClusterError as exc:
+            items = await self._cluster.list_objects(POW_POLICIES, namespace=namespace)
+        except ClusterError:
             metrics.POLICY_LISTING_ERRORS.inc()
-            log.warning("listing PowPolicies failed (retrying): %s", exc)
-            return
-        grouped: dict[str, list[PolicyRef]] = {}
-        for ref in refs:
-            grouped.setdefault(ref.namespace, []).append(ref)
-        self._listing = grouped
-        self.listed.set()
-
-    async def follow(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(RELIST_SECONDS)
-
-    async def _list(self) -> list[PolicyRef]:
-        scopes: Sequence[str | None] = (None,) if self._namespaces is None else self._namespaces
-        items = [
-            item
-            for namespace in scopes
-            for item in await self._cluster.list_objects(POW_POLICIES, namespace=namespace)
-        ]
+            raise
         refs = []
         for item in items:
             meta: Mapping[str, Any] = item.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue
             ref = policy_ref(
                 namespace=meta.get("namespace"),
                 name=meta.get("name"),

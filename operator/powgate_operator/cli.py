@@ -247,7 +247,6 @@ async def _serve(args: argparse.Namespace) -> None:
                 cluster=cluster,
                 namespaces=None if args.all_namespaces else args.namespace,
             )
-            _background(stack, injector.follow(), name="policy listing")
         _background(stack, _readiness(started, injector, ready), name="readiness")
         await kopf.operator(
             registry=registry,
@@ -277,12 +276,11 @@ def _background(
 async def _readiness(
     started: asyncio.Event, injector: Injector | None, ready: asyncio.Event
 ) -> None:
-    """Ready once kopf has started and, with the webhook, it serves and knows every policy.
+    """Ready once kopf has started and, with the webhook, it serves its certificate.
 
     Before that, a pod admitted by this replica could miss its sidecar.
     """
     await started.wait()
     if injector is not None:
         await injector.serving.wait()
-        await injector.listed.wait()
     ready.set()

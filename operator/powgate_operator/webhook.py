@@ -1,8 +1,8 @@
 """The sidecar injector: a mutating admission webhook served by the operator through kopf.
 
-:func:`install` adds to the operator's registry an index of PowPolicy
-selectors, the Pod CREATE handler (which runs :func:`._inject.plan`) and a
-kopf admission server. Who owns what:
+:func:`install` adds to the operator's registry the Pod CREATE handler
+(which reads the namespace's PowPolicies and runs :func:`._inject.plan`) and
+a kopf admission server. Who owns what:
 
 - The MutatingWebhookConfiguration belongs to whoever installed powgate: the
   Helm chart creates it (without ``caBundle``, so an upgrade never resets
@@ -31,11 +31,14 @@ and who may call them (:mod:`._webhook_servers`, :mod:`._webhook_auth`) and
 the policies admissions see (:mod:`._policy_listing`); this module wires
 them into kopf.
 
-The handler never refuses a pod: whatever goes wrong, the pod is admitted
-(unchanged, or injected with a warning) and the reason is logged and
-counted. Whether an *outage* of the webhook blocks pods is the
-configuration's ``failurePolicy`` (default Ignore: deployments keep working
-and pods created meanwhile run without the sidecar — see docs/injection.md).
+Whether an *outage* of the webhook blocks pods is the configuration's
+``failurePolicy`` (default Ignore: deployments keep working and pods created
+meanwhile run without the sidecar — see docs/injection.md). The handler
+treats the one question it cannot answer alone the same way: when the
+namespace's PowPolicies cannot be read, Fail refuses the pod (its controller
+retries) and Ignore admits it unchanged. Whatever else goes wrong, the pod is
+admitted (unchanged, or injected with a warning) and the reason is logged
+and counted.
 """
 
 from __future__ import annotations
@@ -44,29 +47,25 @@ import asyncio
 import copy
 import logging
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import kopf
 
-from powgate.policy import GROUP, PLURAL, VERSION
-
 from . import _metrics as metrics
-from ._cluster import Cluster
+from ._cluster import Cluster, ClusterError
 from ._inject import PolicyRef, SidecarTemplate, plan, supports_native_sidecars
 from ._objects import HANDLER_ID
 from ._options import WebhookOptions
-from ._policy_listing import PolicyListing, policy_ref
+from ._policy_listing import PolicyListing
 from ._webhook_servers import MountedCertServer, SelfManagedServer
 
-__all__ = ["Injector", "admit", "install"]
+__all__ = ["Injector", "admit", "install", "policies_of"]
 
 log = logging.getLogger("powgate.operator.webhook")
-
-#: kopf passes an index to handlers under its function's name.
-_INDEX: Final = "powgate_policy_selectors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +74,6 @@ class Injector:
 
     #: The listener has its certificate (and the caBundle is in place).
     serving: asyncio.Event
-    #: Admissions know every policy: a first full listing has arrived.
-    listed: asyncio.Event
-    #: Keeps the listing current; the caller runs it for the operator's lifetime.
-    follow: Callable[[], Coroutine[Any, Any, None]]
 
 
 def install(
@@ -89,7 +84,7 @@ def install(
     cluster: Cluster,
     namespaces: Sequence[str] | None,
 ) -> Injector:
-    """Register the injector's index, admission handler and server with the operator.
+    """Register the injector's admission handler and server with the operator.
 
     ``namespaces`` is the operator's scope (``None``: every namespace).
     """
@@ -116,13 +111,6 @@ def install(
         sidecar.value = replace(sidecar.value, native_sidecar=native)
         log.info("injecting %s sidecars", "native" if native else "regular-container")
 
-    @kopf.index(GROUP, VERSION, PLURAL, id=_INDEX, registry=registry)
-    def policy_selectors(
-        *, namespace: str | None, name: str | None, uid: str | None, spec: kopf.Spec, **_: Any
-    ) -> dict[str, PolicyRef]:
-        ref = policy_ref(namespace=namespace, name=name, uid=uid, spec=spec)
-        return {} if ref is None else {ref.namespace: ref}
-
     @kopf.on.mutate(
         "pods",
         id=HANDLER_ID,
@@ -136,14 +124,19 @@ def install(
         body: kopf.Body,
         patch: kopf.Patch,
         warnings: list[str],
-        **kwargs: Any,
+        **_: Any,
     ) -> None:
         pod = copy.deepcopy(dict(body))
         namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+        found = await policies_of(
+            namespace, listing=policies, failure_policy=options.failure_policy, warnings=warnings
+        )
+        if found is None:
+            return
         try:
             await admit(
                 pod=pod,
-                policies=policies.in_namespace(namespace, kwargs[_INDEX].get(namespace, [])),
+                policies=found,
                 template=sidecar.value,
                 patch=patch,
                 warnings=warnings,
@@ -154,7 +147,7 @@ def install(
             log.exception("injection failed; the pod is admitted without the sidecar")
             patch.clear()
 
-    return Injector(serving=serving, listed=policies.listed, follow=policies.follow)
+    return Injector(serving=serving)
 
 
 @dataclass(slots=True)
@@ -162,6 +155,28 @@ class _Holder:
     """The sidecar template, refined once at start-up (the sidecar form)."""
 
     value: SidecarTemplate
+
+
+async def policies_of(
+    namespace: str, *, listing: PolicyListing, failure_policy: str, warnings: list[str]
+) -> list[PolicyRef] | None:
+    """The PowPolicies of ``namespace`` now; ``None``: unreadable, admit the pod unchanged.
+
+    Unreadable under ``failurePolicy: Fail`` raises :class:`kopf.AdmissionError`:
+    the webhook cannot decide, which is what that policy refuses (the pod's
+    controller retries).
+    """
+    try:
+        return await listing.in_namespace(namespace)
+    except ClusterError as exc:
+        log.error("PowPolicies of %s unreadable; pod not injected: %s", namespace, exc)
+        if failure_policy == "Fail":
+            raise kopf.AdmissionError(
+                f"powgate: the PowPolicies of {namespace} could not be read; retry",
+                code=HTTPStatus.SERVICE_UNAVAILABLE,
+            ) from exc
+        warnings.append("powgate: not injected: the PowPolicies could not be read")
+        return None
 
 
 async def admit(

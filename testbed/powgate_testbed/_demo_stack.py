@@ -521,21 +521,6 @@ class DemoStack(Service):
             },
         }
         apps, core = k8s.AppsV1Api(self.api), k8s.CoreV1Api(self.api)
-        template = body["spec"]["template"]
-
-        def injects_this_run() -> bool:
-            # The webhook answers from its own view of the policies, which lags a
-            # deletion: a dry run shows which policy a new pod would get.
-            pod = {"apiVersion": "v1", "kind": "Pod", **template}
-            pod["metadata"] = {**template["metadata"], "generateName": f"{name}-"}
-            made = core.create_namespaced_pod(self.namespace, _raw(pod), dry_run="All")
-            annotations = (made.metadata.annotations if made.metadata else None) or {}
-            return annotations.get(INJECTED_ANNOTATION) == str(defence)
-
-        wait_until(
-            _probe(injects_this_run), what=f"the webhook to inject {defence}'s sidecar",
-            timeout=_POD_TIMEOUT, watch=[],
-        )  # fmt: skip
         apps.create_namespaced_deployment(self.namespace, _raw(body))
         selector = f"run={defence}"
 

@@ -222,6 +222,13 @@ def bound(rbac: k8s.RbacAuthorizationV1Api, namespace: str) -> list[tuple[str, s
     return [(s.kind, s.name) for s in binding.subjects or []]
 
 
+def _in_force(kube_client: k8s.ApiClient, namespace: str, policy: str) -> None:
+    """``policy`` created, and the webhook answering: a probe pod came back injected."""
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy(policy))
+    eventually(_injected_probe(k8s.CoreV1Api(kube_client), namespace), what="the webhook to inject")
+
+
 def _sidecar(pod: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in pod["spec"].get("initContainers", []) if c["name"] == SIDECAR_NAME)
 
@@ -419,3 +426,43 @@ def test_grants_follow_the_pods_that_exist(
         context=lambda: str(bound(rbac, namespace)),
     )
     assert not _may(kube_client, namespace, "batch", "configmaps", config_map_name("llm"))
+
+
+def test_a_replaced_policy_applies_at_once_and_a_deleted_one_never(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    """Each admission sees the policies that exist when the pod is created, not a cache."""
+    namespace = opted_in
+    core = k8s.CoreV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    # "a-old" sorts first: a stale view of it would win over "b-new".
+    _in_force(kube_client, namespace, "a-old")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-old")
+
+    def gone() -> bool:
+        try:
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-old")
+        except k8s.ApiException as exc:
+            return bool(exc.status == HTTPStatus.NOT_FOUND)
+        return False
+
+    eventually(gone, what="a-old deleted (its finalizer done)")
+    stored = _create_pod(core, namespace, "after-delete", {"app": "llm"})
+    assert INJECTED_ANNOTATION not in (stored["metadata"].get("annotations") or {})
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("b-new"))
+    stored = _create_pod(core, namespace, "after-create", {"app": "llm"})
+    assert stored["metadata"]["annotations"][INJECTED_ANNOTATION] == "b-new"
+
+    # Being deleted (a finalizer of someone else's holds it): it selects nothing more.
+    held = _policy("a-held")
+    held["metadata"]["finalizers"] = ["example.com/hold"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, held)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-held")
+    stored = _create_pod(core, namespace, "while-deleting", {"app": "llm"})
+    assert stored["metadata"]["annotations"][INJECTED_ANNOTATION] == "b-new"
+    current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-held")
+    kept = [f for f in current["metadata"]["finalizers"] if f != "example.com/hold"]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "a-held", {"metadata": {"finalizers": kept}}
+    )

@@ -25,7 +25,6 @@ from powgate_operator._cluster import (
     ROLES,
     SECRETS,
     ConflictError,
-    GoneError,
     NotFoundError,
     UnavailableError,
 )
@@ -42,7 +41,7 @@ from powgate_operator._options import WebhookOptions
 from powgate_operator._policy_listing import PolicyListing
 from powgate_operator._webhook_certs import WebhookTLS
 from powgate_operator._webhook_registration import register, sync_tls
-from powgate_operator.webhook import admit
+from powgate_operator.webhook import admit, policies_of
 
 NS = "ai"
 POLICY = PolicyRef(
@@ -291,24 +290,66 @@ async def test_without_the_chart_the_operator_writes_the_whole_configuration() -
     assert stored["webhooks"][0]["clientConfig"]["caBundle"] == base64.b64encode(b"CA2").decode()
 
 
-# -- the policy listing -----------------------------------------------------------------
+# -- the policies an admission sees ------------------------------------------------------
 
 
-async def test_a_failed_listing_is_counted_and_keeps_the_last_one() -> None:
-    cluster = MemoryCluster()
+def put_policy(cluster: MemoryCluster, name: str, namespace: str = NS, **meta: Any) -> None:
     cluster.put(
         POW_POLICIES,
         {
-            "metadata": {"name": "llm", "namespace": NS},
+            "metadata": {"name": name, "namespace": namespace, **meta},
             "spec": {"selector": {"matchLabels": {"app": "llm"}}},
         },
     )
+
+
+async def test_an_admission_sees_the_policies_as_they_are_at_that_moment() -> None:
+    cluster = MemoryCluster()
     listing = PolicyListing(cluster, [NS])
-    await listing.refresh()
-    assert listing.listed.is_set()
-    assert [p.name for p in listing.in_namespace(NS, [])] == ["llm"]
+    put_policy(cluster, "old")
+    assert [p.name for p in await listing.in_namespace(NS)] == ["old"]
+    # Deleted and replaced between two admissions: the next one sees only the new one.
+    del cluster.objects[(POW_POLICIES.plural, NS, "old")]
+    put_policy(cluster, "new")
+    assert [p.name for p in await listing.in_namespace(NS)] == ["new"]
+
+
+async def test_a_policy_being_deleted_selects_nothing() -> None:
+    cluster = MemoryCluster()
+    put_policy(cluster, "going", deletionTimestamp="2030-01-01T00:00:00Z", finalizers=["x"])
+    put_policy(cluster, "staying")
+    assert [p.name for p in await PolicyListing(cluster, None).in_namespace(NS)] == ["staying"]
+
+
+async def test_namespaces_outside_the_operators_scope_are_not_read() -> None:
+    cluster = MemoryCluster()
+    put_policy(cluster, "llm", namespace="elsewhere")
+    assert await PolicyListing(cluster, [NS]).in_namespace("elsewhere") == []
+    assert cluster.calls == []
+
+
+@pytest.mark.parametrize(
+    ("failure_policy", "refused"), [("Fail", True), ("Ignore", False)], ids=["Fail", "Ignore"]
+)
+async def test_unreadable_policies_follow_the_failure_policy(
+    failure_policy: str, refused: bool
+) -> None:
+    cluster = MemoryCluster()
+    put_policy(cluster, "llm")
+    cluster.inject("list", POW_POLICIES, error=UnavailableError("timed out"))
     before = metrics.POLICY_LISTING_ERRORS._value.get()
-    cluster.inject("list", POW_POLICIES, error=GoneError("too old", status=410))
-    await listing.refresh()
+    warnings: list[str] = []
+    listing = PolicyListing(cluster, [NS])
+    if refused:
+        with pytest.raises(kopf.AdmissionError, match="could not be read") as caught:
+            await policies_of(NS, listing=listing, failure_policy=failure_policy, warnings=warnings)
+        assert caught.value.code == 503
+    else:
+        found = await policies_of(
+            NS, listing=listing, failure_policy=failure_policy, warnings=warnings
+        )
+        assert found is None
+        assert warnings == ["powgate: not injected: the PowPolicies could not be read"]
     assert metrics.POLICY_LISTING_ERRORS._value.get() == before + 1
-    assert [p.name for p in listing.in_namespace(NS, [])] == ["llm"]
+    # The next admission reads again.
+    assert [p.name for p in await listing.in_namespace(NS)] == ["llm"]
