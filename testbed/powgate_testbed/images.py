@@ -12,7 +12,9 @@ on, so every layer comes from what the package registries serve:
    `powgate-python:3.11-bookworm`. It plays the part `python:3.11-slim-bookworm`
    plays for users who can pull.
 2. **Wheels**: the project's dependencies, built or fetched on this machine
-   by pip into `<cache>/images/wheels` and served to the builds on loopback.
+   by pip into `<cache>/images/wheels` (then completed by the base's own pip,
+   whose interpreter evaluates the dependencies' markers) and served to the
+   builds on loopback.
 3. **Images**: the unchanged Dockerfiles (`sidecar/`, `operator/`,
    `testbed/`), given the base as `PYTHON_IMAGE` and the wheel folder as
    `WHEELHOUSE`, then saved as `<cache>/images/<name>.tar` for the real
@@ -37,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import tomllib
@@ -220,28 +223,87 @@ def build_base(*, cache: Path, digests: _Digests) -> Path:
     return out
 
 
-def build_wheels(*, cache: Path, digests: _Digests) -> Path:
-    """Every wheel the images install, made by this machine's pip (`<images>/wheels`)."""
-    wheels = image_dir(cache) / "wheels"
-    digest = _digest((ROOT / "pyproject.toml").read_bytes(), sys.version)
-    if digests.current("wheels", digest, wheels):
-        return wheels
+def build_wheels(*, docker: DockerEngine, folder: Path) -> None:
+    """Every wheel the images install, in ``folder``: this machine's pip, then the base's.
+
+    This machine's pip builds what needs a compiler (the base has none). The
+    base's own pip then adds what its interpreter needs beyond that: markers
+    such as ``python_full_version`` differ between this machine's Python and
+    Debian's (redis needs async-timeout below 3.11.3), and only the
+    interpreter that installs the wheels evaluates them right. It runs in a
+    container on the host's network with this machine's pip settings.
+    """
     _step("building the wheels the images install (pip wheel)")
-    shutil.rmtree(wheels, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     extras = ",".join(image.name for image in IMAGES)
     # The build backend too: the Dockerfiles build powgate itself from its sources.
     backend = _build_backend()
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder),
          f".[{extras}]", *backend],
         what="pip wheel",
         cwd=ROOT,
     )  # fmt: skip
+    _step(f"completing the wheels for {BASE_IMAGE}'s interpreter (its own pip)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="powgate-wheels-") as tmp:
+        source = Path(tmp)
+        for name in ("pyproject.toml", "setup.py", "README.md"):
+            shutil.copy2(ROOT / name, source / name)
+        skipped = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        for name in ("src", "sidecar", "operator", "testbed"):
+            shutil.copytree(ROOT / name, source / name, ignore=skipped)
+        env, mounts = _pip_settings()
+        requirements = " ".join(f"'{r}'" for r in (f"/src[{extras}]", *backend))
+        docker.stream(
+            [
+                "run", "--rm", "--network", "host",
+                "--volume", f"{folder}:/wheels", "--volume", f"{source}:/src",
+                *(f"--volume={path}:{path}:ro" for path in mounts),
+                *(f"--env={name}={value}" for name, value in env.items()),
+                BASE_IMAGE, "sh", "-c",
+                "python -m venv /tmp/pip && /tmp/pip/bin/pip wheel --quiet --no-cache-dir "
+                f"--wheel-dir /wheels --find-links /wheels {requirements}",
+            ],
+            prefix="   [wheels] ",
+        )  # fmt: skip
     # powgate's own wheel is rebuilt inside each image from the sources.
-    for own in wheels.glob("powgate-*.whl"):
+    for own in folder.glob("powgate-*.whl"):
         own.unlink()
-    digests.record("wheels", digest)
-    return wheels
+    _step(f"wheels for {BASE_IMAGE}: {time.monotonic() - started:.0f} s")
+
+
+#: This machine's pip settings a container's pip needs to reach the same index.
+_PIP_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "cert", "proxy", "timeout")
+_PIP_FILES = ("cert",)
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def _pip_settings() -> tuple[dict[str, str], list[str]]:
+    """(environment, files to mount) that give a container's pip this machine's settings."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    env = {
+        name: os.environ[name]
+        for upper in _PROXY_VARIABLES
+        for name in (upper, upper.lower())
+        if name in os.environ
+    }
+    mounts = []
+    for line in listed.splitlines():
+        key, _, quoted = line.partition("=")
+        name = key.rpartition(".")[2].removeprefix("default-")
+        value = quoted.strip().strip("'\"")
+        if name not in _PIP_SETTINGS or not value:
+            continue
+        env[f"PIP_{name.upper().replace('-', '_')}"] = value
+        if name in _PIP_FILES and Path(value).is_file():
+            mounts.append(value)
+    return env, mounts
 
 
 def _build_backend() -> list[str]:
@@ -299,7 +361,10 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
     started = time.monotonic()
     offline = python_image is None
     base = build_base(cache=cache, digests=digests) if offline else None
-    wheels = build_wheels(cache=cache, digests=digests) if offline else None
+    wheels = folder / "wheels" if offline else None
+    # The base's interpreter decides which wheels it needs, so its digest is an input.
+    wheel_inputs = _digest((ROOT / "pyproject.toml").read_bytes(), sys.version, digests.of("base"))
+    new_wheels = wheels is not None and not digests.current("wheels", wheel_inputs, wheels)
     pause = build_pause(cache=cache, digests=digests)
     context = _tree_digest([ROOT / name for name in _CONTEXT] + [ROOT / ".dockerignore"])
     # The base's digest stands for the base image: same packages, same sources.
@@ -309,7 +374,7 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
             (ROOT / image.source).read_bytes(),
             tag,
             python_image or digests.of("base"),
-            digests.of("wheels") if offline else "",
+            wheel_inputs if offline else "",
         )
         for image in IMAGES
     }
@@ -319,12 +384,15 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
         for image in (*IMAGES, PAUSE)
         if not digests.current(image.name, inputs[image.name], image.archive(cache))
     ]
-    if not stale:
+    if not stale and not new_wheels:
         _step(f"images up to date in {folder}")
         return
     with DockerEngine(root=cache / "docker") as docker:
         if base is not None:
             _import_base(docker, base=base, digest=digests.of("base"))
+        if new_wheels and wheels is not None:
+            build_wheels(docker=docker, folder=wheels)
+            digests.record("wheels", wheel_inputs)
         for image in stale:
             reference = image.reference(tag)
             if image is PAUSE:
