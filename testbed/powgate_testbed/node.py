@@ -368,6 +368,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "podCIDR": str(self._network.addresses.pods),
             "maxPods": 50,
             "serializeImagePulls": False,
+            # A changed Secret reaches a pod's volume only when the kubelet resyncs
+            # the pod: every syncFrequency plus up to half of it again, per pod (1 min
+            # by default). 10 s keeps that delay real and different for each pod
+            # while a key rotation test waits seconds per phase instead of minutes.
+            "syncFrequency": "10s",
         }
         path = self.root / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config))
