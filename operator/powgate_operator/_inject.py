@@ -109,6 +109,10 @@ class SidecarTemplate:
     metrics_port: int = 9480
     native_sidecar: bool = True
     log_level: str = "info"
+    #: ALTCHA PoW v2 derivation threads and admitted derivations per sidecar process;
+    #: ``None``: the sidecar's default (from its CPU limit).
+    derivation_threads: int | None = None
+    derivations_pending: int | None = None
     run_as_user: int = 65532
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_resources)
 
@@ -299,6 +303,15 @@ def _sidecar(
     def field_env(name: str, path: str) -> dict[str, Any]:
         return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
+    derivations = [
+        {"name": flag.env, "value": str(value)}
+        for flag, value in (
+            (SidecarFlag.DERIVATION_THREADS, template.derivation_threads),
+            (SidecarFlag.DERIVATIONS_PENDING, template.derivations_pending),
+        )
+        if value is not None
+    ]
+
     return {
         "name": SIDECAR_NAME,
         "image": template.image,
@@ -325,6 +338,7 @@ def _sidecar(
             {"name": SidecarFlag.KEY_FILE.env, "value": KEYS_MOUNT},
             {"name": SidecarFlag.REPLAY_STORE_CREDENTIALS.env, "value": REPLAY_STORE_MOUNT},
             {"name": SidecarFlag.LOG_LEVEL.env, "value": template.log_level},
+            *derivations,
         ],
         "resources": {k: dict(v) for k, v in template.resources.items()},
         # /readyz answers 200 once a configuration is in force: the app starts after that.

@@ -240,6 +240,22 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_env_argument(
         group,
+        "--sidecar-derivation-threads",
+        type=int,
+        metavar="N",
+        help="ALTCHA PoW v2 derivation threads per sidecar process (default: the sidecar's, "
+        "from its CPU limit)",
+    )
+    add_env_argument(
+        group,
+        "--sidecar-derivations-pending",
+        type=int,
+        metavar="N",
+        help="ALTCHA PoW v2 derivations a sidecar process admits at once (default: the "
+        "sidecar's, 8 per thread)",
+    )
+    add_env_argument(
+        group,
         "--sidecar-mode",
         default="auto",
         metavar="|".join(_CHOICES["sidecar_mode"]),
@@ -311,6 +327,13 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         raise ValueError("--webhook-cert-validity-days must be between 1 and 3650")
     if not 0 < args.sidecar_metrics_port < 65536:
         raise ValueError("--sidecar-metrics-port must be between 1 and 65535")
+    threads, pending = args.sidecar_derivation_threads, args.sidecar_derivations_pending
+    if threads is not None and threads < 1:
+        raise ValueError("--sidecar-derivation-threads must be at least 1")
+    if pending is not None and pending < (threads or 1):
+        raise ValueError(
+            "--sidecar-derivations-pending must be at least --sidecar-derivation-threads"
+        )
     client_names = tuple(
         n.strip() for n in str(args.webhook_client_names or "").split(",") if n.strip()
     )
@@ -348,6 +371,8 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | None:
         metrics_port=args.sidecar_metrics_port,
         native_sidecar=args.sidecar_mode != "container",
         log_level=args.sidecar_log_level,
+        derivation_threads=threads,
+        derivations_pending=pending,
     )
     if resources is not None:
         sidecar = replace(sidecar, resources=resources)

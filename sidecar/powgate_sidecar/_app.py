@@ -109,7 +109,7 @@ class Sidecar:
         self._stock = ChallengeStock(Issuer(keyring=keyring))
         #: ALTCHA PoW v2 derivations, off the event loop and bounded.
         self._pool = DerivationPool(
-            workers=self.limits.derivation_workers, max_pending=self.limits.derivations_pending
+            workers=self.limits.derivation_threads, max_pending=self.limits.derivations_pending
         )
         self._admission = Admission(
             verifier=self._verifier,
@@ -146,6 +146,11 @@ class Sidecar:
     def config(self) -> SidecarConfig | None:
         table = self._table
         return table.config if table is not None else None
+
+    @property
+    def derivations(self) -> DerivationPool:
+        """The bounded pool ALTCHA PoW v2 keys are derived in."""
+        return self._pool
 
     def apply_config(self, config: SidecarConfig, *, source: str) -> bool:
         """Put ``config`` in force for the next request; ``False`` (old one kept) if unusable."""

@@ -25,8 +25,9 @@ class Limits:
     upstream_read_seconds: float = 300.0
     #: Upstream connections lent at once (a quarter of them kept for paid requests).
     upstream_connections: int = 1024
-    #: ALTCHA PoW v2: threads deriving keys (the derivations release the GIL).
-    derivation_workers: int = 2
+    #: ALTCHA PoW v2: threads deriving keys (the derivations release the GIL);
+    #: ``None``: one per CPU of the container's limit (powgate.DerivationPool).
+    derivation_threads: int | None = None
     #: ALTCHA PoW v2: derivations admitted at once, running or waiting; past
-    #: that a solution is refused unspent (``verifier_busy``).
-    derivations_pending: int = 16
+    #: that a solution is refused unspent (``verifier_busy``). ``None``: 8 per thread.
+    derivations_pending: int | None = None

@@ -133,6 +133,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 "listen": "{}:{}".format(*settings.listen),
                 "upstream": settings.upstream,
                 "metrics": "{}:{}".format(*settings.metrics_listen),
+                "derivation_threads": sidecar.derivations.workers,
+                "derivations_pending": sidecar.derivations.max_pending,
             },
         )
         await stop.wait()

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from powgate import KeyRingError
+from powgate._pool import WAITING_PER_THREAD, default_threads
 from powgate.cliargs import add_env_argument, env_name, host_port
 from powgate.contract import SidecarFlag
 
@@ -103,6 +104,20 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         default="1",
         help="processes sharing the port via SO_REUSEPORT",
     )
+    add_env_argument(
+        parser,
+        SidecarFlag.DERIVATION_THREADS,
+        type=int,
+        help="threads per process deriving ALTCHA PoW v2 keys (default: the container's CPU "
+        "limit rounded up, or without one the CPUs available up to 4, shared among --workers)",
+    )
+    add_env_argument(
+        parser,
+        SidecarFlag.DERIVATIONS_PENDING,
+        type=int,
+        help="ALTCHA PoW v2 derivations admitted at once per process, running or waiting; "
+        f"more are refused unspent, verifier_busy (default: {WAITING_PER_THREAD} per thread)",
+    )
     add_env_argument(parser, SidecarFlag.KUBE_API_URL, help="API server URL (default: in-cluster)")
     add_env_argument(
         parser,
@@ -176,12 +191,29 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ValueError(f"--upstream {args.upstream!r} must be an http:// or https:// URL")
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
+    threads = args.derivation_threads
+    if threads is None:
+        threads = default_threads(processes=args.workers)
+    if threads < 1:
+        raise ValueError("--derivation-threads must be at least 1")
+    pending = args.derivations_pending
+    if pending is None:
+        pending = threads * WAITING_PER_THREAD
+    if pending < threads:
+        raise ValueError(
+            f"--derivations-pending must be at least the derivation threads ({threads})"
+        )
     kube = None
     if args.config_object is not None:
         kube = KubeEndpoint.resolve(
             api_url=args.kube_api_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file
         )
-    limits = Limits(max_body_bytes=args.max_body_bytes, upstream_read_seconds=args.upstream_timeout)
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        upstream_read_seconds=args.upstream_timeout,
+        derivation_threads=threads,
+        derivations_pending=pending,
+    )
     return Settings(
         listen=args.listen,
         upstream=args.upstream,

@@ -76,6 +76,8 @@ class SidecarFlag(enum.StrEnum):
     KEY_FILE = "--key-file"
     REPLAY_STORE_CREDENTIALS = "--replay-store-credentials"
     WORKERS = "--workers"
+    DERIVATION_THREADS = "--derivation-threads"
+    DERIVATIONS_PENDING = "--derivations-pending"
     KUBE_API_URL = "--kube-api-url"
     KUBE_TOKEN_FILE = "--kube-token-file"  # noqa: S105 - a flag's name
     KUBE_CA_FILE = "--kube-ca-file"

@@ -83,12 +83,17 @@ def start_sidecar(
     key_file: Path,
     config_args: Sequence[str],
     extra: Sequence[str] = (),
+    launcher: Sequence[str] = (),
 ) -> tuple[ManagedProcess, SidecarEndpoints]:
-    """Start ``powgate sidecar`` in front of ``upstream``; the caller waits for ``/readyz``."""
+    """Start ``powgate sidecar`` in front of ``upstream``; the caller waits for ``/readyz``.
+
+    ``launcher``: a command that ends by running its arguments (the sidecar's command line).
+    """
     port, metrics_port = free_ports(2)
     process = ManagedProcess(
         name="sidecar",
         argv=[
+            *launcher,
             "env",
             f"POWGATE_LISTEN=127.0.0.1:{port}",
             f"POWGATE_UPSTREAM={upstream}",

@@ -80,6 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}
     },
     "no-webhook": {"webhook": {"enabled": False}},
+    "derivation-pool": {"sidecar": {"derivationThreads": 3, "derivationsPending": 12}},
     "everything-off": {
         "crds": {"install": False},
         "peering": {"enabled": False},
@@ -151,6 +152,8 @@ def test_helm_lint_is_clean_with_defaults_and_every_option() -> None:
         ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "/operator/watchNamespaces/0"),
         ({"operator": {"resources": {"requests": {"cpu": "lots"}}}}, "/operator/resources"),
         ({"sidecar": {"mode": "always"}}, "/sidecar/mode"),
+        ({"sidecar": {"derivationThreads": -1}}, "/sidecar/derivationThreads"),
+        ({"sidecar": {"derivationsPending": "lots"}}, "/sidecar/derivationsPending"),
         ({"webhook": {"path": "/elsewhere"}}, "additional properties 'path' not allowed"),
         ({"certManager": {"duration": "1 year"}}, "/certManager/duration"),
     ],
@@ -170,6 +173,10 @@ def test_the_schema_rejects_typos_and_bad_types(values: dict[str, Any], message:
         (
             {"certManager": {"enabled": True}, "webhook": {"enabled": False}},
             "it needs webhook.enabled=true",
+        ),
+        (
+            {"sidecar": {"derivationThreads": 4, "derivationsPending": 2}},
+            "it must be at least sidecar.derivationThreads",
         ),
     ],
 )
@@ -532,6 +539,11 @@ def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> No
     assert injection.image == f"powgate-sidecar:{chart['appVersion']}"
     assert injection.resources["limits"] == {"memory": "256Mi"}
     assert injection.metrics_port == 9480
+    # The derivation pool is the sidecar's to size from its CPU limit unless told.
+    assert (injection.derivation_threads, injection.derivations_pending) == (None, None)
+    assert not {"POWGATE_SIDECAR_DERIVATION_THREADS", "POWGATE_SIDECAR_DERIVATIONS_PENDING"} & {
+        e["name"] for e in container(docs)["env"]
+    }
     digest = "sha256:" + "a" * 64
     changed = render(
         {
@@ -540,6 +552,8 @@ def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> No
                 "logLevel": "debug",
                 "mode": "container",
                 "resources": {"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}},
+                "derivationThreads": 3,
+                "derivationsPending": 12,
             }
         }
     )
@@ -549,6 +563,7 @@ def test_sidecar_settings_reach_the_operator_and_restart_it_when_changed() -> No
     assert opts.sidecar.log_level == "debug"
     assert opts.sidecar.native_sidecar is False
     assert opts.sidecar_mode == "container"
+    assert (opts.sidecar.derivation_threads, opts.sidecar.derivations_pending) == (3, 12)
     # Helm merges with the defaults: the memory request stays.
     assert opts.sidecar.resources == {
         "requests": {"cpu": "250m", "memory": "64Mi"},

@@ -19,6 +19,7 @@ import pytest
 
 from helm_chart import MONITORING, find, kubelet_environment, render
 from powgate import KeyRing
+from powgate._pool import WAITING_PER_THREAD, default_threads
 from powgate.config import SidecarConfig
 from powgate.contract import (
     HEAVY_CLIENTS_METRIC,
@@ -35,6 +36,7 @@ from powgate_operator._prometheus import heavy_clients_query, key_info_query, ro
 from powgate_sidecar import Sidecar
 from powgate_sidecar import cli as sidecar_cli
 from powgate_sidecar._metrics import Metrics
+from powgate_sidecar._server import Settings
 
 NS = "ai"
 POLICY = PolicyRef(
@@ -42,7 +44,7 @@ POLICY = PolicyRef(
 )
 
 
-def injected_pod(*, native: bool = True) -> dict[str, Any]:
+def injected_pod(*, native: bool = True, **template_fields: Any) -> dict[str, Any]:
     source = {
         "metadata": {"name": "p", "namespace": NS, "labels": {"app": "llm"}},
         "spec": {
@@ -52,7 +54,10 @@ def injected_pod(*, native: bool = True) -> dict[str, Any]:
         },
     }
     template = SidecarTemplate(
-        image="powgate/sidecar:test", operator_namespace="powgate-system", native_sidecar=native
+        image="powgate/sidecar:test",
+        operator_namespace="powgate-system",
+        native_sidecar=native,
+        **template_fields,
     )
     decided = plan(source, namespace=NS, policies=[POLICY], template=template)
     assert decided.pod is not None, decided.message
@@ -79,9 +84,8 @@ def sidecar_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) -> None:
-    container = sidecar_container(injected_pod(native=native))
+def sidecar_settings(container: dict[str, Any]) -> Settings:
+    """What the sidecar's real command line makes of the injected container's environment."""
     written = kubelet_environment(container["env"], fields={**FIELDS, "status.podIP": "10.244.0.7"})
     powgate = {k: v for k, v in written.items() if k.startswith("POWGATE_")}
     assert powgate, "the injector configures the sidecar through POWGATE_* variables"
@@ -95,7 +99,13 @@ def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) 
     }
     with mock.patch.dict(os.environ, environ, clear=True):
         args = sidecar_parser().parse_args(["sidecar"])
-        settings = sidecar_cli._settings(args)
+        return sidecar_cli._settings(args)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) -> None:
+    container = sidecar_container(injected_pod(native=native))
+    settings = sidecar_settings(container)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert settings.listen[1] == ports["http"]  # the port the Service targets by name
     assert settings.metrics_listen == ("10.244.0.7", ports[METRICS_PORT_NAME])
@@ -105,6 +115,20 @@ def test_the_sidecar_cli_reads_every_variable_the_injector_writes(native: bool) 
     assert str(settings.key_file) in mounts
     # The probes ask the port the sidecar serves its health on.
     assert container["startupProbe"]["httpGet"]["port"] == METRICS_PORT_NAME
+
+
+def test_the_injectors_derivation_pool_sizes_the_sidecars_pool() -> None:
+    """Told by the chart, the injector sets the pool; untold, the sidecar sizes it itself."""
+    told = sidecar_container(injected_pod(derivation_threads=3, derivations_pending=12))
+    limits = sidecar_settings(told).limits
+    assert (limits.derivation_threads, limits.derivations_pending) == (3, 12)
+    untold = sidecar_container(injected_pod())
+    assert not {SidecarFlag.DERIVATION_THREADS.env, SidecarFlag.DERIVATIONS_PENDING.env} & {
+        e["name"] for e in untold["env"]
+    }
+    limits = sidecar_settings(untold).limits
+    assert limits.derivation_threads == default_threads()
+    assert limits.derivations_pending == default_threads() * WAITING_PER_THREAD
 
 
 def test_every_sidecar_flag_has_its_contract_name() -> None:

@@ -149,6 +149,12 @@ def test_the_api_servers_client_certificate_is_required_when_its_ca_is_given(
         ({"POWGATE_SIDECAR_RESOURCES": '{"limits": {"cpu": true}}'}, "quantities"),
         ({"POWGATE_WEBHOOK_CERT_VALIDITY_DAYS": "0"}, "between 1 and 3650"),
         ({"POWGATE_SIDECAR_METRICS_PORT": "70000"}, "between 1 and 65535"),
+        ({"POWGATE_SIDECAR_DERIVATION_THREADS": "0"}, "threads must be at least 1"),
+        (
+            {"POWGATE_SIDECAR_DERIVATION_THREADS": "4", "POWGATE_SIDECAR_DERIVATIONS_PENDING": "2"},
+            "pending must be at least --sidecar-derivation-threads",
+        ),
+        ({"POWGATE_SIDECAR_DERIVATIONS_PENDING": "0"}, "pending must be at least"),
         ({"POWGATE_WEBHOOK_URL": "https://a"}, "not both"),
     ],
 )

@@ -693,7 +693,7 @@ async def _v2_payload(h: Harness, *, wrong: bool = False) -> str:
 @pytest.fixture
 async def v2() -> AsyncIterator[Harness]:
     config = make_config(algorithm="ARGON2ID", kdf=SMALL_ARGON2ID, difficulty=64, min_difficulty=8)
-    limits = Limits(derivation_workers=1, derivations_pending=1)
+    limits = Limits(derivation_threads=1, derivations_pending=1)
     async for harness in build(config=config, limits=limits):
         yield harness
 

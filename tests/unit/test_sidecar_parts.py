@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from powgate import KeyRing
+from powgate._pool import default_threads
 from powgate.config import CONFIG_DATA_KEY, QueueConfig, RouteConfig, SidecarConfig
 from powgate.reputation import REPUTATION_DATA_KEY
 from powgate_sidecar import (
@@ -199,6 +200,17 @@ def test_flags_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.kube is not None
     assert settings.kube.api_url == "https://127.0.0.1:6443"
     assert settings.reuse_port
+    # Two processes share the container's CPUs for their derivation threads.
+    assert settings.limits.derivation_threads == default_threads(processes=2)
+    assert settings.limits.derivations_pending == default_threads(processes=2) * 8
+    monkeypatch.setenv("POWGATE_DERIVATION_THREADS", "3")
+    monkeypatch.setenv("POWGATE_DERIVATIONS_PENDING", "5")
+    limits = _settings(parse([])).limits
+    assert (limits.derivation_threads, limits.derivations_pending) == (3, 5)
+
+
+#: Flags that make a valid command line on their own.
+VALID = ["--upstream", "http://x", "--key-file", "k", "--config-file", "c"]
 
 
 @pytest.mark.parametrize(
@@ -210,6 +222,14 @@ def test_flags_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             ["--upstream", "http://x", "--key-file", "k", "--config-object", "ns/n"],
             "KUBERNETES_SERVICE_HOST",
+        ),
+        (
+            [*VALID, "--derivation-threads", "0"],
+            "--derivation-threads must be at least 1",
+        ),
+        (
+            [*VALID, "--derivation-threads", "4", "--derivations-pending", "3"],
+            r"--derivations-pending must be at least the derivation threads \(4\)",
         ),
     ],
 )

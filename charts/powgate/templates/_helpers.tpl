@@ -95,6 +95,11 @@ app.kubernetes.io/component: operator
 {{- if and .Values.certManager.enabled (not .Values.webhook.enabled) }}
 {{- fail "certManager.enabled issues the webhook's certificate: it needs webhook.enabled=true" }}
 {{- end }}
+{{- with .Values.sidecar }}
+{{- if and .derivationsPending (lt (int .derivationsPending) (int (.derivationThreads | default 1))) }}
+{{- fail "sidecar.derivationsPending counts the derivations running too: it must be at least sidecar.derivationThreads" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* What the operator needs where policies live (a Role per namespace, or cluster-wide). */}}
