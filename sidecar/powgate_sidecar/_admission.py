@@ -135,7 +135,8 @@ class Admission:
         trusted: TrustedProxies,
     ) -> None:
         self.verifier = verifier
-        self._trusted = trusted
+        #: Proxies whose word about the client is believed; replaced on reconfiguration.
+        self.trusted = trusted
         self._replay = replay
         self._stock = stock
         self._metrics = metrics
@@ -155,7 +156,7 @@ class Admission:
             return UNPRICED
         quote = pricer.quote(
             client=self.client(request),
-            from_proxy=request.peer in self._trusted,
+            from_proxy=request.peer in self.trusted,
             header=request.header,
             now=time.monotonic(),
             wall=time.time(),
@@ -346,14 +347,14 @@ class Admission:
 
     def client(self, request: Request) -> str:
         """Who sent ``request``: the peer, or what a trusted proxy in front says."""
-        if not self._trusted:
+        if not self.trusted:
             return request.peer
         forwarded_for = [
             entry.decode("latin-1")
             for value in request.headers(b"x-forwarded-for")
             for entry in value.split(b",")
         ]
-        return self._trusted.client(peer=request.peer, forwarded_for=forwarded_for)
+        return self.trusted.client(peer=request.peer, forwarded_for=forwarded_for)
 
     # -- refusals ------------------------------------------------------------
 

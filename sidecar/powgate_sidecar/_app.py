@@ -91,7 +91,10 @@ class Sidecar:
         store; ``open_store`` (a test seam) makes the store a config names."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits if limits is not None else Limits()
-        trusted = TrustedProxies(trusted_proxies)
+        #: Proxies trusted by flag; each config may add its own (its policy's trustedProxies).
+        self._flag_proxies = tuple(trusted_proxies)
+        self._config_proxies: tuple[str, ...] = ()
+        trusted = TrustedProxies(self._flag_proxies)
         self._forwarder = Forwarder(
             pool=UpstreamPool(upstream, limits=self.limits, opener=opener),
             metrics=self.metrics,
@@ -184,6 +187,7 @@ class Sidecar:
         else:
             self._queue.set_limits(config.queue)
         self._table = table
+        self._trust_proxies(tuple(config.trusted_proxies))
         self._reprice()
         self.metrics.set_config(
             policy=config.policy, version=table.version, difficulties=table.difficulties()
@@ -291,6 +295,15 @@ class Sidecar:
         self._reprice()
         self.metrics.config_reloads_total.labels(source, "applied").inc()
         return True
+
+    def _trust_proxies(self, networks: tuple[str, ...]) -> None:
+        """Believe forwarding headers from the flag's proxies and the config's, from now on."""
+        if networks == self._config_proxies:
+            return
+        self._config_proxies = networks
+        trusted = TrustedProxies((*self._flag_proxies, *networks))
+        self._admission.trusted = trusted
+        self._forwarder.trusted = trusted
 
     def _reprice(self) -> None:
         """Rebuild the pricer from what is in force; rates counted so far are kept."""

@@ -59,6 +59,9 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
     b"cookie",
 }
 _UNTRUSTED_DROP: Final = _REQUEST_DROP | _CLIENT_CLAIMS
+#: From a trusted proxy its claims are kept, but X-Forwarded-For is written once,
+#: combined with the peer: copying it as well would send the header twice.
+_TRUSTED_DROP: Final = _REQUEST_DROP | {_FORWARDED_FOR}
 _RESPONSE_DROP: Final = HOP_BY_HOP
 _CLEAR_COOKIE: Final = (
     f"Set-Cookie: {SOLUTION_COOKIE}=; Max-Age=0; Path=/; SameSite=Strict\r\n".encode()
@@ -465,7 +468,7 @@ class Forwarder:
         """The request head for the upstream; ``length`` replaces a chunked body's framing."""
         names, fields = request.names, request.fields
         trusted = self.trusted and request.peer in self.trusted
-        drop = _REQUEST_DROP if trusted else _UNTRUSTED_DROP
+        drop = _TRUSTED_DROP if trusted else _UNTRUSTED_DROP
         if b"connection" in names:
             drop = drop | _connection_tokens(request.fields, names)
         pool = self.pool

@@ -22,7 +22,7 @@ from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
 from ._replay import DEFAULT_MAX_ENTRIES
 from ._verify import MAX_DIFFICULTY, max_difficulty
 from ._wire import WireModel
-from .pricing import PricingConfig, TrustedCaller
+from .pricing import Cidr, PricingConfig, TrustedCaller
 
 __all__ = [
     "BASE_CONTRACT",
@@ -324,6 +324,13 @@ class SidecarConfig(WireModel):
     )
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     trusted_callers: list[TrustedCaller] = Field(default_factory=list, max_length=32)
+    trusted_proxies: list[Cidr] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Proxies in front of the pods (an ingress, a gateway, a mesh) whose "
+        "X-Forwarded-For, Forwarded, X-Real-IP and identity headers are believed, besides "
+        "the sidecar's own --trusted-proxies: the client is the nearest address they name.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

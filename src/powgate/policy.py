@@ -37,7 +37,7 @@ from .config import (
     check_scheme,
     default_routes,
 )
-from .pricing import MAX_FACTOR, PricingConfig, TrustedCaller
+from .pricing import MAX_FACTOR, Cidr, PricingConfig, TrustedCaller
 from .reputation import MAX_ENTRIES, REPUTATION_DATA_KEY
 
 __all__ = [
@@ -581,6 +581,14 @@ class PolicySpec(WireModel):
         description="Callers who pay less or nothing; one matching several pays the least.",
     )
     reputation: ReputationSpec = Field(default_factory=ReputationSpec)
+    trusted_proxies: list[Cidr] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Proxies in front of the selected pods (an ingress controller, a gateway) "
+        "whose X-Forwarded-For, Forwarded, X-Real-IP and identity headers the sidecars "
+        "believe: per-client prices and trusted callers key on the client they name. From "
+        "any other peer those headers are replaced, and the peer is the client.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -857,5 +865,6 @@ def render_config(
         replay_store=store,
         pricing=spec.pricing,
         trusted_callers=spec.trusted_callers,
+        trusted_proxies=spec.trusted_proxies,
     )
     return config.model_copy(update={"version": config.content_version()})

@@ -30,6 +30,7 @@ __all__ = [
     "MIN_MULTIPLIER",
     "ApiKeyConfig",
     "ApiKeyHashes",
+    "Cidr",
     "ClientKeyConfig",
     "ClientKeySource",
     "IdentityConfig",

@@ -10,6 +10,7 @@ machine's two cores, leaving the other to the control plane and the stack.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -289,9 +290,19 @@ def _signals(scenario: Scenario) -> list[dict[str, Any]]:
 
 
 def policy_manifest(
-    scenario: Scenario, *, defence: Defence, namespace: str, prometheus: str
+    scenario: Scenario,
+    *,
+    defence: Defence,
+    namespace: str,
+    prometheus: str,
+    generator: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """The PowPolicy of one run (its name is the defence's)."""
+    """The PowPolicy of one run (its name is the defence's).
+
+    ``generator`` is the traffic generator's address as the sidecars see it:
+    in the who-pays runs it plays the proxy in front of the service, naming
+    each client in X-Forwarded-For, and the policy trusts it as such.
+    """
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app": APP_LABEL}},
         "routes": [{"name": "chat", "paths": ["/v1/chat/*"], "methods": ["POST"]}],
@@ -321,6 +332,9 @@ def policy_manifest(
                 "halfLifeSeconds": who.half_life_seconds,
             }
             spec["reputation"] = {"share": True, "ttlSeconds": 120}
+        if defence in WHO_PAYS_RUNS:
+            host = ipaddress.ip_address(generator)
+            spec["trustedProxies"] = [f"{host}/{host.max_prefixlen}"]
         spec["behavior"] = {
             "tolerance": 0.1,
             # Up fast: no stabilization, at most x5 per evaluation. The signals lag

@@ -416,11 +416,21 @@ class DemoStack(Service):
 
     def _apply_policy(self, defence: Defence) -> None:
         body = policy_manifest(
-            self.scenario, defence=defence, namespace=self.namespace, prometheus=self.prometheus.url
+            self.scenario,
+            defence=defence,
+            namespace=self.namespace,
+            prometheus=self.prometheus.url,
+            generator=self.generator_address,
         )
         k8s.CustomObjectsApi(self.api).create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, body
         )
+
+    @property
+    def generator_address(self) -> str:
+        """Where the traffic generator's requests come from, as the sidecars see them."""
+        # Real pods: the host's end of the node's link; processes: loopback.
+        return self.node.host_address if self.node is not None else "127.0.0.1"
 
     def _delete_policy(self, defence: Defence) -> None:
         custom = k8s.CustomObjectsApi(self.api)
@@ -629,10 +639,6 @@ class DemoStack(Service):
                 str(pod / "token"),
                 "--log-level",
                 "warning",
-                # The traffic generator plays the proxy in front of a service: it names
-                # each client in X-Forwarded-For (the who-pays runs).
-                "--trusted-proxies",
-                "127.0.0.1/32",
             ]
             if self._server.ca_pem is not None:
                 argv += ["--kube-ca-file", str(pod / "ca.crt")]

@@ -568,14 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     defences = (Defence.ADAPTIVE,) if args.no_baselines else RUN_ORDER
     if not args.no_schemes:
         defences = (*defences, *SCHEME_RUNS)
-    if not args.no_who_pays and pods:
-        # Per-client prices read the client from X-Forwarded-For, which a sidecar
-        # believes only from proxies it trusts; the traffic generator plays that
-        # proxy for the local sidecars, not for the chart's injected ones.
-        print(
-            "demo: the who-pays runs need local sidecars (--processes); left out", file=sys.stderr
-        )
-    elif not args.no_who_pays:
+    if not args.no_who_pays:
         defences = (*defences, *WHO_PAYS_RUNS)
     view = LiveView()
     try:

@@ -265,7 +265,9 @@ def test_policies_are_valid_powpolicies(scenario: Scenario) -> None:
             )["spec"]
             priced = scenario.who_pays.priced(defence)
             assert spec.pricing.enabled is priced
-            extra = {"pricing", "reputation"} if priced else set()
+            # The generator plays the proxy that names each client: trusted as such.
+            assert spec.trusted_proxies == ["127.0.0.1/32"]
+            extra = {"trustedProxies", *(("pricing", "reputation") if priced else ())}
             assert set(manifest["spec"]) == set(adaptive) | extra
             assert {k: v for k, v in manifest["spec"].items() if k not in extra} == adaptive
 

@@ -295,6 +295,8 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_kept(
         assert (await exchange(sidecar.port, request)).startswith(b"HTTP/1.1 200 ")
     [seen] = sidecar.seen
     forwarded = {name.lower(): value for name, value in seen.headers}
+    # Once: the proxy's chain with the peer appended, not the chain and then that.
+    assert [name.lower() for name, _ in seen.headers].count("x-forwarded-for") == 1
     assert forwarded["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
     assert forwarded["x-forwarded-proto"] == "https"
     assert forwarded["x-forwarded-host"] == "bank.example"

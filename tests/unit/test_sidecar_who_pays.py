@@ -241,3 +241,39 @@ async def test_metrics_show_factors_and_concentration_but_no_address(priced: Har
     )
     assert len(sealed) == 1
     assert open_label(h.keyring, sealed[0], now=0) == "198.51.100.0/24"
+
+
+@pytest.fixture
+async def proxied_by_policy() -> AsyncIterator[Harness]:
+    """No --trusted-proxies flag: the policy names the proxy in front."""
+    config = make_config(pricing=PRICING, trusted_proxies=["127.0.0.1/32"])
+    async for harness in build(config=config):
+        yield harness
+
+
+async def paid_forwarded_for(h: Harness, client: str) -> str:
+    """Send a paid request as ``client``; what the upstream saw in X-Forwarded-For."""
+    challenge = await challenge_for(h, as_client(client))
+    payload = challenge.solution(solve(challenge).number).encode()
+    headers = as_client(client, **{"X-Powgate-Solution": payload})
+    response = await h.client.post("/v1/chat", json={}, headers=headers)
+    assert response.status == 200
+    return {k.lower(): v for k, v in h.upstream.seen[-1][2].items()}["x-forwarded-for"]
+
+
+async def test_the_policy_names_the_proxies_in_front_and_a_reload_moves_the_trust(
+    proxied_by_policy: Harness,
+) -> None:
+    """An injected sidecar has no flags of its own to change: its policy's trustedProxies
+    say whose X-Forwarded-For is believed, for pricing and for what goes upstream."""
+    h = proxied_by_policy
+    named = await challenge_for(h, as_client("198.51.100.4"))
+    assert named.params.client == client_tag("198.51.100.0/24")
+    # Believed: the proxy's entry is kept and the peer appended to it.
+    assert await paid_forwarded_for(h, "198.51.100.4") == "198.51.100.4, 127.0.0.1"
+    # The same sidecar, once the policy no longer names the proxy: the peer is the
+    # client, and what the peer wrote is replaced.
+    assert h.sidecar.apply_config(make_config(pricing=PRICING, version="untrusted"), source="file")
+    spoofed = await challenge_for(h, as_client("198.51.100.4"))
+    assert spoofed.params.client == client_tag("127.0.0.0/24")
+    assert await paid_forwarded_for(h, "198.51.100.4") == "127.0.0.1"
