@@ -7,6 +7,7 @@ cannot name anyone.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,9 +15,9 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from test_sidecar_app import Harness, build, make_config
+from test_sidecar_app import POLICY, Harness, build, make_config
 
-from powgate import Challenge, solve
+from powgate import Challenge, Issuer, solve
 from powgate.pricing import ApiKeyHashes, api_key_digest, client_tag
 from powgate.reputation import ReputationEntry, ReputationList, open_label
 
@@ -177,6 +178,56 @@ async def test_the_reputation_list_raises_a_price_and_a_bad_list_changes_nothing
     assert h.sample("powgate_reputation_entries") == 1
     assert h.sidecar.apply_reputation(None, source="reputation")
     assert (await challenge_for(h, as_client("198.51.100.3"))).maxnumber == 200
+
+
+async def test_after_a_raise_a_stockpiled_priced_challenge_is_judged_by_its_base() -> None:
+    """Issue 14's grace after a raise, for priced challenges: what counts is the base a
+    challenge was issued at (``maxnumber / f``), not its ``maxnumber``. A heavy client's
+    challenge fetched at base 100 and 4x is as hard as today's base of 400, yet stockpiled."""
+    now = int(time.time())
+    client = client_tag("198.51.100.0/24")
+    # A light client now (factor 1), so a price well above what it owes is no excuse.
+    headers = as_client("198.51.100.7")
+
+    def stockpiled(h: Harness, *, base: int, factor: float) -> str:
+        # The issuer prices the base itself: maxnumber = ceil(base * factor).
+        cheap = Issuer(keyring=h.keyring).issue(
+            difficulty=base,
+            ttl=300,
+            binding=f"{POLICY}:chat",
+            client=client,
+            factor=factor,
+        )
+        assert isinstance(cheap, Challenge)
+        assert cheap.maxnumber == math.ceil(base * factor)
+        return cheap.solution(solve(cheap).number).encode()
+
+    def raised(seconds_ago: int) -> Any:
+        return make_config(
+            pricing=PRICING, difficulty=400, raised_at=now - seconds_ago, raise_grace_seconds=60
+        )
+
+    async for h in build(config=raised(10), trusted_proxies=PROXY):
+        payload = stockpiled(h, base=100, factor=4)
+        response = await h.client.post(
+            "/v1/chat", json={}, headers={**headers, "X-Powgate-Solution": payload}
+        )
+        assert response.status == 200  # within the grace: in flight when the price rose
+    async for h in build(config=raised(120), trusted_proxies=PROXY):
+        for base, factor in ((100, 4), (399, 1.5)):
+            payload = stockpiled(h, base=base, factor=factor)
+            response = await h.client.post(
+                "/v1/chat", json={}, headers={**headers, "X-Powgate-Solution": payload}
+            )
+            assert response.status == 428, (base, factor)
+        assert h.count("chat", "rejected", "insufficient") == 2
+        # Issued at today's base, priced or not, it pays.
+        for factor in (1, 2.5):
+            payload = stockpiled(h, base=400, factor=factor)
+            response = await h.client.post(
+                "/v1/chat", json={}, headers={**headers, "X-Powgate-Solution": payload}
+            )
+            assert response.status == 200, factor
 
 
 # -- trusted callers -----------------------------------------------------------------------
