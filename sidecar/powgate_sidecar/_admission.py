@@ -26,6 +26,7 @@ from typing import Final
 
 from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier, claim_reason
 from powgate._replay import ReplayCache
+from powgate._verify import MISSING
 
 from . import _http
 from ._carriers import SOLUTION_COOKIE, is_form, parse_solve_ms, split_cookie
@@ -219,7 +220,8 @@ class Admission:
         work: Callable[[], bool] | None = None
         if verdict is None:
             if payload is None:
-                verdict, key = self.verifier.check(None)
+                # What the verifier answers for no solution, without asking it.
+                verdict = MISSING
             else:
                 started = time.perf_counter()
                 # Every cheap check; a key derivation is left for after the spend.
@@ -232,7 +234,8 @@ class Admission:
                 )
                 # Requests without a solution are not timed: there was nothing to verify.
                 metrics.verify_seconds.observe(time.perf_counter() - started)
-        if verdict.ok:
+        ok = verdict.reason is Reason.OK
+        if ok:
             solve_ms = request.header(_SOLVE_MS)
             if solve_ms is not None and (seconds := parse_solve_ms(solve_ms.decode("latin-1"))):
                 metrics.client_solve_seconds.observe(seconds)
@@ -247,7 +250,7 @@ class Admission:
                 },
             )
         enforcing = table.enforcing
-        if not verdict.ok:
+        if not ok:
             if enforcing:
                 outcome = (
                     Outcome.CHALLENGED if verdict.reason is Reason.MISSING else Outcome.REJECTED
@@ -261,13 +264,13 @@ class Admission:
             )
         return Admit(
             route=route,
-            paid=verdict.ok,
+            paid=ok,
             clear_cookie=from_cookie,
             enforcing=enforcing,
             verdict=verdict,
             key=key,
             quote=quote,
-            work=work if verdict.ok else None,
+            work=work if ok else None,
         )
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:

@@ -11,6 +11,13 @@ Requests on one connection are answered in order. Requests pipelined
 behind one still in progress wait parsed, with reading paused; a
 connection that pipelines more than :data:`MAX_PIPELINED` is cut.
 
+A read holding several requests (a pipelining client, a flood's backlog)
+or a large body is not parsed in the turn it arrives: it joins the
+listener's backlog, which the loop works through round-robin, a slice per
+connection at a time, for at most :data:`TURN_BUDGET` seconds a turn. A
+read of one request (a paid client's among them) is answered in the turn
+it arrives, so it waits for one budget at most, however large the flood.
+
 Timeouts use one lazily re-armed timer per connection: the hot path only
 moves a deadline (a float), and the timer, when it fires early, re-arms
 itself for the deadline in force. Phases: waiting for a request or its
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol, cast
@@ -54,10 +62,13 @@ MAX_FIELD_BYTES: Final = 8190
 MAX_HEAD_BYTES: Final = 64 * 1024
 #: Bytes of one read parsed in one turn of the event loop: of a body in flight,
 MAX_SLICE: Final = 64 * 1024
-#: and of requests one after another (a handful of small ones), so that a
-#: connection pipelining a flood holds the loop for a few hundred microseconds
-#: a turn, and every other connection, a paid request's among them, comes next.
+#: and of requests one after another (a handful of small ones), so that the
+#: backlogs of many connections are worked through round-robin.
 PIPELINE_SLICE: Final = 256
+#: Seconds of backlog work per turn of the event loop, all connections
+#: together: the longest a read that arrives (a paid request, an upstream's
+#: answer) waits behind a flood's backlog. At least one slice runs a turn.
+TURN_BUDGET: Final = 0.001
 #: After a refusal that closes the connection, how long the client's
 #: remaining request bytes are read and dropped so that it sees the answer
 #: (closing with unread bytes makes the kernel send a reset that can
@@ -67,6 +78,10 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE_FIELD: Final = b"Connection: close\r\n"
 _ALLOW: Final = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 _WRITE_HIGH: Final = 256 * 1024
+#: Method names as ``str``, decoded once rather than per request.
+_METHODS: Final = {
+    name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class BodyConsumer(Protocol):
@@ -286,9 +301,33 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._drained: asyncio.Event | None = None
+        # Connections with bytes read and not parsed yet, in turn order.
+        self._backlog: deque[ClientConnection] = deque()
+        self._scheduled = False
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def defer_slices(self, conn: ClientConnection) -> None:
+        """Parse ``conn``'s backlog in later turns, after the reads that come first."""
+        self._backlog.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._work_backlog)
+
+    def _work_backlog(self) -> None:
+        backlog = self._backlog
+        deadline = time.monotonic() + TURN_BUDGET
+        while backlog:
+            conn = backlog.popleft()
+            if conn._next_slice():
+                backlog.append(conn)
+            if time.monotonic() >= deadline:
+                break
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._work_backlog)
+        else:
+            self._scheduled = False
 
     def forget(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -393,24 +432,26 @@ class ClientConnection(asyncio.Protocol):
             self._rest = memoryview(data)
             self._rest_at = 0
             self._pause(_PAUSE_SLICE)
-            self._loop.call_soon(self._next_slice)
+            self._listener.defer_slices(self)
             return
         if len(data) > MAX_SLICE:
             # A large body: a slice now, the rest after the other connections.
             self._rest = memoryview(data)
             self._rest_at = 0
             self._pause(_PAUSE_SLICE)
-            self._next_slice()
+            if self._next_slice():
+                self._listener.defer_slices(self)
             return
         self._feed(data)
 
-    def _next_slice(self) -> None:
+    def _next_slice(self) -> bool:
+        """Parse the next slice of the backlog; whether some of it is left."""
         rest = self._rest
         if rest is None:
-            return
+            return False
         if self.closed or self._phase == _LINGER:
             self._rest = None
-            return
+            return False
         at = self._rest_at
         reading = self._reading
         # A body streams in large slices; requests one after another in small
@@ -421,10 +462,11 @@ class ClientConnection(asyncio.Protocol):
             self._rest = None
             self._feed(rest[at:])
             self.resume_reading(_PAUSE_SLICE)
-            return
+            return False
         self._rest_at = end
-        self._loop.call_soon(self._next_slice)
         self._feed(rest[at:end])
+        # Parsing may have ended the connection or dropped the rest (a refusal).
+        return self._rest is not None and not self.closed
 
     def _feed(self, data: bytes | memoryview) -> None:
         self._feeding = True
@@ -449,6 +491,10 @@ class ClientConnection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, "request head too large\n")
+                return
+        if self._phase <= _HEAD and not self._deadline and not self.closed:
+            # Idle, or a head begun in this read: the time allowed counts from now.
+            self._set_deadline(self._phase, self._loop.time() + self._listener.header_seconds)
 
     def _end_feed(self) -> None:
         """The parser returned: what its callbacks answered goes out in one write."""
@@ -512,7 +558,10 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = True
         self._reading = None
         if self._phase == _IDLE:
-            self._set_deadline(_HEAD, self._loop.time() + self._listener.header_seconds)
+            # The head's time starts now; its deadline is set once the read is
+            # parsed (a head that completes in its read never needs one).
+            self._phase = _HEAD
+            self._deadline = 0.0
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -539,7 +588,8 @@ class ClientConnection(asyncio.Protocol):
             self._body_start = now
             self._set_deadline(_BODY, now + self._limits.body_read_seconds)
         elif self._phase != _IDLE:
-            self._set_deadline(_BUSY, 0.0)
+            self._phase = _BUSY
+            self._deadline = 0.0
         if self._current is None:
             self._start(exchange)
         else:
@@ -570,15 +620,18 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.body_done:
             exchange._end()
         elif self._current is None and self._phase != _LINGER and not self.closed:
-            # Answered while its head was parsed: the connection is idle now.
-            self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
+            # Answered while its head was parsed: the connection is idle now
+            # (its deadline is set once the read is parsed).
+            self._phase = _IDLE
+            self._deadline = 0.0
 
     # -- requests -------------------------------------------------------------
 
     def _request(self) -> Request:
         parser = self._parser
         target = self._url
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         version = parser.get_http_version()
         names = self._names
         fields = self._fields

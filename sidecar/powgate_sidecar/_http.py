@@ -109,6 +109,7 @@ class Request:
         "content_length",
         "expect_continue",
         "fields",
+        "has_body",
         "keep_alive",
         "method",
         "names",
@@ -149,10 +150,8 @@ class Request:
         self.chunked = chunked
         self.expect_continue = expect_continue
         self.peer = peer
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        #: A body follows the head (read once per request by each layer: stored).
+        self.has_body = chunked or bool(content_length)
 
     def header(self, name: bytes) -> bytes | None:
         """The first field called ``name`` (lower case), or ``None``."""

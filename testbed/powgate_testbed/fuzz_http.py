@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["main"]
+__all__ = ["ClientTransport", "main"]
 
 #: Methods a route of the fuzzed configuration protects (a route lists at most 16).
 PROTECTED: Final = (
@@ -159,7 +159,7 @@ class Harness:
 
     async def _feed(self, data: bytes) -> None:
         conn = self.listener()
-        transport = _ClientTransport()
+        transport = ClientTransport()
         conn.connection_made(transport)
         # The same bytes in up to four reads, cut where the input says: the
         # parser must give the same answer whatever the cuts.
@@ -189,7 +189,7 @@ class Harness:
             raise CheckFailedError(f"{len(pending)} tasks outlived the input: {pending[:2]}")
 
 
-class _ClientTransport(asyncio.Transport):
+class ClientTransport(asyncio.Transport):
     """What the sidecar writes to the client; answers are dropped, closing is noted."""
 
     def __init__(self) -> None:

@@ -41,7 +41,8 @@ from powgate import (
 )
 from powgate._keys import new_secret
 from powgate.config import CONFIG_CONTRACT, Mode, QueueConfig, RouteConfig, SidecarConfig
-from powgate_sidecar import Limits, Sidecar
+from powgate_sidecar import Limits, Sidecar, _connection
+from powgate_testbed.fuzz_http import ClientTransport
 from waiting import eventually_async
 
 POLICY = "team/chat"
@@ -869,6 +870,54 @@ async def test_a_long_pipeline_is_answered_in_order(h: Harness) -> None:
     assert statuses == [b"428"] * 3000 + [b"200"]
     assert [path for _, path, _, _ in h.upstream.seen] == ["/other"]
     assert h.count("chat", "challenged", "missing") == 3000
+
+
+class _Recorded(ClientTransport):
+    """A client transport that notes which connection wrote what, in order."""
+
+    def __init__(self, name: str, writes: list[tuple[str, bytes]]) -> None:
+        super().__init__()
+        self.name = name
+        self.writes = writes
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append((self.name, bytes(data)))
+
+
+async def test_backlogs_share_one_budget_a_turn_and_a_single_request_goes_first(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget of nothing: one slice a turn, whatever the number of flooding
+    # connections, so a turn stays short however many pipeline at once.
+    monkeypatch.setattr(_connection, "TURN_BUDGET", 0.0)
+    listener = h.sidecar.listener()
+    writes: list[tuple[str, bytes]] = []
+    junk = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" * 20
+    flooders = []
+    for name in ("a", "b", "c"):
+        conn = listener()
+        conn.connection_made(_Recorded(name, writes))
+        conn.data_received(junk)
+        flooders.append(conn)
+    assert writes == []  # several requests in one read wait for the loop's next turn
+    await asyncio.sleep(0)
+    assert [name for name, _ in writes] == ["a"]  # one slice, not one per connection
+    single = listener()
+    single.connection_made(_Recorded("single", writes))
+    single.data_received(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert writes[-1][0] == "single"  # a read of one request: answered in its own turn
+    for _ in range(200):
+        if not any(conn.backlog for conn in flooders):
+            break
+        await asyncio.sleep(0)
+    order = [name for name, _ in writes if name != "single"]
+    assert order[:6] == ["a", "b", "c", "a", "b", "c"]  # round-robin
+    for name in ("a", "b", "c"):
+        answered = b"".join(data for each, data in writes if each == name)
+        assert answered.count(b"HTTP/1.1 428 ") == 20
+    assert h.upstream.seen == []
+    for conn in [*flooders, single]:
+        conn.connection_lost(None)
 
 
 async def test_after_a_raise_and_its_grace_easier_challenges_are_refused() -> None:
