@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -62,10 +62,13 @@ SECONDS: Final = 5
 CONNECTIONS: Final = 50
 #: Every measurement runs this many times, interleaved, and the best run counts.
 ROUNDS: Final = 3
-#: Distinct solutions per pass-path run (loaded, unloaded): more than the sidecar
-#: serves in one run. Each run gets its own, since wrk starts a pool from its top.
-POOL: Final = 100_000
-QUIET_POOL: Final = 20_000
+#: Distinct solutions per pass-path run: each run gets a pool of its own (wrk
+#: starts a pool from its top), sized from the fastest pass rate measured so
+#: far with this margin (a run past the end of its pool would mix in replays,
+#: refused cheaply, and inflate the pass rate), starting from a one-second
+#: calibration run. A run that used up its pool anyway is run again.
+POOL_MARGIN: Final = 2.0
+FIRST_POOL: Final = 20_000
 SSE_SAMPLES: Final = 200
 LUA: Final = Path(__file__).with_name("proxy_wrk.lua")
 CONFIG: Final = SidecarConfig(
@@ -261,6 +264,38 @@ def _solutions(keyring: KeyRing, count: int, *, client: str | None = None) -> li
     return out
 
 
+class Pools:
+    """Files of fresh solutions for wrk, each used by one run only, sized by the pass rate."""
+
+    def __init__(self, keyring: KeyRing, root: Path) -> None:
+        self._keyring = keyring
+        self._root = root
+        self._made = 0
+        #: Fastest pass rate seen, per kind of run (requests a second).
+        self._rates: dict[str, float] = {}
+
+    def file(self, count: int, *, client: str | None = None) -> Path:
+        self._made += 1
+        path = self._root / f"pool-{self._made}.txt"
+        path.write_text("\n".join(_solutions(self._keyring, count, client=client)) + "\n")
+        return path
+
+    def run(
+        self, kind: str, *, seconds: float, client: str | None = None, load: Callable[[Path], Run]
+    ) -> Run:
+        """``load`` with a pool big enough for ``seconds`` at the fastest rate of ``kind`` seen."""
+        size = max(FIRST_POOL, int(self._rates.get(kind, 0.0) * seconds * POOL_MARGIN))
+        run = load(self.file(size, client=client))
+        if run.requests >= size:
+            # Past the end of its pool: replays were mixed in. Again, with room.
+            size = int(run.requests * POOL_MARGIN)
+            run = load(self.file(size, client=client))
+            if run.requests >= size:
+                raise RuntimeError(f"{kind}: {run.requests:,} requests used up {size:,} solutions")
+        self._rates[kind] = max(self._rates.get(kind, 0.0), run.rate)
+        return run
+
+
 def _first_event_ms(port: int, *, headers: str = "") -> float:
     """Milliseconds from sending a streamed chat completion to its first ``data:`` line."""
     body = json.dumps(
@@ -353,10 +388,8 @@ class Setup:
     sidecar_workers: int
     priced: int
     priced_pid: int
-    #: ROUNDS pools of solutions for the loaded pass runs, then ROUNDS for the unloaded ones.
-    pools: list[Path]
-    #: ROUNDS pools priced for wrk's client, for the priced sidecar's pass runs.
-    priced_pools: list[Path]
+    #: Fresh solutions for the pass runs.
+    pools: Pools
     forged: str
     issuer: Issuer
 
@@ -389,19 +422,7 @@ def _servers() -> Iterator[Setup]:
             priced_config = root / "priced" / "config.json"
             priced_config.parent.mkdir()
             priced_config.write_text(PRICED.to_json())
-            sizes = [POOL] * ROUNDS + [QUIET_POOL] * ROUNDS
-            solutions = _solutions(keyring, sum(sizes) + 1)
-            pools, start = [], 1
-            for index, size in enumerate(sizes):
-                pools.append(root / f"pool-{index}.txt")
-                pools[-1].write_text("\n".join(solutions[start : start + size]) + "\n")
-                start += size
-            priced_solutions = _solutions(keyring, POOL * ROUNDS, client=WRK_CLIENT)
-            priced_pools = []
-            for index in range(ROUNDS):
-                priced_pools.append(root / f"priced-pool-{index}.txt")
-                batch = priced_solutions[index * POOL : (index + 1) * POOL]
-                priced_pools[-1].write_text("\n".join(batch) + "\n")
+            solutions = _solutions(keyring, 1)
             forged_payload = dataclasses.replace(
                 decode_solution(solutions[0]), signature="0" * 64
             ).encode()
@@ -486,8 +507,7 @@ def _servers() -> Iterator[Setup]:
                 sidecar_workers=sidecar_workers,
                 priced=priced,
                 priced_pid=priced_pid,
-                pools=pools,
-                priced_pools=priced_pools,
+                pools=Pools(keyring, root),
                 forged=forged_payload,
                 issuer=Issuer(keyring=keyring),
             )
@@ -530,27 +550,50 @@ def main() -> None:
         runs: dict[str, list[Run]] = collections.defaultdict(list)
         # Interleaved rounds: a slow moment of the shared machine hits one run
         # of each kind rather than every run of one kind.
-        for round_ in range(ROUNDS):
-            pool, quiet_pool = s.pools[round_], s.pools[ROUNDS + round_]
+        pools = s.pools
+        priced_url = url.format(s.priced)
+        # Calibration: the pass rate sizes the first round's pools.
+        pools.run(
+            "pass",
+            seconds=1,
+            load=lambda pool: _wrk(
+                url.format(s.sidecar), connections=CONNECTIONS, seconds=1, pool=pool
+            ),
+        )
+        for _ in range(ROUNDS):
             runs["direct"].append(loaded(url.format(s.upstream)))
             runs["nginx"].append(loaded(url.format(s.nginx_proxy), proxy=nginx_pid))
             runs["bare"].append(loaded(url.format(s.bare), proxy=s.bare_pid))
-            runs["pass"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid, pool=pool))
+            runs["pass"].append(
+                pools.run(
+                    "pass",
+                    seconds=SECONDS,
+                    load=lambda pool: loaded(url.format(s.sidecar), proxy=sidecar_pid, pool=pool),
+                )
+            )
             reject_url = f"http://127.0.0.1:{s.nginx_proxy}/reject"
             runs["nginx_reject"].append(loaded(reject_url, proxy=nginx_pid))
             bare_reject_url = f"http://127.0.0.1:{s.bare}/reject"
             runs["bare_reject"].append(loaded(bare_reject_url, proxy=s.bare_pid))
             runs["missing"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid))
             runs["forged"].append(loaded(url.format(s.sidecar), proxy=sidecar_pid, header=s.forged))
-            priced_url = url.format(s.priced)
             runs["priced_pass"].append(
-                loaded(priced_url, proxy=s.priced_pid, pool=s.priced_pools[round_])
+                pools.run(
+                    "priced_pass",
+                    seconds=SECONDS,
+                    client=WRK_CLIENT,
+                    load=lambda pool: loaded(priced_url, proxy=s.priced_pid, pool=pool),
+                )
             )
             runs["priced_missing"].append(loaded(priced_url, proxy=s.priced_pid))
             runs["quiet_direct"].append(quiet(url.format(s.upstream)))
             runs["quiet_nginx"].append(quiet(url.format(s.nginx_proxy)))
             runs["quiet_bare"].append(quiet(url.format(s.bare)))
-            runs["quiet_sidecar"].append(quiet(url.format(s.sidecar), pool=quiet_pool))
+            runs["quiet_sidecar"].append(
+                pools.run(
+                    "quiet", seconds=3, load=lambda pool: quiet(url.format(s.sidecar), pool=pool)
+                )
+            )
         sse_direct = _sse_median(s.standin, issuer=None)
         sse_nginx = _sse_median(s.nginx_sse, issuer=None)
         sse_sidecar = _sse_median(s.sidecar_sse, issuer=s.issuer)
@@ -779,11 +822,19 @@ def profile(*, load: str, seconds: int = 10) -> None:
         out = Path(tmp) / "profile.txt"
         argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds)]
         argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
-        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/v1/chat"
         pool = None
         if load.endswith("pass"):
-            pool = s.priced_pools[0] if priced else s.pools[0]
-        url = f"http://127.0.0.1:{port}/v1/chat"
+            # Sized by a calibration run before sampling, so no replay is sampled.
+            client = WRK_CLIENT if priced else None
+            rate = s.pools.run(
+                load,
+                seconds=1,
+                client=client,
+                load=lambda pool: _wrk(url, connections=CONNECTIONS, seconds=1, pool=pool),
+            ).rate
+            pool = s.pools.file(int(rate * (seconds + 2) * POOL_MARGIN), client=client)
+        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wrk(url, connections=CONNECTIONS, seconds=seconds + 2, pool=pool)
         sampler.wait(timeout=60)
         own: collections.Counter[str] = collections.Counter()
