@@ -149,6 +149,11 @@ class MemoryCluster:
             body = _merge(current, patch)
         return copy.deepcopy(self._store(resource, body, create=False, previous=current))
 
+    async def delete(self, resource: Resource, name: str, *, namespace: str | None) -> None:
+        self._enter("delete", resource, name, namespace)
+        self._existing(resource, name, namespace)
+        del self.objects[self._key(resource, name, namespace)]
+
     async def server_version(self) -> tuple[str, str]:
         self._enter("version", None, None, None)
         return self.version

@@ -28,6 +28,7 @@ from powgate.policy import GROUP, KIND, PLURAL, VERSION
 __all__ = [
     "CONFIG_MAPS",
     "MUTATING_WEBHOOK_CONFIGURATIONS",
+    "NETWORK_POLICIES",
     "PODS",
     "POW_POLICIES",
     "ROLES",
@@ -123,6 +124,7 @@ CONFIG_MAPS: Final = Resource("", "v1", "configmaps", "ConfigMap")
 PODS: Final = Resource("", "v1", "pods", "Pod")
 ROLES: Final = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLE_BINDINGS: Final = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+NETWORK_POLICIES: Final = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 MUTATING_WEBHOOK_CONFIGURATIONS: Final = Resource(
     "admissionregistration.k8s.io",
     "v1",
@@ -168,6 +170,10 @@ class Cluster(Protocol):
         patch_type: PatchType = PatchType.MERGE,
         subresource: str | None = None,
     ) -> Manifest: ...
+
+    async def delete(self, resource: Resource, name: str, *, namespace: str | None) -> None:
+        """Delete the object; :class:`NotFoundError` when it is gone already."""
+        ...
 
     async def server_version(self) -> tuple[str, str]:
         """The API server's ``major`` and ``minor`` version fields."""

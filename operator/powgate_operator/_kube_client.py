@@ -104,6 +104,10 @@ class KubeCluster:
             what=f"patch {resource.kind} {name}",
         )
 
+    async def delete(self, resource: Resource, name: str, *, namespace: str | None) -> None:
+        path = resource.path(namespace=namespace, name=name)
+        await self._call("DELETE", path, what=f"delete {resource.kind} {name}")
+
     async def server_version(self) -> tuple[str, str]:
         info = await self._call("GET", "/version", what="get the server version")
         return str(info.get("major", "")), str(info.get("minor", ""))

@@ -22,6 +22,7 @@ __all__ = [
     "RECONCILE_SECONDS",
     "REPUTATION_LABELS",
     "TLS_ERRORS",
+    "UNPROTECTED_PODS",
 ]
 
 _PREFIX: Final = "powgate_operator"
@@ -75,6 +76,12 @@ INJECTIONS: Final = Counter(
     f"{_PREFIX}_injections_total",
     "Pod admissions seen by the injector, by result (Injected, a skip reason, or Error).",
     ["result"],
+)
+UNPROTECTED_PODS: Final = Gauge(
+    f"{_PREFIX}_unprotected_pods",
+    "Running pods a policy selects that carry no sidecar (created while the webhook was "
+    "down or before the policy, opted out, or on the host's network), per policy.",
+    ["policy"],
 )
 GRANT_ERRORS: Final = Counter(
     f"{_PREFIX}_grant_errors_total",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
@@ -18,7 +18,9 @@ from powgate._keys import new_secret
 from powgate.config import CONFIG_DATA_KEY, ReplayStoreSpec, SidecarConfig, StoreOutage
 from powgate.contract import (
     KEYRING_SECRET_KEY,
+    METRICS_PORT_NAME,
     NAMESPACE_LABEL,
+    NAMESPACE_LABEL_REQUIRED,
     NAMESPACE_LABEL_VALUE,
     OPT_OUT_LABEL,
     POLICY_LABEL,
@@ -41,22 +43,27 @@ from powgate.policy import (
     SignalStatus,
     config_map_name,
     key_secret_name,
+    network_policy_name,
     reputation_name,
 )
 from powgate.reputation import REPUTATION_DATA_KEY
 
+from ._pods import PodFacts
 from ._prometheus import SidecarKeys, StoreReach
 
 __all__ = [
     "HANDLER_ID",
+    "HOOKS",
     "MANAGED_BY",
     "SWITCHED_AT_ANNOTATION",
     "WEBHOOK_NAME",
     "ForeignObjectError",
+    "Hook",
     "KeyState",
     "config_map_body",
     "key_secret_body",
     "key_state_from_secret",
+    "network_policy_body",
     "next_keys",
     "owned_by",
     "owner_reference",
@@ -72,9 +79,31 @@ __all__ = [
 ]
 
 MANAGED_BY: Final = "powgate-operator"
-#: kopf routes ``<server>/<handler id>`` to the handler: the path in the client config.
-HANDLER_ID: Final = "inject"
-WEBHOOK_NAME: Final = "inject.powgate.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One webhook of the configuration: which namespaces it serves, and how strictly."""
+
+    #: The webhook's name in the configuration.
+    name: str
+    #: kopf routes ``<server>/<handler id>`` to the handler: the path in the client config.
+    handler: str
+    #: The value of the namespace label ``powgate.dev/injection`` it serves.
+    label_value: str
+    #: Fail: the API server refuses pods while the webhook cannot answer, and the handler
+    #: refuses a selected pod it cannot inject. None: the configured failure policy.
+    failure_policy: str | None
+
+
+#: Namespaces labelled ``enabled``: pods are never blocked by powgate (the chart's
+#: failurePolicy, Ignore by default); ``required``: no selected pod runs without the sidecar.
+HOOKS: Final = (
+    Hook("inject.powgate.dev", "inject", NAMESPACE_LABEL_VALUE, None),
+    Hook("inject-required.powgate.dev", "inject-required", NAMESPACE_LABEL_REQUIRED, "Fail"),
+)
+HANDLER_ID: Final = HOOKS[0].handler
+WEBHOOK_NAME: Final = HOOKS[0].name
 _KID = re.compile(r"^k(\d{1,12})$")
 
 
@@ -358,13 +387,51 @@ def role_binding_body(policy: Mapping[str, Any], service_accounts: Iterable[str]
     }
 
 
+# -- the sidecar as the only way in ----------------------------------------------------
+
+
+def network_policy_body(policy: Mapping[str, Any], pods: Iterable[PodFacts]) -> dict[str, Any]:
+    """A NetworkPolicy admitting ingress to the policy's pods only where it may enter.
+
+    It selects the pods that carry the policy's sidecar and admits every
+    source to the sidecar's ports and to the other ports the pods declare,
+    by name where they have one (resolved per pod), else by number: all but
+    the app's port the sidecar took over, which would otherwise be a way
+    around it (``podIP:port``). The kubelet's probes are not subject to it.
+    """
+    name = policy["metadata"]["name"]
+    ports: set[tuple[str, str | int]] = {("TCP", METRICS_PORT_NAME)}
+    for pod in pods:
+        if pod.sidecar_of != name:
+            continue
+        for port in (*pod.sidecar_ports, *pod.other_ports):
+            ports.add((port.protocol, port.name or port.number))
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(policy, network_policy_name(name)),
+        "spec": {
+            "podSelector": {"matchLabels": {POLICY_LABEL: name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [
+                        {"protocol": protocol, "port": port}
+                        for protocol, port in sorted(ports, key=lambda p: (p[0], str(p[1])))
+                    ]
+                }
+            ],
+        },
+    }
+
+
 # -- the injector's registration --------------------------------------------------
 
 
 def webhook_configuration_body(
     *,
     name: str,
-    client_config: Mapping[str, Any],
+    client_config: Callable[[Hook], Mapping[str, Any]],
     excluded_namespaces: Iterable[str],
     failure_policy: str,
     timeout_seconds: int,
@@ -376,8 +443,8 @@ def webhook_configuration_body(
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
         "webhooks": [
             {
-                "name": WEBHOOK_NAME,
-                "clientConfig": dict(client_config),
+                "name": hook.name,
+                "clientConfig": dict(client_config(hook)),
                 "rules": [
                     {
                         "apiGroups": [""],
@@ -388,7 +455,7 @@ def webhook_configuration_body(
                     }
                 ],
                 "namespaceSelector": {
-                    "matchLabels": {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE},
+                    "matchLabels": {NAMESPACE_LABEL: hook.label_value},
                     # Belt and braces: these are never injected even if labelled.
                     "matchExpressions": [
                         {
@@ -403,7 +470,7 @@ def webhook_configuration_body(
                         {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
                     ]
                 },
-                "failurePolicy": failure_policy,
+                "failurePolicy": hook.failure_policy or failure_policy,
                 "timeoutSeconds": timeout_seconds,
                 # Admission writes nothing: grants follow the pods once they exist.
                 "sideEffects": "None",
@@ -411,6 +478,7 @@ def webhook_configuration_body(
                 "reinvocationPolicy": "Never",
                 "admissionReviewVersions": ["v1"],
             }
+            for hook in HOOKS
         ],
     }
 

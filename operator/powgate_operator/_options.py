@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from powgate.cliargs import add_env_argument, env_name, parse_host_port
 
 from ._inject import SidecarTemplate
-from ._objects import HANDLER_ID, webhook_configuration_body
+from ._objects import Hook, webhook_configuration_body
 from ._webhook_certs import SERVING_LIFETIME
 
 __all__ = ["WebhookOptions", "add_webhook_arguments", "webhook_options"]
@@ -74,18 +74,16 @@ class WebhookOptions:
 
     def configuration_body(self, *, ca_bundle: bytes) -> dict[str, Any]:
         """The whole MutatingWebhookConfiguration, when the operator owns it."""
-        client: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
-        if self.url is not None:
-            client["url"] = f"{self.url.rstrip('/')}/{HANDLER_ID}"
-        else:
+        bundle = base64.b64encode(ca_bundle).decode()
+
+        def client(hook: Hook) -> dict[str, Any]:
+            if self.url is not None:
+                return {"caBundle": bundle, "url": f"{self.url.rstrip('/')}/{hook.handler}"}
             assert self.service is not None
             namespace, name, port = self.service
-            client["service"] = {
-                "namespace": namespace,
-                "name": name,
-                "port": port,
-                "path": f"/{HANDLER_ID}",
-            }
+            service = {"namespace": namespace, "name": name, "port": port}
+            return {"caBundle": bundle, "service": {**service, "path": f"/{hook.handler}"}}
+
         return webhook_configuration_body(
             name=self.configuration,
             client_config=client,

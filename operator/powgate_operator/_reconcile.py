@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
@@ -29,15 +31,20 @@ from powgate.policy import (
     ConditionStatus,
     ConditionType,
     KeyStatus,
+    LabelSelector,
+    NetworkPolicyMode,
     PolicySpec,
     PolicyStatus,
     PricingStatus,
+    ProtectionStatus,
     ReputationImport,
     ReputationSourceKind,
     RolloutStatus,
+    UnprotectedPod,
     config_map_name,
     key_secret_name,
     last_raise,
+    network_policy_name,
     render_config,
     reputation_name,
 )
@@ -51,17 +58,21 @@ from powgate.reputation import (
 from . import _metrics as metrics
 from ._cluster import (
     CONFIG_MAPS,
+    NETWORK_POLICIES,
     POW_POLICIES,
     SECRETS,
     Cluster,
     ClusterError,
+    ForbiddenError,
     Manifest,
+    NotFoundError,
     PatchType,
     patch_status,
     read,
     update,
 )
 from ._grants import write_grants
+from ._inject import selector_matches
 from ._objects import (
     MANAGED_BY,
     ForeignObjectError,
@@ -69,6 +80,7 @@ from ._objects import (
     config_map_body,
     key_secret_body,
     key_state_from_secret,
+    network_policy_body,
     next_keys,
     owned_by,
     replay_store_conditions,
@@ -76,7 +88,7 @@ from ._objects import (
     set_condition,
     status_after,
 )
-from ._pods import PodView, injected_accounts
+from ._pods import PodFacts, PodView, injected_accounts
 from ._prometheus import (
     NO_CREDENTIAL_ADDRESSES,
     CredentialAddresses,
@@ -115,6 +127,15 @@ STATUS_HEARTBEAT_SECONDS: Final = 60.0
 class _Key:
     namespace: str
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Network:
+    """The NetworkPolicy as last decided: for which mode and pod ports, and its status."""
+
+    mode: NetworkPolicyMode
+    ports: str
+    state: str
 
 
 _NO_API_KEYS: Final = ApiKeyHashes().model_dump_json(by_alias=True)
@@ -187,6 +208,8 @@ class Reconciler:
         #: Service accounts last bound per policy (pod events compare against it).
         self._grants: dict[_Key, tuple[frozenset[str], float]] = {}
         self._grant_locks: dict[_Key, asyncio.Lock] = {}
+        #: The NetworkPolicy last decided: for which mode and ports, and what status says.
+        self._network: dict[_Key, tuple[_Network, float]] = {}
         self._reputation: dict[_Key, tuple[_Lists, float]] = {}
         self._api_keys: dict[_Key, tuple[str, float]] = {}
 
@@ -199,6 +222,9 @@ class Reconciler:
         self._configs.pop(key, None)
         self._grants.pop(key, None)
         self._grant_locks.pop(key, None)
+        self._network.pop(key, None)
+        with contextlib.suppress(KeyError):
+            metrics.UNPROTECTED_PODS.remove(f"{namespace}/{name}")
         self._reputation.pop(key, None)
         self._api_keys.pop(key, None)
 
@@ -262,34 +288,39 @@ class Reconciler:
             metrics.RECONCILES.labels(trigger, result).inc()
         metrics.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
 
-    async def grant(self, *, namespace: str, name: str, pods: PodView) -> None:
-        """Bind the policy's Role to the accounts of its injected pods, if they changed.
+    async def follow_pods(self, *, namespace: str, name: str, pods: PodView) -> None:
+        """Bring the binding and the NetworkPolicy up to the policy's pods, if they changed.
 
         Called on every event of a pod carrying the policy's sidecar: cheap
-        when nothing changed (no API call), one read and at most two writes
-        when an account appears or its last pod goes.
+        when nothing changed (no API call); when an account appears or its
+        last pod goes, or the pods declare other ports, one read of the policy
+        and the writes that follow.
         """
         key = _Key(namespace, name)
-        accounts = frozenset(injected_accounts(pods.in_namespace(namespace), name))
-        if _fresh(self._grants.get(key)) == accounts:
+        here = pods.in_namespace(namespace)
+        accounts = frozenset(injected_accounts(here, name))
+        network = _fresh(self._network.get(key))
+        ports = _ports_signature(here, name)
+        same_ports = network is None or network.ports == ports
+        if _fresh(self._grants.get(key)) == accounts and same_ports:
             return
         async with self._grant_locks.setdefault(key, asyncio.Lock()):
-            if _fresh(self._grants.get(key)) == accounts:
-                return
             policy = await self._get_policy(key)
             if policy is None or policy["metadata"].get("deletionTimestamp"):
                 return
             try:
-                await write_grants(self._cluster, policy, accounts)
-            except ForeignObjectError as exc:
+                if _fresh(self._grants.get(key)) != accounts:
+                    await write_grants(self._cluster, policy, accounts)
+                    self._grants[key] = (accounts, time.monotonic())
+                if network is not None and network.ports != ports:
+                    spec = PolicySpec.model_validate(policy.get("spec") or {})
+                    await self._ensure_network_policy(key, policy, spec, here)
+            except (ForeignObjectError, ValidationError) as exc:
                 # Reported in the policy's status by its next reconcile.
                 log.error("%s/%s: %s", namespace, name, exc)
-                return
             except ClusterError as exc:
                 metrics.GRANT_ERRORS.inc()
-                log.error("%s/%s: binding %s failed: %s", namespace, name, sorted(accounts), exc)
-                return
-            self._grants[key] = (accounts, time.monotonic())
+                log.error("%s/%s: following its pods failed: %s", namespace, name, exc)
 
     async def _reconcile(self, key: _Key, *, evaluate_signals: bool, pods: PodView | None) -> str:
         """One reconcile; returns its result for the metric ("ok" or what was wrong)."""
@@ -381,8 +412,10 @@ class Reconciler:
             default_store=self._default_store,
         )
         await self._ensure_config(key, policy, config)
+        protection: ProtectionStatus | None = None
         if pods is not None:
             await self._ensure_grants(key, policy, pods)
+            protection = await self._ensure_protection(key, policy, spec, pods)
         # Prometheus is asked only on evaluations, and only with usable credentials.
         reachable = evaluate_signals and not isinstance(credentials, Failure)
         usable = None if isinstance(credentials, Failure) else credentials
@@ -419,6 +452,8 @@ class Reconciler:
         self._announce_store(policy, previous, status)
         if key_status is not None:
             status = status.model_copy(update={"keys": key_status})
+        if protection is not None:
+            status = self._protected(policy, previous, status, protection, now=now)
         if keys_problem:
             status = status.model_copy(
                 update={
@@ -792,6 +827,125 @@ class Reconciler:
             await write_grants(self._cluster, policy, accounts)
             self._grants[key] = (accounts, time.monotonic())
 
+    async def _ensure_protection(
+        self, key: _Key, policy: Manifest, spec: PolicySpec, pods: PodView
+    ) -> ProtectionStatus:
+        """The NetworkPolicy, and which selected pods run without the sidecar."""
+        here = pods.in_namespace(key.namespace)
+        injected = [p for p in here if p.sidecar_of == key.name and not p.finished]
+        bare = sorted(
+            (p.name, str(reason))
+            for p in here
+            if (reason := p.unprotected(key.name, spec.selector)) is not None
+        )
+        metrics.UNPROTECTED_PODS.labels(f"{key.namespace}/{key.name}").set(len(bare))
+        return ProtectionStatus(
+            injected_pods=len(injected),
+            unprotected_pods=len(bare),
+            unprotected=[UnprotectedPod(name=n, reason=r) for n, r in bare[:10]],
+            # Status holds 256 characters; a long name in the reason must not break it.
+            network_policy=(await self._ensure_network_policy(key, policy, spec, here))[:256],
+        )
+
+    async def _ensure_network_policy(
+        self, key: _Key, policy: Manifest, spec: PolicySpec, pods: Sequence[PodFacts]
+    ) -> str:
+        """Write, keep or remove the policy's NetworkPolicy; what status says of it."""
+        mode = spec.network_policy.mode
+        ports = _ports_signature(pods, key.name)
+        known = _fresh(self._network.get(key))
+        if known is not None and (known.mode, known.ports) == (mode, ports):
+            return known.state
+        try:
+            state = await self._write_network_policy(key, policy, mode, pods)
+        except ForbiddenError as exc:
+            # Not the policy's fault: the chart (or whoever installed the operator)
+            # withheld NetworkPolicies. Said in status, tried again after the heartbeat.
+            log.warning("%s/%s: NetworkPolicy not managed: %s", key.namespace, key.name, exc)
+            state = f"Forbidden: the operator may not manage NetworkPolicies here ({exc})"
+        self._network[key] = (_Network(mode, ports, state), time.monotonic())
+        return state
+
+    async def _write_network_policy(
+        self, key: _Key, policy: Manifest, mode: NetworkPolicyMode, pods: Sequence[PodFacts]
+    ) -> str:
+        name = network_policy_name(key.name)
+        if mode is NetworkPolicyMode.OFF:
+            await self._remove_network_policy(key, policy, name)
+            return "Off"
+        if mode is NetworkPolicyMode.AUTO:
+            others = sorted(
+                other["metadata"]["name"]
+                for other in await self._cluster.list_objects(
+                    NETWORK_POLICIES, namespace=key.namespace
+                )
+                if not owned_by(other, policy) and _isolates_any(other, pods, key.name)
+            )
+            if others:
+                # Ours admits every source to the sidecar: next to theirs it would widen them.
+                await self._remove_network_policy(key, policy, name)
+                return (
+                    f"NotWritten: NetworkPolicy {others[0]} also selects the pods (let it admit "
+                    "the sidecar's ports, or set networkPolicy.mode Always)"
+                )
+        wanted = network_policy_body(policy, pods)
+
+        def to_wanted(current: Manifest | None) -> Manifest | None:
+            if current is None:
+                return wanted
+            if not owned_by(current, policy):
+                raise ForeignObjectError("NetworkPolicy", name, "not created by the operator")
+            if current.get("spec") == wanted["spec"]:
+                return None
+            return {**current, "spec": wanted["spec"]}
+
+        namespace = key.namespace
+        await update(self._cluster, NETWORK_POLICIES, name, namespace=namespace, change=to_wanted)
+        return "Applied"
+
+    async def _remove_network_policy(self, key: _Key, policy: Manifest, name: str) -> None:
+        current = await read(self._cluster, NETWORK_POLICIES, name, namespace=key.namespace)
+        if current is not None and owned_by(current, policy):
+            with contextlib.suppress(NotFoundError):
+                await self._cluster.delete(NETWORK_POLICIES, name, namespace=key.namespace)
+
+    def _protected(
+        self,
+        policy: Manifest,
+        previous: PolicyStatus,
+        status: PolicyStatus,
+        protection: ProtectionStatus,
+        *,
+        now: datetime,
+    ) -> PolicyStatus:
+        """``status`` with the protection and its condition; an event when pods lose it."""
+        if protection.unprotected_pods:
+            names = ", ".join(f"{p.name} ({p.reason})" for p in protection.unprotected)
+            condition = (
+                ConditionStatus.FALSE,
+                "UnprotectedPods",
+                f"{protection.unprotected_pods} selected pod(s) run without the sidecar: {names}; "
+                "recreate them (kubectl rollout restart) once the webhook answers",
+            )
+            before = previous.protection.unprotected_pods if previous.protection else 0
+            if before == 0:
+                self._event(policy, "Warning", "UnprotectedPods", condition[2])
+        else:
+            condition = (ConditionStatus.TRUE, "AllPodsInjected", "")
+        return status.model_copy(
+            update={
+                "protection": protection,
+                "conditions": set_condition(
+                    status.conditions,
+                    kind=ConditionType.PODS_PROTECTED,
+                    status=condition[0],
+                    reason=condition[1],
+                    message=condition[2],
+                    now=now,
+                ),
+            }
+        )
+
     async def _write_status(
         self, key: _Key, *, previous: PolicyStatus, status: PolicyStatus
     ) -> None:
@@ -860,6 +1014,34 @@ def _fresh(entry: tuple[T, float] | None) -> T | None:
     if entry is None or time.monotonic() - entry[1] >= STATUS_HEARTBEAT_SECONDS:
         return None
     return entry[0]
+
+
+def _ports_signature(pods: Sequence[PodFacts], policy: str) -> str:
+    """The ports the policy's injected pods declare: the NetworkPolicy follows them."""
+    return json.dumps(
+        sorted(
+            {
+                (port.protocol, port.name, port.number)
+                for pod in pods
+                if pod.sidecar_of == policy
+                for port in (*pod.sidecar_ports, *pod.other_ports)
+            }
+        )
+    )
+
+
+def _isolates_any(other: Manifest, pods: Sequence[PodFacts], policy: str) -> bool:
+    """Whether a NetworkPolicy restricts ingress to any pod carrying the policy's sidecar."""
+    spec = other.get("spec") or {}
+    # Without policyTypes a NetworkPolicy restricts ingress (and egress too with rules).
+    types = spec.get("policyTypes") or ["Ingress"]
+    if "Ingress" not in types:
+        return False
+    try:
+        selector = LabelSelector.model_validate(spec.get("podSelector") or {})
+    except ValidationError:
+        return True  # unreadable: assume it does, and write nothing that could widen it
+    return any(p.sidecar_of == policy and selector_matches(selector, p.labels) for p in pods)
 
 
 def _owned_by_policy(obj: Manifest, policy: str) -> bool:

@@ -64,11 +64,11 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
         return {} if facts is None or namespace is None else {namespace: facts}
 
     @kopf.on.event("", "v1", "pods", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
-    async def grant(*, namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    async def follow_pods(*, namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
         # Every event of a pod that may carry a sidecar, deletions included: the index
         # already holds the pod's new state, so the accounts are those of pods that exist.
         if namespace is not None:
-            await reconciler.grant(
+            await reconciler.follow_pods(
                 namespace=namespace, name=labels[POLICY_LABEL], pods=IndexedPods(kwargs[_PODS])
             )
 

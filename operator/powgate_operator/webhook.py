@@ -38,7 +38,10 @@ treats the one question it cannot answer alone the same way: when the
 namespace's PowPolicies cannot be read, Fail refuses the pod (its controller
 retries) and Ignore admits it unchanged. Whatever else goes wrong, the pod is
 admitted (unchanged, or injected with a warning) and the reason is logged
-and counted.
+and counted. Namespaces labelled ``required`` have a webhook of their own
+(:data:`._objects.HOOKS`) whose failure policy is always Fail, and there the
+handler refuses instead: a selected pod it cannot inject, and any pod it
+cannot decide on.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import asyncio
 import copy
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -58,7 +61,7 @@ import kopf
 from . import _metrics as metrics
 from ._cluster import Cluster, ClusterError
 from ._inject import PolicyRef, SidecarTemplate, plan, supports_native_sidecars
-from ._objects import HANDLER_ID
+from ._objects import HOOKS
 from ._options import WebhookOptions
 from ._policy_listing import PolicyListing
 from ._webhook_servers import MountedCertServer, SelfManagedServer
@@ -111,25 +114,16 @@ def install(
         sidecar.value = replace(sidecar.value, native_sidecar=native)
         log.info("injecting %s sidecars", "native" if native else "regular-container")
 
-    @kopf.on.mutate(
-        "pods",
-        id=HANDLER_ID,
-        operations=["CREATE"],
-        side_effects=False,
-        ignore_failures=options.failure_policy == "Ignore",
-        registry=registry,
-    )
     async def inject(
-        *,
-        body: kopf.Body,
-        patch: kopf.Patch,
-        warnings: list[str],
-        **_: Any,
+        body: kopf.Body, patch: kopf.Patch, warnings: list[str], *, required: bool
     ) -> None:
         pod = copy.deepcopy(dict(body))
         namespace = str((pod.get("metadata") or {}).get("namespace") or "")
         found = await policies_of(
-            namespace, listing=policies, failure_policy=options.failure_policy, warnings=warnings
+            namespace,
+            listing=policies,
+            failure_policy="Fail" if required else options.failure_policy,
+            warnings=warnings,
         )
         if found is None:
             return
@@ -140,12 +134,37 @@ def install(
                 template=sidecar.value,
                 patch=patch,
                 warnings=warnings,
+                required=required,
             )
-        except Exception:
-            # Never refuse a pod because of the injector itself: admit it unchanged.
+        except kopf.AdmissionError:
+            raise
+        except Exception as exc:
             metrics.INJECTIONS.labels("Error").inc()
-            log.exception("injection failed; the pod is admitted without the sidecar")
             patch.clear()
+            if required:
+                log.exception("injection failed; the pod is refused (its namespace requires it)")
+                raise kopf.AdmissionError(f"powgate: injection failed: {exc}", code=500) from exc
+            # Never block a pod of an `enabled` namespace because of the injector itself.
+            log.exception("injection failed; the pod is admitted without the sidecar")
+
+    def handler(*, required: bool) -> Callable[..., Awaitable[None]]:
+        async def handle(
+            *, body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any
+        ) -> None:
+            await inject(body, patch, warnings, required=required)
+
+        return handle
+
+    for hook in HOOKS:
+        strict = hook.failure_policy == "Fail"
+        kopf.on.mutate(
+            "pods",
+            id=hook.handler,
+            operations=["CREATE"],
+            side_effects=False,
+            ignore_failures=not strict and options.failure_policy == "Ignore",
+            registry=registry,
+        )(handler(required=strict))
 
     return Injector(serving=serving)
 
@@ -186,14 +205,26 @@ async def admit(
     template: SidecarTemplate,
     patch: kopf.Patch,
     warnings: list[str],
+    required: bool = False,
 ) -> None:
-    """Decide on one pod and put the injected pod into ``patch``; nothing else is written."""
+    """Decide on one pod and put the injected pod into ``patch``; nothing else is written.
+
+    ``required`` (a namespace labelled ``required``): a pod a policy selects
+    but that cannot carry the sidecar (no port to take over, the host's
+    network) is refused rather than run unprotected.
+    """
     namespace = str((pod.get("metadata") or {}).get("namespace") or "")
     decided = plan(pod, namespace=namespace, policies=policies, template=template)
     warnings.extend(decided.warnings)
     if decided.pod is None:
         metrics.INJECTIONS.labels(str(decided.skip)).inc()
         log.debug("pod not injected: %s (%s)", decided.skip, decided.message)
+        if required and decided.policy is not None:
+            raise kopf.AdmissionError(
+                f"powgate: PowPolicy {decided.policy.name} selects this pod but cannot protect "
+                f"it ({decided.message}); its namespace requires the sidecar",
+                code=403,
+            )
         return
     metrics.INJECTIONS.labels("Injected").inc()
     patch.fns.append(_replacing(decided.pod))

@@ -22,6 +22,7 @@ __all__ = [
     "KEY_INFO_METRIC",
     "METRICS_PORT_NAME",
     "NAMESPACE_LABEL",
+    "NAMESPACE_LABEL_REQUIRED",
     "NAMESPACE_LABEL_VALUE",
     "OPT_OUT_LABEL",
     "POLICY_LABEL",
@@ -31,9 +32,12 @@ __all__ = [
     "SidecarFlag",
 ]
 
-#: A namespace opts in to injection with this label (the webhook's namespaceSelector).
+#: A namespace opts in to injection with this label (the webhook's namespaceSelector):
+#: ``enabled`` (a webhook outage admits pods unprotected, the chart's failurePolicy) or
+#: ``required`` (failurePolicy Fail: no selected pod is created without the sidecar).
 NAMESPACE_LABEL: Final = "powgate.dev/injection"
 NAMESPACE_LABEL_VALUE: Final = "enabled"
+NAMESPACE_LABEL_REQUIRED: Final = "required"
 #: A pod opts out with ``powgate.dev/inject: "false"`` (the webhook's objectSelector).
 OPT_OUT_LABEL: Final = "powgate.dev/inject"
 #: Names the app's port to take over when it is not the injector's default (``http``).

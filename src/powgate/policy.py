@@ -68,11 +68,14 @@ __all__ = [
     "LabelSelector",
     "LabelSelectorRequirement",
     "LastDecision",
+    "NetworkPolicyMode",
+    "NetworkPolicySpec",
     "OnEmpty",
     "PolicySpec",
     "PolicyStatus",
     "PricingStatus",
     "PrometheusSpec",
+    "ProtectionStatus",
     "Recommendation",
     "ReplaySpec",
     "ReputationImport",
@@ -87,9 +90,11 @@ __all__ = [
     "StepPolicy",
     "StepPolicyType",
     "StepRules",
+    "UnprotectedPod",
     "config_map_name",
     "key_secret_name",
     "last_raise",
+    "network_policy_name",
     "render_config",
     "replay_store_secret_name",
     "reputation_name",
@@ -524,6 +529,31 @@ class ReplaySpec(WireModel):
         return max(MIN_REPLAY_ENTRIES, min(MAX_REPLAY_ENTRIES, wanted))
 
 
+class NetworkPolicyMode(enum.StrEnum):
+    """When the operator writes the policy's NetworkPolicy."""
+
+    AUTO = "Auto"
+    ALWAYS = "Always"
+    OFF = "Off"
+
+
+class NetworkPolicySpec(WireModel):
+    """A NetworkPolicy that lets other pods reach the injected pods only through the sidecar.
+
+    It selects the pods carrying this policy's sidecar and admits ingress to
+    the sidecar's ports and to every other port the pods declare, not to the
+    app's port the sidecar took over (reachable as ``podIP:port`` otherwise).
+    Ports a container listens on without declaring them are closed too.
+    """
+
+    mode: NetworkPolicyMode = Field(
+        default=NetworkPolicyMode.AUTO,
+        description="Auto: written unless another NetworkPolicy of the namespace selects the "
+        "policy's pods (its own rules would be widened: ours admits every source to the "
+        "sidecar); Always: written regardless; Off: none (removed if it was written).",
+    )
+
+
 class PolicySpec(WireModel):
     """The desired state of a PowPolicy."""
 
@@ -589,6 +619,7 @@ class PolicySpec(WireModel):
         "believe: per-client prices and trusted callers key on the client they name. From "
         "any other peer those headers are replaced, and the peer is the client.",
     )
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -631,6 +662,7 @@ class PolicySpec(WireModel):
 
 class ConditionType(enum.StrEnum):
     READY = "Ready"
+    PODS_PROTECTED = "PodsProtected"
     SIGNALS_HEALTHY = "SignalsHealthy"
     FALLBACK_ACTIVE = "FallbackActive"
     LIMITED = "Limited"
@@ -738,6 +770,33 @@ class KeyStatus(WireModel):
     )
 
 
+class UnprotectedPod(WireModel):
+    """A pod the policy selects that runs without the sidecar, and why."""
+
+    name: str = Field(max_length=253)
+    reason: str = Field(
+        max_length=32,
+        description="NotInjected (created while the webhook was down or "
+        "before the policy), OptedOut (powgate.dev/inject=false) or HostNetwork.",
+    )
+
+
+class ProtectionStatus(WireModel):
+    """How many of the selected pods the sidecar guards, and the policy's NetworkPolicy."""
+
+    injected_pods: int = Field(default=0, ge=0)
+    unprotected_pods: int = Field(default=0, ge=0)
+    unprotected: list[UnprotectedPod] = Field(
+        default_factory=list, max_length=10, description="The first ten, by name."
+    )
+    network_policy: str = Field(
+        default="",
+        max_length=256,
+        description="Applied, Off, or why it was not written (Auto: another NetworkPolicy "
+        "selects the pods).",
+    )
+
+
 class Recommendation(WireModel):
     """One raw recommendation, kept for the stabilization windows."""
 
@@ -789,6 +848,7 @@ class PolicyStatus(WireModel):
     )
     pricing: PricingStatus | None = None
     keys: KeyStatus | None = None
+    protection: ProtectionStatus | None = None
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)
@@ -810,6 +870,11 @@ def key_secret_name(policy: str) -> str:
 def replay_store_secret_name(policy: str) -> str:
     """The Secret with a policy's replay-store credentials, mounted into its sidecars only."""
     return f"{policy}-powgate-replay-store"
+
+
+def network_policy_name(policy: str) -> str:
+    """The NetworkPolicy admitting ingress to a policy's pods only through the sidecar."""
+    return f"{policy}-powgate"
 
 
 def reputation_name(policy: str) -> str:

@@ -1,7 +1,8 @@
 """What the tests that run the operator against the real API server share.
 
-`apply_crd` installs a CRD and waits until it is served, and
-`OperatorProcess` runs ``python -m powgate_operator`` as its own process.
+`apply_crd` installs a CRD and waits until it is served, `network_policy_of`
+reads what the operator wrote for a policy, and `OperatorProcess` runs
+``python -m powgate_operator`` as its own process.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from powgate.policy import GROUP, PLURAL, VERSION
+from powgate.policy import GROUP, PLURAL, VERSION, network_policy_name
 from waiting import eventually, free_port
 
 __all__ = [
     "OperatorProcess",
     "apply_crd",
     "delete_policies",
+    "network_policy_of",
     "wait_established",
 ]
 
@@ -75,6 +77,20 @@ def delete_policies(custom: k8s.CustomObjectsApi, *, namespace: str) -> None:
         return isinstance(listed, dict) and not listed["items"]
 
     eventually(none_left, what="the policies to be deleted")
+
+
+def network_policy_of(
+    kube_client: k8s.ApiClient, *, namespace: str, policy: str
+) -> k8s.V1NetworkPolicy | None:
+    """The NetworkPolicy the operator writes for ``policy``, as stored; None when absent."""
+    try:
+        return k8s.NetworkingV1Api(kube_client).read_namespaced_network_policy(
+            network_policy_name(policy), namespace
+        )
+    except k8s.ApiException as exc:
+        if exc.status == HTTPStatus.NOT_FOUND:
+            return None
+        raise
 
 
 class OperatorProcess:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _operator_process import network_policy_of
 from kubernetes import client as k8s
 
 from helm_chart import binary
@@ -37,9 +38,16 @@ from powgate.contract import (
     INJECTED_ANNOTATION,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
+    POLICY_LABEL,
     SIDECAR_NAME,
 )
-from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate.policy import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    config_map_name,
+    key_secret_name,
+)
 from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME, role_name
 from powgate_testbed.cluster import ClusterAccess
 from waiting import eventually, free_port
@@ -556,6 +564,14 @@ def test_the_charts_webhook_injects_the_sidecar_with_the_charts_rbac(
                     what="the binding to name the Deployment's account only",
                     context=lambda: str(bound()),
                 )
+
+                # And wrote the policy's NetworkPolicy, with the chart's RBAC.
+                def network_policy() -> k8s.V1NetworkPolicy | None:
+                    return network_policy_of(kube_client, namespace=policy_namespace, policy="llm")
+
+                written = eventually(network_policy, what="the policy's NetworkPolicy")
+                assert written.spec is not None
+                assert written.spec.pod_selector.match_labels == {POLICY_LABEL: "llm"}
             finally:
                 # While the operator runs: it removes its finalizer.
                 custom.delete_namespaced_custom_object(

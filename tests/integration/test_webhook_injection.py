@@ -21,17 +21,25 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from _operator_process import OperatorProcess, apply_crd
+from _operator_process import OperatorProcess, apply_crd, network_policy_of
 from kubernetes import client as k8s
 
 from powgate.contract import (
     INJECTED_ANNOTATION,
     NAMESPACE_LABEL,
+    NAMESPACE_LABEL_REQUIRED,
     NAMESPACE_LABEL_VALUE,
     OPT_OUT_LABEL,
+    POLICY_LABEL,
     SIDECAR_NAME,
 )
-from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
+from powgate.policy import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    config_map_name,
+    key_secret_name,
+)
 from powgate_operator._objects import HANDLER_ID, role_name
 from powgate_testbed.cluster import ClusterAccess
 from waiting import eventually, free_port
@@ -326,12 +334,103 @@ def test_webhook_down_with_ignore_does_not_block_pods(
     operator.stop()
 
     admission = k8s.AdmissionregistrationV1Api(kube_client)
-    (webhook,) = admission.read_mutating_webhook_configuration(operator.configuration).webhooks
-    assert webhook.failure_policy == "Ignore"
+    webhook, required = admission.read_mutating_webhook_configuration(
+        operator.configuration
+    ).webhooks
+    assert (webhook.failure_policy, required.failure_policy) == ("Ignore", "Fail")
     # The configuration still sends pods to the stopped webhook; Ignore admits them as sent.
     stored = _create_pod(core, namespace, "while-down", {"app": "llm"})
     assert INJECTED_ANNOTATION not in (stored["metadata"].get("annotations") or {})
     assert stored["spec"]["containers"][0]["ports"][0]["name"] == "http"
+
+    # Back up, the operator reports the pod that runs without the sidecar.
+    operator.start()
+
+    def reported() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llm")
+        protection = obj.get("status", {}).get("protection") or {}
+        return obj if protection.get("unprotectedPods") == 1 else None
+
+    obj = eventually(reported, what="the unprotected pod in the policy's status")
+    assert obj["status"]["protection"]["unprotected"] == [
+        {"name": "while-down", "reason": "NotInjected"}
+    ]
+    condition = next(c for c in obj["status"]["conditions"] if c["type"] == "PodsProtected")
+    assert (condition["status"], condition["reason"]) == ("False", "UnprotectedPods")
+
+
+def test_a_namespace_that_requires_the_sidecar_refuses_pods_while_the_webhook_is_down(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    namespace = opted_in
+    core = k8s.CoreV1Api(kube_client)
+    core.patch_namespace(
+        namespace, {"metadata": {"labels": {NAMESPACE_LABEL: NAMESPACE_LABEL_REQUIRED}}}
+    )
+    custom = k8s.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
+    eventually(_injected_probe(core, namespace), what="the required webhook to inject")
+    # A selected pod the sidecar cannot protect (no port to take over) is refused.
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "portless", "labels": {"app": "llm"}},
+    }
+    body["spec"] = {"containers": [{"name": "model", "image": "standin:test"}]}
+    with pytest.raises(k8s.ApiException) as refused:
+        core.create_namespaced_pod(namespace, body)
+    assert "cannot protect it" in str(refused.value.body)
+    operator.stop()
+    # Down: no pod of the namespace is created at all, rather than without its sidecar.
+    with pytest.raises(k8s.ApiException) as down:
+        _create_pod(core, namespace, "while-down", {"app": "llm"})
+    assert "failed calling webhook" in str(down.value.body)
+
+
+def test_the_network_policy_admits_ingress_through_the_sidecar_only(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    namespace = opted_in
+    apps = k8s.AppsV1Api(kube_client)
+    custom = k8s.CustomObjectsApi(kube_client)
+    _in_force(kube_client, namespace, "llm")
+    apps.create_namespaced_deployment(namespace, _deployment("llm", {"app": "llm"}))
+
+    def written() -> Any:
+        found = network_policy_of(kube_client, namespace=namespace, policy="llm")
+        return found if found is not None and "http" in ports_of(found) else None
+
+    def ports_of(found: Any) -> list[str]:
+        return sorted(str(p.port) for rule in found.spec.ingress for p in rule.ports)
+
+    found = eventually(written, what="the policy's NetworkPolicy")
+    # The API server took it: named ports resolve per pod to the sidecar's; the app's own
+    # port (renamed http-app) is not among them.
+    assert ports_of(found) == ["http", "powgate-metrics"]
+    assert found.spec.pod_selector.match_labels == {POLICY_LABEL: "llm"}
+    assert found.spec.policy_types == ["Ingress"]
+    # The namespace gets a NetworkPolicy of its own that selects the pods: Auto withdraws
+    # ours (it would admit every source to the sidecar) and says so.
+    k8s.NetworkingV1Api(kube_client).create_namespaced_network_policy(
+        namespace,
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "from-ingress-only"},
+            "spec": {"podSelector": {"matchLabels": {"app": "llm"}}, "ingress": []},
+        },
+    )
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "llm", {"spec": {"evaluationIntervalSeconds": 1}}
+    )
+
+    def withdrawn() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llm")
+        state = (obj.get("status", {}).get("protection") or {}).get("networkPolicy", "")
+        return obj if state.startswith("NotWritten") else None
+
+    eventually(withdrawn, what="Auto to step back", timeout=90)
+    assert network_policy_of(kube_client, namespace=namespace, policy="llm") is None
 
 
 def forged_review(namespace: str, account: str) -> dict[str, Any]:

@@ -36,9 +36,14 @@ from helm_chart import (
     render,
 )
 from powgate.config import ReplayStoreSpec, StoreOutage
-from powgate.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE, OPT_OUT_LABEL
+from powgate.contract import (
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_REQUIRED,
+    NAMESPACE_LABEL_VALUE,
+    OPT_OUT_LABEL,
+)
 from powgate_operator._inject import SidecarTemplate
-from powgate_operator._objects import HANDLER_ID, WEBHOOK_NAME
+from powgate_operator._objects import HOOKS
 from powgate_operator._options import WebhookOptions, webhook_options
 from powgate_operator.cli import add_command
 
@@ -422,8 +427,13 @@ def test_the_webhook_configuration_is_only_patchable_by_name() -> None:
 
 def test_webhook_defaults_fail_open_and_skip_system_namespaces() -> None:
     docs = render()
-    (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    hook, required = find(docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["failurePolicy"] == "Ignore"
+    # Namespaces labelled `required` fail closed whatever the default.
+    assert required["failurePolicy"] == "Fail"
+    assert {"key": "powgate.dev/injection", "operator": "In", "values": ["required"]} in required[
+        "namespaceSelector"
+    ]["matchExpressions"]
     assert hook["timeoutSeconds"] == 5
     assert hook["rules"] == [
         {
@@ -463,23 +473,14 @@ def test_webhook_defaults_fail_open_and_skip_system_namespaces() -> None:
 
 def test_failure_policy_and_timeout_are_configurable() -> None:
     docs = render({"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 2}})
-    (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
-    assert hook["failurePolicy"] == "Fail"
-    assert hook["timeoutSeconds"] == 2
+    for hook in find(docs, "MutatingWebhookConfiguration")["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["timeoutSeconds"] == 2
 
 
 def test_the_webhook_configuration_matches_what_the_operator_checks() -> None:
     """The chart's selectors and names are the operator's constants, not a second copy."""
-    (hook,) = find(render(), "MutatingWebhookConfiguration")["webhooks"]
-    assert hook["name"] == WEBHOOK_NAME
-    assert hook["clientConfig"]["service"]["path"] == f"/{HANDLER_ID}"
-    assert {"key": NAMESPACE_LABEL, "operator": "In", "values": [NAMESPACE_LABEL_VALUE]} in hook[
-        "namespaceSelector"
-    ]["matchExpressions"]
-    assert hook["objectSelector"]["matchExpressions"] == [
-        {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
-    ]
-    # Admission writes RBAC (not on dry runs): declared as the operator's own body does.
+    hooks = find(render(), "MutatingWebhookConfiguration")["webhooks"]
     own = WebhookOptions(
         listen=("0.0.0.0", 8443),
         configuration="x",
@@ -487,7 +488,22 @@ def test_the_webhook_configuration_matches_what_the_operator_checks() -> None:
         sidecar=SidecarTemplate(image="i", operator_namespace=NAMESPACE),
         service=(NAMESPACE, "x", 443),
     ).configuration_body(ca_bundle=b"")
-    assert hook["sideEffects"] == own["webhooks"][0]["sideEffects"] == "None"
+    assert len(hooks) == len(HOOKS) == len(own["webhooks"])
+    for hook, spec, theirs in zip(hooks, HOOKS, own["webhooks"], strict=True):
+        assert hook["name"] == spec.name == theirs["name"]
+        assert hook["clientConfig"]["service"]["path"] == f"/{spec.handler}"
+        assert theirs["clientConfig"]["service"]["path"] == f"/{spec.handler}"
+        assert {"key": NAMESPACE_LABEL, "operator": "In", "values": [spec.label_value]} in hook[
+            "namespaceSelector"
+        ]["matchExpressions"]
+        assert theirs["namespaceSelector"]["matchLabels"] == {NAMESPACE_LABEL: spec.label_value}
+        assert hook["objectSelector"] == theirs["objectSelector"]
+        assert hook["objectSelector"]["matchExpressions"] == [
+            {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": ["false"]}
+        ]
+        # Admission writes nothing: declared as the operator's own body does.
+        assert hook["sideEffects"] == theirs["sideEffects"] == "None"
+    assert [spec.label_value for spec in HOOKS] == [NAMESPACE_LABEL_VALUE, NAMESPACE_LABEL_REQUIRED]
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca() -> None:
@@ -640,7 +656,7 @@ def test_every_setting_the_chart_passes_is_one_the_operator_reads(variant: str) 
     if opts is None:
         return
     hook_config = find(docs, "MutatingWebhookConfiguration")
-    (hook,) = hook_config["webhooks"]
+    hook = hook_config["webhooks"][0]
     service = hook["clientConfig"]["service"]
     assert opts.service == (service["namespace"], service["name"], service["port"])
     assert opts.configuration == hook_config["metadata"]["name"]

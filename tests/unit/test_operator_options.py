@@ -39,7 +39,10 @@ def test_configuration_selects_opted_in_namespaces_and_honours_opt_out() -> None
     )
     assert opts is not None
     body = opts.configuration_body(ca_bundle=b"CA")
-    (hook,) = body["webhooks"]
+    hook, required = body["webhooks"]
+    assert required["clientConfig"]["service"]["path"] == "/inject-required"
+    assert required["namespaceSelector"]["matchLabels"] == {NAMESPACE_LABEL: "required"}
+    assert required["failurePolicy"] == "Fail"
     assert hook["clientConfig"] == {
         "caBundle": base64.b64encode(b"CA").decode(),
         "service": {
@@ -178,8 +181,9 @@ def test_url_mode_and_fail_policy() -> None:
         "x",
     )
     assert opts is not None
-    (hook,) = opts.configuration_body(ca_bundle=b"CA")["webhooks"]
+    hook, required = opts.configuration_body(ca_bundle=b"CA")["webhooks"]
     assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/inject"
+    assert required["clientConfig"]["url"] == "https://127.0.0.1:9443/inject-required"
     assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Fail", 3)
     assert opts.hosts() == ["127.0.0.1"]
 

@@ -21,7 +21,13 @@ from powgate.config import (
     SidecarConfig,
     StoreOutage,
 )
-from powgate.contract import INJECTED_ANNOTATION, KEYRING_SECRET_KEY, POLICY_LABEL, SIDECAR_NAME
+from powgate.contract import (
+    INJECTED_ANNOTATION,
+    KEYRING_SECRET_KEY,
+    OPT_OUT_LABEL,
+    POLICY_LABEL,
+    SIDECAR_NAME,
+)
 from powgate.controller import Failure, Reading, Sample
 from powgate.policy import (
     CREDENTIALS_LABEL,
@@ -34,6 +40,7 @@ from powgate.policy import (
     SignalSpec,
     config_map_name,
     key_secret_name,
+    network_policy_name,
     reputation_name,
 )
 from powgate.pricing import API_KEYS_DATA_KEY, API_KEYS_LABEL, ApiKeyHashes, api_key_digest
@@ -41,6 +48,7 @@ from powgate.reputation import REPUTATION_DATA_KEY, ReputationList, seal_label
 from powgate_operator import _metrics as metrics
 from powgate_operator._cluster import (
     CONFIG_MAPS,
+    NETWORK_POLICIES,
     POW_POLICIES,
     ROLE_BINDINGS,
     ROLES,
@@ -848,6 +856,7 @@ class Pods:
     """The namespace's pods as the operator's index holds them."""
 
     def __init__(self, *bodies: dict[str, Any]) -> None:
+        self.bodies = bodies
         self.facts = [f for f in map(pod_facts, bodies) if f is not None]
 
     def in_namespace(self, namespace: str) -> list[PodFacts]:
@@ -886,14 +895,16 @@ async def test_pod_events_bind_the_accounts_of_existing_pods_and_prune_the_rest(
         sidecar_pod("b", "web"),
         sidecar_pod("x", "x", policy_name="other"),
     )
-    await world.reconciler.grant(namespace=NS, name=NAME, pods=pods)
+    await world.reconciler.follow_pods(namespace=NS, name=NAME, pods=pods)
     assert bound(world) == ["model", "web"]
     writes = world.cluster.count("replace") + world.cluster.count("create")
-    await world.reconciler.grant(namespace=NS, name=NAME, pods=pods)  # a status update
+    await world.reconciler.follow_pods(namespace=NS, name=NAME, pods=pods)  # a status update
     assert world.cluster.count("replace") + world.cluster.count("create") == writes
     assert world.cluster.count("get", "PowPolicy") == 1  # nothing changed: not even a read
     # web's only pod goes: its account is pruned.
-    await world.reconciler.grant(namespace=NS, name=NAME, pods=Pods(sidecar_pod("a", "model")))
+    await world.reconciler.follow_pods(
+        namespace=NS, name=NAME, pods=Pods(sidecar_pod("a", "model"))
+    )
     assert bound(world) == ["model"]
 
 
@@ -946,3 +957,175 @@ async def test_a_key_secret_or_config_the_operator_did_not_create_is_never_adopt
     world.cluster.objects.pop((resource.plural, NS, name))
     await world.reconcile()
     assert world.condition(ConditionType.READY)[0] is ConditionStatus.TRUE
+
+
+# -- in-cluster bypass: the NetworkPolicy, and pods running without the sidecar -----------
+
+
+def app_pod(name: str, **labels: str) -> dict[str, Any]:
+    """A selected pod stored as sent: the webhook was down, or the pod opted out."""
+    return {
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "chat", **labels}},
+        "spec": {
+            "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8000}]}]
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def with_ports(body: dict[str, Any]) -> dict[str, Any]:
+    """An injected pod whose app also serves gRPC and whose sidecar forwards to port 8000."""
+    body["spec"]["initContainers"][0]["ports"] = [
+        {"name": "http", "containerPort": 8480},
+        {"name": "powgate-metrics", "containerPort": 9480},
+    ]
+    body["spec"]["initContainers"][0]["env"] = [
+        {"name": "POWGATE_UPSTREAM", "value": "http://127.0.0.1:8000"}
+    ]
+    body["spec"]["containers"][0]["ports"] = [
+        {"name": "http-app", "containerPort": 8000},
+        {"name": "grpc", "containerPort": 9000},
+    ]
+    return body
+
+
+def network_policy(world: World) -> dict[str, Any] | None:
+    name = network_policy_name(NAME)
+    return (
+        world.cluster.stored(NETWORK_POLICIES, name, NS)
+        if world.cluster.has(NETWORK_POLICIES, name, NS)
+        else None
+    )
+
+
+async def test_the_network_policy_admits_the_sidecar_and_other_ports_never_the_apps(
+    world: World,
+) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    await world.reconcile(pods=Pods(with_ports(sidecar_pod("a", "model"))))
+    written = network_policy(world)
+    assert written is not None
+    spec = written["spec"]
+    assert spec["podSelector"] == {"matchLabels": {POLICY_LABEL: NAME}}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert "from" not in rule  # any source, but only to these ports
+    assert sorted(str(p["port"]) for p in rule["ports"]) == ["grpc", "http", "powgate-metrics"]
+    status = world.status().protection
+    assert status is not None
+    assert (status.injected_pods, status.network_policy) == (1, "Applied")
+    # Off removes it.
+    world.cluster.put(POW_POLICIES, policy(networkPolicy={"mode": "Off"}))
+    await world.reconcile(pods=Pods(with_ports(sidecar_pod("a", "model"))))
+    assert network_policy(world) is None
+    protection = world.status().protection
+    assert protection is not None
+    assert protection.network_policy == "Off"
+
+
+async def test_auto_leaves_a_namespace_with_its_own_network_policies_alone(world: World) -> None:
+    """Ours admits every source to the sidecar; next to theirs it would widen them."""
+    world.cluster.put(
+        NETWORK_POLICIES,
+        {
+            "metadata": {"name": "only-from-ingress", "namespace": NS},
+            "spec": {"podSelector": {"matchLabels": {"app": "chat"}}, "ingress": []},
+        },
+    )
+    world.cluster.put(POW_POLICIES, policy())
+    pods = Pods(with_ports(sidecar_pod("a", "model")))
+    await world.reconcile(pods=pods)
+    assert network_policy(world) is None
+    protection = world.status().protection
+    assert protection is not None
+    assert protection.network_policy.startswith("NotWritten: NetworkPolicy only-from-ingress")
+    world.cluster.put(POW_POLICIES, policy(networkPolicy={"mode": "Always"}))
+    await world.reconcile(pods=pods)
+    assert network_policy(world) is not None
+
+
+async def test_a_network_policy_the_operator_did_not_create_is_never_adopted(
+    world: World,
+) -> None:
+    world.cluster.put(
+        NETWORK_POLICIES,
+        {
+            "metadata": {"name": network_policy_name(NAME), "namespace": NS},
+            "spec": {"podSelector": {}, "ingress": [{}]},  # admits everything
+        },
+    )
+    world.cluster.put(POW_POLICIES, policy(networkPolicy={"mode": "Always"}))
+    await world.reconcile(pods=Pods(with_ports(sidecar_pod("a", "model"))))
+    assert world.condition(ConditionType.READY) == (ConditionStatus.FALSE, "ObjectNotOwned")
+    stored = network_policy(world)
+    assert stored is not None
+    assert stored["spec"]["ingress"] == [{}]
+
+
+async def test_selected_pods_without_a_sidecar_are_reported_counted_and_announced(
+    world: World,
+) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    pods = Pods(
+        sidecar_pod("a", "model"),
+        app_pod("while-down"),
+        app_pod("opted-out", **{OPT_OUT_LABEL: "false"}),
+        app_pod("other-app", app="other"),
+    )
+    await world.reconcile(pods=pods)
+    protection = world.status().protection
+    assert protection is not None
+    assert (protection.injected_pods, protection.unprotected_pods) == (1, 2)
+    assert [(p.name, p.reason) for p in protection.unprotected] == [
+        ("opted-out", "OptedOut"),
+        ("while-down", "NotInjected"),
+    ]
+    assert world.condition(ConditionType.PODS_PROTECTED) == (
+        ConditionStatus.FALSE,
+        "UnprotectedPods",
+    )
+    assert [r for _, r, _ in world.events].count("UnprotectedPods") == 1
+    gauge = metrics.UNPROTECTED_PODS.labels(f"{NS}/{NAME}")._value.get()
+    assert gauge == 2
+    # Recreated through the webhook: protected again.
+    await world.reconcile(pods=Pods(sidecar_pod("a", "model"), sidecar_pod("b", "model")))
+    assert world.condition(ConditionType.PODS_PROTECTED) == (
+        ConditionStatus.TRUE,
+        "AllPodsInjected",
+    )
+    assert metrics.UNPROTECTED_PODS.labels(f"{NS}/{NAME}")._value.get() == 0
+
+
+async def test_pod_events_rewrite_the_network_policy_only_when_the_ports_change(
+    world: World,
+) -> None:
+    world.cluster.put(POW_POLICIES, policy())
+    first = Pods(with_ports(sidecar_pod("a", "model")))
+    await world.reconcile(pods=first)
+    reads = world.cluster.count("get", "PowPolicy")
+    # Another pod of the same shape: no read, no write.
+    same = Pods(with_ports(sidecar_pod("a", "model")), with_ports(sidecar_pod("b", "model")))
+    await world.reconciler.follow_pods(namespace=NS, name=NAME, pods=same)
+    assert world.cluster.count("get", "PowPolicy") == reads
+    # A rollout adds a port: the NetworkPolicy follows at once.
+    extra = with_ports(sidecar_pod("c", "model"))
+    extra["spec"]["containers"][0]["ports"].append({"name": "admin", "containerPort": 9100})
+    await world.reconciler.follow_pods(namespace=NS, name=NAME, pods=Pods(*same.bodies, extra))
+    written = network_policy(world)
+    assert written is not None
+    (rule,) = written["spec"]["ingress"]
+    assert "admin" in {str(p["port"]) for p in rule["ports"]}
+
+
+async def test_a_network_policy_the_operator_may_not_write_is_said_in_status(
+    world: World,
+) -> None:
+    """RBAC withheld (an installation without it): the rest of the policy still applies."""
+    world.cluster.put(POW_POLICIES, policy())
+    world.cluster.inject("list", NETWORK_POLICIES, error=ForbiddenError("forbidden", status=403))
+    await world.reconcile(pods=Pods(with_ports(sidecar_pod("a", "model"))))
+    protection = world.status().protection
+    assert protection is not None
+    assert protection.network_policy.startswith("Forbidden: ")
+    assert world.condition(ConditionType.READY)[0] is ConditionStatus.TRUE
+    assert world.cluster.has(CONFIG_MAPS, config_map_name(NAME), NS)

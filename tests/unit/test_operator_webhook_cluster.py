@@ -31,7 +31,7 @@ from powgate_operator._cluster import (
 from powgate_operator._grants import write_grants
 from powgate_operator._inject import PolicyRef, SidecarTemplate
 from powgate_operator._objects import (
-    WEBHOOK_NAME,
+    HOOKS,
     ForeignObjectError,
     role_binding_body,
     role_body,
@@ -179,6 +179,40 @@ async def test_admission_injects_and_writes_nothing() -> None:
     assert warnings == []
 
 
+@pytest.mark.parametrize(
+    ("change", "skip"),
+    [
+        (lambda p: p["spec"]["containers"][0].pop("ports"), "no container port"),
+        (lambda p: p["spec"].__setitem__("hostNetwork", True), "hostNetwork"),
+    ],
+)
+async def test_a_namespace_that_requires_the_sidecar_refuses_a_pod_it_cannot_protect(
+    change: Any, skip: str
+) -> None:
+    """Labelled `required`: a selected pod never runs unprotected; elsewhere it is admitted."""
+    source = pod()
+    change(source)
+    patch: kopf.Patch = kopf.Patch()
+    await admit(pod=source, policies=[POLICY], template=TEMPLATE, patch=patch, warnings=[])
+    assert not patch.fns  # `enabled`: admitted as sent
+    with pytest.raises(kopf.AdmissionError, match=skip) as refused:
+        await admit(
+            pod=source,
+            policies=[POLICY],
+            template=TEMPLATE,
+            patch=patch,
+            warnings=[],
+            required=True,
+        )
+    assert refused.value.code == 403
+    # A pod no policy selects is none of its business, required or not.
+    other = pod()
+    other["metadata"]["labels"] = {"app": "other"}
+    await admit(
+        pod=other, policies=[POLICY], template=TEMPLATE, patch=patch, warnings=[], required=True
+    )
+
+
 # -- the TLS Secret: first writer wins -------------------------------------------------
 
 
@@ -269,9 +303,9 @@ async def test_only_the_ca_bundle_of_the_charts_configuration_is_patched() -> No
     cluster.put(MUTATING_WEBHOOK_CONFIGURATIONS, chart_configuration())
     await register(cluster, OPTIONS, ca_bundle=b"CA")
     stored = cluster.stored(MUTATING_WEBHOOK_CONFIGURATIONS, OPTIONS.configuration)
-    (hook,) = stored["webhooks"]
-    assert hook["clientConfig"]["caBundle"] == base64.b64encode(b"CA").decode()
-    assert hook["name"] == WEBHOOK_NAME
+    hooks = stored["webhooks"]
+    assert [h["clientConfig"]["caBundle"] for h in hooks] == [base64.b64encode(b"CA").decode()] * 2
+    assert [h["name"] for h in hooks] == [hook.name for hook in HOOKS]
     await register(cluster, OPTIONS, ca_bundle=b"CA")
     assert cluster.count("patch") == 1  # already current: nothing to write
 

@@ -125,6 +125,12 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# Each policy's NetworkPolicy (ingress through the sidecar only): list to see
+# whether the namespace has NetworkPolicies of its own (networkPolicy.mode Auto),
+# delete when a policy turns it Off.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, create, update, delete]
 {{- if .Values.webhook.enabled }}
 # Per policy, a Role that lets the injected sidecars read their config and
 # keys, bound to the service accounts of the injected pods.
