@@ -111,7 +111,7 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         group,
         "--webhook-listen",
         metavar="HOST:PORT",
-        help="serve the injection webhook here (in a pod, 0.0.0.0:8443); off when absent",
+        help="serve the injection webhook here (the chart: $(POD_IP):8443); off when absent",
     )
     add_env_argument(
         group,

@@ -83,14 +83,14 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         type=host_port,
         default=parse_host_port("127.0.0.1:9090"),
         metavar="HOST:PORT",
-        help="serve /metrics here (default 127.0.0.1:9090; in a pod, 0.0.0.0:9090)",
+        help="serve /metrics here (default 127.0.0.1:9090; the chart passes $(POD_IP):9090)",
     )
     parser.add_argument(
         "--health-listen",
         type=host_port,
         default=parse_host_port("127.0.0.1:8081"),
         metavar="HOST:PORT",
-        help="serve /healthz and /readyz here (default 127.0.0.1:8081; in a pod, 0.0.0.0:8081)",
+        help="serve /healthz and /readyz here (default 127.0.0.1:8081; the chart: $(POD_IP):8081)",
     )
     parser.add_argument(
         "--peering",

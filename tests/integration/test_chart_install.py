@@ -354,6 +354,22 @@ def test_helm_install_then_examples_reach_ready_with_the_charts_rbac(
         namespace=policy_namespace,
     )
     assert access(auth, user=user, verb="create", resource="secrets", namespace=policy_namespace)
+    # Secrets only by name: none enumerated, watched, replaced wholesale or deleted.
+    for verb in ("list", "watch", "update", "delete"):
+        assert not access(
+            auth, user=user, verb=verb, resource="secrets", namespace=policy_namespace
+        ), verb
+    assert not access(
+        auth, user=user, verb="delete", resource="configmaps", namespace=policy_namespace
+    )
+    assert not access(
+        auth, user=user, verb="delete", resource="rolebindings",
+        group="rbac.authorization.k8s.io", namespace=policy_namespace,
+    )  # fmt: skip
+    assert access(
+        auth, user=user, verb="create", resource="networkpolicies",
+        group="networking.k8s.io", namespace=policy_namespace,
+    )  # fmt: skip
     assert not access(auth, user=user, verb="list", resource="secrets", namespace="kube-system")
     assert not access(auth, user=user, verb="list", resource="secrets")  # cluster-wide
     assert not access(auth, user=user, verb="create", resource="pods", namespace=policy_namespace)

@@ -527,6 +527,57 @@ def test_grants_follow_the_pods_that_exist(
     assert not _may(kube_client, namespace, "batch", "configmaps", config_map_name("llm"))
 
 
+def test_a_server_side_dry_run_is_injected_and_grants_nothing(
+    kube_client: k8s.ApiClient, operator: Operator, opted_in: str
+) -> None:
+    """``sideEffects: None`` is declared, and true: a dry run is injected and grants nothing.
+
+    The API server sends dry runs to webhooks declaring ``None`` (or
+    ``NoneOnDryRun``, for one that writes but skips dry runs); were admission
+    writing anything, the dry run's account would be bound.
+    """
+    namespace = opted_in
+    core, apps = k8s.CoreV1Api(kube_client), k8s.AppsV1Api(kube_client)
+    rbac = k8s.RbacAuthorizationV1Api(kube_client)
+    admission = k8s.AdmissionregistrationV1Api(kube_client)
+    _in_force(kube_client, namespace, "llm")  # the operator registered its configuration
+    hooks = admission.read_mutating_webhook_configuration(operator.configuration).webhooks
+    assert [h.side_effects for h in hooks] == ["None", "None"]
+    for account in ("dry", "real"):
+        core.create_namespaced_service_account(
+            namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account))
+        )
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dry", "labels": {"app": "llm"}},
+    }
+    body["spec"] = {**_pod_spec(), "serviceAccountName": "dry"}
+    dry = core.api_client.sanitize_for_serialization(
+        core.create_namespaced_pod(namespace, body, dry_run="All")
+    )
+    assert dry["metadata"]["annotations"][INJECTED_ANNOTATION] == "llm"
+    assert _sidecar(dry)["name"] == SIDECAR_NAME
+    with pytest.raises(k8s.ApiException) as absent:
+        core.read_namespaced_pod("dry", namespace)
+    assert absent.value.status == HTTPStatus.NOT_FOUND
+    # A real pod after it is bound; the dry run's account never is.
+    deployment = _deployment("real", {"app": "llm"})
+    deployment["spec"]["template"]["spec"]["serviceAccountName"] = "real"
+    apps.create_namespaced_deployment(namespace, deployment)
+    seen: set[tuple[str, str]] = set()
+
+    def real_bound() -> bool:
+        subjects = bound(rbac, namespace) or []
+        seen.update(subjects)
+        return subjects == [("ServiceAccount", "real")]
+
+    eventually(real_bound, what="the real pod's account bound", context=lambda: str(seen))
+    # The dry run's account, not even for a while (the probes' `default` may pass by).
+    assert ("ServiceAccount", "dry") not in seen
+    assert not _may(kube_client, namespace, "dry", "configmaps", config_map_name("llm"))
+
+
 def test_a_replaced_policy_applies_at_once_and_a_deleted_one_never(
     kube_client: k8s.ApiClient, operator: Operator, opted_in: str
 ) -> None:

@@ -16,7 +16,7 @@ import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from unittest import mock
 
 import pytest
@@ -413,6 +413,55 @@ def test_rbac_has_no_wildcards_and_keeps_secrets_out_of_the_cluster_scoped_role(
             if role["kind"] == "ClusterRole" and not role["metadata"]["name"].endswith("-policies"):
                 assert "secrets" not in rule["resources"]
                 assert "configmaps" not in rule["resources"]
+
+
+#: Where policies live, each resource with exactly the verbs the operator uses: what it
+#: creates it then replaces or patches by name; what a policy names it only reads.
+POLICY_RULES: Final = {
+    ("powgate.dev", "powpolicies"): {"get", "list", "watch", "patch"},
+    ("powgate.dev", "powpolicies/status"): {"get", "patch"},
+    # list/watch: granted to sidecars by the policy's Role (the escalation check).
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch"},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "events"): {"create", "patch"},
+    ("", "pods"): {"list", "watch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "create", "update", "delete"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "update"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "role"),
+    [
+        ({}, f"{NAMESPACE}-{FULLNAME}-policies"),
+        ({"operator": {"watchNamespaces": ["ai"]}}, FULLNAME),
+    ],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_the_policy_rules_grant_only_what_the_operator_uses(
+    values: dict[str, Any], role: str
+) -> None:
+    """No Secret is listed, watched or deleted; nothing is deleted but NetworkPolicies."""
+    (doc,) = [
+        d
+        for d in render(values)
+        if d["kind"] in {"Role", "ClusterRole"} and d["metadata"]["name"] == role
+    ]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in doc["rules"]:
+        assert "resourceNames" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    # Namespaced peering objects only where the operator watches chosen namespaces.
+    namespaced = "watchNamespaces" in values.get("operator", {})
+    assert granted == {k: v for k, v in POLICY_RULES.items() if namespaced or k[0] != "kopf.dev"}
+    # Without the webhook there are no injected pods to grant anything to.
+    no_webhook = render({**values, "webhook": {"enabled": False}})
+    rules = [r for d in no_webhook if d["metadata"]["name"] == role for r in d.get("rules", [])]
+    assert not [r for r in rules if "rbac.authorization.k8s.io" in r["apiGroups"]]
 
 
 def test_the_webhook_configuration_is_only_patchable_by_name() -> None:

@@ -111,12 +111,22 @@ app.kubernetes.io/component: operator
 - apiGroups: [powgate.dev]
   resources: [powpolicies/status]
   verbs: [get, patch]
-# The rendered config (one ConfigMap per policy) and the key ring (one Secret
-# per policy). list/watch: the API server only lets the operator grant
-# sidecars what it holds itself (RBAC escalation check), and sidecars watch.
+# ConfigMaps: each policy's rendered config and reputation export (created, then
+# replaced or patched by name) and the reputation imports a policy names (get; they
+# must carry powgate.dev/reputation-source). list/watch: sidecars watch their config
+# through the policy's Role, and the API server lets the operator grant only what
+# it holds itself (RBAC escalation check). No delete: owner references collect them.
 - apiGroups: [""]
-  resources: [configmaps, secrets]
-  verbs: [get, list, watch, create, patch, update, delete]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, update, patch]
+# Secrets: each policy's key ring (created, then patched by name), and
+# get for the opt-in Secrets a policy names (Prometheus credentials, trusted API
+# keys, reputation imports; each must carry its powgate.dev label). Names are the
+# policies' own, unknown here, so this cannot be narrowed to resourceNames; but
+# without list/watch nothing enumerates Secrets, and without delete none goes.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
@@ -132,11 +142,11 @@ app.kubernetes.io/component: operator
   resources: [networkpolicies]
   verbs: [get, list, create, update, delete]
 {{- if .Values.webhook.enabled }}
-# Per policy, a Role that lets the injected sidecars read their config and
-# keys, bound to the service accounts of the injected pods.
+# Per policy, a Role that lets the injected sidecars read their config, bound
+# to the service accounts of the injected pods (read, created, replaced by name).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, create, update]
 {{- end }}
 {{- if and .Values.peering.enabled (not (include "powgate.clusterwide" .)) }}
 - apiGroups: [kopf.dev]
