@@ -5,31 +5,49 @@
   (the sketch's hit path) and for a flood of new keys (every request
   evicts: key-space exhaustion), with and without trusted callers and a
   full reputation list;
+* the same quotes when rates are also counted across sidecars (a policy
+  with a shared store): the request path adds a tally and a lookup;
 * issuing and verifying a priced challenge against an unpriced one;
 * the reference, measured in the same run: one SHA-256 and one HMAC-SHA256
   (the irreducible work of one verification, as in ``bench core``).
 
 ``python -m bench proxy`` measures the whole request path; this isolates
 the part pricing adds. Every figure is the best of several interleaved runs.
+
+Then, with Debian's ``redis-server`` (started for the run, on loopback):
+what the once-a-second flush of those tallies costs, for a few keys and
+for the most one flush sends (``MAX_KEYS_PER_FLUSH``): wall time (one
+pipelined round trip) and the sidecar's CPU time, which is its share of
+one core per second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bench import best_seconds, table
 from powgate import Issuer, KeyRing, MemoryReplayCache, Verifier, solve
-from powgate.config import SidecarConfig
+from powgate.config import ReplayStoreSpec, SidecarConfig
 from powgate.pricing import ApiKeyHashes, api_key_digest, client_tag
 from powgate.reputation import MAX_ENTRIES, ReputationEntry, ReputationIndex, network_key
 from powgate_sidecar._pricing import Pricer, TrustCounts
+from powgate_sidecar._shared_rates import MAX_KEYS_PER_FLUSH, SharedRates
+from powgate_sidecar._store import RedisStore
+from powgate_testbed.store_server import StoreNotFoundError, StoreServer
 
 #: Requests per timed run.
 REQUESTS = 20_000
 REPEAT = 7
+#: Flushes per timed run of the flush rows.
+FLUSHES = 200
+#: A store nobody talks to on the request path (quotes only tally and look up).
+_UNUSED_STORE = ReplayStoreSpec(address="127.0.0.1:9")
 BINDING = "default/policy:chat"
 WALL = time.time()
 
@@ -44,7 +62,7 @@ TRUSTED = [
 ]
 
 
-def _pricer(*, trusted: bool, listed: int) -> Pricer:
+def _pricer(*, trusted: bool, listed: int, shared: bool = False) -> Pricer:
     config = SidecarConfig.model_validate(
         {"pricing": {"enabled": True}, "trustedCallers": TRUSTED if trusted else []}
     )
@@ -61,6 +79,11 @@ def _pricer(*, trusted: bool, listed: int) -> Pricer:
         sketch=None,
         trust=TrustCounts(),
         now=0.0,
+        shared=(
+            SharedRates(store=RedisStore(_UNUSED_STORE, credentials=None), policy="bench")
+            if shared
+            else None
+        ),
     )
 
 
@@ -158,6 +181,12 @@ def main() -> None:
         "quote: new /24s, trusted callers and full list": quoting(
             _pricer(trusted=True, listed=MAX_ENTRIES), flood, _bearer
         ),
+        "quote: 50 clients, counted across sidecars": quoting(
+            _pricer(trusted=False, listed=0, shared=True), few, _no_headers
+        ),
+        "quote: new /24s, counted across sidecars": quoting(
+            _pricer(trusted=False, listed=0, shared=True), flood, _no_headers
+        ),
         "issue a challenge": issue(False),
         "issue a priced challenge (ck, f)": issue(True),
         "verify a valid payload": verify(False),
@@ -175,3 +204,59 @@ def main() -> None:
     ]
     print(f"Per-client pricing, best of {REPEAT} interleaved runs of {REQUESTS} requests")
     print(table(("operation", "us/request", "vs reference"), rows))
+    print()
+    _flushes()
+
+
+def _flushes() -> None:
+    """The once-a-second flush of tallies to a real Redis server, and reading totals back."""
+    with tempfile.TemporaryDirectory(prefix="powgate-bench-") as root:
+        try:
+            server = StoreServer(root=Path(root) / "store")
+            server.start()
+        except StoreNotFoundError:
+            print("flush rows skipped: redis-server not installed (make system-deps)")
+            return
+        try:
+            rows = asyncio.run(_time_flushes(server.address))
+        finally:
+            server.stop()
+    print(
+        f"Flushing tallies to the shared store (redis-server on loopback), best of {REPEAT} "
+        f"runs of {FLUSHES} flushes"
+    )
+    print(table(("flush", "ms wall", "ms CPU", "CPU share at 1/s"), rows))
+
+
+async def _time_flushes(address: str) -> list[tuple[str, str, str, str]]:
+    store = RedisStore(
+        ReplayStoreSpec(address=address, timeout_milliseconds=2000), credentials=None
+    )
+    pricing = SidecarConfig.model_validate({"pricing": {"enabled": True}}).pricing
+    secret = KeyRing.generate().signing_key.secret
+    rows = []
+    try:
+        for keys in (50, MAX_KEYS_PER_FLUSH):
+            rates = SharedRates(store=store, policy="bench")
+            names = [f"v4:198.{i >> 8}.{i & 255}.0/24" for i in range(keys)]
+            wall = cpu = float("inf")
+            for _ in range(REPEAT):
+                started, started_cpu = time.perf_counter(), time.process_time()
+                for _ in range(FLUSHES):
+                    for name in names:
+                        rates.note(name, 0.0)
+                    await rates.flush(pricing=pricing, secret=secret)
+                wall = min(wall, (time.perf_counter() - started) / FLUSHES)
+                cpu = min(cpu, (time.process_time() - started_cpu) / FLUSHES)
+            assert rates.flushes == {"ok": REPEAT * FLUSHES}, rates.flushes
+            rows.append(
+                (
+                    f"{keys} keys (tally included)",
+                    f"{wall * 1e3:.2f}",
+                    f"{cpu * 1e3:.2f}",
+                    f"{cpu:.2%}",
+                )
+            )
+    finally:
+        await store.close()
+    return rows

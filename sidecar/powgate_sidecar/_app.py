@@ -34,7 +34,7 @@ from powgate import (
     get_algorithm,
 )
 from powgate.config import Mode, ReplayStoreSpec, SidecarConfig
-from powgate.pricing import ApiKeyHashes
+from powgate.pricing import ApiKeyHashes, PricingConfig
 from powgate.reputation import ReputationIndex, ReputationList
 
 from . import _http
@@ -50,6 +50,7 @@ from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
 from ._replay_store import SharedReplay
 from ._routes import EXEMPT, Route, RouteTable, canonical
+from ._shared_rates import SharedRates
 from ._static import ASSETS, load_asset, load_interstitial
 from ._store import RedisStore, SharedStore
 from ._trust import TrustedProxies
@@ -107,6 +108,9 @@ class Sidecar:
         #: The policy's shared replay store (with its health probe), when the config names one.
         self._shared: SharedReplay | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: Client rates counted across the policy's sidecars, through the same store.
+        self._rates: SharedRates | None = None
+        self._rates_flusher: asyncio.Task[None] | None = None
         self._keyring = keyring
         self._verifier = Verifier(keyring=keyring, replay=self._replay)
         self._stock = ChallengeStock(Issuer(keyring=keyring))
@@ -236,16 +240,19 @@ class Sidecar:
             return
         if current is not None:
             self._retire_store(current)
-        shared = None
+        shared = rates = None
         if spec is not None:
+            store = self._open_store(spec)
             shared = SharedReplay(
                 local=self._replay,
-                store=self._open_store(spec),
+                store=store,
                 spec=spec,
                 policy=config.policy,
                 metrics=self.metrics,
             )
+            rates = SharedRates(store=store, policy=config.policy)
         self._shared = self._admission.shared = shared
+        self._rates = rates
         with contextlib.suppress(RuntimeError):  # no loop yet: start() begins the probe
             asyncio.get_running_loop()
             self._watch_store()
@@ -253,11 +260,21 @@ class Sidecar:
     def _watch_store(self) -> None:
         if self._shared is not None and self._watcher is None:
             self._watcher = asyncio.ensure_future(self._shared.watch())
+        if self._rates is not None and self._rates_flusher is None:
+            self._rates_flusher = asyncio.ensure_future(self._rates.run(self._rate_settings))
+
+    def _rate_settings(self) -> tuple[PricingConfig | None, KeyRing]:
+        pricer = self._pricer
+        return (pricer.pricing if pricer is not None else None, self._keyring)
+
+    def _stop_store_tasks(self) -> None:
+        for task in (self._watcher, self._rates_flusher):
+            if task is not None:
+                task.cancel()
+        self._watcher = self._rates_flusher = None
 
     def _retire_store(self, shared: SharedReplay) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        self._stop_store_tasks()
         with contextlib.suppress(RuntimeError):  # without a loop it never connected
             asyncio.get_running_loop()
             self._spawn(shared.close())
@@ -318,6 +335,7 @@ class Sidecar:
             sketch=previous.sketch if previous is not None else None,
             trust=self._trust_counts,
             now=time.monotonic(),
+            shared=self._rates,
         )
         self._admission.pricer = self._pricer
 
@@ -325,7 +343,9 @@ class Sidecar:
         table, pricer = self._table, self._pricer
         if table is None or pricer is None:
             return None
-        return PricingView(pricer, self._keyring, table.config.policy, len(self._reputation))
+        return PricingView(
+            pricer, self._keyring, table.config.policy, len(self._reputation), self._rates
+        )
 
     def _keys_view(self) -> tuple[str, KeyRing]:
         table = self._table
@@ -359,10 +379,9 @@ class Sidecar:
 
     async def close(self) -> None:
         shared = self._shared
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        self._stop_store_tasks()
         self._shared = self._admission.shared = None
+        self._rates = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

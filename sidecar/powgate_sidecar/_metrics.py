@@ -33,6 +33,7 @@ from powgate.contract import HEAVY_CLIENTS_METRIC, KEY_INFO_METRIC, REPLAY_STORE
 from powgate.reputation import seal_label
 
 from ._pricing import Pricer
+from ._shared_rates import SharedRates
 
 __all__ = [
     "NO_LABEL",
@@ -353,6 +354,8 @@ class PricingView(NamedTuple):
     keyring: KeyRing
     policy: str
     reputation_entries: int
+    #: Rates counted across the policy's sidecars (with a shared store).
+    rates: SharedRates | None = None
 
 
 class PricingCollector(Collector):
@@ -403,9 +406,53 @@ class PricingCollector(Collector):
         entries = GaugeMetricFamily(
             "powgate_reputation_entries", "Entries of the reputation list in force."
         )
-        families: list[Metric] = [tracked, evictions, share, heavy, trusted, entries]
+        rates_up = GaugeMetricFamily(
+            "powgate_shared_rates_up",
+            "1 while client rates are counted across the policy's sidecars through the shared "
+            "store, 0 while the store does not answer (each sidecar prices by its own counts).",
+            labels=("policy",),
+        )
+        flushes = CounterMetricFamily(
+            "powgate_shared_rate_flushes",
+            "Flushes of client counts to the shared store (one a second), by result: ok or why "
+            "the store did not answer (timeout, unreachable, auth, tls, protocol, server, "
+            "credentials).",
+            labels=("result",),
+        )
+        keys = CounterMetricFamily(
+            "powgate_shared_rate_keys",
+            "Client keys of flushes, by fate: sent; dropped (beyond the busiest sent per "
+            "flush); untallied (requests of new light keys while the tally was full); lost "
+            "(their flush failed).",
+            labels=("result",),
+        )
+        fallback = CounterMetricFamily(
+            "powgate_shared_rate_fallback_requests",
+            "Requests priced by this sidecar's counts alone because the shared store did not "
+            "answer.",
+        )
+        families: list[Metric] = [
+            tracked,
+            evictions,
+            share,
+            heavy,
+            trusted,
+            entries,
+            rates_up,
+            flushes,
+            keys,
+            fallback,
+        ]
         if view is None:
             return families
+        rates = view.rates
+        if rates is not None:
+            rates_up.add_metric([rates.policy], 1 if rates.up else 0)
+            for result, count in rates.flushes.items():
+                flushes.add_metric([result], count)
+            for result, count in rates.keys.items():
+                keys.add_metric([result], count)
+            fallback.add_metric([], rates.fallback_requests)
         pricer = view.pricer
         for (caller, result), count in pricer.trust.counts.items():
             trusted.add_metric([caller, result], count)

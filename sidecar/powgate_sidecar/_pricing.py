@@ -9,8 +9,9 @@ description; the order of decisions is:
    address, a known API key, an identity a trusted proxy asserts) pays its
    multiplier, the lowest when several match; 0 pays nothing at all;
 2. otherwise, and for multipliers above 0, the client key's factor: the
-   higher of its own rate's (:class:`RateSketch`) and the reputation
-   list's, when pricing is on.
+   highest of its own rate's (:class:`RateSketch`), its rate across the
+   policy's sidecars (:class:`SharedRates`, with a shared store) and the
+   reputation list's, when pricing is on.
 
 Credentials that prove nothing (an unknown API key, an identity header from
 a peer that is not a trusted proxy, an identity not listed) change nothing:
@@ -28,6 +29,7 @@ from powgate.config import SidecarConfig
 from powgate.pricing import ApiKeyHashes, ClientKeySource, PricingConfig, client_tag, xfcc_field
 from powgate.reputation import ReputationIndex, identity_key
 
+from ._shared_rates import SharedRates
 from ._sketch import RateSketch
 
 __all__ = ["EXEMPT", "UNPRICED", "Pricer", "Quote", "TrustCounts"]
@@ -111,6 +113,7 @@ class Pricer:
         "_identity_header",
         "_pricing",
         "_reputation",
+        "_shared",
         "_tags",
         "_v4_prefix",
         "_v6_prefix",
@@ -127,6 +130,7 @@ class Pricer:
         sketch: RateSketch | None,
         trust: TrustCounts,
         now: float,
+        shared: SharedRates | None = None,
     ) -> None:
         pricing = config.pricing
         self._pricing: PricingConfig | None = pricing if pricing.enabled else None
@@ -142,6 +146,7 @@ class Pricer:
             else None
         )
         self.trust = trust
+        self._shared = shared if self._pricing is not None else None
         self._addresses: dict[str, tuple[Address | None, str]] = {}
         self._tags: dict[tuple[str, str], str] = {}
         #: The rates of this sidecar's clients: a new pricer takes over its predecessor's
@@ -191,6 +196,9 @@ class Pricer:
         factor = 1.0
         if pricing is not None and self.sketch is not None:
             rate = self.sketch.add(key, now=now)
+            shared = self._shared
+            if shared is not None:
+                rate = max(rate, shared.note(key, rate))
             factor = pricing.factor(rate)
             listed = self._reputation
             if listed is not None:

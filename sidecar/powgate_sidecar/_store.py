@@ -3,8 +3,8 @@
 The sidecar needs few operations from it, each bounded in time, and every
 failure of the client library comes out as one :class:`StoreError` with a
 ``kind`` that is a metric label. :class:`SharedStore` is the small interface
-the rest of the sidecar uses (the replay store today; per-client counts may
-use the same connection later); :class:`RedisStore` runs it on ``redis-py``'s
+the rest of the sidecar uses (the replay store, and per-client request
+counts over one connection pool); :class:`RedisStore` runs it on ``redis-py``'s
 asyncio client, so no call blocks the event loop. This module is the only one
 that imports ``redis``.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -66,6 +66,16 @@ class SharedStore(Protocol):
 
     async def set_once(self, key: bytes, *, ttl_ms: int) -> bool:
         """Store ``key`` for ``ttl_ms`` unless it exists; ``True`` when this call stored it."""
+        ...
+
+    async def add_counts(
+        self, key: bytes, counts: Sequence[tuple[bytes, int]], *, ttl_ms: int, previous: bytes
+    ) -> list[tuple[int, int]]:
+        """Add each ``(field, count)`` to the hash ``key``, which then lives ``ttl_ms``.
+
+        Returns, for each field in order, its total in ``key`` after the
+        addition and its total in the hash ``previous`` (0 where absent).
+        """
         ...
 
     async def ping(self) -> None:
@@ -201,6 +211,29 @@ class RedisStore:
                     StoreError(StoreErrorKind.PROTOCOL, f"SET answered {str(reply)[:40]!r}")
                 )
 
+    async def add_counts(
+        self, key: bytes, counts: Sequence[tuple[bytes, int]], *, ttl_ms: int, previous: bytes
+    ) -> list[tuple[int, int]]:
+        # One pipeline, one round trip: HINCRBY answers each field's new total.
+        pipe = self._client.pipeline(transaction=False)
+        for field, count in counts:
+            pipe.hincrby(key, field, count)
+        pipe.pexpire(key, max(1, ttl_ms))
+        pipe.hmget(previous, [field for field, _ in counts])
+        replies: list[Any] = await self._call(pipe.execute(raise_on_error=True))
+        if len(replies) != len(counts) + 2:
+            raise StoreError(StoreErrorKind.PROTOCOL, f"{len(replies)} answers to a pipeline")
+        totals, before = replies[: len(counts)], replies[-1]
+        if not isinstance(before, list) or len(before) != len(counts):
+            raise StoreError(StoreErrorKind.PROTOCOL, "HMGET answered no list of the fields")
+        try:
+            return [
+                (_count(total), 0 if old is None else _count(int(old)))
+                for total, old in zip(totals, before, strict=True)
+            ]
+        except (TypeError, ValueError) as exc:
+            raise StoreError(StoreErrorKind.PROTOCOL, f"not a count: {exc}") from exc
+
     async def ping(self) -> None:
         reply = await self._call(self._client.ping())
         if reply is not True:
@@ -232,6 +265,13 @@ def _expire(batch: list[tuple[bytes, int, asyncio.Future[bool]]], timeout: float
             claim.set_exception(
                 StoreError(StoreErrorKind.TIMEOUT, f"no answer within {timeout:g}s")
             )
+
+
+def _count(value: object) -> int:
+    """A count as the store answered it; ``ValueError`` for anything else."""
+    if type(value) is not int or value < 0:
+        raise ValueError(repr(value)[:40])
+    return value
 
 
 def _translate(exc: BaseException) -> StoreError:

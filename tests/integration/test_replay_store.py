@@ -105,8 +105,13 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def fleet(
-    config: SidecarConfig, *, size: int = 1, credentials: Path | None = None
+    config: SidecarConfig,
+    *,
+    size: int = 1,
+    credentials: Path | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> AsyncIterator[Fleet]:
+    """``size`` sidecars of one policy; ``trusted_proxies`` lets tests name clients."""
     upstream = TestServer(web.Application())
     upstream.app.router.add_route("*", "/{tail:.*}", _ok)
     await upstream.start_server()
@@ -119,6 +124,7 @@ async def fleet(
                 keyring=keyring,
                 config=config,
                 replay_store_credentials=credentials,
+                trusted_proxies=trusted_proxies,
             )
             await sidecar.start()
             server = await asyncio.get_running_loop().create_server(
