@@ -850,9 +850,12 @@ def _metric_names() -> set[str]:
     from prometheus_client import REGISTRY, CollectorRegistry
 
     import powgate_operator._metrics  # noqa: F401  (registers the operator's metrics)
-    from powgate_sidecar._metrics import Metrics
+    from powgate_sidecar._metrics import Metrics, PricingCollector
 
-    registries: list[CollectorRegistry] = [Metrics().registry, REGISTRY]
+    sidecar = Metrics().registry
+    # Read at scrape time by the sidecar (which registers it): described without a view.
+    sidecar.register(PricingCollector(lambda: None, clock=lambda: 0.0))
+    registries: list[CollectorRegistry] = [sidecar, REGISTRY]
     # The registry's own index of names: it covers metrics that have no samples yet.
     return {
         name
@@ -891,6 +894,25 @@ def test_the_dashboard_shows_difficulty_reasons_rollout_and_queue() -> None:
         assert needle in exprs
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_dashboard_shows_who_pays() -> None:
+    """Per-client pricing: factors, concentration, trusted callers, counting across sidecars."""
+    dashboard = json.loads(
+        find(render(), "ConfigMap", f"{FULLNAME}-dashboard")["data"]["powgate.json"]
+    )
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for needle in (
+        "powgate_price_factor_bucket",
+        "powgate_top_clients_share",
+        "powgate_trusted_requests_total",
+        "powgate_shared_rates_up",
+        "powgate_shared_rate_fallback_requests_total",
+    ):
+        assert needle in exprs
+    # No two panels in one place.
+    places = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(places) == len(set(places))
 
 
 def test_network_policy_opens_the_webhook_and_limits_metrics() -> None:
