@@ -5,7 +5,10 @@ Prometheus, the operator and two sidecar processes watching the policy's
 ConfigMap) with per-client prices on. One client floods the first sidecar
 only; the second has never seen it, and yet prices it once the operator's
 next evaluation has summed what the sidecars report, through Prometheus,
-under sealed labels, into the list both sidecars apply.
+under sealed labels, into the list both sidecars apply. Then a list from
+"another cluster", in the export format and synced into the namespace the
+way an administrator would, is imported by the policy: both sidecars price
+its key, at most at the import's cap, until the import is removed.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kubernetes import client as k8s
 
 from powgate import CHALLENGE_PATH, Challenge
+from powgate.policy import GROUP, PLURAL, REPUTATION_SOURCE_LABEL, VERSION
 from powgate.pricing import client_tag
+from powgate.reputation import REPUTATION_DATA_KEY, ReputationEntry, ReputationList
 from powgate_testbed._demo_scenario import QUICK, Defence
 from powgate_testbed._demo_stack import DemoStack, Deployment
 from powgate_testbed.cluster import ClusterAccess
@@ -29,6 +35,9 @@ pytestmark = pytest.mark.slow
 HEAVY = "100.64.7.9"  # a bot's network (the demo's bot range)
 HEAVY_KEY = "100.64.7.0/24"
 LIGHT = "198.18.3.7"
+#: A network another cluster flagged; nobody here has seen it.
+FOREIGN = "203.0.113.50"
+FOREIGN_KEY = "203.0.113.0/24"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +108,70 @@ def test_a_client_flagged_by_one_sidecar_pays_more_at_another(
         f"(scrape and evaluation every {QUICK.interval} s); "
         f"priced at {factor(at_second):g}x by the sidecar that never saw it"
     )
+
+
+def test_a_list_imported_from_another_cluster_raises_the_price_within_its_cap(
+    deployment: tuple[DemoStack, Deployment],
+) -> None:
+    stack, deployed = deployment
+    assert all(factor(quote(sidecar, FOREIGN)) == 1.0 for sidecar in deployed.sidecar_urls)
+    # Another cluster's export (its <policy>-powgate-reputation), synced here: it asks 40x.
+    exported = ReputationList(
+        entries=(ReputationEntry(key=FOREIGN_KEY, factor=40, expires=int(time.time()) + 600),)
+    )
+    core = k8s.CoreV1Api(stack.api)
+    core.create_namespaced_config_map(
+        stack.namespace,
+        {
+            "metadata": {
+                "name": "peer-cluster-reputation",
+                "labels": {REPUTATION_SOURCE_LABEL: "true"},
+            },
+            "data": {REPUTATION_DATA_KEY: exported.to_json()},
+        },
+    )
+    policies = k8s.CustomObjectsApi(stack.api)
+    name = str(Defence.HEAVY_PER_CLIENT)
+
+    def imports(listed: list[dict[str, object]]) -> None:
+        patch = {"spec": {"reputation": {"imports": listed}}}
+        policies.patch_namespaced_custom_object(
+            GROUP, VERSION, stack.namespace, PLURAL, name, patch
+        )
+
+    try:
+        # This policy trusts that source up to 8x.
+        imports([{"name": "peer-cluster-reputation", "maxFactor": 8}])
+        for sidecar in deployed.sidecar_urls:
+            eventually(
+                lambda sidecar=sidecar: factor(quote(sidecar, FOREIGN)) == 8.0,
+                what=f"{sidecar} to price the imported key at the import's cap",
+                timeout=60,
+            )
+        status = stack.policy_status(Defence.HEAVY_PER_CLIENT)
+        assert int(status["pricing"]["imported"]) == 1
+        assert factor(quote(deployed.sidecar_urls[0], LIGHT)) == 1.0
+        # Imports are never exported again (clusters importing each other cannot echo).
+        assert FOREIGN_KEY not in exported_text(core, stack.namespace, name)
+        # The import removed: the list the sidecars apply drops the key.
+        imports([])
+        for sidecar in deployed.sidecar_urls:
+            eventually(
+                lambda sidecar=sidecar: factor(quote(sidecar, FOREIGN)) == 1.0,
+                what=f"{sidecar} to forget the import",
+                timeout=60,
+            )
+    finally:
+        imports([])
+        core.delete_namespaced_config_map("peer-cluster-reputation", stack.namespace)
+
+
+def exported_text(core: k8s.CoreV1Api, namespace: str, policy: str) -> str:
+    """The policy's own export (empty when it has learnt nothing yet)."""
+    try:
+        own = core.read_namespaced_config_map(f"{policy}-powgate-reputation", namespace)
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+        return ""
+    return str((own.data or {}).get(REPUTATION_DATA_KEY, ""))
