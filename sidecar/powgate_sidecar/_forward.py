@@ -311,6 +311,7 @@ class UpstreamPool:
         self._lent_free = 0
         self._waiting: deque[Forward] = deque()
         self._connecting: set[asyncio.Task[None]] = set()
+        self._spare: asyncio.Task[None] | None = None
 
     @property
     def lent(self) -> int:
@@ -423,6 +424,37 @@ class UpstreamPool:
                 candidate.waiting.cancel()
                 candidate.waiting = None
             self._lend(candidate)
+
+    def replenish(self) -> None:
+        """Open a connection ahead of need: one in use was just given up.
+
+        A client that leaves mid-answer (an SSE reader closing its tab, a
+        streaming call cancelled) costs its upstream connection, which cannot
+        carry another request. Its replacement is opened now, off the next
+        request's path: a connect is a round trip and several turns of the
+        loop. One at a time, and only while none is idle; a failure is left
+        for the next request to meet and report.
+        """
+        if self._idle or self._spare is not None:
+            return
+        if self._lent + len(self._idle) >= self.limits.upstream_connections:
+            return
+        task = self._spare = asyncio.ensure_future(self._open_spare())
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _open_spare(self) -> None:
+        try:
+            async with asyncio.timeout(self.limits.upstream_connect_seconds):
+                conn = await self._open(self)
+        except (TimeoutError, OSError):
+            return
+        finally:
+            self._spare = None
+        if len(self._idle) < self.limits.upstream_connections:
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     def lost(self, conn: UpstreamConnection) -> None:
         with contextlib.suppress(ValueError):
@@ -636,7 +668,10 @@ class Forward:
             return
         # The client left or stalled: the upstream request is half-sent and its
         # connection cannot carry another.
+        in_use = self._conn is not None
         self._finish(reusable=False)
+        if in_use:
+            self._forwarder.pool.replenish()
 
     def writable(self, ok: bool) -> None:
         conn = self._conn

@@ -13,6 +13,8 @@ import contextlib
 import json
 import re
 import shutil
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -624,6 +626,32 @@ async def test_queue_admits_the_harder_solution_first(queued: Harness) -> None:
     await asyncio.gather(cheap, dear)
     await (await holder).read()
     assert order == [800, 200]
+
+
+async def test_a_connection_lost_to_a_client_leaving_mid_stream_is_reopened_ahead(
+    h: Harness,
+) -> None:
+    pool = h.sidecar._forwarder.pool
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    try:
+        writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen = b""
+        while b"data: first" not in seen:
+            seen += await reader.read(65536)
+        assert pool._idle == []
+        # The client leaves mid-answer (a reset, as a closed tab's socket):
+        # its upstream connection cannot carry another request.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        await eventually_async(lambda: len(pool._idle) == 1, what="a connection opened ahead")
+        spare = pool._idle[0]
+        solution = await h.solution()
+        response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": solution})
+        assert response.status == 200
+        assert pool._idle == [spare]  # the next request went out on it, and gave it back
+    finally:
+        h.upstream.release_stream.set()
 
 
 async def test_full_queue_answers_503_with_a_fresh_challenge() -> None:
