@@ -8,11 +8,14 @@ For every scheme at its default parameters of one try, on one core each:
 * **Python**: powgate's Python solver (ALTCHA v1: ``solve``, from a
   midstate; DeepSeek: ``solve_deepseek``, the C extension; v2: the key
   derivation ``solve_v2`` makes per try);
-* **native**: OpenSSL's own ``openssl speed -bytes 64 sha256`` for SHA-256
-  (SHA extensions where the CPU has them), the C extension's search loop for
-  DeepSeekHashV1, and for v2 the C libraries themselves (OpenSSL's PBKDF2
-  and scrypt, libargon2 through argon2-cffi), which are what the Python
-  solver calls, so its two columns agree there.
+* **native**: the C extension's search loops: for SHA-256 a native ALTCHA v1
+  solver's (``sha256_search``: OpenSSL's SHA-256, SHA extensions where the
+  CPU has them, from a midstate of the salt, the decimal counter incremented
+  in place; ``openssl speed -bytes 64 sha256``, two compressions a hash, is
+  printed beside it for reference), DeepSeekHashV1's, and for v2 the C
+  libraries themselves (OpenSSL's PBKDF2 and scrypt, libargon2 through
+  argon2-cffi), which are what the Python solver calls, so its two columns
+  agree there.
 
 Machines are shared and noisy: every rate is the best of two rounds
 (browser: the page measures every scheme twice; Python and native: once
@@ -51,6 +54,7 @@ from powgate import (
     Verifier,
     _altcha2,
     _deepseek_hash,
+    _native,
     solve,
     solve_challenge,
     solve_deepseek,
@@ -151,6 +155,9 @@ def main() -> None:
                 [(label, _one_try(issuers[label]), _rate(r.browser), _rate(r.python),
                   _rate(r.native), f"{r.native / r.browser:.1f}x")
                  for label, r in rates.items()]))  # fmt: skip
+    openssl = openssl_sha256_rate()
+    if openssl is not None:
+        print(f"reference: openssl speed -bytes 64 sha256 (two compressions) {openssl:,.0f}/s")
     print()
     print(f"at the difficulty D that costs the browser ~{TARGET_SECONDS:.0f} s on average:")
     rows = []
@@ -302,10 +309,14 @@ def _local_rates(issuer: Issuer) -> tuple[float, float]:
     work_hex = hashlib.sha256(f"{issued.salt}{SEARCH_RANGE}".encode()).hexdigest()
     worst_v1 = dataclasses.replace(issued, challenge=work_hex)
     python = (SEARCH_RANGE + 1) / best_seconds(lambda: solve(worst_v1), repeat=3)
-    openssl = openssl_sha256_rate()
-    if openssl is None:
-        raise SystemExit("bench_schemes needs openssl for the native SHA-256 rate")
-    return python, openssl
+    search = getattr(_native, "sha256_search", None)
+    if search is None:
+        raise SystemExit("bench_schemes needs powgate._native built with OpenSSL (make venv)")
+    salt, work = issued.salt.encode(), bytes.fromhex(work_hex)
+    native = (SEARCH_RANGE + 1) / best_seconds(
+        lambda: search(salt, work, 0, SEARCH_RANGE + 1), repeat=3
+    )
+    return python, native
 
 
 def _kdf_rate(algorithm: KdfAlgorithm, params: KdfParams) -> float:

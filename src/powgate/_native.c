@@ -15,7 +15,8 @@
  * refusal issues and most requests carry: sha256_hex(), HmacSha256 (an HMAC
  * key with its pads hashed once: hexdigest() and issue_v1(), a batch of
  * challenge documents), and canonical_v1() (a payload of the canonical shape
- * read in one pass). Each has a pure-Python definition in powgate that
+ * read in one pass); and sha256_search(), a native ALTCHA v1 solver's loop
+ * for the benchmarks. Each has a pure-Python definition in powgate that
  * gives the same bytes (tests/unit/test_core_native.py holds them to it);
  * this file only removes the interpreter from the loop.
  */
@@ -210,6 +211,77 @@ static PyObject *sha256_hex(PyObject *self, PyObject *arg) {
     sha256_to_hex((const uint8_t *)data.buf, (size_t)data.len, out);
     PyBuffer_Release(&data);
     return PyUnicode_FromStringAndSize(out, SHA_HEX);
+}
+
+/* -- ALTCHA v1 search: what a native solver does ------------------------------ */
+
+/* The first n in [start, stop) with SHA-256(prefix + decimal(n)) == target,
+ * or -1. What a tuned native solver does: the prefix is absorbed once, and
+ * when its last block is completed by the number's leading digits, the
+ * state after that block is kept until those digits change, so a candidate
+ * usually costs one compression (ALTCHA's salts are ~63 bytes: without this
+ * every candidate would cost two). The decimal counter is incremented in
+ * place. python -m bench schemes measures it as the native SHA-256 rate. */
+static long long sha256_find(const uint8_t *prefix, size_t len, const uint8_t *target,
+                             long long start, long long stop) {
+    SHA256_CTX base, mid, ctx;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    char digits[MAX_DIGITS];
+    /* Digits that complete the prefix's last block. */
+    const int need = SHA_BLOCK - (int)(len % SHA_BLOCK);
+    int width, mid_valid = 0;
+    if (start >= stop) return -1;
+    SHA256_Init(&base);
+    SHA256_Update(&base, prefix, len);
+    width = snprintf(digits, sizeof digits, "%lld", start);
+    for (long long n = start; n < stop; n++) {
+        if (width > need) {
+            if (!mid_valid) {
+                mid = base;
+                SHA256_Update(&mid, digits, (size_t)need);
+                mid_valid = 1;
+            }
+            ctx = mid;
+            SHA256_Update(&ctx, digits + need, (size_t)(width - need));
+        } else {
+            ctx = base;
+            SHA256_Update(&ctx, digits, (size_t)width);
+        }
+        SHA256_Final(digest, &ctx);
+        if (memcmp(digest, target, SHA256_DIGEST_LENGTH) == 0) return n;
+        /* digits += 1, carrying; a carry out of the first digit widens it. */
+        int i = width - 1;
+        while (i >= 0 && digits[i] == '9') digits[i--] = '0';
+        if (i >= 0) {
+            digits[i]++;
+        } else {
+            memmove(digits + 1, digits, (size_t)width);
+            digits[0] = '1';
+            width++;
+        }
+        if (i < need) mid_valid = 0; /* a digit of the kept block changed */
+    }
+    return -1;
+}
+
+static PyObject *sha256_search(PyObject *self, PyObject *args) {
+    Py_buffer prefix, target;
+    long long start, stop, found;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*LL:sha256_search", &prefix, &target, &start, &stop)) return NULL;
+    if (target.len != SHA256_DIGEST_LENGTH || start < 0) {
+        PyBuffer_Release(&prefix);
+        PyBuffer_Release(&target);
+        PyErr_SetString(PyExc_ValueError, "target must be 32 bytes and start non-negative");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    found = sha256_find((const uint8_t *)prefix.buf, (size_t)prefix.len,
+                        (const uint8_t *)target.buf, start, stop);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&target);
+    return PyLong_FromLongLong(found);
 }
 
 /* -- HmacSha256: a key whose inner and outer pads are hashed once ------------ */
@@ -551,6 +623,9 @@ static PyMethodDef methods[] = {
      "DeepSeekHashV1(prefix + decimal(n)) equals target, or -1."},
 #ifdef POWGATE_OPENSSL
     {"sha256_hex", sha256_hex, METH_O, "SHA-256 of a bytes-like object, lowercase hex."},
+    {"sha256_search", sha256_search, METH_VARARGS,
+     "sha256_search(prefix, target, start, stop): the first n in [start, stop) whose "
+     "SHA-256(prefix + decimal(n)) equals target, or -1."},
     {"canonical_v1", canonical_v1, METH_O,
      "canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C (None: not canonical)."},
 #endif

@@ -3,6 +3,7 @@ def deepseek_search(prefix: bytes, target: bytes, start: int, stop: int, /) -> i
 
 # With OpenSSL at build time only (POWGATE_OPENSSL); see powgate._fastpath.
 def sha256_hex(data: bytes, /) -> str: ...
+def sha256_search(prefix: bytes, target: bytes, start: int, stop: int, /) -> int: ...
 
 _SaltFields = tuple[int | None, str | None, int | None, str | None, str | None, str | None]
 

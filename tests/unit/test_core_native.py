@@ -48,6 +48,39 @@ def test_sha256_hex_is_hashlibs(data: bytes) -> None:
     assert native.sha256_hex(data) == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("prefix_len", [0, 1, 54, 55, 56, 63, 64, 65, 119, 130])
+@pytest.mark.parametrize(
+    ("start", "answer"),
+    # Answers where the decimal counter carries into a new digit, from a start below it.
+    [(0, 0), (0, 9), (5, 10), (90, 100), (999_990, 1_000_000), (123, 4_567)],
+)
+def test_the_native_v1_search_finds_what_hashlib_finds(
+    prefix_len: int, start: int, answer: int
+) -> None:
+    """Prefixes around SHA-256's 64-byte blocks; answers across the counter's carries."""
+    prefix = bytes(range(65, 91)) * 5
+    prefix = prefix[:prefix_len]
+    target = hashlib.sha256(prefix + str(answer).encode()).digest()
+    assert native.sha256_search(prefix, target, start, answer + 5) == answer
+    # Not in the range: just below the answer, or an empty range.
+    assert native.sha256_search(prefix, target, start, answer) == -1
+    assert native.sha256_search(prefix, target, answer + 1, answer) == -1
+
+
+def test_the_native_v1_search_solves_an_issued_challenge() -> None:
+    challenge = Issuer(keyring=KeyRing.generate()).issue(difficulty=5_000, ttl=60)
+    found = native.sha256_search(
+        challenge.salt.encode(), bytes.fromhex(challenge.challenge), 0, challenge.maxnumber + 1
+    )
+    assert found == solve(challenge).number
+
+
+@pytest.mark.parametrize(("target", "start"), [(b"short", 0), (b"\0" * 32, -1)])
+def test_the_native_v1_search_refuses_bad_arguments(target: bytes, start: int) -> None:
+    with pytest.raises(ValueError, match="32 bytes and start non-negative"):
+        native.sha256_search(b"salt", target, start, 10)
+
+
 @given(key=st.binary(max_size=200), message=st.binary(max_size=300))
 def test_hmac_states_agree_with_the_hmac_module(key: bytes, message: bytes) -> None:
     expected = hmac.new(key, message, "sha256").hexdigest()
