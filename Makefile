@@ -21,7 +21,7 @@ help: ## List the targets
 $(VENV)/.installed: pyproject.toml setup.py src/powgate/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	hack/progress.sh "pip install -e .[dev]" $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 .PHONY: venv

@@ -55,4 +55,5 @@ $SUDO apt-get update -qq
 # instances on loopback with their own configuration.
 $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
 trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$(dirname "$0")/progress.sh" "apt-get install" \
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

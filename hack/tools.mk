@@ -3,7 +3,8 @@
 # its module's files, so a second `make tools` is a no-op.
 TOOLS_DIR := $(CURDIR)/hack/tools
 GO ?= go
-GOBUILD = cd $(TOOLS_DIR)/$(1) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/
+# hack/progress.sh says every 30 s that a build is still going (a cold one is silent for minutes).
+GOBUILD = cd $(TOOLS_DIR)/$(1) && CGO_ENABLED=0 $(CURDIR)/hack/progress.sh "go build $(1)" $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/
 
 KUBE_BINS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl \
 	$(BIN)/kubelet $(BIN)/kube-proxy
@@ -30,7 +31,7 @@ $(KUBE_BINS) &: $(TOOLS_DIR)/kubernetes/go.mod $(TOOLS_DIR)/kubernetes/go.sum
 # the real node's containers get the default seccomp profile.
 $(BIN)/runc: $(TOOLS_DIR)/runc/go.mod $(TOOLS_DIR)/runc/go.sum
 	@echo ">> building runc"
-	cd $(TOOLS_DIR)/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags seccomp -ldflags='-s -w' -o $(BIN)/runc github.com/opencontainers/runc
+	cd $(TOOLS_DIR)/runc && CGO_ENABLED=1 $(CURDIR)/hack/progress.sh "go build runc" $(GO) build -trimpath -tags seccomp -ldflags='-s -w' -o $(BIN)/runc github.com/opencontainers/runc
 
 $(BIN)/etcd: $(TOOLS_DIR)/etcd/go.mod $(TOOLS_DIR)/etcd/go.sum
 	@echo ">> building etcd"
