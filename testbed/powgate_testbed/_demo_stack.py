@@ -293,6 +293,7 @@ class DemoStack(Service):
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
         def uninstall() -> None:
+            self._save_pod_logs(release_namespace, "app.kubernetes.io/component=operator")
             subprocess.run([*helm, "uninstall", "powgate", "--wait"], env=env, check=False,
                            capture_output=True, timeout=120)  # fmt: skip
 
@@ -305,6 +306,21 @@ class DemoStack(Service):
             raise StartupError(f"helm install failed: {result.stderr.strip()}")
         # LIFO: after the runs' Deployments and policies are gone, before the namespace.
         self._stack.callback(uninstall)
+
+    def _save_pod_logs(self, namespace: str, selector: str) -> None:
+        """Each container's log of the selected pods into `logs/`, before the pods go."""
+        core = k8s.CoreV1Api(self.api)
+        with contextlib.suppress(k8s.ApiException):
+            for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+                if pod.metadata is None or pod.metadata.name is None or pod.spec is None:
+                    continue
+                name, spec = pod.metadata.name, pod.spec
+                for container in [*(spec.init_containers or []), *spec.containers]:
+                    with contextlib.suppress(k8s.ApiException):
+                        text = core.read_namespaced_pod_log(
+                            name, namespace, container=container.name
+                        )
+                        (self.logs / f"{name}-{container.name}.log").write_text(text)
 
     def _delete_namespace(self) -> None:
         with contextlib.suppress(k8s.ApiException):
@@ -538,6 +554,7 @@ class DemoStack(Service):
             return list(core.list_namespaced_pod(self.namespace, label_selector=selector).items)
 
         def delete() -> None:
+            self._save_pod_logs(self.namespace, selector)
             with contextlib.suppress(k8s.ApiException):
                 apps.delete_namespaced_deployment(name, self.namespace)
             with contextlib.suppress(StartupError):

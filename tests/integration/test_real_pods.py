@@ -762,6 +762,12 @@ def test_5_a_key_rotation_refuses_no_paying_client_of_pods_whose_kubelet_delays_
         )
         scale(apps, ns, 1)
         eventually(lambda: serving_pods(core, ns, 1), what="one stand-in pod left", timeout=WAIT)
+        # And Prometheus scrapes only that one again (test 6 counts the scraped pods).
+        eventually(
+            lambda: len(promql(pod_prometheus, f'up{{namespace="{ns}"}}')) == 1,
+            what="one sidecar scraped",
+            timeout=60,
+        )
 
 
 def test_6_prometheus_scrapes_the_sidecars_as_the_chart_says_and_their_rate_moves_difficulty(
