@@ -286,15 +286,20 @@ def test_selected_pods_get_the_sidecar_and_others_are_untouched(
     rbac = k8s.RbacAuthorizationV1Api(kube_client)
     role = rbac.read_namespaced_role(role_name("llm"), namespace)
     assert [n for r in role.rules for n in r.resource_names] == [config_map_name("llm")]
-    assert _may(kube_client, namespace, "default", "configmaps", config_map_name("llm"))
-    assert not _may(kube_client, namespace, "default", "secrets", key_secret_name("llm"))
     # The Deployment's pod exists: its service account is bound (the throw-away probe
-    # pods are gone, and with them their grants).
+    # pods are gone, and with them their grants). The operator binds it once it has
+    # seen the pod, so this is waited for before the account's rights are asked.
     eventually(
         lambda: bound(rbac, namespace) == [("ServiceAccount", "default")] or None,
         what="the binding to name exactly the pod's account",
         context=lambda: str(bound(rbac, namespace)),
     )
+    # The API server's authorizer follows bindings through its own cache: waited for too.
+    eventually(
+        lambda: _may(kube_client, namespace, "default", "configmaps", config_map_name("llm")),
+        what="the pod's account to read the policy's ConfigMap",
+    )
+    assert not _may(kube_client, namespace, "default", "secrets", key_secret_name("llm"))
 
     # Not selected, and opted out: stored exactly as sent.
     for name, labels in (
