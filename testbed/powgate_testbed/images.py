@@ -17,8 +17,8 @@ on, so every layer comes from what the package registries serve:
    builds on loopback.
 3. **Images**: the unchanged Dockerfiles (`sidecar/`, `operator/`,
    `testbed/`), given the base as `PYTHON_IMAGE` and the wheel folder as
-   `WHEELHOUSE`, then saved as `<cache>/images/<name>.tar` for the real
-   node's container runtime.
+   `WHEELHOUSE`, then saved as `<cache>/images/checkouts/<checkout>/<name>.tar`
+   (a folder per checkout) for the real node's container runtime.
 4. **Pause**: the pod sandbox's image, a static C program (`hack/pause.c`).
 
 Each step is skipped when its inputs have not changed since the last build
@@ -56,6 +56,7 @@ __all__ = [
     "PAUSE",
     "Image",
     "ImageBuildError",
+    "checkout_dir",
     "image_dir",
     "main",
 ]
@@ -77,7 +78,7 @@ class Image:
         return f"powgate-{self.name}:{tag}"
 
     def archive(self, cache: Path) -> Path:
-        return image_dir(cache) / f"{self.name}.tar"
+        return checkout_dir(cache) / f"{self.name}.tar"
 
 
 IMAGES = (
@@ -105,6 +106,15 @@ class ImageBuildError(RuntimeError):
 
 def image_dir(cache: Path) -> Path:
     return cache / "images"
+
+
+def checkout_dir(cache: Path) -> Path:
+    """This checkout's images and their inputs, beside the shared base and wheels.
+
+    Checkouts that share one cache (git worktrees) build from different
+    sources: one must never load the images another built.
+    """
+    return image_dir(cache) / "checkouts" / hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -354,10 +364,11 @@ def build_pause(*, cache: Path, digests: _Digests) -> Path:
 
 
 def build(*, cache: Path, tag: str, python_image: str | None) -> None:
-    """Every image, as `<cache>/images/<name>.tar`; unchanged ones are skipped."""
+    """Every image, as `<name>.tar` in `checkout_dir(cache)`; unchanged ones are skipped."""
     folder = image_dir(cache)
-    folder.mkdir(parents=True, exist_ok=True)
+    checkout_dir(cache).mkdir(parents=True, exist_ok=True)
     digests = _Digests(folder / _DIGEST_FILE)
+    built = _Digests(checkout_dir(cache) / _DIGEST_FILE)
     started = time.monotonic()
     offline = python_image is None
     base = build_base(cache=cache, digests=digests) if offline else None
@@ -382,10 +393,10 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
     stale = [
         image
         for image in (*IMAGES, PAUSE)
-        if not digests.current(image.name, inputs[image.name], image.archive(cache))
+        if not built.current(image.name, inputs[image.name], image.archive(cache))
     ]
     if not stale and not new_wheels:
-        _step(f"images up to date in {folder}")
+        _step(f"images up to date in {checkout_dir(cache)}")
         return
     with DockerEngine(root=cache / "docker") as docker:
         if base is not None:
@@ -406,7 +417,7 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
             tmp = image.archive(cache).with_suffix(".tmp")
             docker.run("save", "--output", str(tmp), reference)
             tmp.replace(image.archive(cache))
-            digests.record(image.name, inputs[image.name])
+            built.record(image.name, inputs[image.name])
     _step(f"images built in {time.monotonic() - started:.0f} s")
 
 
