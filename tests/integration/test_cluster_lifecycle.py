@@ -315,10 +315,18 @@ def test_a_killed_owner_of_a_real_node_leaves_nothing_after_the_next_reap(
             assert _mounts_under(*node_folders(victim))  # pod volumes, container file systems
         finally:
             owner.kill()  # SIGKILL: no handler, no atexit, no finally runs in the owner.
+    reaped_at = _boot_ticks()
     reap_stale_runs(runs)
     assert not victim.exists()
     assert not _mounts_under(*node_folders(victim))
-    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _netns_inode(pid) == inode]
+    # The kernel may hand the freed namespace's inode number to a namespace made
+    # since (another run's node on this machine): only processes older than the
+    # reap can be the victim's.
+    leftovers = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and _netns_inode(pid) == inode and _started_before(pid, reaped_at)
+    ]
     assert leftovers == []
     # The link goes with the namespace, which the kernel removes in the background.
     deadline = time.monotonic() + _DEADLINE
@@ -329,6 +337,20 @@ def test_a_killed_owner_of_a_real_node_leaves_nothing_after_the_next_reap(
     # containers' processes are gone too.
     for cgroup in containers:
         assert not Path(f"/sys/fs/cgroup/memory{cgroup}").exists()
+
+
+def _boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/<pid>/stat counts start times in."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def _started_before(pid: str, ticks: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # gone
+    # Field 22 (start time); the command name (field 2) may hold spaces and parentheses.
+    return int(stat.rpartition(")")[2].split()[19]) <= ticks
 
 
 def _netns_inode(pid: str) -> int | None:
