@@ -9,6 +9,7 @@ as everywhere in Kubernetes.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -411,15 +412,14 @@ def _known_fields(model: type[BaseModel], data: Any, *, path: str, ignored: list
     """``data`` without the keys ``model`` (and its nested models) does not know."""
     if not isinstance(data, dict):
         return data  # validation reports the wrong type
-    fields = {field.alias or name: field for name, field in model.model_fields.items()}
-    fields.update(model.model_fields)  # by name as well (populate_by_name)
+    fields = _field_table(model)
     kept: dict[str, Any] = {}
     for key, value in data.items():
-        field = fields.get(key)
-        if field is None:
+        known = fields.get(key)
+        if known is None:
             ignored.append(f"{path}{key}")
             continue
-        nested, many = _nested_model(field.annotation)
+        nested, many = known
         if nested is not None and many and isinstance(value, list):
             value = [
                 _known_fields(nested, item, path=f"{path}{key}[{index}].", ignored=ignored)
@@ -429,6 +429,22 @@ def _known_fields(model: type[BaseModel], data: Any, *, path: str, ignored: list
             value = _known_fields(nested, value, path=f"{path}{key}.", ignored=ignored)
         kept[key] = value
     return kept
+
+
+@functools.cache
+def _field_table(model: type[BaseModel]) -> dict[str, tuple[type[BaseModel] | None, bool]]:
+    """Per key ``model`` accepts, by alias and by name (populate_by_name): the model inside
+    the field's type and whether it is a list.
+
+    Computed once per model: every watch event and reload parses a document, and reading
+    the annotations again each time cost several times the validation itself.
+    """
+    table: dict[str, tuple[type[BaseModel] | None, bool]] = {}
+    for name, field in model.model_fields.items():
+        table[name] = _nested_model(field.annotation)
+        if field.alias:
+            table[field.alias] = table[name]
+    return table
 
 
 def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
