@@ -71,8 +71,11 @@ def _config(difficulty: int) -> str:
 
 
 class _Sink:
-    def __init__(self, index: int, retries: Counter[str]) -> None:
+    def __init__(self, index: int, retries: Counter[str], reports: list[str]) -> None:
         self.index = index
+        #: Report lines waiting for the process's next write (one per event burst: with
+        #: PYTHONUNBUFFERED a write per watcher cost more than the watch itself).
+        self.reports = reports
         #: Set by the first document: the initial LIST is done.
         self.synced = asyncio.Event()
         #: Failures the watchers retried, by reason, shared by the process's watchers: 10,000
@@ -86,7 +89,7 @@ class _Sink:
         config = SidecarConfig.from_json(text)
         now = time.monotonic()
         if self.synced.is_set():
-            sys.stdout.write(f"{self.index} {config.difficulty} {now}\n")
+            self.reports.append(f"{self.index} {config.difficulty} {now}\n")
         self.synced.set()
         return True
 
@@ -108,7 +111,9 @@ async def _worker(spec: dict[str, Any]) -> None:
         asyncio.get_running_loop().set_exception_handler(
             lambda _, context: retries.update([f"event loop: {context.get('message')}"])
         )
-        sinks = [_Sink(i, retries) for i in range(spec["first"], spec["first"] + spec["count"])]
+        reports: list[str] = []
+        first, count = spec["first"], spec["count"]
+        sinks = [_Sink(i, retries, reports) for i in range(first, first + count)]
         watchers = [
             ConfigMapWatcher(
                 client=client, namespace=NAMESPACE, name=config_map_name(POLICY), sink=sink
@@ -119,14 +124,16 @@ async def _worker(spec: dict[str, Any]) -> None:
         await asyncio.gather(*(sink.synced.wait() for sink in sinks))
         sys.stdout.write(f"synced {json.dumps(retries)}\n")
         sys.stdout.flush()
-        # Flush reports in batches: one write per event burst, not per watcher.
         reported = sum(retries.values())
         while True:
             await asyncio.sleep(0.01)
             if sum(retries.values()) != reported:
                 reported = sum(retries.values())
-                sys.stdout.write(f"retries {json.dumps(retries)}\n")
-            sys.stdout.flush()
+                reports.append(f"retries {json.dumps(retries)}\n")
+            if reports:
+                sys.stdout.write("".join(reports))
+                sys.stdout.flush()
+                reports.clear()
             if tasks[0].done():
                 tasks[0].result()
 
