@@ -18,7 +18,13 @@ include hack/chart.mk
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml setup.py src/powgate/_native.c
+# The compiled modules too (setup.py): the sidecar's request path, compiled
+# from these sources, is rebuilt when they change (otherwise it serves from
+# source with a warning: powgate_sidecar/_compiled.py).
+COMPILED_SOURCES := $(wildcard sidecar/powgate_sidecar/*.pxd) \
+	$(patsubst %.pxd,%.py,$(wildcard sidecar/powgate_sidecar/*.pxd))
+
+$(VENV)/.installed: pyproject.toml setup.py src/powgate/_native.c $(COMPILED_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	hack/progress.sh "pip install -e .[dev]" $(PY) -m pip install --quiet -e '.[dev]'

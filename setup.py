@@ -1,17 +1,36 @@
-"""The one C extension (everything else is in pyproject.toml).
+"""The compiled modules (everything else is in pyproject.toml).
 
 ``powgate._native`` is DeepSeekHashV1 for solvers and, where OpenSSL's
 headers are present (Debian's ``libssl-dev``, which ``make system-deps``
 installs), the verifier's and issuer's hot path for ALTCHA v1 over SHA-256.
-It is optional: where no C compiler is present the build goes on without it,
-and without OpenSSL's headers it is built without that hot path; powgate
-then uses its pure-Python definitions instead (the same results, slower).
+
+The sidecar's request path (each module of ``sidecar/powgate_sidecar`` with
+a ``.pxd`` beside its ``.py``: the connection protocol and the request
+record) is compiled by Cython from its Python source, typed by the ``.pxd``.
+The build writes ``powgate_sidecar/_compiled.json`` beside the extensions:
+the digest of each source compiled, which ``powgate_sidecar._compiled``
+compares at import, so that an extension never runs in place of a source
+edited since (an editable install keeps both side by side).
+
+Both are optional: where no C compiler is present the build goes on without
+them (without OpenSSL's headers, ``_native`` without that hot path), and
+powgate uses its pure-Python definitions instead (the same results, slower).
+``POWGATE_PURE_PYTHON=1`` at build time skips the Cython modules too.
 """
 
+import hashlib
+import json
+import os
+import shutil
 import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+_ROOT = Path(__file__).resolve().parent
+_SIDECAR = _ROOT / "sidecar" / "powgate_sidecar"
+_MANIFEST = "_compiled.json"
 
 
 def _has_openssl() -> bool:
@@ -19,9 +38,61 @@ def _has_openssl() -> bool:
     return any(Path(root, "openssl", "sha.h").is_file() for root in roots if root)
 
 
+def _has_compiler() -> bool:
+    command = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shutil.which(command.split()[0]) is not None
+
+
+def _cython_modules() -> list[Extension]:
+    """The request path's extensions, or none (no compiler, no Cython, or asked not to)."""
+    if os.environ.get("POWGATE_PURE_PYTHON", "") not in ("", "0") or not _has_compiler():
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    sources = sorted(
+        str(pxd.with_suffix(".py").relative_to(_ROOT)) for pxd in _SIDECAR.glob("*.pxd")
+    )
+    modules = [
+        Extension(f"powgate_sidecar.{Path(source).stem}", sources=[source], optional=True)
+        for source in sources
+    ]
+    return cythonize(
+        modules,
+        build_dir="build/cython",
+        compiler_directives={"language_level": 3},
+        quiet=True,
+    )
+
+
+class _BuildExt(build_ext):
+    """build_ext that records which request-path sources the extensions were compiled from."""
+
+    def run(self) -> None:
+        super().run()
+        compiled = [ext for ext in self.extensions if ext.name.startswith("powgate_sidecar.")]
+        manifest = Path(self.get_ext_fullpath("powgate_sidecar._manifest")).parent / _MANIFEST
+        built = [ext for ext in compiled if Path(self.get_ext_fullpath(ext.name)).is_file()]
+        if not compiled or len(built) != len(compiled):
+            # Nothing (or not everything) compiled: no record, so the sources serve.
+            manifest.unlink(missing_ok=True)
+            return
+        # The digest powgate_sidecar._compiled.digest computes: SHA-256 of the source.
+        digests = {
+            ext.name: hashlib.sha256(
+                (_SIDECAR / (ext.name.split(".")[1] + ".py")).read_bytes()
+            ).hexdigest()
+            for ext in built
+        }
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+
+
 _OPENSSL = _has_openssl()
 
 setup(
+    cmdclass={"build_ext": _BuildExt},
     ext_modules=[
         Extension(
             "powgate._native",
@@ -30,6 +101,7 @@ setup(
             define_macros=[("POWGATE_OPENSSL", "1")] if _OPENSSL else [],
             libraries=["crypto"] if _OPENSSL else [],
             optional=True,
-        )
-    ]
+        ),
+        *_cython_modules(),
+    ],
 )

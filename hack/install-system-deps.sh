@@ -8,7 +8,8 @@
 # itself), mmdebstrap (the base image from Debian packages), containerd, the
 # CNI plugins, iptables and conntrack (kube-proxy), libseccomp-dev (runc is
 # built with seccomp, `make tools`); libssl-dev (powgate._native's SHA-256
-# hot path is built against OpenSSL, `make venv`).
+# hot path is built against OpenSSL, `make venv`); gcc (the pause image, and
+# `make venv` compiles powgate._native and the sidecar's request path).
 set -euo pipefail
 
 # Each package, with a file that shows it is installed.
@@ -28,6 +29,7 @@ declare -A want=(
   [conntrack]=/usr/sbin/conntrack
   [libseccomp-dev]=/usr/include/seccomp.h
   [libssl-dev]=/usr/include/openssl/sha.h
+  [gcc]=/usr/bin/gcc
 )
 missing=()
 for package in "${!want[@]}"; do

@@ -4,6 +4,8 @@
 below are for embedding it and for tests.
 """
 
+# First: it decides whether the request path's modules load compiled or from source.
+from . import _compiled  # noqa: F401  (imported for that decision)
 from ._app import WELL_KNOWN, Sidecar
 from ._files import FileWatch
 from ._kube import ConfigMapWatcher, ConfigSink, KubeClient, KubeEndpoint

@@ -121,7 +121,10 @@ _DISCARD: Final = _Discard()
 
 
 class Exchange:
-    """One request on a client connection and the state of its answer."""
+    """One request on a client connection and the state of its answer.
+
+    Compiled, its fields are typed by ``_connection.pxd`` (see ``_compiled``).
+    """
 
     __slots__ = (
         "_buffered",
@@ -353,8 +356,13 @@ class Listener:
             conn.abort()
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client's TCP connection (``httptools`` request parser)."""
+class ClientConnection:
+    """One client's TCP connection (``httptools`` request parser).
+
+    An ``asyncio.Protocol`` by its methods: compiled (see ``_compiled``), it is
+    an extension type, which cannot derive from a Python class. Its fields
+    are declared in ``_connection.pxd``; a field added here goes there too.
+    """
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener

@@ -102,6 +102,7 @@ class Request:
 
     Header names keep the client's spelling (they are forwarded as they
     came); ``names`` holds them in lower case for comparisons, index by index.
+    Compiled, its fields are typed by ``_http.pxd`` (see ``_compiled``).
     """
 
     __slots__ = (

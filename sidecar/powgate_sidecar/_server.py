@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -108,8 +110,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             metrics_runner, *settings.metrics_listen, reuse_port=settings.reuse_port
         ).start()
         host, port = settings.listen
+        # Connections are asyncio protocols by their methods, not by their
+        # class (compiled, they cannot derive from asyncio.Protocol).
+        factory = cast("Callable[[], asyncio.Protocol]", listener)
         server = await loop.create_server(
-            listener, host, port, backlog=4096, reuse_port=settings.reuse_port
+            factory, host, port, backlog=4096, reuse_port=settings.reuse_port
         )
         stack.push_async_callback(_drain, server, listener, settings.shutdown_timeout)
         tasks.append(

@@ -6,11 +6,14 @@
 No container registry is reachable from the machines this project is built
 on, so every layer comes from what the package registries serve:
 
-1. **Base**: a Debian root file system with Python 3.11, made by
+1. **Bases**: Debian root file systems with Python 3.11, made by
    `mmdebstrap` from the Debian mirror this machine's apt already uses (its
    own sources file, so no address is written down here), imported as
-   `powgate-python:3.11-bookworm`. It plays the part `python:3.11-slim-bookworm`
-   plays for users who can pull.
+   `powgate-python:3.11-bookworm` (the part `python:3.11-slim-bookworm`
+   plays for users who can pull) and, with a C compiler and the headers of
+   Python and OpenSSL added, `powgate-python-build:3.11-bookworm` (the part of
+   `python:3.11-bookworm`: the sidecar's build stage compiles its request
+   path and `powgate._native`; the runtime stage has no compiler).
 2. **Wheels**: the project's dependencies, built or fetched on this machine
    by pip into `<cache>/images/wheels` (then completed by the base's own pip,
    whose interpreter evaluates the dependencies' markers) and served to the
@@ -52,6 +55,7 @@ from powgate_testbed.cluster import cache_dir
 
 __all__ = [
     "BASE_IMAGE",
+    "BUILD_IMAGE",
     "IMAGES",
     "PAUSE",
     "Image",
@@ -69,10 +73,13 @@ class Image:
     """One image `make images` builds: its source, and the tar the node loads.
 
     The source is a Dockerfile, except for the pause image's: its C program.
+    ``compiles``: its Dockerfile has a build stage with a C compiler
+    (``ARG BUILD_IMAGE``).
     """
 
     name: str
     source: str
+    compiles: bool = False
 
     def reference(self, tag: str) -> str:
         return f"powgate-{self.name}:{tag}"
@@ -82,22 +89,28 @@ class Image:
 
 
 IMAGES = (
-    Image(name="sidecar", source="sidecar/Dockerfile"),
+    Image(name="sidecar", source="sidecar/Dockerfile", compiles=True),
     Image(name="operator", source="operator/Dockerfile"),
     Image(name="standin", source="testbed/Dockerfile"),
 )
 #: Debian's Python 3.11, as `python:3.11-slim-bookworm` has it.
 BASE_IMAGE = "powgate-python:3.11-bookworm"
+#: The same with a C compiler and the headers of Python and OpenSSL, as
+#: `python:3.11-bookworm` has them: the build stage of the images that compile.
+BUILD_IMAGE = "powgate-python-build:3.11-bookworm"
 #: The pod sandbox image the real node's runtime is configured with.
 PAUSE = Image(name="pause", source="hack/pause.c")
 #: What the Dockerfiles copy into the build (the .dockerignore keeps the rest out).
 _CONTEXT = ("pyproject.toml", "setup.py", "README.md", "src", "sidecar", "operator", "testbed")
 #: The base: the interpreter, venv (ensurepip) and `python` as the images call it.
 _BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+_BUILD_PACKAGES = (*_BASE_PACKAGES, "gcc", "libc6-dev", "python3-dev", "libssl-dev")
 _SUITE = "bookworm"
 #: Neither the build nor the services read these; they only add size.
 _EXCLUDED = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 _DIGEST_FILE = "inputs.json"
+#: The record of a local build's compiled modules (setup.py), not a source.
+_COMPILED = "_compiled.json"
 
 
 class ImageBuildError(RuntimeError):
@@ -126,12 +139,20 @@ def _digest(*parts: bytes | str) -> str:
 
 
 def _tree_digest(paths: Sequence[Path]) -> str:
-    """A digest of the files under `paths` (names and contents), byte-code caches aside."""
+    """A digest of the files under `paths` (names and contents), as the build context has them.
+
+    Byte-code caches and what a local build compiled (`.dockerignore` keeps
+    them out of the context too) are left aside.
+    """
     h = hashlib.sha256()
     for top in paths:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
         for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
+            if (
+                "__pycache__" in path.parts
+                or path.suffix in (".pyc", ".so")
+                or path.name == _COMPILED
+            ):
                 continue
             h.update(str(path.relative_to(ROOT)).encode() + b"\0")
             h.update(path.read_bytes())
@@ -202,22 +223,24 @@ def _apt_options() -> list[str]:
     return [f"--aptopt={line}" for line in dump.splitlines() if line.startswith(wanted)]
 
 
-def build_base(*, cache: Path, digests: _Digests) -> Path:
-    """The base root file system as a tarball (`mmdebstrap`, from Debian's packages)."""
-    out = image_dir(cache) / "base-rootfs.tar"
+def build_base(
+    *, cache: Path, digests: _Digests, name: str = "base", packages: Sequence[str] = _BASE_PACKAGES
+) -> Path:
+    """A base root file system as a tarball (`mmdebstrap`, from Debian's packages)."""
+    out = image_dir(cache) / f"{name}-rootfs.tar"
     sources = _apt_sources()
-    digest = _digest(_SUITE, *_BASE_PACKAGES, *_EXCLUDED, sources.read_bytes())
-    if digests.current("base", digest, out):
+    digest = _digest(_SUITE, *packages, *_EXCLUDED, sources.read_bytes())
+    if digests.current(name, digest, out):
         return out
     if shutil.which("mmdebstrap") is None:
         raise ImageBuildError("mmdebstrap is not installed; run `make system-deps`")
-    _step(f"building the base root file system from Debian {_SUITE} packages (mmdebstrap)")
+    _step(f"building the {name} root file system from Debian {_SUITE} packages (mmdebstrap)")
     tmp = out.with_suffix(".tmp.tar")
     _run(
         [
             "mmdebstrap",
             "--variant=essential",
-            f"--include={','.join(_BASE_PACKAGES)}",
+            f"--include={','.join(packages)}",
             # Merged /usr without the usrmerge package, which would pull in Perl.
             "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
             *_apt_options(),
@@ -229,7 +252,7 @@ def build_base(*, cache: Path, digests: _Digests) -> Path:
         what="mmdebstrap",
     )
     tmp.replace(out)
-    digests.record("base", digest)
+    digests.record(name, digest)
     return out
 
 
@@ -372,6 +395,11 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
     started = time.monotonic()
     offline = python_image is None
     base = build_base(cache=cache, digests=digests) if offline else None
+    builder = (
+        build_base(cache=cache, digests=digests, name="build-base", packages=_BUILD_PACKAGES)
+        if offline
+        else None
+    )
     wheels = folder / "wheels" if offline else None
     # The base's interpreter decides which wheels it needs, so its digest is an input.
     wheel_inputs = _digest((ROOT / "pyproject.toml").read_bytes(), sys.version, digests.of("base"))
@@ -386,6 +414,7 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
             tag,
             python_image or digests.of("base"),
             wheel_inputs if offline else "",
+            digests.of("build-base") if offline and image.compiles else "",
         )
         for image in IMAGES
     }
@@ -400,7 +429,11 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
         return
     with DockerEngine(root=cache / "docker") as docker:
         if base is not None:
-            _import_base(docker, base=base, digest=digests.of("base"))
+            _import_base(docker, base=base, digest=digests.of("base"), reference=BASE_IMAGE)
+        if builder is not None:
+            _import_base(
+                docker, base=builder, digest=digests.of("build-base"), reference=BUILD_IMAGE
+            )
         if new_wheels and wheels is not None:
             build_wheels(docker=docker, folder=wheels)
             digests.record("wheels", wheel_inputs)
@@ -411,7 +444,7 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
             else:
                 _build_one(
                     docker, image=image, reference=reference, base=python_image or BASE_IMAGE,
-                    wheels=wheels,
+                    build_base=None if python_image else BUILD_IMAGE, wheels=wheels,
                 )  # fmt: skip
             _step(f"saving {reference} to {image.archive(cache)}")
             tmp = image.archive(cache).with_suffix(".tmp")
@@ -421,30 +454,39 @@ def build(*, cache: Path, tag: str, python_image: str | None) -> None:
     _step(f"images built in {time.monotonic() - started:.0f} s")
 
 
-def _import_base(docker: DockerEngine, *, base: Path, digest: str) -> None:
+def _import_base(docker: DockerEngine, *, base: Path, digest: str, reference: str) -> None:
     """Import the base unless the engine has it from the same inputs.
 
     A fresh import is a new image, and would make every build after it start
     from scratch instead of from the engine's layer cache.
     """
     try:
-        imported = docker.run("image", "inspect", "--format", "{{.Comment}}", BASE_IMAGE)
+        imported = docker.run("image", "inspect", "--format", "{{.Comment}}", reference)
     except DockerError:
         imported = ""
     if imported.strip() == digest:
         return
-    _step(f"importing the base as {BASE_IMAGE}")
-    docker.run("import", "--message", digest, "--change", 'CMD ["python3"]', str(base), BASE_IMAGE)
+    _step(f"importing the base as {reference}")
+    docker.run("import", "--message", digest, "--change", 'CMD ["python3"]', str(base), reference)
 
 
 def _build_one(
-    docker: DockerEngine, *, image: Image, reference: str, base: str, wheels: Path | None
+    docker: DockerEngine,
+    *,
+    image: Image,
+    reference: str,
+    base: str,
+    build_base: str | None,
+    wheels: Path | None,
 ) -> None:
+    """``build_base``: the compiling build stage's image (``None``: the Dockerfile's default)."""
     _step(f"docker build {reference} ({image.source})")
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         args = ["build", "--file", str(ROOT / image.source), "--tag", reference]
         args += ["--build-arg", f"PYTHON_IMAGE={base}"]
+        if image.compiles and build_base is not None:
+            args += ["--build-arg", f"BUILD_IMAGE={build_base}"]
         if wheels is not None:
             url = stack.enter_context(_served(wheels))
             # The build's containers share the host's network to reach the

@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"sidecar": "sidecar", "operator": "operator", "standin": "testbed"}
 COMPONENTS = tuple(DOCKERFILES)
 #: Pinned: a Python minor version and a Debian release in the tag, or a digest.
-_PINNED = re.compile(r"^python:3\.\d+(\.\d+)?-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?$")
+#: The runtime is a slim image; a build stage that compiles may use the full one.
+_PINNED = re.compile(
+    r"^python:(?P<python>3\.\d+(\.\d+)?)-(?P<slim>slim-)?(?P<debian>bookworm|trixie)"
+    r"(@sha256:[0-9a-f]{64})?$"
+)
 #: What must never be in the runtime stage: package managers, compilers, build front ends.
 _BUILD_TOOLS = re.compile(
     r"\b(apt-get|apt|apk|dnf|yum|gcc|g\+\+|cc|make|build-essential|pip3? (install|wheel)|"
@@ -122,6 +126,16 @@ def test_the_parser_joins_continuations_and_drops_comments() -> None:
 def test_every_stage_starts_from_a_pinned_base(component: str) -> None:
     for stage in parsed(component):
         assert _PINNED.match(stage.base), stage.base
+
+
+def test_the_runtime_is_slim_and_the_build_stage_has_its_python(component: str) -> None:
+    # The venv made in the build stage runs in the final one: one Python, one Debian.
+    build, *_, final = parsed(component)
+    built, runs = _PINNED.match(build.base), _PINNED.match(final.base)
+    assert built
+    assert runs
+    assert runs.group("slim"), final.base
+    assert built.group("python", "debian") == runs.group("python", "debian")
 
 
 def test_wheels_are_built_in_a_build_stage_and_only_the_result_is_copied(component: str) -> None:
