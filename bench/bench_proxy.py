@@ -821,7 +821,10 @@ def profile(*, load: str, seconds: int = 10) -> None:
         pid, port = (s.priced_pid, s.priced) if priced else (s.sidecar_pid, s.sidecar)
         out = Path(tmp) / "profile.txt"
         argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds)]
-        argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
+        # C frames too (--native; py-spy then pauses the process for each sample
+        # instead of reading it running): the compiled request path, uvloop and
+        # llhttp have no Python frames of their own.
+        argv += ["--rate", "250", "--format", "raw", "--output", str(out), "--native"]
         url = f"http://127.0.0.1:{port}/v1/chat"
         pool = None
         if load.endswith("pass"):
