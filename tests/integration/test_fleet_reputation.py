@@ -13,6 +13,7 @@ its key, at most at the import's cap, until the import is removed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,22 @@ def quote(sidecar: str, client: str) -> Challenge:
 
 def factor(challenge: Challenge) -> float:
     return float(challenge.params.factor or 0)
+
+
+#: Asking a sidecar for a challenge is a request it counts towards the client's rate.
+#: Probing the foreign key every 0.2 s priced it above 1x at the sidecars on its own, so
+#: on a busy machine (a longer first wait, more probes) "forget the import" never came.
+#: One probe per sidecar every 10 s keeps the key's decayed rate (half-life 5 s) at its
+#: peak, summed over both sidecars, below the scenario's fair rate.
+PROBE_INTERVAL = 10.0
+_HALF_LIFE = QUICK.who_pays.half_life_seconds
+_PEAK_RATE = math.log(2) / _HALF_LIFE / (1 - 2 ** (-PROBE_INTERVAL / _HALF_LIFE))
+assert QUICK.who_pays.fair_rate > 2 * _PEAK_RATE
+
+
+def seen(sidecar: str) -> str:
+    challenge = quote(sidecar, FOREIGN)
+    return f"last seen: factor {factor(challenge):g} for client {challenge.params.client}"
 
 
 def test_a_client_flagged_by_one_sidecar_pays_more_at_another(
@@ -146,7 +163,9 @@ def test_a_list_imported_from_another_cluster_raises_the_price_within_its_cap(
             eventually(
                 lambda sidecar=sidecar: factor(quote(sidecar, FOREIGN)) == 8.0,
                 what=f"{sidecar} to price the imported key at the import's cap",
-                timeout=60,
+                timeout=90,
+                interval=PROBE_INTERVAL,
+                context=lambda sidecar=sidecar: seen(sidecar),
             )
         status = stack.policy_status(Defence.HEAVY_PER_CLIENT)
         assert int(status["pricing"]["imported"]) == 1
@@ -159,7 +178,9 @@ def test_a_list_imported_from_another_cluster_raises_the_price_within_its_cap(
             eventually(
                 lambda sidecar=sidecar: factor(quote(sidecar, FOREIGN)) == 1.0,
                 what=f"{sidecar} to forget the import",
-                timeout=60,
+                timeout=90,
+                interval=PROBE_INTERVAL,
+                context=lambda sidecar=sidecar: seen(sidecar),
             )
     finally:
         imports([])
