@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -748,16 +749,20 @@ def reap_stale_runs(runs: Path) -> None:
     """
     if not runs.is_dir():
         return
-    for root in runs.iterdir():
-        state = _read_state(root)
-        owner = state.owner if state else None
-        if owner is not None and process_alive(owner):
-            continue
-        if owner is None and root.name.isdigit() and Path(f"/proc/{root.name}").exists():
-            # A run that has created its folder but not yet written its state.
-            continue
-        _clear_state(root)
-        shutil.rmtree(root, ignore_errors=True)
+    # One reaper at a time: runs that start together (test workers, checkouts
+    # sharing a cache) would otherwise delete one dead run's files under each other.
+    with (runs.parent / f"{runs.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for root in runs.iterdir():
+            state = _read_state(root)
+            owner = state.owner if state else None
+            if owner is not None and process_alive(owner):
+                continue
+            if owner is None and root.name.isdigit() and Path(f"/proc/{root.name}").exists():
+                # A run that has created its folder but not yet written its state.
+                continue
+            _clear_state(root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _status(root: Path) -> int:

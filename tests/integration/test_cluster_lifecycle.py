@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,34 @@ def test_reaping_spares_live_runs(tmp_path: Path) -> None:
 
     reap_stale_runs(runs)
     assert sorted(p.name for p in runs.iterdir()) == ["live"]
+
+
+def test_runs_starting_together_reap_a_dead_run_once(tmp_path: Path) -> None:
+    """Parallel test workers each reap the cache's dead runs as they start."""
+    runs = tmp_path / "runs"
+    dead = runs / "dead"
+    for folder in range(20):
+        files = dead / "etcd" / f"wal{folder}"
+        files.mkdir(parents=True)
+        for name in range(100):
+            (files / str(name)).write_bytes(b"x")
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def reap() -> None:
+        start.wait()
+        try:
+            reap_stale_runs(runs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    reapers = [threading.Thread(target=reap) for _ in range(start.parties)]
+    for reaper in reapers:
+        reaper.start()
+    for reaper in reapers:
+        reaper.join()
+    assert errors == []
+    assert list(runs.iterdir()) == []
 
 
 @pytest.fixture
