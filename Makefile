@@ -72,9 +72,14 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The suite mostly waits (control planes, pods, scrapes, browsers), so it runs
+# on several workers; tests/conftest.py says how the modules are spread.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 .PHONY: test
 test: system-deps venv tools js-deps images lint ## Everything CI runs: lint, unit, integration (real control plane and node)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
 .PHONY: unit
 unit: venv ## Fast tests only (no control plane, no browser)
