@@ -30,13 +30,21 @@ _REAL_NODE_MODULES = frozenset(
     {"tests/integration/test_real_pods.py", "tests/integration/test_cluster_lifecycle.py"}
 )
 _REAL_NODE_UNIT = "real node"
-#: The units that take longest, longest first (measured with `--durations=0`,
-#: see docs/testing.md). Workers start them before anything else, so the run
-#: does not end waiting on one of them; the others follow in collection order.
-_LONGEST = (
-    "tests/integration/test_demo.py",
-    _REAL_NODE_UNIT,
-)
+#: The units that take longest, in seconds on 4 workers (`--durations=0`, see
+#: docs/testing.md). Workers start them first, longest first, so the run does
+#: not end waiting on one of them; the others follow in collection order.
+_MEASURED_SECONDS = {
+    "tests/integration/test_demo.py": 630,
+    _REAL_NODE_UNIT: 320,
+    "tests/integration/test_demo_interrupt.py": 185,
+    "tests/unit/test_fuzz.py": 136,
+    "tests/integration/test_operator_cluster.py": 115,
+    "tests/integration/test_key_rotation.py": 109,
+    "tests/integration/test_webhook_injection.py": 104,
+    "tests/integration/test_sidecar_e2e.py": 77,
+    "tests/unit/test_chart.py": 69,
+    "tests/integration/test_chart_install.py": 68,
+}
 
 
 def _unit(nodeid: str) -> str:
@@ -45,7 +53,7 @@ def _unit(nodeid: str) -> str:
 
 
 def _rank(unit: str) -> int:
-    return _LONGEST.index(unit) if unit in _LONGEST else len(_LONGEST)
+    return -_MEASURED_SECONDS.get(unit, 0)
 
 
 class ModuleScheduling(LoadScopeScheduling):

@@ -98,6 +98,14 @@ class Fleet:
         await response.read()
         return response.status
 
+    async def store_answers(self) -> None:
+        """Every sidecar has seen the store answer its probe: the first claim then finds
+        a connection made (on busy cores a TLS handshake alone can outlast the timeout)."""
+        for sidecar in self.sidecars:
+            shared = sidecar._shared
+            assert shared is not None
+            await eventually_async(lambda shared=shared: shared.up, what="the store answering")
+
     def sample(self, index: int, name: str, labels: dict[str, str] | None = None) -> float:
         registry = self.sidecars[index].metrics.registry
         return registry.get_sample_value(name, labels or {}) or 0.0
@@ -158,6 +166,7 @@ async def test_one_payload_at_three_sidecars_of_a_policy_is_admitted_once(
     store: StoreServer,
 ) -> None:
     async with fleet(store_config(store), size=3) as f:
+        await f.store_answers()
         payload = await f.payload()
         statuses = [await f.post(i, payload) for i in range(3)]
         assert sorted(statuses) == [200, 428, 428]
@@ -312,6 +321,7 @@ async def test_credentials_from_the_mounted_folder_are_used_and_reread(
 ) -> None:
     folder = credentials(tmp_path / "secret", username="powgate", password="right-password")
     async with fleet(store_config(guarded_store), credentials=folder) as f:
+        await f.store_answers()
         payload = await f.payload()
         assert [await f.post(0, payload) for _ in range(2)] == [200, 428]
         assert f.sample(0, "powgate_replay_store_claims_total", {"result": "new"}) == 1
@@ -349,6 +359,7 @@ async def test_tls_store_is_verified_against_the_mounted_ca(
         assert tls_store.ca_file is not None
         trusted = credentials(tmp_path / "trusted", ca_crt=tls_store.ca_file.read_text())
         async with fleet(store_config(tls_store, tls=True), credentials=trusted) as f:
+            await f.store_answers()
             payload = await f.payload()
             assert [await f.post(0, payload) for _ in range(2)] == [200, 428]
         # Without the CA the server's certificate is not trusted: never talked to.

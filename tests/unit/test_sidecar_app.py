@@ -48,6 +48,8 @@ from powgate_testbed.fuzz_http import ClientTransport
 from waiting import eventually_async
 
 POLICY = "team/chat"
+#: Bounds the wait for the sidecar to close its connections at the end of a test.
+_DRAIN = 30.0
 
 
 @dataclass
@@ -158,14 +160,19 @@ async def build(
 async def serving(sidecar: Sidecar) -> AsyncIterator[tuple[aiohttp.ClientSession, int]]:
     """``sidecar`` listening on a free loopback port, and a client session for it."""
     await sidecar.start()
-    server = await asyncio.get_running_loop().create_server(sidecar.listener(), "127.0.0.1", 0)
+    listener = sidecar.listener()
+    server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
     try:
         yield client, port
     finally:
         await client.close()
+        # As the sidecar shuts down: its side of every connection closed before the
+        # test ends (on a busy machine the client's close may not have reached it yet).
         server.close()
+        await listener.drain(_DRAIN)
+        await server.wait_closed()
         await sidecar.close()
 
 
