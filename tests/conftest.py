@@ -30,20 +30,20 @@ _REAL_NODE_MODULES = frozenset(
     {"tests/integration/test_real_pods.py", "tests/integration/test_cluster_lifecycle.py"}
 )
 _REAL_NODE_UNIT = "real node"
-#: The units that take longest, in seconds on 4 workers (`--durations=0`, see
-#: docs/testing.md). Workers start them first, longest first, so the run does
-#: not end waiting on one of them; the others follow in collection order.
+#: The units that take longest, in seconds on 4 workers (a warm `make test`'s
+#: JUnit report, docs/testing.md). Workers start them first, longest first, so
+#: the run does not end waiting on one of them; the rest follow in collection order.
 _MEASURED_SECONDS = {
-    "tests/integration/test_demo.py": 630,
-    _REAL_NODE_UNIT: 320,
-    "tests/integration/test_demo_interrupt.py": 185,
-    "tests/unit/test_fuzz.py": 136,
-    "tests/integration/test_operator_cluster.py": 115,
-    "tests/integration/test_key_rotation.py": 109,
+    "tests/integration/test_demo.py": 608,
+    _REAL_NODE_UNIT: 220,
+    "tests/integration/test_demo_interrupt.py": 199,
+    "tests/integration/test_key_rotation.py": 114,
+    "tests/unit/test_fuzz.py": 112,
     "tests/integration/test_webhook_injection.py": 104,
-    "tests/integration/test_sidecar_e2e.py": 77,
-    "tests/unit/test_chart.py": 69,
-    "tests/integration/test_chart_install.py": 68,
+    "tests/integration/test_operator_cluster.py": 102,
+    "tests/integration/test_fleet_reputation.py": 73,
+    "tests/unit/test_core_native.py": 66,
+    "tests/integration/test_sidecar_e2e.py": 49,
 }
 
 
