@@ -72,10 +72,12 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The suite mostly waits (control planes, pods, scrapes, browsers), so it runs
-# on several workers; tests/conftest.py says how the modules are spread.
-TEST_WORKERS ?= 4
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# The suite mostly waits (control planes, pods, scrapes, browsers): `make test
+# TEST_WORKERS=4` runs it on 4 workers (tests/conftest.py says how the modules
+# are spread). Serial by default until parallel runs are reliably green
+# (docs/testing.md lists the tests that failed on 4 workers).
+TEST_WORKERS ?= 1
+PYTEST_PARALLEL := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: test
 test: system-deps venv tools js-deps images lint ## Everything CI runs: lint, unit, integration (real control plane and node)

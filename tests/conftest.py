@@ -1,7 +1,7 @@
 """Settings for every test under tests/, and how `make test` spreads them over workers.
 
-`make test` runs the suite on a few pytest-xdist workers (`-n 4 --dist
-loadfile`): most of its time is spent waiting (control planes starting, pods,
+`make test TEST_WORKERS=4` runs the suite on pytest-xdist workers (`-n 4
+--dist loadfile`): most of its time is spent waiting (control planes starting, pods,
 scrapes, browsers), not computing. Each test module is one unit of work, run
 whole by one worker, so a module's fixtures are set up once; the modules that
 start a real node (containerd, kubelet, kube-proxy) form one unit, so a run
@@ -70,7 +70,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModuleSchedu
     return ModuleScheduling(config, log)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     strays = sorted(
         item.nodeid
         for item in items
@@ -82,5 +82,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             f"tests/conftest.py: add the modules of {strays} to _REAL_NODE_MODULES "
             "(one real node per run)"
         )
+    if not hasattr(config, "workerinput"):
+        return  # a serial run keeps pytest's order
     # sorted() is stable: collection order within a rank and within a module.
     items[:] = sorted(items, key=lambda item: _rank(_unit(item.nodeid)))
