@@ -616,8 +616,23 @@ def test_a_replaced_policy_applies_at_once_and_a_deleted_one_never(
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-held")
     stored = _create_pod(core, namespace, "while-deleting", {"app": "llm"})
     assert stored["metadata"]["annotations"][INJECTED_ANNOTATION] == "b-new"
-    current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-held")
-    kept = [f for f in current["metadata"]["finalizers"] if f != "example.com/hold"]
-    custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "a-held", {"metadata": {"finalizers": kept}}
-    )
+
+    def release() -> bool:
+        # The operator removes its own finalizer meanwhile: a list read before that would
+        # put it back, which the API server refuses (422) for an object being deleted.
+        # The read's resourceVersion makes such a race a conflict, and the next try rereads.
+        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a-held")
+        metadata = current["metadata"]
+        kept = [f for f in metadata["finalizers"] if f != "example.com/hold"]
+        patch = {"metadata": {"finalizers": kept, "resourceVersion": metadata["resourceVersion"]}}
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "a-held", patch
+            )
+        except k8s.ApiException as exc:
+            if exc.status == HTTPStatus.CONFLICT:
+                return False
+            raise
+        return True
+
+    eventually(release, what="the test's own finalizer removed from a-held")
