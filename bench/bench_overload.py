@@ -1,12 +1,17 @@
 """Paid requests while the sidecar is flooded at twice its refusal capacity.
 
-The sidecar is pinned to core 0 in front of an nginx upstream. Its refusal
-capacity is measured first (``wrk`` without solutions, closed loop). Then,
-for each scenario, an open-loop flood (``bench/flood.py``) offers twice
-that rate for ``SECONDS``, and a legitimate client sends one request a
-second with a fresh valid solution on a connection of its own, from another
-loopback address: its success rate and latency are the result, next to the
-same client without a flood in the same run.
+The sidecar is pinned to core 0 in front of an nginx upstream, with the
+config's default ``overload`` settings. Its refusal capacity is measured
+first (``wrk`` without solutions, closed loop). Then, for each scenario, an
+open-loop flood (``bench/flood.py``) offers twice that rate for
+``SECONDS``, and a legitimate client sends one request a second with a
+fresh valid solution on a connection of its own, from another loopback
+address: its success rate and latency are the result, next to the same
+client without a flood in the same run. The floods: 50 pipelining
+connections without a solution, the same with a forged one, 2,000
+connections from one address (one request a write: the per-client cap),
+and 2,000 connections from 200 addresses (one request a write, under every
+cap: deferring while the loop lags).
 
     python -m bench overload
 """
@@ -56,6 +61,8 @@ class Outcome:
     latencies_ms: list[float]
     flood_offered: int
     flood_written: int
+    connections: int
+    held: int
 
     def row(self) -> tuple[str, ...]:
         lat = sorted(self.latencies_ms) or [float("nan")]
@@ -64,6 +71,7 @@ class Outcome:
             self.name,
             f"{self.flood_offered:,}",
             f"{self.flood_written:,}",
+            f"{self.held:,}/{self.connections:,}" if self.connections else "-",
             f"{self.ok}/{self.sent}",
             f"{100 * self.ok / max(1, self.sent):.1f}%",
             f"{statistics.median(lat):.2f}",
@@ -105,23 +113,36 @@ def _paid(port: int, payloads: list[str]) -> tuple[int, int, list[float]]:
     return len(payloads), ok, latencies
 
 
-def _scenario(name: str, *, port: int, rate: float, header: str, payloads: list[str]) -> Outcome:
+def _scenario(
+    name: str,
+    *,
+    port: int,
+    rate: float,
+    header: str,
+    payloads: list[str],
+    connections: int = 50,
+    addresses: int = 1,
+) -> Outcome:
     flood = None
     if rate:
         flood = subprocess.Popen(
             ["taskset", "-c", LOAD_CORE, sys.executable, "-m", "bench.flood", str(port),
-             str(rate), str(SECONDS), header],
+             str(rate), str(SECONDS), header, f"--connections={connections}",
+             f"--addresses={addresses}"],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )  # fmt: skip
         time.sleep(1.0)  # the flood is under way before the first paid request
     sent, ok, latencies = _paid(port, payloads)
-    written = 0
+    written = held = 0
     if flood is not None:
         out, _ = flood.communicate(timeout=60)
-        written = int(out.split()[1])
-    return Outcome(name, sent, ok, latencies, int(rate * SECONDS), written)
+        words = out.split()
+        written, held = int(words[1]), int(words[3])
+    else:
+        connections = 0
+    return Outcome(name, sent, ok, latencies, int(rate * SECONDS), written, connections, held)
 
 
 def main() -> None:
@@ -138,7 +159,7 @@ def main() -> None:
             keyring.save(keys)
             config.write_text(CONFIG.to_json())
             count = int(SECONDS * PAID_RATE)
-            payloads = _solutions(keyring, 3 * count + 1)
+            payloads = _solutions(keyring, 5 * count + 1)
             forged = dataclasses.replace(decode_solution(payloads[-1]), signature="0" * 64).encode()
             (upstream,) = free_ports(1)
             _nginx(
@@ -154,28 +175,34 @@ def main() -> None:
             )  # fmt: skip
             url = f"http://127.0.0.1:{port}/v1/chat"
             capacity = max(_wrk(url, connections=50, seconds=5, proxy=pid).rate for _ in range(2))
-            outcomes = [
-                _scenario("no flood", port=port, rate=0, header="", payloads=payloads[:count]),
-                _scenario(
-                    "junk flood (no solution)",
-                    port=port,
-                    rate=2 * capacity,
-                    header="",
-                    payloads=payloads[count : 2 * count],
-                ),
-                _scenario(
-                    "forged-solution flood",
-                    port=port,
-                    rate=2 * capacity,
-                    header=f"X-Powgate-Solution: {forged}\r\n",
-                    payloads=payloads[2 * count : 3 * count],
-                ),
+            junk, forged_field = "", f"X-Powgate-Solution: {forged}\r\n"
+            # name, header, connections, addresses
+            floods = [
+                ("junk flood (no solution)", junk, 50, 1),
+                ("forged-solution flood", forged_field, 50, 1),
+                ("2,000 connections, one address", junk, 2000, 1),
+                ("2,000 connections, 200 addresses", junk, 2000, 200),
             ]
+            outcomes = [
+                _scenario("no flood", port=port, rate=0, header="", payloads=payloads[:count])
+            ]
+            for index, (name, header, connections, addresses) in enumerate(floods, start=1):
+                outcomes.append(
+                    _scenario(
+                        name,
+                        port=port,
+                        rate=2 * capacity,
+                        header=header,
+                        payloads=payloads[index * count : (index + 1) * count],
+                        connections=connections,
+                        addresses=addresses,
+                    )
+                )
         finally:
             procs.close()
     print(
         f"refusal capacity (wrk -c50, closed loop): {capacity:,.0f} req/s; floods offer twice "
-        f"that for {SECONDS} s, open loop, on 50 pipelining connections"
+        f"that for {SECONDS} s, open loop"
     )
     print(f"paid requests: {PAID_RATE:g}/s from {CLIENT_ADDRESS}, a fresh solution each")
     print(
@@ -184,6 +211,7 @@ def main() -> None:
                 "scenario",
                 "flood offered",
                 "flood written",
+                "flood conns held",
                 "paid ok",
                 "success",
                 "p50 ms",

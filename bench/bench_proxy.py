@@ -729,6 +729,8 @@ def _rate(run: Run) -> float:
 
 #: Idle keep-alive connections held open for the memory row.
 IDLE_CONNECTIONS: Final = 10_000
+#: Idle connections per client address (well under the default cap of 256).
+IDLE_PER_ADDRESS: Final = 100
 #: What Chromium sends for a navigation, for the amplification row.
 NAVIGATION: Final = (
     b"GET /v1/chat HTTP/1.1\r\nHost: shop.example.com\r\nConnection: keep-alive\r\n"
@@ -759,13 +761,20 @@ def _rss(pid: int) -> int:
 
 
 def _idle_rss(port: int, *, pid: int, count: int) -> tuple[int, int]:
-    """The sidecar's RSS holding ``count`` keep-alive connections that each asked once."""
+    """The sidecar's RSS holding ``count`` keep-alive connections that each asked once.
+
+    They come from :data:`IDLE_PER_ADDRESS` connections per loopback address,
+    as many clients' would (one address is capped at the config's
+    ``overload.maxConnectionsPerClient``).
+    """
     before = _rss(pid)
     request = b"GET /.well-known/powgate/none HTTP/1.1\r\nHost: bench\r\n\r\n"
     sockets = []
     try:
-        for _ in range(count):
-            sock = socket.create_connection(("127.0.0.1", port))
+        for index in range(count):
+            client = index // IDLE_PER_ADDRESS
+            source = f"127.1.{client // 250}.{client % 250 + 1}"
+            sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
             sock.sendall(request)
             sockets.append(sock)
         for sock in sockets:

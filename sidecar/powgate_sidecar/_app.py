@@ -45,7 +45,16 @@ from ._connection import Exchange, Listener
 from ._endpoints import WELL_KNOWN, Endpoints, not_configured
 from ._forward import Forwarder, Opener, UpstreamPool
 from ._limits import Limits
-from ._metrics import NO_LABEL, KeysCollector, Metrics, Outcome, PricingCollector, PricingView
+from ._metrics import (
+    NO_LABEL,
+    KeysCollector,
+    Metrics,
+    Outcome,
+    OverloadCollector,
+    PricingCollector,
+    PricingView,
+)
+from ._overload import Overload
 from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
 from ._replay_store import SharedReplay
@@ -96,6 +105,9 @@ class Sidecar:
         self._flag_proxies = tuple(trusted_proxies)
         self._config_proxies: tuple[str, ...] = ()
         trusted = TrustedProxies(self._flag_proxies)
+        #: Connection caps and refusals deferred while the loop lags (the config's overload).
+        self.overload = Overload()
+        self.overload.trusted = trusted
         self._forwarder = Forwarder(
             pool=UpstreamPool(upstream, limits=self.limits, opener=opener),
             metrics=self.metrics,
@@ -141,6 +153,7 @@ class Sidecar:
         self._pricer: Pricer | None = None
         self.metrics.registry.register(PricingCollector(self._pricing_view, clock=time.monotonic))
         self.metrics.registry.register(KeysCollector(self._keys_view))
+        self.metrics.registry.register(OverloadCollector(self.overload))
         self.metrics.replay_cache_entries.set_function(lambda: len(self._replay))
         self.metrics.queue_depth.set_function(lambda: self._queue.depth if self._queue else 0)
         self.metrics.derivations_pending.set_function(lambda: self._pool.pending)
@@ -191,6 +204,7 @@ class Sidecar:
         else:
             self._queue.set_limits(config.queue)
         self._table = table
+        self.overload.configure(config.overload)
         self._trust_proxies(tuple(config.trusted_proxies))
         self._reprice()
         self.metrics.set_config(
@@ -321,6 +335,7 @@ class Sidecar:
         trusted = TrustedProxies((*self._flag_proxies, *networks))
         self._admission.trusted = trusted
         self._forwarder.trusted = trusted
+        self.overload.trusted = trusted
 
     def _reprice(self) -> None:
         """Rebuild the pricer from what is in force; rates counted so far are kept."""
@@ -375,7 +390,9 @@ class Sidecar:
 
     def listener(self, *, header_seconds: float = 15.0) -> Listener:
         """A protocol factory for ``loop.create_server``: connections served by this sidecar."""
-        return Listener(self, limits=self.limits, header_seconds=header_seconds)
+        return Listener(
+            self, limits=self.limits, header_seconds=header_seconds, overload=self.overload
+        )
 
     async def close(self) -> None:
         shared = self._shared
@@ -430,6 +447,11 @@ class Sidecar:
             if not self._body_fits(exchange):
                 return
             self._forwarder.forward(exchange, route=name, paid=False, clear_cookie=False)
+            return
+        if exchange.can_wait() and self._admission.find(request)[0] is None:
+            # The loop lags: a request without a solution is refused a turn later,
+            # so that those carrying one, judged now, do not wait behind a flood.
+            exchange.wait_turn()
             return
         quote = self._admission.quote(request)
         if quote.factor == 0.0:

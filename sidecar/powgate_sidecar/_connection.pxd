@@ -24,6 +24,7 @@ cdef class ClientConnection:
     cdef public object _loop
     cdef public object _transport
     cdef public str peer
+    cdef public object _client_key
     cdef public bint keep_alive
     cdef public int _paused
     cdef public bint _writable

@@ -17,6 +17,9 @@ listener's backlog, which the loop works through round-robin, a slice per
 connection at a time, for at most :data:`TURN_BUDGET` seconds a turn. A
 read of one request (a paid client's among them) is answered in the turn
 it arrives, so it waits for one budget at most, however large the flood.
+While the loop lags (see ``_overload``), the refusals of requests that
+carry no solution join the same budget: the dispatcher hands them back
+(:meth:`Exchange.wait_turn`) and they are answered in a later turn.
 
 Timeouts use one lazily re-armed timer per connection: the hot path only
 moves a deadline (a float), and the timer, when it fires early, re-arms
@@ -41,6 +44,7 @@ import httptools
 from . import _http
 from ._http import Request
 from ._limits import Limits
+from ._overload import Overload
 
 __all__ = [
     "MAX_PIPELINED",
@@ -78,6 +82,9 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE_FIELD: Final = b"Connection: close\r\n"
 _ALLOW: Final = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 _WRITE_HIGH: Final = 256 * 1024
+_TOO_MANY_CONNECTIONS: Final = _http.response(
+    503, b"too many connections from your address\n", fields=b"Retry-After: 1\r\n", close=True
+)
 #: Method names as ``str``, decoded once rather than per request.
 _METHODS: Final = {
     name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -265,6 +272,21 @@ class Exchange:
         if consumer is not None:
             consumer.cancel(why)
 
+    # -- overload ------------------------------------------------------------
+
+    def can_wait(self) -> bool:
+        """Whether the loop lags and this request is not being answered from the backlog."""
+        listener = self.conn._listener
+        return bool(listener.overload.lagging) and not listener.working
+
+    def wait_turn(self) -> None:
+        """Be dispatched again within the listener's backlog budget (see ``_overload``).
+
+        The connection reads nothing more meanwhile: requests behind this one
+        wait, parsed or in the kernel's buffers.
+        """
+        self.conn._listener.hold(self)
+
 
 _BUFFER_PAUSE: Final = 64 * 1024
 # Reasons to stop reading from a client, one bit each.
@@ -296,9 +318,12 @@ class Listener:
         *,
         limits: Limits,
         header_seconds: float,
+        overload: Overload | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits
+        #: Connection caps and the loop's lateness (shared with the dispatcher's config).
+        self.overload = overload if overload is not None else Overload()
         #: Time to send a whole request head, and to idle between requests.
         self.header_seconds = header_seconds
         self.connections: set[ClientConnection] = set()
@@ -306,6 +331,10 @@ class Listener:
         self._drained: asyncio.Event | None = None
         # Connections with bytes read and not parsed yet, in turn order.
         self._backlog: deque[ClientConnection] = deque()
+        # Requests whose refusal waits for the budget (the loop lags).
+        self._held: deque[Exchange] = deque()
+        #: Whether the backlog is being worked (nothing is held from inside it).
+        self.working = False
         self._scheduled = False
 
     def __call__(self) -> ClientConnection:
@@ -314,20 +343,43 @@ class Listener:
     def defer_slices(self, conn: ClientConnection) -> None:
         """Parse ``conn``'s backlog in later turns, after the reads that come first."""
         self._backlog.append(conn)
+        self._schedule()
+
+    def hold(self, exchange: Exchange) -> None:
+        """Dispatch ``exchange`` again in a later turn, within the budget."""
+        self._held.append(exchange)
+        overload = self.overload
+        overload.deferred += 1
+        overload.backlog(empty=False)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._work_backlog)
 
     def _work_backlog(self) -> None:
         backlog = self._backlog
+        held = self._held
         deadline = time.monotonic() + TURN_BUDGET
-        while backlog:
-            conn = backlog.popleft()
-            if conn._next_slice():
-                backlog.append(conn)
-            if time.monotonic() >= deadline:
-                break
-        if backlog:
+        self.working = True
+        try:
+            # Held refusals and pipelined slices take turns within one budget.
+            while backlog or held:
+                if held:
+                    exchange = held.popleft()
+                    if exchange.alive:
+                        exchange.conn._start(exchange)
+                if backlog:
+                    conn = backlog.popleft()
+                    if conn._next_slice():
+                        backlog.append(conn)
+                if time.monotonic() >= deadline:
+                    break
+        finally:
+            self.working = False
+        self.overload.backlog(empty=not held)
+        if backlog or held:
             asyncio.get_running_loop().call_soon(self._work_backlog)
         else:
             self._scheduled = False
@@ -341,6 +393,7 @@ class Listener:
         """Close idle connections, let busy ones finish, cut the rest after ``grace`` seconds."""
         self.draining = True
         self._drained = asyncio.Event()
+        self.overload.stop()
         for conn in list(self.connections):
             conn.drain()
         if self.connections:
@@ -371,6 +424,8 @@ class ClientConnection:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self.peer = ""
+        # What the connection is counted under for its client's cap ("": not counted).
+        self._client_key: str | bytes | None = ""
         self.keep_alive = True
         self._paused = 0
         self._writable = True
@@ -414,13 +469,22 @@ class ClientConnection:
         # uvloop's transports are not asyncio's classes, only alike.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        overload = self._listener.overload
+        overload.watch(self._loop)
+        key = self._client_key = overload.open(self.peer)
+        if key is None:
+            # Over its client's cap: answered and closed before anything is read.
+            self.closed = True
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
         self._listener.connections.add(self)
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if isinstance(peer, tuple) else ""
         self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
 
     def data_received(self, data: bytes) -> None:
@@ -524,6 +588,10 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._listener.forget(self)
+        key = self._client_key
+        if key:
+            self._client_key = ""
+            self._listener.overload.close(key)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -32,6 +32,7 @@ from powgate import KeyRing
 from powgate.contract import HEAVY_CLIENTS_METRIC, KEY_INFO_METRIC, REPLAY_STORE_UP_METRIC
 from powgate.reputation import seal_label
 
+from ._overload import Overload
 from ._pricing import Pricer
 from ._shared_rates import SharedRates
 
@@ -41,6 +42,7 @@ __all__ = [
     "LoopHistogram",
     "Metrics",
     "Outcome",
+    "OverloadCollector",
     "PricingCollector",
     "PricingView",
 ]
@@ -314,6 +316,50 @@ class Metrics:
         self.difficulty.clear()
         for route, value in difficulties.items():
             self.difficulty.labels(route).set(value)
+
+
+class OverloadCollector(Collector):
+    """What the overload defences refused or put off (``_overload``), read at scrape time.
+
+    The listener counts in plain integers: a flood is when counting costs most.
+    """
+
+    def __init__(self, overload: Overload) -> None:
+        self._overload = overload
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._overload)
+
+    @staticmethod
+    def _families(overload: Overload | None = None) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "powgate_connections_refused",
+            "Connections answered 503 and closed on arrival, by reason (client_connections: "
+            "its client held overload.maxConnectionsPerClient already).",
+            labels=("reason",),
+        )
+        deferred = CounterMetricFamily(
+            "powgate_requests_deferred",
+            "Requests without a solution whose refusal waited for a later turn of the event "
+            "loop because it lagged (overload.lagThresholdMilliseconds).",
+        )
+        lag = GaugeMetricFamily(
+            "powgate_event_loop_lag_seconds",
+            "How late the event loop last ran a timer due every 5 ms.",
+        )
+        clients = GaugeMetricFamily(
+            "powgate_clients_connected",
+            "Client addresses (IPv6: /64s) holding connections counted against their cap.",
+        )
+        if overload is not None:
+            refused.add_metric(["client_connections"], overload.refused_connections)
+            deferred.add_metric([], overload.deferred)
+            lag.add_metric([], overload.lag)
+            clients.add_metric([], overload.clients)
+        return iter([refused, deferred, lag, clients])
 
 
 class KeysCollector(Collector):

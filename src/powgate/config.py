@@ -36,6 +36,7 @@ __all__ = [
     "REPLAY_STORE_CONTRACT",
     "KdfSpec",
     "Mode",
+    "OverloadConfig",
     "ParsedConfig",
     "QueueConfig",
     "ReplayStoreSpec",
@@ -191,6 +192,29 @@ class QueueConfig(WireModel):
     max_wait_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
+class OverloadConfig(WireModel):
+    """How a sidecar keeps serving paid requests while it is flooded."""
+
+    max_connections_per_client: int = Field(
+        default=256,
+        ge=0,
+        le=1_000_000,
+        description="Connections one client address (an IPv6 /64) may hold open at once; "
+        "past it a new connection is answered 503 and closed "
+        "(powgate_connections_refused_total). Peers among the trusted proxies are not "
+        "capped: they carry many clients. 0 disables the cap.",
+    )
+    lag_threshold_milliseconds: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description="When the event loop runs this late, requests to protected routes that "
+        "carry no solution are answered in later turns of the loop, within its backlog "
+        "budget, while requests carrying one go first (powgate_requests_deferred_total). "
+        "0 disables deferring.",
+    )
+
+
 class StoreOutage(enum.StrEnum):
     """What a sidecar does with a valid solution while the shared replay store cannot be asked."""
 
@@ -297,6 +321,7 @@ class SidecarConfig(WireModel):
         description="Never challenged, whatever the routes say.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
     raised_at: int = Field(
         default=0,
         ge=0,

@@ -29,6 +29,7 @@ from .config import (
     AlgorithmName,
     KdfSpec,
     Mode,
+    OverloadConfig,
     PathPattern,
     QueueConfig,
     ReplayStoreSpec,
@@ -602,6 +603,7 @@ class PolicySpec(WireModel):
         default=15, ge=1, le=3600, description="How often the signals are queried and applied."
     )
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
     replay: ReplaySpec = Field(default_factory=lambda: ReplaySpec())
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     trusted_callers: list[TrustedCaller] = Field(
@@ -922,6 +924,7 @@ def render_config(
         routes=spec.routes,
         exempt_paths=spec.exempt_paths,
         queue=spec.queue,
+        overload=spec.overload,
         raised_at=raised_at,
         raise_grace_seconds=spec.challenge.grace_seconds_after_raise,
         replay_cache_entries=spec.replay.entries(lifetime_seconds=spec.challenge.lifetime_seconds),

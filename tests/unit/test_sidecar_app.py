@@ -42,7 +42,14 @@ from powgate import (
     solve_v2,
 )
 from powgate._keys import new_secret
-from powgate.config import CONFIG_CONTRACT, Mode, QueueConfig, RouteConfig, SidecarConfig
+from powgate.config import (
+    CONFIG_CONTRACT,
+    Mode,
+    OverloadConfig,
+    QueueConfig,
+    RouteConfig,
+    SidecarConfig,
+)
 from powgate_sidecar import Limits, Sidecar, _connection
 from powgate_testbed.fuzz_http import ClientTransport
 from waiting import eventually_async
@@ -999,3 +1006,155 @@ async def test_the_key_ids_held_are_exported_for_the_operator() -> None:
         assert held(h) == {h.keyring.active: "true", "k2": "false"}
         h.sidecar.apply_keyring(published.activated("k2", retire_previous_at=None))
         assert held(h) == {h.keyring.active: "false", "k2": "true"}
+
+
+# -- overload ------------------------------------------------------------------
+
+
+class _Peer(_Recorded):
+    """A recorded client transport from ``peer``, noting when it is closed."""
+
+    def __init__(self, name: str, writes: list[tuple[str, bytes]], *, peer: str) -> None:
+        super().__init__(name, writes)
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def test_one_address_past_its_connection_cap_is_answered_503_and_others_are_served() -> None:
+    overload = OverloadConfig(max_connections_per_client=3, lag_threshold_milliseconds=0)
+    async for h in build(config=make_config(overload=overload), trusted_proxies=("10.9.0.0/16",)):
+        listener = h.sidecar.listener()
+        writes: list[tuple[str, bytes]] = []
+        flood = []
+        for index in range(1000):
+            transport = _Peer(f"flood{index}", writes, peer="10.0.0.1")
+            conn = listener()
+            conn.connection_made(transport)
+            flood.append((conn, transport))
+        held = [conn for conn, transport in flood if not transport.closing]
+        assert len(held) == 3
+        refused = [data for name, data in writes if name.startswith("flood")]
+        assert len(refused) == 997
+        assert all(data.startswith(b"HTTP/1.1 503 ") for data in refused)
+        assert all(b"Retry-After: 1\r\n" in data for data in refused)
+        sample = h.sidecar.metrics.registry.get_sample_value
+        assert sample("powgate_connections_refused_total", {"reason": "client_connections"}) == 997
+        # Another client, a proxy the policy trusts (it carries many clients), and the
+        # same IPv6 /64 under any address: each counted on its own.
+        other = listener()
+        other.connection_made(_Peer("other", writes, peer="10.0.0.2"))
+        other.data_received(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert writes[-1][0] == "other"
+        assert writes[-1][1].startswith(b"HTTP/1.1 428 ")
+        proxies = [_Peer(f"proxy{i}", writes, peer="10.9.0.7") for i in range(10)]
+        for transport in proxies:
+            listener().connection_made(transport)
+        assert not any(transport.closing for transport in proxies)
+        v6 = [_Peer(f"v6-{i}", writes, peer=f"2001:db8:1:2::{i + 1:x}") for i in range(4)]
+        for transport in v6:
+            listener().connection_made(transport)
+        assert [transport.closing for transport in v6] == [False, False, False, True]
+        # A connection of the first client that ends makes room for one more.
+        held[0].connection_lost(None)
+        again = _Peer("again", writes, peer="10.0.0.1")
+        listener().connection_made(again)
+        assert not again.closing
+        assert sample("powgate_clients_connected") == 3  # 10.0.0.1, 10.0.0.2, the /64
+
+
+async def test_thousands_of_connections_from_one_address_leave_room_for_a_paid_request() -> None:
+    overload = OverloadConfig(max_connections_per_client=50)
+    async for h in build(config=make_config(overload=overload)):
+        payload = await h.solution()
+        loop = asyncio.get_running_loop()
+        flood: list[socket.socket] = []
+        try:
+            for _ in range(1500):
+                sock = socket.socket()
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", h.port))
+                flood.append(sock)
+            counts = h.sidecar.overload
+            await eventually_async(
+                lambda counts=counts: counts.refused_connections == 1450,
+                what="the flood's excess refused",
+            )
+            labels = {"reason": "client_connections"}
+            registry = h.sidecar.metrics.registry
+            assert registry.get_sample_value("powgate_connections_refused_total", labels) == 1450
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", h.port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(
+                b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"X-Powgate-Solution: " + payload.encode() + b"\r\n\r\n{}"
+            )
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert h.count("chat", "admitted", "ok") == 1
+        finally:
+            for sock in flood:
+                sock.close()
+
+
+async def test_while_the_loop_lags_refusals_wait_their_turn_and_a_paid_request_goes_first(
+    h: Harness,
+) -> None:
+    overload = h.sidecar.overload
+    listener = h.sidecar.listener()
+    writes: list[tuple[str, bytes]] = []
+    junk = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    payload = await h.solution()
+    overload.lagging = True
+    flood = []
+    for index in range(20):
+        conn = listener()
+        conn.connection_made(_Peer(f"junk{index}", writes, peer=f"10.0.1.{index}"))
+        conn.data_received(junk)
+        flood.append(conn)
+    paid = listener()
+    paid.connection_made(_Peer("paid", writes, peer="10.0.2.1"))
+    paid.data_received(
+        b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"X-Powgate-Solution: " + payload.encode() + b"\r\n\r\n{}"
+    )
+    # Nothing refused yet, and the paid request judged, admitted and on its way.
+    assert writes == []
+    assert h.count("chat", "challenged", "missing") == 0
+    assert h.count("chat", "admitted", "ok") == 1
+    sample = h.sidecar.metrics.registry.get_sample_value
+    assert sample("powgate_requests_deferred_total") == 20
+    await eventually_async(
+        lambda: h.count("chat", "challenged", "missing") == 20, what="the refusals, later"
+    )
+    refusals = [data for name, data in writes if name.startswith("junk")]
+    assert len(refusals) == 20
+    assert all(data.startswith(b"HTTP/1.1 428 ") for data in refusals)
+    # Each with a challenge of its own, as ever.
+    assert len({data.partition(b"\r\n\r\n")[2] for data in refusals}) == 20
+    await eventually_async(lambda: any(name == "paid" for name, _ in writes), what="paid answer")
+    assert next(data for name, data in writes if name == "paid").startswith(b"HTTP/1.1 200 ")
+    for conn in [*flood, paid]:
+        conn.connection_lost(None)
+
+
+async def test_deferring_starts_when_the_loop_runs_late_and_ends_once_it_is_on_time(
+    h: Harness,
+) -> None:
+    overload = h.sidecar.overload
+    assert overload.lag_seconds == 0.01  # the default
+    overload.watch(asyncio.get_running_loop())
+    await asyncio.sleep(0.02)
+    assert not overload.lagging
+    time.sleep(0.05)  # noqa: ASYNC251 - the loop held up for 50 ms, as a flood's turn would
+    await eventually_async(lambda: overload.lagging, what="lag noticed")
+    await asyncio.sleep(0.1)
+    assert overload.lagging  # held a while: deferring shortens the turns that were late
+    await eventually_async(lambda: not overload.lagging, what="on time again")
+    overload.stop()
