@@ -14,6 +14,9 @@ Also reported: the CPU time spent per edit (from /proc) by the API server
 and by all watcher processes together, and the failures the watchers retried
 (10,000 watches opening at once meet the API server's priority and fairness).
 
+``POWGATE_ROLLOUT_SIZES=1,10000`` runs only those rows (the first is the
+reference), ``POWGATE_ROLLOUT_PODS=0`` skips the real-pod table.
+
 A second table does the same for sidecars running in real pods, on the local
 cluster's real node (`powgate_testbed.node`; needs root, `make tools` and
 `make images`): the chart's operator image in a pod, a Deployment of stand-in
@@ -54,6 +57,10 @@ from powgate_testbed.cluster import LocalCluster, Tools, cache_dir
 from powgate_testbed.node import NodeTools, NodeToolsMissingError, RealNode
 
 SIZES: Final = (1, 10, 100, 1000, 10_000)
+#: The rows to run, e.g. ``1,10000`` (the first is the reference); default: SIZES.
+SIZES_ENV: Final = "POWGATE_ROLLOUT_SIZES"
+#: ``0`` skips the real-pod table (it needs root and the images, and takes minutes).
+PODS_ENV: Final = "POWGATE_ROLLOUT_PODS"
 EDITS: Final = 5
 #: Watchers per worker process; 1000 watchers → 4 processes, 10,000 → 40, on this 2-core machine.
 PER_PROCESS: Final = 250
@@ -411,7 +418,23 @@ def real_pods(tools: Tools, folder: Path) -> None:
         api.close()
 
 
+def _sizes() -> tuple[int, ...]:
+    chosen = os.environ.get(SIZES_ENV, "").strip()
+    if not chosen:
+        return SIZES
+    try:
+        sizes = tuple(int(size) for size in chosen.split(","))
+    except ValueError:
+        raise SystemExit(
+            f"{SIZES_ENV}={chosen!r}: expected watcher counts such as 1,10000"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"{SIZES_ENV}={chosen!r}: every count must be at least 1")
+    return sizes
+
+
 def main() -> None:
+    sizes = _sizes()
     tools = Tools.locate(cache_dir())
     with tempfile.TemporaryDirectory(prefix="powgate-rollout-") as tmp:
         folder = Path(tmp)
@@ -432,7 +455,7 @@ def main() -> None:
             )
             reference: float | None = None
             retried: dict[int, Counter[str]] = {}
-            for round_, n in enumerate(SIZES):
+            for round_, n in enumerate(sizes):
                 row = _measure(core, n=n, spec=spec, apiserver=apiserver, start=1000 * (round_ + 1))
                 worst = max(row.latencies)
                 reference = reference or worst
@@ -453,8 +476,9 @@ def main() -> None:
                 reasons = ", ".join(f"{why} ({count})" for why, count in retries.most_common())
                 print(f"{n} watchers retried: {reasons}")
             api.close()
-        print()
-        real_pods(tools, folder)
+        if os.environ.get(PODS_ENV, "1") != "0":
+            print()
+            real_pods(tools, folder)
 
 
 if __name__ == "__main__":
