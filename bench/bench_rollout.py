@@ -15,7 +15,8 @@ and by all watcher processes together, and the failures the watchers retried
 (10,000 watches opening at once meet the API server's priority and fairness).
 
 ``POWGATE_ROLLOUT_SIZES=1,10000`` runs only those rows (the first is the
-reference), ``POWGATE_ROLLOUT_PODS=0`` skips the real-pod table.
+reference), ``POWGATE_ROLLOUT_EDITS=200`` makes more edits per row (to
+profile a watcher process), ``POWGATE_ROLLOUT_PODS=0`` skips the real-pod table.
 
 A second table does the same for sidecars running in real pods, on the local
 cluster's real node (`powgate_testbed.node`; needs root, `make tools` and
@@ -62,6 +63,8 @@ SIZES_ENV: Final = "POWGATE_ROLLOUT_SIZES"
 #: ``0`` skips the real-pod table (it needs root and the images, and takes minutes).
 PODS_ENV: Final = "POWGATE_ROLLOUT_PODS"
 EDITS: Final = 5
+#: Edits per row instead of EDITS (e.g. many, to profile a watcher process under them).
+EDITS_ENV: Final = "POWGATE_ROLLOUT_EDITS"
 #: Watchers per worker process; 1000 watchers → 4 processes, 10,000 → 40, on this 2-core machine.
 PER_PROCESS: Final = 250
 NAMESPACE: Final = "rollout"
@@ -196,9 +199,9 @@ class _Row:
 
 
 def _measure(
-    core: k8s.CoreV1Api, *, n: int, spec: dict[str, Any], apiserver: int, start: int
+    core: k8s.CoreV1Api, *, n: int, edits: int, spec: dict[str, Any], apiserver: int, start: int
 ) -> _Row:
-    """Every watcher's latency over EDITS edits, and the CPU each edit cost."""
+    """Every watcher's latency over `edits` edits, and the CPU each edit cost."""
     workers = []
     counts = [min(PER_PROCESS, n - first) for first in range(0, n, PER_PROCESS)]
     for first, count in zip(range(0, n, PER_PROCESS), counts, strict=True):
@@ -221,7 +224,7 @@ def _measure(
             retries[worker.pid] = Counter(json.loads(counts_json))
         latencies: list[float] = []
         cpu = watchers_cpu = 0.0
-        for edit in range(EDITS):
+        for edit in range(edits):
             difficulty = start + edit
             cpu_before = _cpu_seconds(apiserver)
             watchers_before = sum(_cpu_seconds(worker.pid) for worker in workers)
@@ -244,7 +247,7 @@ def _measure(
             cpu += _cpu_seconds(apiserver) - cpu_before
             watchers_cpu += sum(_cpu_seconds(worker.pid) for worker in workers) - watchers_before
             time.sleep(0.2)
-        return _Row(latencies, cpu / EDITS, watchers_cpu / EDITS, sum(retries.values(), Counter()))
+        return _Row(latencies, cpu / edits, watchers_cpu / edits, sum(retries.values(), Counter()))
     finally:
         for worker in workers:
             worker.kill()
@@ -435,6 +438,9 @@ def _sizes() -> tuple[int, ...]:
 
 def main() -> None:
     sizes = _sizes()
+    edits = int(os.environ.get(EDITS_ENV, "") or EDITS)
+    if not 1 <= edits < 1000:  # each row's difficulties start 1000 apart
+        raise SystemExit(f"{EDITS_ENV}={edits}: expected 1 to 999 edits per row")
     tools = Tools.locate(cache_dir())
     with tempfile.TemporaryDirectory(prefix="powgate-rollout-") as tmp:
         folder = Path(tmp)
@@ -456,7 +462,14 @@ def main() -> None:
             reference: float | None = None
             retried: dict[int, Counter[str]] = {}
             for round_, n in enumerate(sizes):
-                row = _measure(core, n=n, spec=spec, apiserver=apiserver, start=1000 * (round_ + 1))
+                row = _measure(
+                    core,
+                    n=n,
+                    edits=edits,
+                    spec=spec,
+                    apiserver=apiserver,
+                    start=1000 * (round_ + 1),
+                )
                 worst = max(row.latencies)
                 reference = reference or worst
                 print(
@@ -469,7 +482,7 @@ def main() -> None:
                 if row.retries:
                     retried[n] = row.retries
             print(
-                f"(reference: the same edit seen by 1 watcher; {EDITS} edits per row; "
+                f"(reference: the same edit seen by 1 watcher; {edits} edits per row; "
                 f"{PER_PROCESS} watchers per process; target: max < 1000 ms at 10,000)"
             )
             for n, retries in retried.items():
