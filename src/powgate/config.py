@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Annotated, Any, Final, NamedTuple, Self
 
-from pydantic import BaseModel, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from ._algorithms import KdfAlgorithm, KdfParams, algorithm_names, get_algorithm
 from ._replay import DEFAULT_MAX_ENTRIES
@@ -409,9 +409,15 @@ class SidecarConfig(WireModel):
         Raises :class:`pydantic.ValidationError` for invalid JSON, an invalid
         value, or a newer contract.
         """
-        ignored: list[str] = []
-        known = _known_fields(cls, _JSON.validate_json(text), path="", ignored=ignored)
-        return ParsedConfig(cls.model_validate(known), tuple(sorted(ignored)))
+        try:
+            # Fast path, taken by every document this version fully knows (each watch event
+            # and reload parses one): pydantic-core parses the JSON straight into the model,
+            # 2-3 times faster than the tolerant parse below.
+            return ParsedConfig(cls.model_validate_json(text), ())
+        except ValidationError:
+            # A field from a newer operator (the model forbids unknown fields) or an
+            # invalid document: the tolerant parse gives the config or the precise error.
+            return _parse_tolerant(cls, text)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SidecarConfig:
@@ -431,6 +437,14 @@ class ParsedConfig(NamedTuple):
 
     config: SidecarConfig
     ignored: tuple[str, ...]
+
+
+def _parse_tolerant(model: type[SidecarConfig], text: str | bytes) -> ParsedConfig:
+    """:meth:`SidecarConfig.parse` of any document: the fields this version does not know
+    dropped (and named), then the rest validated. Tests hold the fast path to it."""
+    ignored: list[str] = []
+    known = _known_fields(model, _JSON.validate_json(text), path="", ignored=ignored)
+    return ParsedConfig(model.model_validate(known), tuple(sorted(ignored)))
 
 
 def _known_fields(model: type[BaseModel], data: Any, *, path: str, ignored: list[str]) -> Any:

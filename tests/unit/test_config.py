@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from powgate.config import (
     BASE_CONTRACT,
     CONFIG_CONTRACT,
     REPLAY_STORE_CONTRACT,
+    ParsedConfig,
     ReplayStoreSpec,
     SidecarConfig,
     StoreOutage,
+    _parse_tolerant,
 )
 
 
@@ -82,3 +87,130 @@ def test_a_document_with_a_replay_store_declares_the_contract_that_knows_it() ->
 def test_replay_store_addresses_are_host_and_port(address: str) -> None:
     with pytest.raises(ValidationError):
         ReplayStoreSpec(address=address)
+
+
+# -- the fast parse against the tolerant one --------------------------------------
+# SidecarConfig.parse validates a document straight from JSON and falls back to the
+# tolerant parse (drop unknown fields, validate the rest) when that fails. Validating
+# from JSON and from Python objects are two modes of pydantic: these tests hold every
+# document to the same outcome through both paths.
+
+
+def _rich_document() -> dict[str, Any]:
+    """A valid document using every part of the model (nested models, lists, optionals)."""
+    config = SidecarConfig.from_dict(
+        {
+            "contract": REPLAY_STORE_CONTRACT,
+            "policy": "ai/chat",
+            "mode": "observe",
+            "difficulty": 5000,
+            "minDifficulty": 10,
+            "algorithm": "ARGON2ID",
+            "kdf": {"cost": 1, "memoryCost": 64, "parallelism": 1},
+            "routes": [
+                {"name": "chat", "paths": ["/v1/*"], "difficultyMultiplier": 2.0},
+                {"name": "embed", "paths": ["/v1/embed"], "methods": ["POST", "PUT"]},
+            ],
+            "queue": {"maxConcurrent": 4, "maxWaitSeconds": 2.5},
+            "raisedAt": 1_700_000_000,
+            "replayStore": {"address": "valkey.cache.svc:6379"},
+            "pricing": {"enabled": True, "fairRate": 0.5, "clientKey": {"source": "Address"}},
+            "trustedCallers": [{"name": "batch", "multiplier": 0.5, "cidrs": ["10.0.0.0/8"]}],
+            "trustedProxies": ["192.168.0.0/16"],
+        }
+    )
+    document: dict[str, Any] = json.loads(config.to_json())
+    return document
+
+
+def _assert_same_outcome(text: str | bytes) -> bool:
+    """Both paths accept with equal results, or both refuse with the same error; accepted?"""
+
+    def outcome(parse: Callable[[str | bytes], ParsedConfig]) -> ParsedConfig | str:
+        try:
+            return parse(text)
+        except ValidationError as exc:
+            return str(exc)
+
+    expected = outcome(lambda t: _parse_tolerant(SidecarConfig, t))
+    assert outcome(SidecarConfig.parse) == expected
+    return not isinstance(expected, str)
+
+
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place inside a JSON value (keys of objects, indices of arrays)."""
+    found = [at] if at else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*at, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*at, index))
+    return found
+
+
+#: JSON values that sit on the edges of pydantic's lax conversions (bool/int/float/str).
+_ODD_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 2**64, 1.0, 1.5, -0.0, 1e308, "", "1", "1.0", "true",
+    "enforce", "SHA-256", "10.0.0.0/8", "/v1/*", [], {}, [1], ["POST"], {"name": "x"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [
+        (json.dumps(_rich_document()), True),
+        ('{"difficulty": 7}', True),
+        ('{"difficulty": "7"}', True),  # lax: a numeric string is a number in both modes
+        ('{"difficulty": 7.0}', True),
+        ('{"difficulty": 7.5}', False),
+        ('{"difficulty": true}', True),  # lax: true is 1 in both modes
+        ('{"min_difficulty": 2, "difficulty": 3}', True),  # by name (populate_by_name)
+        ('{"difficulty": 3, "difficulty": 4}', True),  # duplicate keys: the last wins
+        ('{"routes": [{"name": "a", "paths": ["/"], "difficultyMultiplier": NaN}]}', False),
+        ('{"routes": [{"name": "a", "paths": ["/"], "difficultyMultiplier": "2"}]}', True),
+        ('{"queue": {"maxWaitSeconds": Infinity}}', False),
+        ('{"mode": "ENFORCE"}', False),
+        ('{"difficulty": 12345678901234567890123}', False),
+        ('{"policy": "a/b\\u0000"}', False),
+        ('{"unknown": 1, "difficulty": 9}', True),  # a newer operator's field: ignored
+        ('{"difficulty": 9', False),
+        ("", False),
+        ("null", False),
+        (b'{"policy": "\xff/b"}', False),  # not UTF-8
+    ],
+)
+def test_the_fast_parse_accepts_exactly_what_the_tolerant_parse_does(
+    text: str | bytes, accepted: bool
+) -> None:
+    assert _assert_same_outcome(text) is accepted
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_altered_documents_have_one_outcome_through_both_parses(data: st.DataObject) -> None:
+    """A valid document with values replaced, removed, renamed or added anywhere."""
+    document = _rich_document()
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3), label="changes")):
+        places = _paths(document)
+        *parent_at, last = data.draw(st.sampled_from(places), label="place")
+        parent: Any = document
+        for step in parent_at:
+            parent = parent[step]
+        action = data.draw(st.sampled_from(["replace", "remove", "add", "rename"]), label="do")
+        if action == "replace":
+            parent[last] = data.draw(
+                st.sampled_from(_ODD_VALUES) | st.integers() | st.floats() | st.text(max_size=8)
+            )
+        elif action == "remove" and isinstance(parent, dict):
+            del parent[last]
+        elif action == "add" and isinstance(parent, dict):
+            parent[data.draw(st.text(min_size=1, max_size=12), label="key")] = data.draw(
+                st.sampled_from(_ODD_VALUES)
+            )
+        elif action == "rename" and isinstance(parent, dict) and isinstance(last, str):
+            # camelCase → snake_case: the same field by its Python name.
+            snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in last)
+            parent[snake] = parent.pop(last)
+    accepted = _assert_same_outcome(json.dumps(document))
+    event("accepted" if accepted else "refused")
