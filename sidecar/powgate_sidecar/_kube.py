@@ -1,32 +1,38 @@
 """Watching the rendered config object through the Kubernetes API, as a pod does.
 
-Plain aiohttp against the API server (no client library): in-cluster
+Plain HTTP against the API server (no client library): in-cluster
 credentials from the service-account mount, a LIST narrowed to one name, then
-a WATCH resumed from the last resourceVersion, with bookmarks. A ``410 Gone``
-means the version is too old: list again. Any other failure backs off with
-full jitter and keeps the configuration in force.
+a WATCH resumed from the last resourceVersion, with bookmarks, both on one
+keep-alive connection read with llhttp on an asyncio protocol
+(:mod:`._kube_connection`: every edit is one event per sidecar, the hot part).
+A ``410 Gone`` means the version is too old: list again. Any other failure
+backs off with full jitter and keeps the configuration in force.
 
-One :class:`KubeClient` (one connection pool, one token cache) serves any
-number of :class:`ConfigMapWatcher` tasks, so a process can watch many
-objects; each watch holds one long-poll connection.
+One :class:`KubeClient` (one TLS context, one token cache) serves any number
+of :class:`ConfigMapWatcher` tasks, so a process can watch many objects; each
+watcher holds one long-poll connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
 import ssl
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
+from urllib.parse import urlencode, urlsplit
 
-import aiohttp
+from pydantic_core import from_json
 
 from powgate.config import CONFIG_DATA_KEY
 from powgate.reputation import REPUTATION_DATA_KEY
+
+from ._kube_connection import KubeConnection, connect
 
 __all__ = ["ConfigMapWatcher", "ConfigSink", "KubeClient", "KubeEndpoint"]
 
@@ -36,6 +42,9 @@ SERVICE_ACCOUNT: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _SOURCE: Final = "kubernetes"
 _REPUTATION_SOURCE: Final = "reputation"
 _MAX_OBJECT_BYTES: Final = 1024 * 1024  # the API server's own cap on a ConfigMap
+#: A watch event is one line holding one object; JSON escaping can grow it.
+_MAX_EVENT_BYTES: Final = _MAX_OBJECT_BYTES * 2
+_CONNECT_SECONDS: Final = 10
 
 
 class ConfigSink(Protocol):
@@ -82,27 +91,26 @@ class KubeEndpoint:
 
 
 class KubeClient:
-    """A shared session to the API server with a bearer token re-read when the file changes."""
+    """The API server's address, TLS context and bearer token (re-read when the file
+    changes), shared by any number of watchers; each holds a connection of its own."""
 
     def __init__(self, endpoint: KubeEndpoint) -> None:
         self.endpoint = endpoint
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._token: tuple[tuple[int, int], str] | None = None
+        self._prefix = urlsplit(endpoint.api_url).path.rstrip("/")
+        self._connections: weakref.WeakSet[KubeConnection] = weakref.WeakSet()
 
     async def __aenter__(self) -> KubeClient:
-        context: ssl.SSLContext | bool = True
-        if self.endpoint.ca_file is not None:
-            context = ssl.create_default_context(cafile=str(self.endpoint.ca_file))
-        # No connection cap: every watch keeps one connection open for minutes.
-        connector = aiohttp.TCPConnector(limit=0, ssl=context)
-        # A watch event is one line holding a whole object: size the line buffer for the largest.
-        self._session = aiohttp.ClientSession(connector=connector, read_bufsize=_MAX_OBJECT_BYTES)
+        # One context for every connection: building one loads the CA file.
+        self._ssl = ssl.create_default_context(
+            cafile=None if self.endpoint.ca_file is None else str(self.endpoint.ca_file)
+        )
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for connection in list(self._connections):
+            connection.close()
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -117,12 +125,34 @@ class KubeClient:
         headers["Authorization"] = f"Bearer {self._token[1]}"
         return headers
 
-    def get(self, path: str, *, params: dict[str, str], read_timeout: float) -> Any:
-        """An ``async with`` request context for ``path`` (raises on transport errors)."""
-        assert self._session is not None, "use KubeClient as an async context manager"
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=read_timeout)
-        return self._session.get(
-            self.endpoint.api_url + path, params=params, headers=self._headers(), timeout=timeout
+    async def connect(self) -> KubeConnection:
+        """A new connection to the API server (raises on transport errors)."""
+        assert self._ssl is not None, "use KubeClient as an async context manager"
+        connection = await connect(
+            self.endpoint.api_url,
+            ssl_context=self._ssl,
+            connect_seconds=_CONNECT_SECONDS,
+            max_body=_MAX_EVENT_BYTES,
+        )
+        self._connections.add(connection)
+        return connection
+
+    async def get(
+        self,
+        connection: KubeConnection,
+        path: str,
+        *,
+        params: dict[str, str],
+        read_timeout: float,
+        on_line: Callable[[bytes], None] | None = None,
+    ) -> int:
+        """GET ``path`` on ``connection``: the answer's status once it has ended (see
+        :meth:`KubeConnection.get`); raises on transport errors."""
+        return await connection.get(
+            f"{self._prefix}{path}?{urlencode(params)}",
+            headers=self._headers(),
+            read_timeout=read_timeout,
+            on_line=on_line,
         )
 
 
@@ -156,47 +186,79 @@ class ConfigMapWatcher:
         self._last_reputation: str | None = None
         #: Where the next WATCH resumes: the last version seen, even by a watch that broke.
         self._version: str | None = None
+        #: The LIST and every WATCH after it share one connection while it lives.
+        self._connection: KubeConnection | None = None
 
     async def run(self) -> None:
         """List and watch until cancelled."""
         failures = 0
-        while True:
-            try:
-                if self._version is None:
-                    self._version = await self._list()
-                await self._watch()
-                failures = 0
-            except _GoneError:
-                log.info(
-                    "config watch expired (410 Gone); listing again", extra={"source": _SOURCE}
-                )
-                self._version = None
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                failures += 1
-                why = f"API server: {type(exc).__name__}: {exc}"
-                self._sink.report_source_error(source=_SOURCE, why=why)
-                # Full jitter: a restarted API server is not hit by every sidecar at once.
-                delay = random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**failures))
-                await asyncio.sleep(delay)
+        try:
+            while True:
+                try:
+                    if self._version is None:
+                        self._version = await self._list()
+                    await self._watch()
+                    failures = 0
+                except _GoneError:
+                    log.info(
+                        "config watch expired (410 Gone); listing again",
+                        extra={"source": _SOURCE},
+                    )
+                    self._version = None
+                except (TimeoutError, OSError, ValueError) as exc:
+                    failures += 1
+                    why = f"API server: {type(exc).__name__}: {exc}"
+                    self._sink.report_source_error(source=_SOURCE, why=why)
+                    # Full jitter: a restarted API server is not hit by every sidecar at once.
+                    cap = min(self._backoff_cap, self._backoff_base * 2**failures)
+                    await asyncio.sleep(random.uniform(0, cap))
+        finally:
+            if self._connection is not None:
+                self._connection.close()
+
+    async def _get(
+        self,
+        params: dict[str, str],
+        *,
+        read_timeout: float,
+        on_line: Callable[[bytes], None] | None = None,
+    ) -> KubeConnection:
+        """The connection, once it has the whole answer to a GET of the ConfigMaps."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = self._connection = await self._client.connect()
+        status = await self._client.get(
+            connection, self._path, params=params, read_timeout=read_timeout, on_line=on_line
+        )
+        if status == 410:
+            raise _GoneError
+        if status != 200:
+            verb = "LIST" if on_line is None else "WATCH"
+            body = connection.error_body.decode(errors="replace")
+            raise ValueError(f"{verb} answered {status}: {body[:200]}")
+        return connection
 
     def _selector(self) -> dict[str, str]:
         return {"fieldSelector": f"metadata.name={self._name}"}
 
     async def _list(self) -> str:
-        async with self._client.get(
-            self._path, params=self._selector(), read_timeout=30
-        ) as response:
-            body = await self._json(response)
+        connection = await self._get(self._selector(), read_timeout=30)
+        body = from_json(connection.body)
+        if not isinstance(body, dict):
+            raise ValueError("LIST answer is not an object")
         items = body.get("items")
         if not isinstance(items, list):
             raise ValueError("LIST answer has no items")
+        metadata = body.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if not isinstance(version, str):
+            raise ValueError("LIST answer has no resourceVersion")
+        if items and not isinstance(items[0], dict):
+            raise ValueError("LIST answer's item is not an object")
         if items:
             self._deliver(items[0])
         else:
             self._deliver_missing()
-        version = body.get("metadata", {}).get("resourceVersion")
-        if not isinstance(version, str):
-            raise ValueError("LIST answer has no resourceVersion")
         return version
 
     async def _watch(self) -> None:
@@ -211,33 +273,24 @@ class ConfigMapWatcher:
                 random.randint(self._watch_seconds * 4 // 5, self._watch_seconds)
             ),
         }
-        async with self._client.get(
-            self._path, params=params, read_timeout=self._watch_seconds + 30
-        ) as response:
-            if response.status == 410:
-                raise _GoneError
-            if response.status != 200:
-                raise ValueError(
-                    f"WATCH answered {response.status}: {(await response.text())[:200]}"
-                )
-            try:
-                # Events are newline-delimited JSON; one event is at most one object.
-                async for line in response.content:
-                    if len(line) > _MAX_OBJECT_BYTES * 2:
-                        raise ValueError("watch event larger than any ConfigMap")
-                    if line.strip():
-                        self._version = self._event(json.loads(line), self._version)
-            except asyncio.CancelledError:
-                # Stopping: drop the connection at once. A graceful TLS close
-                # finishes on the event loop later, and a loop that is ending
-                # would leave the socket half-closed behind it.
-                connection = response.connection
-                if connection is not None and connection.transport is not None:
-                    connection.transport.abort()
-                raise
+        # Events are handed to _line as they arrive; this returns at the answer's end
+        # (the server's timeoutSeconds). Cancelled, the connection is dropped at once.
+        await self._get(params, read_timeout=self._watch_seconds + 30, on_line=self._line)
+
+    def _line(self, line: bytes) -> None:
+        """One line of the watch: newline-delimited JSON, one event (at most one object)."""
+        if line.strip():
+            assert self._version is not None
+            # pydantic-core's JSON parser (jiter): half of json.loads' time per event, and
+            # too deep a nesting is a ValueError like any other bad event, not a RecursionError.
+            self._version = self._event(from_json(line), self._version)
 
     def _event(self, event: Any, version: str) -> str:
-        kind, obj = event.get("type"), event.get("object") or {}
+        if not isinstance(event, dict):
+            raise ValueError("watch event is not an object")
+        kind, obj = event.get("type"), event.get("object")
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
+            raise ValueError(f"watch event {kind!r} holds no object")
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise _GoneError
@@ -251,6 +304,8 @@ class ConfigMapWatcher:
 
     def _deliver(self, obj: Any) -> None:
         data = obj.get("data") or {}
+        if not isinstance(data, dict):
+            raise ValueError("the ConfigMap's data is not an object")
         text = data.get(CONFIG_DATA_KEY)
         listed = data.get(REPUTATION_DATA_KEY)
         listed = listed if isinstance(listed, str) else None
@@ -268,14 +323,3 @@ class ConfigMapWatcher:
         # delivered again: the sink has been told it is gone.
         self._last_data = None
         self._sink.apply_document(None, source=_SOURCE)
-
-    @staticmethod
-    async def _json(response: aiohttp.ClientResponse) -> Any:
-        if response.status == 410:
-            raise _GoneError
-        if response.status != 200:
-            raise ValueError(f"LIST answered {response.status}: {(await response.text())[:200]}")
-        body = await response.read()
-        if len(body) > _MAX_OBJECT_BYTES * 2:
-            raise ValueError("LIST answer larger than any ConfigMap")
-        return json.loads(body)

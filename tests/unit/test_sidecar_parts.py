@@ -465,3 +465,51 @@ async def test_the_reputation_list_beside_the_document_is_delivered_on_its_own()
         finished.set()
     assert sink.documents == [v1]
     assert sink.lists == [first, second]
+
+
+async def test_a_malformed_or_too_deep_event_is_an_error_and_the_watch_resumes() -> None:
+    """Bad events are reported and retried; none ends the watcher (a nesting deep enough to
+    exhaust a recursive parser's stack included)."""
+    v1, v2 = '{"version": "v1"}', '{"version": "v2"}'
+    bad = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"type": "MODIFIED", "object": {',
+        b"\xff\xfe",
+        b"[]",
+        b'{"type": "MODIFIED", "object": []}',
+        b'{"type": "MODIFIED", "object": {"metadata": 1}}',
+        b'{"type": "MODIFIED", "object": {"data": "config.json"}}',
+    ]
+    requests: list[dict[str, str]] = []
+    finished = asyncio.Event()
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        requests.append(dict(request.query))
+        step = len(requests)
+        if step == 1:
+            return web.json_response(_listing([_configmap(v1, "10")], "10"))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        if step - 2 < len(bad):
+            await response.write(bad[step - 2] + b"\n")
+            await finished.wait()
+            return response
+        await response.write(
+            json.dumps({"type": "MODIFIED", "object": _configmap(v2, "11")}).encode() + b"\n"
+        )
+        await finished.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
+    sink = Deliveries()
+    async with TestServer(app, host="127.0.0.1") as server:
+        await watch_until(
+            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: v2 in sink.documents
+        )
+        finished.set()
+    assert sink.documents == [v1, v2]
+    assert len(sink.errors) == len(bad)
+    assert all("ValueError" in why for why in sink.errors)
+    # Each retry resumed from the last version delivered: no LIST again.
+    assert [r.get("resourceVersion") for r in requests] == [None] + ["10"] * (len(bad) + 1)
