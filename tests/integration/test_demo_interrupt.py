@@ -25,6 +25,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 _WAIT = 180.0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -45,7 +49,10 @@ def test_ctrl_c_tears_everything_down(
     kube_client: k8s.ApiClient,
     tmp_path: Path,
 ) -> None:
-    demo = subprocess.Popen(
+    # A foreground job's SIGINT, as a terminal's Ctrl-C sends it: whoever started this
+    # test may have left SIGINT ignored (a non-interactive shell's background job does,
+    # and the child inherits it), and a demo that ignores it would run to its end.
+    with subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -62,25 +69,29 @@ def test_ctrl_c_tears_everything_down(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert demo.stdout is not None
-    namespace = ""
-    deadline = time.monotonic() + _WAIT
-    try:
-        # Wait until the run is under way: the sidecars and the stand-in are up.
-        for line in demo.stdout:
-            if "namespace " in line:
-                namespace = line.split("namespace ", 1)[1].split(",", 1)[0]
-            if line.startswith("run 1/1") or time.monotonic() > deadline:
-                break
-        assert namespace, "the demo never reported its namespace"
-        assert _processes_mentioning(namespace), "the operator and sidecars should be running"
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=_WAIT)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        preexec_fn=_default_sigint,
+    ) as demo:
+        assert demo.stdout is not None
+        namespace = ""
+        deadline = time.monotonic() + _WAIT
+        try:
+            # Wait until the first run is under way: the sidecars and the stand-in are up.
+            for line in demo.stdout:
+                if "namespace " in line:
+                    namespace = line.split("namespace ", 1)[1].split(",", 1)[0]
+                if line.startswith("run 1/"):
+                    break
+                assert time.monotonic() < deadline, "the demo's first run never started"
+            else:
+                pytest.fail("the demo ended before its first run")
+            assert namespace, "the demo never reported its namespace"
+            assert _processes_mentioning(namespace), "the operator and sidecars should be running"
+            demo.send_signal(signal.SIGINT)
+            rest, _ = demo.communicate(timeout=_WAIT)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
     assert demo.returncode == 130, rest
     assert "interrupted" in rest
     assert _processes_mentioning(namespace) == []

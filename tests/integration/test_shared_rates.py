@@ -88,20 +88,33 @@ class Priced:
     def flushed(self, index: int) -> float:
         return self.sample(index, "powgate_shared_rate_flushes_total", {"result": "ok"})
 
-    async def flushed_once(self) -> None:
-        """Until every sidecar flushed once more: the tallies so far are in the store."""
-        marks = [self.flushed(i) for i in range(len(self.sidecars))]
+    def flushes(self) -> list[float]:
+        """Each sidecar's successful flushes so far: a mark taken *before* the requests
+        whose tallies a test waits for. A sidecar flushes only when it has tallies, so a
+        mark taken after them may miss the one flush that carried them (a slow machine
+        takes more than a flush interval to send them all) and then waits for nothing."""
+        return [self.flushed(index) for index in range(len(self.sidecars))]
+
+    async def flushed_since(self, marks: list[float]) -> None:
+        """Until every sidecar has flushed (to the store, with success) since ``marks``.
+
+        Bounded by the suite's wait: a flush follows tallies within ``FLUSH_SECONDS``
+        (no backoff, also after an outage), so only a store or sidecar that is broken
+        outlasts it."""
         await eventually_async(
             lambda: all(self.flushed(i) > mark for i, mark in enumerate(marks)),
             what="a flush at every sidecar",
             interval=0.1,
         )
 
-    async def priced_at_each(self, client: str, *, least: float) -> list[float]:
-        """Once the tallies are in: ``client``'s factor at each sidecar, asked until it
-        reaches ``least`` (a sidecar reads a key's total back when it flushes a tally of
-        it: each question is one)."""
-        await self.flushed_once()
+    async def priced_at_each(
+        self, client: str, *, least: float, flushed_after: list[float]
+    ) -> list[float]:
+        """Once the tallies are in (every sidecar flushed since ``flushed_after``, the
+        marks from before the requests): ``client``'s factor at each sidecar, asked until
+        it reaches ``least`` (a sidecar reads a key's total back when it flushes a tally
+        of it: each question is one)."""
+        await self.flushed_since(flushed_after)
         factors = []
         for index in range(len(self.sidecars)):
 
@@ -125,11 +138,16 @@ async def fleet(
         yield Priced(f)
 
 
-async def spread(f: Priced, client: str, *, each: int) -> None:
-    """``each`` challenge fetches of ``client`` at every sidecar: below the fair rate at each."""
+async def spread(f: Priced, client: str, *, each: int) -> list[float]:
+    """``each`` challenge fetches of ``client`` at every sidecar: below the fair rate at each.
+
+    Returns the sidecars' flush marks from before the first fetch (for ``priced_at_each``).
+    """
+    marks = f.flushes()
     for index in range(len(f.sidecars)):
         for _ in range(each):
             await f.challenge(index, client)
+    return marks
 
 
 # -- the attack ----------------------------------------------------------------------------
@@ -139,11 +157,11 @@ async def test_a_client_spread_over_the_sidecars_pays_for_its_total_at_each(
     store: StoreServer,
 ) -> None:
     async with fleet(config(store), size=3) as f:
-        await spread(f, SPREAD, each=8)
+        sent = await spread(f, SPREAD, each=8)
         # 24 requests in the last window of 10 s: 2.4/s; read up to 3 s after a window's
         # turn, the previous window counts 0.7 of its requests: 1.7/s. Alone, each
         # sidecar saw 0.55/s: the base (the next test).
-        await f.priced_at_each(SPREAD, least=1.5)
+        await f.priced_at_each(SPREAD, least=1.5, flushed_after=sent)
         assert [await f.factor(i, LIGHT) for i in range(3)] == [1.0, 1.0, 1.0]
         assert f.sample(0, "powgate_shared_rates_up", {"policy": POLICY}) == 1
         assert f.sample(0, "powgate_shared_rate_keys_total", {"result": "sent"}) >= 1
@@ -185,8 +203,8 @@ async def test_store_down_each_sidecar_falls_back_to_its_own_counts_and_recovers
     store: StoreServer,
 ) -> None:
     async with fleet(config(store), size=3) as f:
-        await spread(f, SPREAD, each=8)
-        await f.priced_at_each(SPREAD, least=1.5)
+        sent = await spread(f, SPREAD, each=8)
+        await f.priced_at_each(SPREAD, least=1.5, flushed_after=sent)
         store.stop()
         # The next flush with tallies finds the store gone: the fleet's rates are
         # forgotten at once and this sidecar prices by its own counts.
@@ -203,8 +221,8 @@ async def test_store_down_each_sidecar_falls_back_to_its_own_counts_and_recovers
         assert f.sample(0, "powgate_shared_rate_fallback_requests_total") >= 1
         # Back (empty: the test server keeps nothing): counting across sidecars resumes.
         store.start()
-        await spread(f, SPREAD, each=8)
-        await f.priced_at_each(SPREAD, least=1.5)
+        sent = await spread(f, SPREAD, each=8)
+        await f.priced_at_each(SPREAD, least=1.5, flushed_after=sent)
         assert f.sample(0, "powgate_shared_rates_up", {"policy": POLICY}) == 1
 
 
@@ -230,9 +248,9 @@ async def test_a_user_without_the_rate_commands_keeps_the_replay_store_and_falls
     (folder / "username").write_text(user)
     (folder / "password").write_text("pw")
     async with fleet(config(acl_store), size=3, credentials=folder) as f:
-        await spread(f, SPREAD, each=8)
+        sent = await spread(f, SPREAD, each=8)
         if counted:
-            await f.priced_at_each(SPREAD, least=1.5)
+            await f.priced_at_each(SPREAD, least=1.5, flushed_after=sent)
         else:
             await eventually_async(
                 lambda: f.sample(0, "powgate_shared_rate_flushes_total", {"result": "auth"}) > 0,
