@@ -1151,7 +1151,9 @@ async def test_deferring_starts_when_the_loop_runs_late_and_ends_once_it_is_on_t
     assert overload.lag_seconds == 0.01  # the default
     overload.watch(asyncio.get_running_loop())
     await asyncio.sleep(0.02)
-    assert not overload.lagging
+    # On time before the hold-up. On a busy machine a tick may be late by itself, and
+    # that is lag too: then it is on time again once a hold passes without a late tick.
+    await eventually_async(lambda: not overload.lagging, what="on time before the hold-up")
     time.sleep(0.05)  # noqa: ASYNC251 - the loop held up for 50 ms, as a flood's turn would
     await eventually_async(lambda: overload.lagging, what="lag noticed")
     await asyncio.sleep(0.1)
