@@ -80,17 +80,61 @@ def _config(difficulty: int) -> str:
 # -- worker process: many watchers, one report line per applied edit ---------------------
 
 
+class _Reports:
+    """The report lines of a process's watchers, written once per event-loop turn that
+    made any: one write per event burst, and no timer waking 40 processes while they wait
+    (with PYTHONUNBUFFERED a write per watcher cost more than the watch itself)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: list[str] = []
+        #: Failures the watchers retried, by reason, shared by the process's watchers: 10,000
+        #: watchers starting at once meet the API server's priority and fairness (429s).
+        self.retries: Counter[str] = Counter()
+        self._retries_changed = False
+        self._scheduled = False
+        #: Nothing is written before the process's "synced" line.
+        self._synced = False
+
+    def synced(self) -> None:
+        """Every watcher of the process has listed: say so (with the retries so far)."""
+        sys.stdout.write(f"synced {json.dumps(self.retries)}\n")
+        sys.stdout.flush()
+        self._synced, self._retries_changed = True, False
+        self._schedule()
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        self._schedule()
+
+    def retried(self, why: str) -> None:
+        self.retries[why] += 1
+        self._retries_changed = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._scheduled = False
+        if not self._synced:
+            return
+        if self._retries_changed:
+            self._retries_changed = False
+            self._lines.append(f"retries {json.dumps(self.retries)}\n")
+        sys.stdout.write("".join(self._lines))
+        sys.stdout.flush()
+        self._lines.clear()
+
+
 class _Sink:
-    def __init__(self, index: int, retries: Counter[str], reports: list[str]) -> None:
+    def __init__(self, index: int, reports: _Reports) -> None:
         self.index = index
-        #: Report lines waiting for the process's next write (one per event burst: with
-        #: PYTHONUNBUFFERED a write per watcher cost more than the watch itself).
         self.reports = reports
         #: Set by the first document: the initial LIST is done.
         self.synced = asyncio.Event()
-        #: Failures the watchers retried, by reason, shared by the process's watchers: 10,000
-        #: watchers starting at once meet the API server's priority and fairness (429s).
-        self.retries = retries
 
     def apply_document(self, text: str | bytes | None, *, source: str) -> bool:
         if text is None:
@@ -99,12 +143,12 @@ class _Sink:
         config = SidecarConfig.from_json(text)
         now = time.monotonic()
         if self.synced.is_set():
-            self.reports.append(f"{self.index} {config.difficulty} {now}\n")
+            self.reports.add(f"{self.index} {config.difficulty} {now}\n")
         self.synced.set()
         return True
 
     def report_source_error(self, *, source: str, why: str) -> None:
-        self.retries[why.split(":", 2)[-1].strip()] += 1
+        self.reports.retried(why.split(":", 2)[-1].strip())
 
 
 async def _worker(spec: dict[str, Any]) -> None:
@@ -114,16 +158,15 @@ async def _worker(spec: dict[str, Any]) -> None:
         api_url=spec["server"], token_file=Path(spec["token"]), ca_file=Path(spec["ca"])
     )
     async with KubeClient(endpoint) as client:
-        retries: Counter[str] = Counter()
+        reports = _Reports()
         # Counted, not printed: uvloop reports each TLS handshake that a connect timeout
         # cut short with a traceback ("Fatal error on SSL protocol"), tens of thousands
         # while 10,000 watches open at once.
         asyncio.get_running_loop().set_exception_handler(
-            lambda _, context: retries.update([f"event loop: {context.get('message')}"])
+            lambda _, context: reports.retried(f"event loop: {context.get('message')}")
         )
-        reports: list[str] = []
         first, count = spec["first"], spec["count"]
-        sinks = [_Sink(i, retries, reports) for i in range(first, first + count)]
+        sinks = [_Sink(i, reports) for i in range(first, first + count)]
         watchers = [
             ConfigMapWatcher(
                 client=client, namespace=NAMESPACE, name=config_map_name(POLICY), sink=sink
@@ -132,20 +175,8 @@ async def _worker(spec: dict[str, Any]) -> None:
         ]
         tasks = [asyncio.create_task(w.run()) for w in watchers]
         await asyncio.gather(*(sink.synced.wait() for sink in sinks))
-        sys.stdout.write(f"synced {json.dumps(retries)}\n")
-        sys.stdout.flush()
-        reported = sum(retries.values())
-        while True:
-            await asyncio.sleep(0.01)
-            if sum(retries.values()) != reported:
-                reported = sum(retries.values())
-                reports.append(f"retries {json.dumps(retries)}\n")
-            if reports:
-                sys.stdout.write("".join(reports))
-                sys.stdout.flush()
-                reports.clear()
-            if tasks[0].done():
-                tasks[0].result()
+        reports.synced()
+        await asyncio.gather(*tasks)  # watchers run until killed; one that fails ends the process
 
 
 # -- parent ----------------------------------------------------------------------------
