@@ -250,8 +250,13 @@ async def connect(
                 ssl=(ssl_context or ssl.create_default_context()) if tls else None,
                 server_hostname=parts.hostname if tls else None,
             )
+    except TimeoutError:
+        connection.close()  # it may have been made as the time ran out
+        raise TimeoutError(
+            f"no connection to the API server within {connect_seconds:g} s"
+        ) from None
     except BaseException:
-        # A time-out or cancellation may land after the connection was made.
+        # Cancellation may land after the connection was made.
         connection.close()
         raise
     return connection
