@@ -210,14 +210,26 @@ def prometheus_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
-def prometheus(
+def session_prometheus(
     tmp_path_factory: pytest.TempPathFactory, prometheus_binary: Path
 ) -> Iterator[PrometheusServer]:
-    """One server for the session: set the targets you need with `set_targets`."""
+    """One server for the session; tests use it through `prometheus`."""
     with PrometheusServer(
         root=tmp_path_factory.mktemp("prometheus"), binary=prometheus_binary
     ) as server:
         yield server
+
+
+@pytest.fixture
+def prometheus(session_prometheus: PrometheusServer) -> Iterator[PrometheusServer]:
+    """The session's server: set the targets you need with `set_targets`.
+
+    They are dropped after the test: the ports of its servers are free again, and a
+    later test's server that is given one of them (a sidecar's proxy port, say) must
+    not be scraped.
+    """
+    yield session_prometheus
+    session_prometheus.set_targets([])
 
 
 @pytest.fixture(scope="session")
