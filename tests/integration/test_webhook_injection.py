@@ -369,11 +369,12 @@ def test_a_namespace_that_requires_the_sidecar_refuses_pods_while_the_webhook_is
 ) -> None:
     namespace = opted_in
     core = k8s.CoreV1Api(kube_client)
+    # Answering first: the operator registers the webhook just before it listens, and
+    # a namespace that requires the sidecar refuses every pod until it does.
+    _in_force(kube_client, namespace, "llm")
     core.patch_namespace(
         namespace, {"metadata": {"labels": {NAMESPACE_LABEL: NAMESPACE_LABEL_REQUIRED}}}
     )
-    custom = k8s.CustomObjectsApi(kube_client)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _policy("llm"))
     eventually(_injected_probe(core, namespace), what="the required webhook to inject")
     # A selected pod the sidecar cannot protect (no port to take over) is refused.
     body = {
