@@ -27,6 +27,7 @@ from typing import Final
 from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier, claim_reason
 from powgate._replay import ReplayCache
 from powgate._verify import MISSING
+from powgate.config import Mode
 
 from . import _http
 from ._carriers import SOLUTION_COOKIE, is_form, parse_solve_ms, split_cookie
@@ -57,6 +58,10 @@ _PAGE_FIELDS: Final = (
     + b"Cache-Control: no-store\r\n"
 )
 _RETRY: Final = b"Retry-After: 1\r\n"
+#: Reasons are ``StrEnum`` members, labels as they are: ``.value`` is a Python-level
+#: property on every request (``enum.property``), the member itself is the string.
+_OK: Final = Reason.OK.value
+_MISSING: Final = Reason.MISSING.value
 
 
 class Refuse:
@@ -190,10 +195,14 @@ class Admission:
         self, request: Request, *, table: RouteTable, route: Route, quote: Quote
     ) -> Refuse | Admit | ReadForm:
         payload, from_cookie = self.find(request)
-        if payload is None and request.has_body:
-            content_type = request.header(b"content-type")
-            if content_type is not None and is_form(_media_type(content_type)):
-                return READ_FORM
+        if payload is None:
+            if request.has_body:
+                content_type = request.header(b"content-type")
+                if content_type is not None and is_form(_media_type(content_type)):
+                    return READ_FORM
+            if table.mode is Mode.ENFORCE:
+                # Nothing to verify, weigh or log: the refusal at once (a flood's usual case).
+                return self._challenged(request, table=table, route=route, quote=quote)
         return self.conclude(
             request,
             table=table,
@@ -252,16 +261,13 @@ class Admission:
         enforcing = table.enforcing
         if not ok:
             if enforcing:
-                outcome = (
-                    Outcome.CHALLENGED if verdict.reason is Reason.MISSING else Outcome.REJECTED
-                )
+                if verdict.reason is Reason.MISSING:
+                    return self._challenged(request, table=table, route=route, quote=quote)
                 metrics.count_request(
-                    route=route.name, outcome=outcome, reason=verdict.reason.value
+                    route=route.name, outcome=Outcome.REJECTED, reason=verdict.reason
                 )
                 return Refuse(self.challenge(request, table=table, route=route, quote=quote))
-            metrics.count_request(
-                route=route.name, outcome=Outcome.OBSERVED, reason=verdict.reason.value
-            )
+            metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=verdict.reason)
         return Admit(
             route=route,
             paid=ok,
@@ -272,6 +278,13 @@ class Admission:
             quote=quote,
             work=work if ok else None,
         )
+
+    def _challenged(
+        self, request: Request, *, table: RouteTable, route: Route, quote: Quote
+    ) -> Refuse:
+        """A request to an enforced route that carries no solution: counted, and its challenge."""
+        self._metrics.count_request(route=route.name, outcome=Outcome.CHALLENGED, reason=_MISSING)
+        return Refuse(self.challenge(request, table=table, route=route, quote=quote))
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
         """Use the solution up in this process's cache; ``None`` when the request may go on.
@@ -306,7 +319,7 @@ class Admission:
             metrics.count_request(
                 route=route.name,
                 outcome=Outcome.ADMITTED if admit.enforcing else Outcome.OBSERVED,
-                reason=Reason.OK.value,
+                reason=_OK,
             )
             return None
         reason = claim_reason(outcome).value
@@ -339,7 +352,7 @@ class Admission:
         route = admit.route
         if right:
             outcome = Outcome.ADMITTED if admit.enforcing else Outcome.OBSERVED
-            self._metrics.count_request(route=route.name, outcome=outcome, reason=Reason.OK.value)
+            self._metrics.count_request(route=route.name, outcome=outcome, reason=_OK)
             return None
         reason = Reason.WRONG_NUMBER.value
         if not admit.enforcing:
