@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,6 +329,25 @@ def _listing(items: list[dict[str, Any]], version: str) -> dict[str, Any]:
     return {"kind": "ConfigMapList", "metadata": {"resourceVersion": version}, "items": items}
 
 
+async def watch_scripted(
+    api: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    until: Callable[[Deliveries], bool],
+    finished: asyncio.Event,
+) -> Deliveries:
+    """A watcher against the scripted API server ``api`` until ``until(sink)``; then
+    ``finished`` is set (answers held open end) and what the sink was handed returned."""
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
+    sink = Deliveries()
+    async with TestServer(app, host="127.0.0.1") as server:
+        await watch_until(
+            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: until(sink)
+        )
+        finished.set()
+    return sink
+
+
 async def _stream(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
     response = web.StreamResponse()
     await response.prepare(request)
@@ -368,14 +387,7 @@ async def test_expired_watch_lists_again_and_delivers_a_recreated_object(
         await finished.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
-    sink = Deliveries()
-    async with TestServer(app, host="127.0.0.1") as server:
-        await watch_until(
-            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: v2 in sink.documents
-        )
-        finished.set()
+    sink = await watch_scripted(api, until=lambda s: v2 in s.documents, finished=finished)
     # Listed again, and told of the deletion; the object that came back with
     # the same document is delivered again, since the sink was told it was gone.
     assert sink.documents == [v1, None, v1, v2]
@@ -411,14 +423,7 @@ async def test_a_broken_watch_resumes_from_the_last_event_it_delivered() -> None
         await finished.wait()
         return web.json_response(_listing([], "99"))
 
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
-    sink = Deliveries()
-    async with TestServer(app, host="127.0.0.1") as server:
-        await watch_until(
-            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: len(requests) >= 3
-        )
-        finished.set()
+    sink = await watch_scripted(api, until=lambda s: len(requests) >= 3, finished=finished)
     assert sink.documents == [v1, v2]
     # Not the version the broken watch started from: no needless 410 and LIST.
     assert [(r.get("watch"), r.get("resourceVersion")) for r in requests] == [
@@ -453,16 +458,7 @@ async def test_the_reputation_list_beside_the_document_is_delivered_on_its_own()
         await finished.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
-    sink = Deliveries()
-    async with TestServer(app, host="127.0.0.1") as server:
-        await watch_until(
-            api_url=f"http://127.0.0.1:{server.port}",
-            sink=sink,
-            done=lambda: second in sink.lists,
-        )
-        finished.set()
+    sink = await watch_scripted(api, until=lambda s: second in s.lists, finished=finished)
     assert sink.documents == [v1]
     assert sink.lists == [first, second]
 
@@ -500,14 +496,7 @@ async def test_a_malformed_or_too_deep_event_is_an_error_and_the_watch_resumes()
         await finished.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/ns/configmaps", api)
-    sink = Deliveries()
-    async with TestServer(app, host="127.0.0.1") as server:
-        await watch_until(
-            api_url=f"http://127.0.0.1:{server.port}", sink=sink, done=lambda: v2 in sink.documents
-        )
-        finished.set()
+    sink = await watch_scripted(api, until=lambda s: v2 in s.documents, finished=finished)
     assert sink.documents == [v1, v2]
     assert len(sink.errors) == len(bad)
     assert all("ValueError" in why for why in sink.errors)
