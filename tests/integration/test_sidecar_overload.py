@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from _sidecar_process import ready, start_sidecar, start_standin
 
+from descriptors import allow_open_files
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, solve
 from powgate.config import OverloadConfig, RouteConfig, SidecarConfig
 from powgate_testbed._process import stop_all, wait_until
@@ -28,6 +29,7 @@ FLOOD: int = 2000
 def test_a_flood_of_connections_from_one_address_leaves_room_for_a_paid_request(
     tmp_path: Path,
 ) -> None:
+    allow_open_files(FLOOD + 512)
     standin, upstream = start_standin(tmp_path=tmp_path)
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
     config = SidecarConfig(

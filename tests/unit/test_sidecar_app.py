@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from deepseekpowsolver import DeepSeekPowSolver
 
+from descriptors import allow_open_files
 from powgate import (
     DEEPSEEK_CHALLENGE_PATH,
     Challenge,
@@ -1068,6 +1069,7 @@ async def test_one_address_past_its_connection_cap_is_answered_503_and_others_ar
 
 
 async def test_thousands_of_connections_from_one_address_leave_room_for_a_paid_request() -> None:
+    allow_open_files(2 * 1500 + 512)  # both ends of each connection are in this process
     overload = OverloadConfig(max_connections_per_client=50)
     async for h in build(config=make_config(overload=overload)):
         payload = await h.solution()
