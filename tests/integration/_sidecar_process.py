@@ -10,6 +10,9 @@ makes the credentials of a pod whose sidecar reads one ConfigMap, and
 from __future__ import annotations
 
 import base64
+import contextlib
+import random
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +79,23 @@ class SidecarEndpoints:
         )
 
 
+def _free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports on 127.0.0.1, below the
+    kernel's ephemeral range: nothing takes them meanwhile unless it names them
+    (ports bound to 0 and outgoing connections come from that range)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        base = random.randrange(10_000, low - count)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+
+
 def start_sidecar(
     *,
     tmp_path: Path,
@@ -84,12 +104,19 @@ def start_sidecar(
     config_args: Sequence[str],
     extra: Sequence[str] = (),
     launcher: Sequence[str] = (),
+    workers: int = 1,
 ) -> tuple[ManagedProcess, SidecarEndpoints]:
     """Start ``powgate sidecar`` in front of ``upstream``; the caller waits for ``/readyz``.
 
     ``launcher``: a command that ends by running its arguments (the sidecar's command line).
+    ``workers``: its worker processes; worker ``i`` serves metrics on the returned
+    metrics port + ``i``, so the ports after it must be free too (a port picked alone
+    had its neighbour taken by another process on busy test runs).
     """
     port, metrics_port = free_ports(2)
+    if workers != 1:
+        metrics_port = _free_port_block(workers)
+        extra = [*extra, "--workers", str(workers)]
     process = ManagedProcess(
         name="sidecar",
         argv=[

@@ -413,7 +413,7 @@ class Processes:
             upstream=self.upstream,
             key_file=self.key_file,
             config_args=["--config-file", str(self.config_file)],
-            extra=["--workers", str(workers)],
+            workers=workers,
         )
         self.started.append(process)
         # Each worker exports its metrics on its own port (base + index).

@@ -278,7 +278,11 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(
-    tmp_path: Path, *, config_args: list[str] | None = None, extra: Sequence[str] = ()
+    tmp_path: Path,
+    *,
+    config_args: list[str] | None = None,
+    extra: Sequence[str] = (),
+    workers: int = 1,
 ) -> Iterator[Stack]:
     config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
     config_file.write_text(config(100, "v1").to_json())
@@ -294,6 +298,7 @@ def stack(
                 config_args if config_args is not None else ["--config-file", str(config_file)]
             ),
             extra=extra,
+            workers=workers,
         )
         processes.insert(0, sidecar)
         wait_until(
@@ -432,7 +437,7 @@ def test_config_file_reload_in_a_running_process(running: Stack) -> None:
 
 
 def test_workers_share_the_port(tmp_path: Path) -> None:
-    with stack(tmp_path, extra=["--workers", "2"]) as running:
+    with stack(tmp_path, workers=2) as running:
         port = int(running.metrics_url.rsplit(":", 1)[1])
         second = f"http://127.0.0.1:{port + 1}"
         wait_until(
