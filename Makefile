@@ -73,9 +73,9 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 # The suite mostly waits (control planes, pods, scrapes, browsers): `make test
-# TEST_WORKERS=4` runs it on 4 workers (tests/conftest.py says how the modules
-# are spread). Serial by default until parallel runs are reliably green
-# (docs/testing.md lists the tests that failed on 4 workers).
+# TEST_WORKERS=3` runs it on 3 workers (tests/conftest.py says how the modules
+# are spread). Serial by default until a full run on workers is green
+# (docs/testing.md has the runs and what failed).
 TEST_WORKERS ?= 1
 PYTEST_PARALLEL := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 

@@ -1,7 +1,7 @@
 """Settings for every test under tests/, and how `make test` spreads them over workers.
 
-`make test TEST_WORKERS=4` runs the suite on pytest-xdist workers (`-n 4
---dist loadfile`): most of its time is spent waiting (control planes starting, pods,
+`make test TEST_WORKERS=3` runs the suite on pytest-xdist workers (`-n 3 --dist
+loadfile`): most of its time is spent waiting (control planes starting, pods,
 scrapes, browsers), not computing. Each test module is one unit of work, run
 whole by one worker, so a module's fixtures are set up once; the modules that
 start a real node (containerd, kubelet, kube-proxy) form one unit, so a run
@@ -30,20 +30,18 @@ _REAL_NODE_MODULES = frozenset(
     {"tests/integration/test_real_pods.py", "tests/integration/test_cluster_lifecycle.py"}
 )
 _REAL_NODE_UNIT = "real node"
-#: The units that take longest, in seconds on 4 workers (a warm `make test`'s
-#: JUnit report, docs/testing.md). Workers start them first, longest first, so
-#: the run does not end waiting on one of them; the rest follow in collection order.
+#: The units that take longest, in seconds (a warm `make test`'s JUnit report on
+#: 4 workers, docs/testing.md). Workers start them first, longest first, so the
+#: run does not end waiting on one of them; the rest follow in collection order.
 _MEASURED_SECONDS = {
-    "tests/integration/test_demo.py": 608,
-    _REAL_NODE_UNIT: 220,
-    "tests/integration/test_demo_interrupt.py": 199,
-    "tests/integration/test_key_rotation.py": 114,
-    "tests/unit/test_fuzz.py": 112,
-    "tests/integration/test_webhook_injection.py": 104,
-    "tests/integration/test_operator_cluster.py": 102,
-    "tests/integration/test_fleet_reputation.py": 73,
-    "tests/unit/test_core_native.py": 66,
-    "tests/integration/test_sidecar_e2e.py": 49,
+    "tests/integration/test_demo.py": 589,
+    _REAL_NODE_UNIT: 186,
+    "tests/integration/test_key_rotation.py": 112,
+    "tests/integration/test_webhook_injection.py": 105,
+    "tests/integration/test_operator_cluster.py": 81,
+    "tests/integration/test_browser_solver.py": 34,
+    "tests/unit/test_fuzz.py": 33,
+    "tests/integration/test_sidecar_e2e.py": 32,
 }
 
 
