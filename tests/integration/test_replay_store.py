@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -100,11 +101,18 @@ class Fleet:
 
     async def store_answers(self) -> None:
         """Every sidecar has seen the store answer its probe: the first claim then finds
-        a connection made (on busy cores a TLS handshake alone can outlast the timeout)."""
+        a connection made (on busy cores a TLS handshake alone can outlast the timeout).
+
+        Not ``up`` alone: a sidecar starts up (optimistic) before its first probe has
+        answered, so that returned at once and the first claim raced the probe's connect.
+        """
         for sidecar in self.sidecars:
             shared = sidecar._shared
             assert shared is not None
-            await eventually_async(lambda shared=shared: shared.up, what="the store answering")
+            await eventually_async(
+                lambda shared=shared: shared.up and shared._last_answer > -math.inf,
+                what="the store answering",
+            )
 
     def sample(self, index: int, name: str, labels: dict[str, str] | None = None) -> float:
         registry = self.sidecars[index].metrics.registry
