@@ -89,10 +89,6 @@ class Route:
             return self.difficulty
         return self.min_difficulty
 
-    def matches_path(self, folded: str) -> bool:
-        """Whether the canonical, lower-cased ``folded`` path is this route's."""
-        return folded in self.exact or (bool(self.prefixes) and folded.startswith(self.prefixes))
-
 
 class _Exempt:
     """Marker: the path is exempt and is never challenged."""
@@ -144,37 +140,42 @@ def _compile_route(*, config: SidecarConfig, route: RouteConfig) -> Route:
 class RouteTable:
     """Answers "which route pays for (method, path)?" for one configuration."""
 
-    __slots__ = ("_exempt_exact", "_exempt_prefixes", "config", "mode", "routes", "version")
+    __slots__ = (
+        "_exempt_exact",
+        "_exempt_prefixes",
+        "config",
+        "enforcing",
+        "mode",
+        "routes",
+        "version",
+    )
 
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
         self.mode = config.mode
+        #: Refusing, not only observing (a table is never changed, only replaced).
+        self.enforcing = self.mode is Mode.ENFORCE
         #: The version exported in ``powgate_config_info``: the operator's, else a content hash.
         self.version = config.version or config.content_version()
         self.routes = tuple(_compile_route(config=config, route=route) for route in config.routes)
         self._exempt_exact, self._exempt_prefixes = _split(config.exempt_paths)
 
-    def is_exempt(self, path: str) -> bool:
-        return path in self._exempt_exact or (
-            bool(self._exempt_prefixes) and path.startswith(self._exempt_prefixes)
-        )
-
     def match(self, *, method: str, path: str) -> Route | _Exempt | None:
         """The first route (in configuration order) for the request, ``EXEMPT``, or ``None``.
 
-        ``path`` is canonical (:func:`canonical`).
+        ``path`` is canonical (:func:`canonical`); exemptions compare it as it is,
+        routes lower-cased. (One frame per request: every request is matched.)
         """
-        if self.is_exempt(path):
+        prefixes = self._exempt_prefixes
+        if path in self._exempt_exact or (prefixes and path.startswith(prefixes)):
             return EXEMPT
         folded = path.lower()
         for route in self.routes:
-            if method in route.methods and route.matches_path(folded):
+            if method in route.methods and (
+                folded in route.exact or (route.prefixes and folded.startswith(route.prefixes))
+            ):
                 return route
         return None
-
-    @property
-    def enforcing(self) -> bool:
-        return self.mode is Mode.ENFORCE
 
     def difficulties(self) -> dict[str, int]:
         return {route.name: route.difficulty for route in self.routes}

@@ -186,6 +186,22 @@ class Attempt(NamedTuple):
 _MISSING_ATTEMPT: Final = Attempt(MISSING)
 
 
+class _Signer(NamedTuple):
+    """What checking a v1 signature under one key needs, looked up once per key."""
+
+    algorithm: HashAlgorithm
+    #: The key's keyed HMAC state's ``hexdigest``.
+    sign: Callable[[bytes], str]
+    #: When the ring stops accepting the key (``None``: never).
+    not_after: int | None
+    #: The verdict on a signature that does not match.
+    bad_signature: Verdict
+
+
+def _unknown_key(kid: str | None) -> Verdict:
+    return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted")
+
+
 class Issuer:
     """Creates signed challenges of one algorithm with the ring's active key.
 
@@ -501,7 +517,7 @@ class Issuer:
 class Verifier:
     """Checks solution payloads of every family against a key ring and a replay cache."""
 
-    __slots__ = ("_clock", "keyring", "replay")
+    __slots__ = ("_clock", "_signers", "_signers_ring", "keyring", "replay")
 
     def __init__(
         self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time
@@ -510,6 +526,10 @@ class Verifier:
         self.keyring = keyring
         self.replay = replay
         self._clock = clock
+        #: v1 signers by (algorithm name, key id) of :attr:`keyring` as it was
+        #: when they were made (:meth:`_signer`); a new ring starts afresh.
+        self._signers: dict[tuple[str, str | None], _Signer] = {}
+        self._signers_ring = keyring
 
     def verify(
         self,
@@ -614,7 +634,9 @@ class Verifier:
         owed: float = 1.0,
     ) -> Attempt:
         """Every cheap check; see :class:`Attempt` for what is left to the caller."""
-        return self._begin(payload, _scope(binding, min_difficulty, client, owed), self._clock())
+        # _scope() written out: a server calls this once per request with a solution.
+        scope = _new_tuple(Scope, (binding, min_difficulty, client, owed))
+        return self._begin(payload, scope, self._clock())
 
     def _begin(self, payload: str | bytes | None, scope: Scope, now: float) -> Attempt:
         if not payload:
@@ -665,19 +687,20 @@ class Verifier:
     ) -> tuple[Verdict, bytes | None]:
         """An ALTCHA v1 payload's checks; ``signed`` is the challenge encoded,
         ``work_input`` the salt (ending in ``&``) and the number, encoded."""
-        algorithm = get_algorithm(name)
-        if not isinstance(algorithm, HashAlgorithm):
-            return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}"), None
         expires, kid, difficulty, bound_to, priced_for, factor = params
-        ring = self.keyring
-        # A challenge without a key id was made by a plain ALTCHA server with
-        # our active key: the signature check below still applies.
-        key = ring.verification_key(kid if kid is not None else ring.active, now=now)
-        if key is None:
-            return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted"), None
-        expected = algorithm.sign(key.secret, signed)
-        if not signature.isascii() or not hmac.compare_digest(expected, signature):
-            return Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"), None
+        signer = self._signers.get((name, kid)) if self._signers_ring is self.keyring else None
+        if signer is None:
+            found = self._signer(name, kid, now)
+            if isinstance(found, Verdict):
+                return found, None
+            signer = found
+        elif signer.not_after is not None and now > signer.not_after:
+            return _unknown_key(kid), None
+        # The same order and comparison as ever: a forged payload is refused
+        # here, its reason (and log cause) prebuilt with the signer.
+        if not signature.isascii() or not hmac.compare_digest(signer.sign(signed), signature):
+            return signer.bad_signature, None
+        algorithm = signer.algorithm
         difficulty = difficulty or 0
         if expires is None:
             return Verdict(Reason.EXPIRED, "challenge has no expires parameter", difficulty), None
@@ -691,6 +714,31 @@ class Verifier:
                 return refused, None
         # The challenge is our own digest here, so it is valid hex.
         return _ok(difficulty, expires), bytes.fromhex(challenge)
+
+    def _signer(self, name: str, kid: str | None, now: float) -> _Signer | Verdict:
+        """The signer of v1 challenges named ``name`` under key ``kid``, kept for the
+        next payload; or why there is none (not kept: a payload's names are the
+        sender's, the cache holds only what the ring and the registry hold)."""
+        algorithm = get_algorithm(name)
+        if not isinstance(algorithm, HashAlgorithm):
+            return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}")
+        ring = self.keyring
+        # A challenge without a key id was made by a plain ALTCHA server with
+        # our active key: the signature check still applies.
+        key = ring.verification_key(kid if kid is not None else ring.active, now=now)
+        if key is None:
+            return _unknown_key(kid)
+        if self._signers_ring is not ring:
+            # Keys came or went: signers of the old ring are not reused.
+            self._signers = {}
+            self._signers_ring = ring
+        signer = self._signers[(name, kid)] = _Signer(
+            algorithm,
+            algorithm.keyed(key.secret).hexdigest,
+            key.not_after,
+            Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"),
+        )
+        return signer
 
     def _begin_v2(self, data: dict[str, Any], scope: Scope, now: float) -> Attempt:
         challenge, counter, derived_key = _altcha2.parse_payload(data)

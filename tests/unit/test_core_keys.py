@@ -167,3 +167,29 @@ def test_a_retired_key_verifies_until_its_time_and_the_signing_key_cannot_retire
         ring.retired("b", at=1000)
     with pytest.raises(KeyRingError):
         ring.retired("c", at=1000)
+
+
+def test_one_verifier_follows_its_ring_through_retirement_and_replacement() -> None:
+    """What a verifier looked up for a key is never used past the key's time or ring."""
+    now = [1_000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def payload(ring: KeyRing) -> str:
+        challenge = Issuer(keyring=ring, clock=clock).issue(difficulty=100, ttl=3600)
+        return challenge.solution(solve(challenge).number).encode()
+
+    ring = KeyRing.generate(kid="a").with_key(HmacKey("b", new_secret()))
+    verifier = Verifier(keyring=ring, replay=None, clock=clock)
+    old = payload(ring)
+    assert verifier.verify(old).reason is Reason.OK
+    ring = ring.activated("b", retire_previous_at=1_010)
+    verifier.keyring = ring
+    assert verifier.verify(old).reason is Reason.OK  # "a" still verifies until 1010
+    now[0] = 1_011.0
+    assert verifier.verify(old).reason is Reason.UNKNOWN_KEY
+    # The same key id with another secret: challenges of the old secret are forged now.
+    verifier.keyring = KeyRing(active="a", keys=(HmacKey("a", new_secret()),))
+    assert verifier.verify(old).reason is Reason.BAD_SIGNATURE
+    assert verifier.verify(payload(verifier.keyring)).reason is Reason.OK
