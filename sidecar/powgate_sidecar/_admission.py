@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from powgate import AUTH_SCHEME, DEEPSEEK_HEADER, Claim, Reason, Verdict, Verifier, claim_reason
 from powgate._replay import ReplayCache
@@ -62,16 +62,18 @@ _RETRY: Final = b"Retry-After: 1\r\n"
 #: property on every request (``enum.property``), the member itself is the string.
 _OK: Final = Reason.OK.value
 _MISSING: Final = Reason.MISSING.value
+#: Builds a named tuple without its Python-level ``__new__``.
+_new_tuple: Final = tuple.__new__
 
 
-class Refuse:
-    """The sidecar answers the request itself, with ``response``."""
+class Refuse(NamedTuple):
+    """The sidecar answers the request itself, with ``response``.
 
-    __slots__ = ("close", "response")
+    (A named tuple: the refusals of a flood build it with ``tuple.__new__``,
+    no Python frame.)
+    """
 
-    def __init__(self, response: bytes, *, close: bool = False) -> None:
-        self.response = response
-        self.close = close
+    response: bytes
 
 
 class Admit:
@@ -266,7 +268,9 @@ class Admission:
                 metrics.count_request(
                     route=route.name, outcome=Outcome.REJECTED, reason=verdict.reason
                 )
-                return Refuse(self.challenge(request, table=table, route=route, quote=quote))
+                return _new_tuple(
+                    Refuse, (self.challenge(request, table=table, route=route, quote=quote),)
+                )
             metrics.count_request(route=route.name, outcome=Outcome.OBSERVED, reason=verdict.reason)
         return Admit(
             route=route,
@@ -284,7 +288,7 @@ class Admission:
     ) -> Refuse:
         """A request to an enforced route that carries no solution: counted, and its challenge."""
         self._metrics.count_request(route=route.name, outcome=Outcome.CHALLENGED, reason=_MISSING)
-        return Refuse(self.challenge(request, table=table, route=route, quote=quote))
+        return _new_tuple(Refuse, (self.challenge(request, table=table, route=route, quote=quote),))
 
     def spend(self, admit: Admit, request: Request, *, table: RouteTable) -> Refuse | None:
         """Use the solution up in this process's cache; ``None`` when the request may go on.

@@ -468,7 +468,7 @@ class Sidecar:
 
     def _decided(self, exchange: Exchange, decision: Refuse | Admit, *, table: RouteTable) -> None:
         if isinstance(decision, Refuse):
-            exchange.respond(decision.response, close=decision.close)
+            exchange.respond(decision.response)
             return
         # Local checks first: a solution is spent only on a request that goes on.
         if not self._body_fits(exchange):
