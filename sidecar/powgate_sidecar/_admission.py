@@ -150,7 +150,8 @@ class Admission:
         self._metrics = metrics
         #: The interstitial's static body, or ``None`` (browsers get JSON).
         self.page = page
-        #: Prices per client; replaced by the sidecar with each change of its inputs.
+        #: Prices per client; replaced by the sidecar with each change of its inputs
+        #: (``None`` while no price depends on the client: every quote is unpriced).
         self.pricer: Pricer | None = None
         #: The policy's shared replay store, when it has one; replaced with the config.
         self.shared: SharedReplay | None = None
@@ -160,7 +161,7 @@ class Admission:
     def quote(self, request: Request) -> Quote:
         """What ``request`` pays (counting it towards its client's rate): once per request."""
         pricer = self.pricer
-        if pricer is None or not pricer.active:
+        if pricer is None:
             return UNPRICED
         quote = pricer.quote(
             client=self.client(request),

@@ -352,7 +352,8 @@ class Sidecar:
             now=time.monotonic(),
             shared=self._rates,
         )
-        self._admission.pricer = self._pricer
+        # An inactive pricer quotes every request unpriced: the admission skips it.
+        self._admission.pricer = self._pricer if self._pricer.active else None
 
     def _pricing_view(self) -> PricingView | None:
         table, pricer = self._table, self._pricer
