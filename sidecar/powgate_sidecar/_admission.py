@@ -155,6 +155,8 @@ class Admission:
         self.pricer: Pricer | None = None
         #: The policy's shared replay store, when it has one; replaced with the config.
         self.shared: SharedReplay | None = None
+        #: (Date line, a JSON 428's head up to its Content-Length) for :meth:`challenge`.
+        self._head = (b"", b"")
 
     # -- pricing --------------------------------------------------------------
 
@@ -407,10 +409,18 @@ class Admission:
                     )
                 )
         document = self.new_challenge(table=table, route=route, quote=quote)
+        date = _http.date_line()
+        if status == 428:
+            # A flood's refusal: all but the document and its length prebuilt
+            # (the head changes with the Date line, once a second).
+            head = self._head
+            if head[0] is not date:
+                head = self._head = (date, _http.status_line(428) + date + _JSON_FIELDS)
+            return b"%sContent-Length: %d\r\n\r\n%s" % (head[1], len(document), document)
         return b"".join(
             (
                 _http.status_line(status),
-                _http.date_line(),
+                date,
                 _JSON_FIELDS,
                 retry,
                 b"Content-Length: %d\r\n\r\n" % len(document),
