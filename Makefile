@@ -72,11 +72,10 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The suite mostly waits (control planes, pods, scrapes, browsers): `make test
-# TEST_WORKERS=3` runs it on 3 workers (tests/conftest.py says how the modules
-# are spread). Serial by default until a full run on workers is green
-# (docs/testing.md has the runs and what failed).
-TEST_WORKERS ?= 1
+# The suite mostly waits (control planes, pods, scrapes, browsers): `make test`
+# runs it on 3 workers (tests/conftest.py says how the modules are spread; 3
+# take as long as 4, docs/testing.md). `make test TEST_WORKERS=1` runs it serially.
+TEST_WORKERS ?= 3
 PYTEST_PARALLEL := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: test

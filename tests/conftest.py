@@ -1,6 +1,6 @@
 """Settings for every test under tests/, and how `make test` spreads them over workers.
 
-`make test TEST_WORKERS=3` runs the suite on pytest-xdist workers (`-n 3 --dist
+`make test` runs the suite on 3 pytest-xdist workers (`-n 3 --dist
 loadfile`): most of its time is spent waiting (control planes starting, pods,
 scrapes, browsers), not computing. Each test module is one unit of work, run
 whole by one worker, so a module's fixtures are set up once; the modules that
