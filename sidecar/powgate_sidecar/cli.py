@@ -12,6 +12,7 @@ import asyncio
 import gc
 import ipaddress
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
 from dataclasses import replace
@@ -291,6 +292,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
+        # The first worker to end (a port it could not bind, a crash) ends the rest:
+        # half a sidecar serving on the shared port would hide the failure from the
+        # kubelet, which restarts a container that exits.
+        multiprocessing.connection.wait([process.sentinel for process in workers])
+        terminate()
         for process in workers:
             process.join()
     except KeyboardInterrupt:

@@ -79,7 +79,7 @@ class SidecarEndpoints:
         )
 
 
-def _free_port_block(count: int) -> int:
+def free_port_block(count: int) -> int:
     """The first of ``count`` consecutive free TCP ports on 127.0.0.1, below the
     kernel's ephemeral range: nothing takes them meanwhile unless it names them
     (ports bound to 0 and outgoing connections come from that range)."""
@@ -115,7 +115,7 @@ def start_sidecar(
     """
     port, metrics_port = free_ports(2)
     if workers != 1:
-        metrics_port = _free_port_block(workers)
+        metrics_port = free_port_block(workers)
         extra = [*extra, "--workers", str(workers)]
     process = ManagedProcess(
         name="sidecar",

@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,9 @@ import pytest
 from _sidecar_process import (
     PodCredentials,
     config_reader,
+    free_port_block,
     metric_value,
+    powgate,
     ready,
     start_sidecar,
     start_standin,
@@ -451,6 +456,40 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
                 assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
         admitted = 'powgate_requests_total{outcome="admitted",reason="ok",route="chat"}'
         assert running.sidecar_metric(admitted) + running.metric(second, admitted) == 20
+
+
+def test_a_worker_that_cannot_start_stops_the_sidecar(tmp_path: Path) -> None:
+    """Half a sidecar must not go on serving: a worker that cannot bind its metrics
+    port ends the others, and the sidecar exits with the worker's error, so the
+    kubelet restarts the container rather than the pod serving on one worker."""
+    config_file, key_file = tmp_path / "config.json", tmp_path / "keyring.json"
+    config_file.write_text(config(100, "v1").to_json())
+    KeyRing.generate().save(key_file)
+    metrics = free_port_block(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", metrics + 1))  # worker 1's metrics port
+        taken.listen()
+        with subprocess.Popen(
+            [
+                "env",
+                f"POWGATE_LISTEN=127.0.0.1:{free_port_block(1)}",
+                "POWGATE_UPSTREAM=http://127.0.0.1:9",
+                f"POWGATE_METRICS_LISTEN=127.0.0.1:{metrics}",
+                f"POWGATE_KEY_FILE={key_file}",
+                *powgate("sidecar", "--config-file", str(config_file), "--workers", "2"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # so a failure of this test leaves no worker behind
+        ) as sidecar:
+            try:
+                _, errors = sidecar.communicate(timeout=_DEADLINE)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(sidecar.pid, signal.SIGKILL)
+    assert sidecar.returncode == 2, errors
+    assert "address already in use" in errors.lower()
 
 
 def test_sidecar_process_follows_the_config_object(
