@@ -56,8 +56,10 @@ def test_a_flood_of_connections_from_one_address_leaves_room_for_a_paid_request(
             watch=[sidecar],
         )
         host, port = endpoints.url.removeprefix("http://").split(":")
-        # The paid client's challenge, fetched before the flood.
-        with httpx.Client(base_url=endpoints.url, timeout=30) as client:
+        # The paid client's challenge, fetched before the flood from the paid
+        # client's own address: a connection from the flood's address that the
+        # sidecar had not yet seen close would hold one of the cap's places.
+        with _paid_client(endpoints.url) as client:
             answer = client.get(CHALLENGE_PATH, params={"path": "/v1/models", "method": "GET"})
             assert answer.status_code == 200
             challenge = Challenge.from_json(answer.content)
@@ -79,11 +81,7 @@ def test_a_flood_of_connections_from_one_address_leaves_room_for_a_paid_request(
         refused = flood[-1].recv(4096)
         assert refused.startswith(b"HTTP/1.1 503 ")
         # Another address, with a valid solution, while the flood holds its connections.
-        with httpx.Client(
-            base_url=endpoints.url,
-            timeout=30,
-            transport=httpx.HTTPTransport(local_address="127.0.0.2"),
-        ) as client:
+        with _paid_client(endpoints.url) as client:
             paid = client.get("/v1/models", headers={"X-Powgate-Solution": payload})
         assert paid.status_code == 200
         assert endpoints.requests(route="models", outcome="admitted", reason="ok") == 1
@@ -91,3 +89,10 @@ def test_a_flood_of_connections_from_one_address_leaves_room_for_a_paid_request(
         for sock in flood:
             sock.close()
         stop_all([sidecar, standin], grace=10)
+
+
+def _paid_client(url: str) -> httpx.Client:
+    """The paid client, from another address than the flood's (127.0.0.1)."""
+    return httpx.Client(
+        base_url=url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
