@@ -349,10 +349,12 @@ class UpstreamPool:
             conn = self._idle.pop()
             if not conn.closed:
                 forward.connected(conn, reused=True)
+                self.replenish()
                 return
         task = asyncio.ensure_future(self._connect(forward))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
+        self.replenish()
 
     def _wait(self, forward: Forward) -> None:
         loop = asyncio.get_running_loop()
@@ -426,14 +428,17 @@ class UpstreamPool:
             self._lend(candidate)
 
     def replenish(self) -> None:
-        """Open a connection ahead of need: one in use was just given up.
+        """Open a connection ahead of need when none is idle.
 
-        A client that leaves mid-answer (an SSE reader closing its tab, a
-        streaming call cancelled) costs its upstream connection, which cannot
-        carry another request. Its replacement is opened now, off the next
-        request's path: a connect is a round trip and several turns of the
-        loop. One at a time, and only while none is idle; a failure is left
-        for the next request to meet and report.
+        Called when a loan leaves the pool without an idle connection, and
+        when one in use is given up (a client that leaves mid-answer, an SSE
+        reader closing its tab, costs its upstream connection, which cannot
+        carry another request). The next request then finds one ready
+        instead of paying a connect on its path: a round trip to the
+        upstream, its accept, and several turns of the loop (what a stream's
+        first event waits for when the stream before it was abandoned). One
+        at a time, within the pool's bound; a failure is left for the next
+        request to meet and report.
         """
         if self._idle or self._spare is not None:
             return

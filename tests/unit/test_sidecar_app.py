@@ -643,7 +643,7 @@ async def test_queue_admits_the_harder_solution_first(queued: Harness) -> None:
     assert order == [800, 200]
 
 
-async def test_a_connection_lost_to_a_client_leaving_mid_stream_is_reopened_ahead(
+async def test_the_pool_keeps_a_connection_opened_ahead_for_the_next_request(
     h: Harness,
 ) -> None:
     pool = h.sidecar._forwarder.pool
@@ -653,18 +653,23 @@ async def test_a_connection_lost_to_a_client_leaving_mid_stream_is_reopened_ahea
         seen = b""
         while b"data: first" not in seen:
             seen += await reader.read(65536)
-        assert pool._idle == []
+        # The stream holds one connection; another waits, opened ahead.
+        await eventually_async(lambda: len(pool._idle) == 1, what="a connection opened ahead")
+        spare = pool._idle[0]
         # The client leaves mid-answer (a reset, as a closed tab's socket):
         # its upstream connection cannot carry another request.
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
-        await eventually_async(lambda: len(pool._idle) == 1, what="a connection opened ahead")
-        spare = pool._idle[0]
+        await eventually_async(lambda: pool.lent == 0, what="the stream's connection given up")
+        assert pool._idle == [spare]
         solution = await h.solution()
         response = await h.client.post("/v1/chat", headers={"X-Powgate-Solution": solution})
         assert response.status == 200
-        assert pool._idle == [spare]  # the next request went out on it, and gave it back
+        # The next request went out on the spare and gave it back, beside the one
+        # opened ahead when it was taken.
+        await eventually_async(lambda: len(pool._idle) == 2, what="another opened ahead")
+        assert spare in pool._idle
     finally:
         h.upstream.release_stream.set()
 
