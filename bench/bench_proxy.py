@@ -185,7 +185,9 @@ class Processes:
                 process.wait()
 
 
-def _nginx(procs: Processes, *, name: str, servers: str, core: str, port: int) -> int:
+def _nginx(
+    procs: Processes, *, name: str, servers: str, core: str, port: int, workers: int = 1
+) -> int:
     root = procs.root / name
     root.mkdir()
     temp = "\n".join(
@@ -195,7 +197,7 @@ def _nginx(procs: Processes, *, name: str, servers: str, core: str, port: int) -
     conf = root / "nginx.conf"
     conf.write_text(
         f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -350,26 +352,36 @@ def _sidecar(
 
 #: The upstream of the throughput rows: the cheapest answer an HTTP server gives.
 _UPSTREAM: Final = '  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}'
+#: The reference rejection: a static 428 of the sidecar's size and headers.
+_REJECT: Final = """
+    location = /reject {{
+      add_header WWW-Authenticate 'PoW realm="powgate", algorithm="SHA-256"' always;
+      add_header Cache-Control no-store always;
+      default_type application/json;
+      return 428 '{body}';
+    }}"""
 #: nginx as the reference proxy: keep-alive to both upstreams, no response buffering (SSE),
-#: and the reference rejection: a static 428 of the sidecar's size and headers.
-_PROXY: Final = """
+#: and the reference rejection.
+_PROXY: Final = (
+    """
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_buffering off;
   upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   upstream standin {{ server 127.0.0.1:{standin}; keepalive 16; }}
   server {{
-    listen 127.0.0.1:{port};
-    location = /reject {{
-      add_header WWW-Authenticate 'PoW realm="powgate", algorithm="SHA-256"' always;
-      add_header Cache-Control no-store always;
-      default_type application/json;
-      return 428 '{body}';
-    }}
+    listen 127.0.0.1:{port};"""
+    + _REJECT
+    + """
     location / {{ proxy_pass http://backend; }}
   }}
   server {{ listen 127.0.0.1:{sse}; location / {{ proxy_pass http://standin; }} }}
 """
+)
+#: The reference for the ``--workers`` row: the same rejection from nginx with two
+#: workers on both cores (what this machine lets any server gain from a second core
+#: with wrk on the same two).
+_REJECT_ONLY: Final = "  server {{\n    listen 127.0.0.1:{port};" + _REJECT + "\n  }}"
 
 
 @dataclass
@@ -387,6 +399,8 @@ class Setup:
     sidecar_sse_pid: int
     #: The same sidecar with ``--workers 2``, on both cores.
     sidecar_workers: int
+    #: nginx's static 428 with two workers, on both cores.
+    nginx_workers: int
     priced: int
     priced_pid: int
     #: Fresh solutions for the pass runs.
@@ -441,6 +455,15 @@ def _servers() -> Iterator[Setup]:
                 port=nginx_proxy,
                 sse=nginx_sse,
                 body=solutions[0][:280],
+            )
+            nginx_workers = free_ports(1)[0]
+            _nginx(
+                procs,
+                name="reject-workers",
+                servers=_REJECT_ONLY.format(port=nginx_workers, body=solutions[0][:280]),
+                core=f"{PROXY_CORE},{LOAD_CORE}",
+                port=nginx_workers,
+                workers=2,
             )
             bare = free_ports(1)[0]
             reject_body = root / "reject.json"
@@ -507,6 +530,7 @@ def _servers() -> Iterator[Setup]:
                 sidecar_sse=sidecar_sse,
                 sidecar_sse_pid=sidecar_sse_pid,
                 sidecar_workers=sidecar_workers,
+                nginx_workers=nginx_workers,
                 priced=priced,
                 priced_pid=priced_pid,
                 pools=Pools(keyring, root),
@@ -612,6 +636,9 @@ def main() -> None:
         two_workers = max(
             (scaling(url.format(s.sidecar_workers)) for _ in range(ROUNDS)), key=_rate
         )
+        reject = "http://127.0.0.1:{}/reject"
+        nginx_one = max((scaling(reject.format(s.nginx_proxy)) for _ in range(ROUNDS)), key=_rate)
+        nginx_two = max((scaling(reject.format(s.nginx_workers)) for _ in range(ROUNDS)), key=_rate)
         # The connections' cost is taken on the sidecar that served only the SSE
         # streams (same config): the one that served the pass rows also holds every
         # solution they spent until its challenge expires (the bench's live an hour).
@@ -726,6 +753,12 @@ def main() -> None:
             f"{two_workers.rate / one_worker.rate:.2f} "
             f"({two_workers.rate:,.0f} / {one_worker.rate:,.0f})",
             ">= 1.70",
+        ),
+        (
+            "nginx 2 workers / 1, static 428 req/s (the same wrk): the reference",
+            f"{nginx_two.rate / nginx_one.rate:.2f} "
+            f"({nginx_two.rate:,.0f} / {nginx_one.rate:,.0f})",
+            "-",
         ),
         ("bytes out per byte in: JSON 428 to wrk's request", f"{amplification[0]:.1f}", "-"),
         ("bytes out per byte in: page to a navigation", f"{amplification[1]:.2f}", "-"),
