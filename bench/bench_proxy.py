@@ -134,11 +134,20 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _wait_port(port: int, *, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_port(
+    port: int, *, name: str, process: subprocess.Popen[bytes], logs: Sequence[Path]
+) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited early:\n{log.read_text(errors='replace')[-2000:]}")
+        code = process.poll()
+        if code is not None:
+            # nginx writes why it stopped to its error log, not to its output.
+            said = "\n".join(
+                f"{log.name}:\n{log.read_text(errors='replace')[-2000:]}"
+                for log in logs
+                if log.exists()
+            )
+            raise RuntimeError(f"{name} (port {port}) exited early with code {code}:\n{said}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.05)
@@ -171,7 +180,7 @@ class Processes:
                 start_new_session=True,
             )
         self._started.append(process)
-        _wait_port(port, process=process, log=log)
+        _wait_port(port, name=name, process=process, logs=[log, self.root / name / "error.log"])
         return process.pid
 
     def close(self) -> None:
