@@ -22,7 +22,8 @@ help: ## List the targets
 # from these sources, is rebuilt when they change (otherwise it serves from
 # source with a warning: powgate_sidecar/_compiled.py).
 COMPILED_SOURCES := $(wildcard sidecar/powgate_sidecar/*.pxd) \
-	$(patsubst %.pxd,%.py,$(wildcard sidecar/powgate_sidecar/*.pxd))
+	$(wildcard $(patsubst %.pxd,%.py,$(wildcard sidecar/powgate_sidecar/*.pxd))) \
+	$(wildcard sidecar/powgate_sidecar/*.pyx sidecar/llhttp/src/*.c sidecar/llhttp/include/*.h)
 
 $(VENV)/.installed: pyproject.toml setup.py src/powgate/_native.c $(COMPILED_SOURCES)
 	$(PYTHON) -m venv $(VENV)

@@ -6,7 +6,10 @@ installs), the verifier's and issuer's hot path for ALTCHA v1 over SHA-256.
 
 The sidecar's request path (each module of ``sidecar/powgate_sidecar`` with
 a ``.pxd`` beside its ``.py``: the connection protocol and the request
-record) is compiled by Cython from its Python source, typed by the ``.pxd``.
+record) is compiled by Cython from its Python source, typed by the ``.pxd``;
+beside them ``_cparse.pyx``, the request parser bound to llhttp's C API,
+with llhttp's C sources (``sidecar/llhttp``, as vendored by the pinned
+``httptools``).
 The build writes ``powgate_sidecar/_compiled.json`` beside the extensions:
 the digest of each source compiled, which ``powgate_sidecar._compiled``
 compares at import, so that an extension never runs in place of a source
@@ -30,6 +33,7 @@ from setuptools.command.build_ext import build_ext
 
 _ROOT = Path(__file__).resolve().parent
 _SIDECAR = _ROOT / "sidecar" / "powgate_sidecar"
+_LLHTTP = _ROOT / "sidecar" / "llhttp"
 _MANIFEST = "_compiled.json"
 
 
@@ -51,19 +55,34 @@ def _cython_modules() -> list[Extension]:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    sources = sorted(
-        str(pxd.with_suffix(".py").relative_to(_ROOT)) for pxd in _SIDECAR.glob("*.pxd")
-    )
-    modules = [
-        Extension(f"powgate_sidecar.{Path(source).stem}", sources=[source], optional=True)
-        for source in sources
-    ]
+    llhttp = sorted(str(path.relative_to(_ROOT)) for path in (_LLHTTP / "src").glob("*.c"))
+    modules = []
+    for pxd in sorted(_SIDECAR.glob("*.pxd")):
+        source = _source(pxd.stem)
+        # A .pyx binds C (llhttp's parser); a .py is the Python source, typed by its .pxd.
+        c_bound = source.suffix == ".pyx"
+        modules.append(
+            Extension(
+                f"powgate_sidecar.{pxd.stem}",
+                sources=[str(source.relative_to(_ROOT)), *(llhttp if c_bound else [])],
+                # The compiled connection reads the parser's fields: llhttp's header too.
+                include_dirs=[str(_LLHTTP / "include")],
+                extra_compile_args=["-O2"] if c_bound else [],
+                optional=True,
+            )
+        )
     return cythonize(
         modules,
         build_dir="build/cython",
         compiler_directives={"language_level": 3},
         quiet=True,
     )
+
+
+def _source(stem: str) -> Path:
+    """The source compiled into ``powgate_sidecar.<stem>`` (``_compiled._source`` alike)."""
+    pyx = _SIDECAR / (stem + ".pyx")
+    return pyx if pyx.is_file() else _SIDECAR / (stem + ".py")
 
 
 class _BuildExt(build_ext):
@@ -80,9 +99,7 @@ class _BuildExt(build_ext):
             return
         # The digest powgate_sidecar._compiled.digest computes: SHA-256 of the source.
         digests = {
-            ext.name: hashlib.sha256(
-                (_SIDECAR / (ext.name.split(".")[1] + ".py")).read_bytes()
-            ).hexdigest()
+            ext.name: hashlib.sha256(_source(ext.name.split(".")[1]).read_bytes()).hexdigest()
             for ext in built
         }
         manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ The modules of :data:`MODULES` are the request path's innermost loop (the
 connection protocol and the request record). Their ``.py`` files are the only
 source: where a C compiler is present the build compiles them with Cython
 (typed by the ``.pxd`` beside each) into extension modules, which Python
-imports instead of the ``.py``. The build records a digest of each source it
+imports instead of the ``.py``. One has no ``.py``: ``_cparse.pyx``, the
+request parser bound to llhttp's C API, which the compiled connection uses
+in place of ``_parse`` (its build on ``httptools``). The build records a digest of each source it
 compiled (:data:`MANIFEST`); this module, imported before any other of the
 package, keeps the extensions only when every digest still matches its
 ``.py``. An edited source in an editable install (where the extension sits
@@ -33,7 +35,7 @@ from typing import Final
 __all__ = ["COMPILED", "MANIFEST", "MODULES", "PURE_PYTHON_ENV", "Choice", "choose", "digest"]
 
 #: The modules the build compiles, in import order.
-MODULES: Final = ("powgate_sidecar._http", "powgate_sidecar._connection")
+MODULES: Final = ("powgate_sidecar._http", "powgate_sidecar._cparse", "powgate_sidecar._connection")
 #: Written by the build beside the extensions: ``{module: digest of its .py}``.
 MANIFEST: Final = "_compiled.json"
 #: Set to ``1`` to serve the Python sources even where compiled modules exist.
@@ -96,13 +98,16 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: object = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES:
+        if fullname not in MODULES or _source(fullname).suffix != ".py":
             return None
         return importlib.util.spec_from_file_location(fullname, _source(fullname))
 
 
 def _source(module: str) -> Path:
-    return _HERE / (module.rpartition(".")[2] + ".py")
+    """The source of a compiled module: its ``.py``, or a ``.pyx`` that binds C."""
+    stem = module.rpartition(".")[2]
+    pyx = _HERE / (stem + ".pyx")
+    return pyx if pyx.is_file() else _HERE / (stem + ".py")
 
 
 def _has_extension(module: str) -> bool:

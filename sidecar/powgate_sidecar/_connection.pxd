@@ -2,6 +2,7 @@
 # connection and the exchange as extension types. The .py is the source; a
 # field added there (to __init__ or __slots__) goes here too.
 
+from ._cparse cimport RequestParser as CRequestParser
 from ._http cimport Request
 
 
@@ -20,7 +21,7 @@ cdef class Exchange:
 cdef class ClientConnection:
     cdef public object _listener
     cdef public object _limits
-    cdef public object _parser
+    cdef public CRequestParser _parser
     cdef public object _loop
     cdef public object _transport
     cdef public str peer
@@ -34,9 +35,6 @@ cdef class ClientConnection:
     cdef public object _rest
     cdef public Py_ssize_t _rest_at
     cdef public list _deferred
-    cdef public bytes _url
-    cdef public list _fields
-    cdef public list _names
     cdef public Py_ssize_t _head_bytes
     cdef public bint _in_head
     cdef public object _reading

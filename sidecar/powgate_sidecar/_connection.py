@@ -1,7 +1,7 @@
 """Client connections: llhttp parsing, one exchange at a time, timeouts, flow control.
 
 Every byte an attacker sends arrives here. The protocol parses with
-``httptools`` (llhttp, strict: no lenient flags), refuses what a proxy must
+llhttp (strict: no lenient flags; see ``_parse``), refuses what a proxy must
 not pass on (request smuggling's ingredients, targets that are not a path,
 versions other than 1.0 and 1.1), and hands each request head to the
 dispatcher the moment it is complete: a refusal is written from inside the
@@ -42,9 +42,16 @@ from typing import Final, Protocol, cast
 import httptools
 
 from . import _http
+from ._compiled import COMPILED
 from ._http import Request
 from ._limits import Limits
 from ._overload import Overload
+from ._parse import HeadError
+
+if COMPILED:
+    from ._cparse import RequestParser
+else:
+    from ._parse import RequestParser  # type: ignore[assignment]
 
 __all__ = [
     "MAX_PIPELINED",
@@ -58,10 +65,6 @@ log = logging.getLogger("powgate.sidecar")
 
 #: Requests parsed but not yet answered, per connection, before it is cut.
 MAX_PIPELINED: Final = 32
-#: Fields per request head (aiohttp's default before, and nginx's order of magnitude).
-MAX_FIELDS: Final = 100
-#: One request target or header field (name + value), in bytes.
-MAX_FIELD_BYTES: Final = 8190
 #: A whole request head; also the bound on a head still arriving.
 MAX_HEAD_BYTES: Final = 64 * 1024
 #: Bytes of one read parsed in one turn of the event loop: of a body in flight,
@@ -85,10 +88,6 @@ _WRITE_HIGH: Final = 256 * 1024
 _TOO_MANY_CONNECTIONS: Final = _http.response(
     503, b"too many connections from your address\n", fields=b"Retry-After: 1\r\n", close=True
 )
-#: Method names as ``str``, decoded once rather than per request.
-_METHODS: Final = {
-    name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-}
 
 
 class BodyConsumer(Protocol):
@@ -410,7 +409,7 @@ class Listener:
 
 
 class ClientConnection:
-    """One client's TCP connection (``httptools`` request parser).
+    """One client's TCP connection (llhttp request parser: ``_parse``).
 
     An ``asyncio.Protocol`` by its methods: compiled (see ``_compiled``), it is
     an extension type, which cannot derive from a Python class. Its fields
@@ -420,7 +419,7 @@ class ClientConnection:
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._limits = listener.limits
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = RequestParser(self)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self.peer = ""
@@ -436,9 +435,6 @@ class ClientConnection:
         self._rest_at = 0
         self._deferred: list[tuple[Exchange, Callable[[], None]]] = []
         # The request being parsed.
-        self._url: bytes = b""
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._names: list[bytes] = []
         self._head_bytes = 0
         self._in_head = False
         self._reading: Exchange | None = None
@@ -620,16 +616,13 @@ class ClientConnection:
             if consumer is not None:
                 consumer.writable(True)
 
-    # -- httptools callbacks -------------------------------------------------
+    # -- parser callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self.closed or not self.keep_alive:
             raise _StopParsingError
         if len(self._pending) >= MAX_PIPELINED:
             raise _TooManyPipelinedError
-        self._url = b""
-        self._fields = []
-        self._names = []
         self._head_bytes = 0
         self._in_head = True
         self._reading = None
@@ -638,21 +631,6 @@ class ClientConnection:
             # parsed (a head that completes in its read never needs one).
             self._phase = _HEAD
             self._deadline = 0.0
-
-    def on_url(self, url: bytes) -> None:
-        url = self._url + url if self._url else url
-        if len(url) > MAX_FIELD_BYTES:
-            raise _HeadError(414, "request target too long\n")
-        self._url = url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._reading is not None:
-            return  # a trailer of a chunked body: not forwarded, not read
-        fields = self._fields
-        if len(fields) >= MAX_FIELDS or len(name) + len(value) > MAX_FIELD_BYTES:
-            raise _HeadError(431, "request header fields too large\n")
-        fields.append((name, value))
-        self._names.append(name.lower())
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -705,23 +683,22 @@ class ClientConnection:
 
     def _request(self) -> Request:
         parser = self._parser
-        target = self._url
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        version = parser.get_http_version()
-        names = self._names
-        fields = self._fields
+        target = parser.url
+        method = parser.method
+        version = parser.version
+        names = parser.names
+        fields = parser.fields
         if version != "1.1" and version != "1.0":
-            raise _HeadError(505, "HTTP version not supported\n")
+            raise HeadError(505, "HTTP version not supported\n")
         if method == "CONNECT":
-            raise _HeadError(
+            raise HeadError(
                 405,
                 "CONNECT is not supported\n",
                 fields=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n",
             )
         if target[:1] != b"/":
             # Absolute-form and asterisk-form: only a path goes to the upstream.
-            raise _HeadError(400, "request target must be a path\n")
+            raise HeadError(400, "request target must be a path\n")
         content_length: int | None = None
         chunked = False
         expect = False
@@ -733,34 +710,34 @@ class ClientConnection:
             # llhttp accepts "gzip, chunked" and HTTP/1.0 chunking; neither
             # can be forwarded faithfully (RFC 9112 §6.1).
             if coding != b"chunked" or version == "1.0":
-                raise _HeadError(400, "unsupported transfer coding\n")
+                raise HeadError(400, "unsupported transfer coding\n")
             chunked = True
         if b"host" in names:
             if names.count(b"host") > 1:
-                raise _HeadError(400, "more than one Host field\n")
+                raise HeadError(400, "more than one Host field\n")
         elif version == "1.1":
-            raise _HeadError(400, "missing Host field\n")
+            raise HeadError(400, "missing Host field\n")
         if b"expect" in names:
             if fields[names.index(b"expect")][1].strip().lower() != b"100-continue":
-                raise _HeadError(417, "unsupported expectation\n")
+                raise HeadError(417, "unsupported expectation\n")
             expect = version == "1.1"
         raw_path, sep, query = target.partition(b"?")
         if b"#" in target:
-            raise _HeadError(400, "request target must not carry a fragment\n")
+            raise HeadError(400, "request target must not carry a fragment\n")
         return Request(
-            method=method,
-            target=target,
-            path=raw_path.decode("latin-1"),
-            query=query.decode("latin-1") if sep else "",
-            version=version,
-            fields=fields,
-            names=names,
+            method,
+            target,
+            raw_path.decode("latin-1"),
+            query.decode("latin-1") if sep else "",
+            version,
+            fields,
+            names,
             # HTTP/1.0 clients get one answer per connection.
-            keep_alive=version == "1.1" and parser.should_keep_alive(),
-            content_length=content_length,
-            chunked=chunked,
-            expect_continue=expect,
-            peer=self.peer,
+            version == "1.1" and parser.keep_alive,
+            content_length,
+            chunked,
+            expect,
+            self.peer,
         )
 
     def _start(self, exchange: Exchange) -> None:
@@ -832,7 +809,7 @@ class ClientConnection:
                 if self._current is None:
                     self._close()
                 return
-            if isinstance(cause, _HeadError):
+            if isinstance(cause, HeadError):
                 self._refuse(cause.status, cause.text, fields=cause.fields)
                 return
             if cause is not None:
@@ -981,16 +958,6 @@ class ClientConnection:
         if transport is not None and not self.closed:
             self.closed = True
             transport.close()
-
-
-class _HeadError(Exception):
-    """A request head the sidecar refuses: answered with ``status`` and ``text``."""
-
-    def __init__(self, status: int, text: str, *, fields: bytes = b"") -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-        self.fields = fields
 
 
 class _TooManyPipelinedError(Exception):

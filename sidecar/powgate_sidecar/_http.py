@@ -121,9 +121,8 @@ class Request:
         "version",
     )
 
-    def __init__(
+    def __init__(  # positional: the connection's call is the hot path's
         self,
-        *,
         method: str,
         target: bytes,
         path: str,

@@ -52,7 +52,7 @@ _REBUILD = "rebuild with `make venv` or `pip install -e .`"
             False,
             Choice(
                 compiled=False,
-                warning=f"compiled request path incomplete (missing {MODULES[1]}): "
+                warning=f"compiled request path incomplete (missing {', '.join(MODULES[1:])}): "
                 "serving the Python sources; " + _REBUILD,
             ),
             id="an-extension-missing",
@@ -83,7 +83,8 @@ def test_extensions_serve_only_when_built_from_the_sources_present(
 
 
 def test_the_modules_compiled_are_those_with_type_declarations() -> None:
-    # setup.py compiles each module with a .pxd; _compiled checks MODULES.
+    # setup.py compiles each module with a .pxd (from its .py, or the .pyx that binds
+    # llhttp); _compiled checks MODULES.
     declared = {f"powgate_sidecar.{pxd.stem}" for pxd in PACKAGE.glob("*.pxd")}
     assert declared == set(MODULES)
 
@@ -94,6 +95,8 @@ def test_the_tests_run_on_the_compiled_request_path() -> None:
     for module in (_connection, _http):
         assert module.__file__ is not None
         assert module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    # The compiled connection parses with llhttp bound in C, not through httptools.
+    assert _connection.RequestParser.__module__ == "powgate_sidecar._cparse"
 
 
 def _python(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,206 @@
+# cython: language_level=3
+"""The request parser bound to llhttp's C API: a head collected in C.
+
+The compiled build's :class:`RequestParser` (the contract, and the build
+that runs ``httptools`` instead, are in ``_parse``): llhttp (the sources
+``httptools`` vendors, built with this module) calls C functions here for
+the target and each header field, which copy them into fixed buffers of
+:data:`_parse.MAX_FIELD_BYTES`; the protocol is called once a head is
+whole, and for the body and the end of each request. No lenient flag is
+set: llhttp's strict parse, as with ``httptools``.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.string cimport memcpy
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+
+from ._parse import HeadError
+
+# Method names as str, by llhttp's number (what it parses is one of them).
+cdef tuple _METHOD_NAMES = tuple(
+    llhttp_method_name(<uint8_t>number).decode("ascii") for number in range(HTTP_QUERY + 1)
+)
+
+
+cdef class RequestParser:
+    """llhttp, strict; see ``_parse.RequestParser`` for the contract."""
+
+    def __init__(self, protocol):
+        llhttp_settings_init(&self._settings)
+        self._settings.on_message_begin = _on_message_begin
+        self._settings.on_url = _on_url
+        self._settings.on_header_field = _on_header_field
+        self._settings.on_header_value = _on_header_value
+        self._settings.on_header_value_complete = _on_header_value_complete
+        self._settings.on_headers_complete = _on_headers_complete
+        self._settings.on_body = _on_body
+        self._settings.on_message_complete = _on_message_complete
+        llhttp_init(&self._parser, HTTP_REQUEST, &self._settings)
+        self._parser.data = <void*>self
+        self._on_message_begin = protocol.on_message_begin
+        self._on_headers_complete = protocol.on_headers_complete
+        self._on_body = protocol.on_body
+        self._on_message_complete = protocol.on_message_complete
+        self._error = None
+        self._in_head = False
+        self.url = b""
+        self.fields = []
+        self.names = []
+        self.method = ""
+        self.version = ""
+        self.keep_alive = False
+
+    def feed_data(self, data):
+        cdef Py_buffer view
+        cdef llhttp_errno_t err
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            err = llhttp_execute(&self._parser, <const char*>view.buf, <size_t>view.len)
+            if err == HPE_OK:
+                return
+            if err == HPE_PAUSED_UPGRADE and self._parser.upgrade:
+                at = llhttp_get_error_pos(&self._parser) - <const char*>view.buf
+                llhttp_resume_after_upgrade(&self._parser)
+                raise HttpParserUpgrade(at)
+        finally:
+            PyBuffer_Release(&view)
+        reason = (llhttp_get_error_reason(&self._parser) or b"").decode("latin-1")
+        error = self._error
+        if error is None:
+            raise HttpParserError(reason)
+        self._error = None
+        exc = HttpParserCallbackError(reason)
+        exc.__context__ = error
+        raise exc
+
+
+cdef inline RequestParser _of(llhttp_t* parser):
+    return <RequestParser>parser.data
+
+
+cdef int _failed(llhttp_t* parser, RequestParser self, error) noexcept:
+    self._error = error
+    llhttp_set_error_reason(parser, "callback error")
+    return HPE_USER
+
+
+cdef int _on_message_begin(llhttp_t* parser) noexcept:
+    cdef RequestParser self = _of(parser)
+    self._in_head = True
+    self._url_length = 0
+    self._name_length = 0
+    self._value_length = 0
+    try:
+        self.fields = []
+        self.names = []
+        self._on_message_begin()
+    except BaseException as exc:
+        self._error = exc
+        return -1
+    return 0
+
+
+cdef inline bint _append(
+    char* buffer, Py_ssize_t* length, Py_ssize_t start, const char* at, size_t size
+) noexcept:
+    """Copy a piece of a span to ``buffer`` after ``start + *length``: whether it fits."""
+    cdef Py_ssize_t end = start + length[0]
+    if end + <Py_ssize_t>size > FIELD_BYTES:
+        return False
+    memcpy(buffer + end, at, size)
+    length[0] += size
+    return True
+
+
+cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef RequestParser self = _of(parser)
+    if _append(self._url, &self._url_length, 0, at, length):
+        return 0
+    return _failed(parser, self, HeadError(414, "request target too long\n"))
+
+
+cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef RequestParser self = _of(parser)
+    if not self._in_head:
+        return 0  # a trailer of a chunked body: not forwarded, not read
+    if len(self.fields) < MAX_FIELDS and _append(
+        self._field, &self._name_length, 0, at, length
+    ):
+        return 0
+    return _failed(parser, self, HeadError(431, "request header fields too large\n"))
+
+
+cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef RequestParser self = _of(parser)
+    if not self._in_head:
+        return 0
+    if _append(self._field, &self._value_length, self._name_length, at, length):
+        return 0
+    return _failed(parser, self, HeadError(431, "request header fields too large\n"))
+
+
+cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
+    cdef RequestParser self = _of(parser)
+    cdef Py_ssize_t size = self._name_length
+    cdef Py_ssize_t i
+    cdef char c
+    cdef char* lower
+    if not self._in_head:
+        return 0
+    try:
+        name = PyBytes_FromStringAndSize(self._field, size)
+        value = PyBytes_FromStringAndSize(self._field + size, self._value_length)
+        lowered = PyBytes_FromStringAndSize(NULL, size)
+        lower = PyBytes_AS_STRING(lowered)
+        for i in range(size):
+            c = self._field[i]
+            lower[i] = c + 32 if 65 <= c <= 90 else c  # A-Z to a-z
+        self.fields.append((name, value))
+        self.names.append(lowered)
+    except BaseException as exc:
+        return _failed(parser, self, exc)
+    self._name_length = 0
+    self._value_length = 0
+    return 0
+
+
+cdef int _on_headers_complete(llhttp_t* parser) noexcept:
+    cdef RequestParser self = _of(parser)
+    self._in_head = False
+    try:
+        self.url = PyBytes_FromStringAndSize(self._url, self._url_length)
+        self.method = <str>_METHOD_NAMES[parser.method]
+        if parser.http_major == 1 and parser.http_minor == 1:
+            self.version = "1.1"
+        elif parser.http_major == 1 and parser.http_minor == 0:
+            self.version = "1.0"
+        else:
+            self.version = f"{parser.http_major}.{parser.http_minor}"
+        self.keep_alive = llhttp_should_keep_alive(parser)
+        self._on_headers_complete()
+    except BaseException as exc:
+        self._error = exc
+        return -1
+    # An upgrade's body is not parsed: llhttp pauses after the head.
+    return 1 if parser.upgrade else 0
+
+
+cdef int _on_body(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef RequestParser self = _of(parser)
+    try:
+        self._on_body(PyBytes_FromStringAndSize(at, length))
+    except BaseException as exc:
+        return _failed(parser, self, exc)
+    return 0
+
+
+cdef int _on_message_complete(llhttp_t* parser) noexcept:
+    cdef RequestParser self = _of(parser)
+    try:
+        self._on_message_complete()
+    except BaseException as exc:
+        self._error = exc
+        return -1
+    return 0

@@ -1,0 +1,155 @@
+"""The request parser's two builds tell the connection the same things.
+
+``_cparse`` (llhttp bound in C, the compiled build) and ``_parse`` (llhttp
+through ``httptools``, the Python sources) are fed the same bytes, whole and
+a byte at a time (every field split across reads), and must report the same
+events, heads and errors. The connection's own tests (framing, smuggling,
+limits) run on whichever build is installed, and on the sources too
+(``test_sidecar_compiled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+import pytest
+
+from powgate_sidecar import _compiled, _parse
+from powgate_sidecar._parse import MAX_FIELD_BYTES, MAX_FIELDS, HeadError
+
+Parser = Callable[[Any], Any]
+BUILDS: list[Any] = [pytest.param(_parse.RequestParser, id="httptools")]
+if _compiled.COMPILED:
+    from powgate_sidecar import _cparse
+
+    BUILDS.append(pytest.param(_cparse.RequestParser, id="llhttp-in-C"))
+
+
+class Recorder:
+    """A protocol that writes down what the parser tells it."""
+
+    def __init__(self, *, fail_on: str = "") -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.parser: Any = None
+        self._fail_on = fail_on
+
+    def _maybe_fail(self, event: str) -> None:
+        if event == self._fail_on:
+            raise KeyError(event)
+
+    def on_message_begin(self) -> None:
+        self.events.append(("begin",))
+        self._maybe_fail("begin")
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.events.append(
+            ("head", p.url, list(p.fields), list(p.names), p.method, p.version, p.keep_alive)
+        )
+        self._maybe_fail("head")
+
+    def on_body(self, data: bytes) -> None:
+        if self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)
+        else:
+            self.events.append(("body", data))
+        self._maybe_fail("body")
+
+    def on_message_complete(self) -> None:
+        self.events.append(("complete",))
+        self._maybe_fail("complete")
+
+
+def _outcome(build: Parser, data: bytes, *, step: int, fail_on: str = "") -> list[Any]:
+    protocol = Recorder(fail_on=fail_on)
+    parser = protocol.parser = build(protocol)
+    result: list[Any] = protocol.events
+    try:
+        for at in range(0, len(data), step):
+            parser.feed_data(data[at : at + step])
+    except httptools.HttpParserUpgrade as exc:
+        result.append(("upgrade", exc.args[0] if step >= len(data) else None))
+    except httptools.HttpParserCallbackError as exc:
+        cause = exc.__context__
+        detail = (cause.status, cause.text) if isinstance(cause, HeadError) else repr(cause)
+        result.append(("callback error", type(cause).__name__, detail))
+    except httptools.HttpParserError:
+        result.append(("error",))
+    return result
+
+
+GET = b"GET /v1/chat?x=1 HTTP/1.1\r\nHost: a\r\n"
+CASES = [
+    ("one request", GET + b"\r\n"),
+    ("three pipelined", (GET + b"\r\n") * 3),
+    ("fields' spelling kept, names lowered", GET + b"X-MiXed-Case: Va Lue\r\n\r\n"),
+    ("empty value", GET + b"X-Empty:\r\nX-Spaces:   \r\n\r\n"),
+    ("HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n"),
+    ("HTTP/1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+    ("close", GET + b"Connection: close\r\n\r\n"),
+    ("HTTP/0.9", b"GET /open\r\n\r\n"),
+    ("HTTP/2 text", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+    ("methods", b"PATCH / HTTP/1.1\r\nHost: a\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("unknown method", b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("body", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello" + GET + b"\r\n"),
+    (
+        "chunked with trailers",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n" + GET + b"\r\n",
+    ),
+    ("CL.TE", GET + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"),
+    ("CL twice", GET + b"Content-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
+    ("obs-fold", GET + b"X-A: 1\r\n folded\r\n\r\n"),
+    ("bare LF", b"GET / HTTP/1.1\nHost: a\r\n\r\n"),
+    ("NUL in a field", GET + b"X-A: a\x00b\r\n\r\n"),
+    ("space before colon", GET + b"Content-Length : 4\r\n\r\nabcd"),
+    ("bad chunk", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+    ("CONNECT", b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\nafter the head"),
+    ("upgrade", GET + b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\nafter the head"),
+    ("target at the limit", b"GET /" + b"a" * (MAX_FIELD_BYTES - 1) + b" HTTP/1.1\r\n\r\n"),
+    ("target too long", b"GET /" + b"a" * MAX_FIELD_BYTES + b" HTTP/1.1\r\n\r\n"),
+    ("field at the limit", GET + b"X: " + b"v" * (MAX_FIELD_BYTES - 1) + b"\r\n\r\n"),
+    ("field too long", GET + b"X: " + b"v" * MAX_FIELD_BYTES + b"\r\n\r\n"),
+    ("name too long", GET + b"X" * (MAX_FIELD_BYTES + 1) + b": v\r\n\r\n"),
+    ("fields at the limit", GET + b"X: v\r\n" * (MAX_FIELDS - 1) + b"\r\n"),
+    ("too many fields", GET + b"X: v\r\n" * MAX_FIELDS + b"\r\n"),
+]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("name", "data"), CASES, ids=[name for name, _ in CASES])
+def test_both_builds_report_the_same_whole_and_byte_by_byte(
+    build: Parser, name: str, data: bytes
+) -> None:
+    whole = _outcome(_parse.RequestParser, data, step=len(data))
+    assert _outcome(build, data, step=len(data)) == whole
+    # A byte a read: every span (target, name, value) arrives in pieces.
+    in_pieces = _outcome(build, data, step=1)
+    assert in_pieces == _outcome(_parse.RequestParser, data, step=1)
+    # The same story, but for where an upgrade's head ended (in the last read).
+    assert in_pieces == [(*event[:1], None) if event[0] == "upgrade" else event for event in whole]
+
+
+def test_the_heads_are_what_was_sent() -> None:
+    data = CASES[2][1] + b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nok"
+    assert _outcome(_parse.RequestParser, data, step=len(data)) == [
+        ("begin",),
+        ("head", b"/v1/chat?x=1", [(b"Host", b"a"), (b"X-MiXed-Case", b"Va Lue")],
+         [b"host", b"x-mixed-case"], "GET", "1.1", True),
+        ("complete",),
+        ("begin",),
+        ("head", b"/x", [(b"Content-Length", b"2")], [b"content-length"], "POST", "1.0", False),
+        ("body", b"ok"),
+        ("complete",),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("event", ["begin", "head", "body", "complete"])
+def test_a_callbacks_exception_is_the_errors_context(build: Parser, event: str) -> None:
+    data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok"
+    outcome = _outcome(build, data, step=len(data), fail_on=event)
+    assert outcome[-1] == ("callback error", "KeyError", repr(KeyError(event)))
+    assert outcome == _outcome(_parse.RequestParser, data, step=len(data), fail_on=event)
