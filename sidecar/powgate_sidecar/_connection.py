@@ -144,7 +144,7 @@ class Exchange:
         "response_started",
     )
 
-    def __init__(self, conn: ClientConnection, request: Request, *, body_limit: int) -> None:
+    def __init__(self, conn: ClientConnection, request: Request, body_limit: int) -> None:
         self.conn = conn
         self.request = request
         self.body_done = not request.has_body
@@ -635,7 +635,7 @@ class ClientConnection:
     def on_headers_complete(self) -> None:
         self._in_head = False
         request = self._request()
-        exchange = Exchange(self, request, body_limit=self._limits.max_body_bytes)
+        exchange = Exchange(self, request, self._limits.max_body_bytes)
         self._reading = exchange
         if request.has_body:
             now = self._loop.time()
@@ -699,26 +699,24 @@ class ClientConnection:
         if target[:1] != b"/":
             # Absolute-form and asterisk-form: only a path goes to the upstream.
             raise HeadError(400, "request target must be a path\n")
-        content_length: int | None = None
         chunked = False
         expect = False
-        if b"content-length" in names:
-            raw = fields[names.index(b"content-length")][1].strip()
-            content_length = int(raw)  # llhttp checked: digits, one field, no overflow
-        if b"transfer-encoding" in names:
-            coding = fields[names.index(b"transfer-encoding")][1].strip().lower()
+        at = parser.coding_at
+        if at >= 0:
+            coding = fields[at][1].strip().lower()
             # llhttp accepts "gzip, chunked" and HTTP/1.0 chunking; neither
             # can be forwarded faithfully (RFC 9112 §6.1).
             if coding != b"chunked" or version == "1.0":
                 raise HeadError(400, "unsupported transfer coding\n")
             chunked = True
-        if b"host" in names:
-            if names.count(b"host") > 1:
-                raise HeadError(400, "more than one Host field\n")
-        elif version == "1.1":
+        hosts = parser.hosts
+        if hosts > 1:
+            raise HeadError(400, "more than one Host field\n")
+        if not hosts and version == "1.1":
             raise HeadError(400, "missing Host field\n")
-        if b"expect" in names:
-            if fields[names.index(b"expect")][1].strip().lower() != b"100-continue":
+        at = parser.expect_at
+        if at >= 0:
+            if fields[at][1].strip().lower() != b"100-continue":
                 raise HeadError(417, "unsupported expectation\n")
             expect = version == "1.1"
         raw_path, sep, query = target.partition(b"?")
@@ -734,7 +732,7 @@ class ClientConnection:
             names,
             # HTTP/1.0 clients get one answer per connection.
             version == "1.1" and parser.keep_alive,
-            content_length,
+            parser.content_length,
             chunked,
             expect,
             self.peer,

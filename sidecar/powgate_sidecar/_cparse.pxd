@@ -15,6 +15,9 @@ cdef extern from "llhttp.h":
         uint8_t upgrade
         uint16_t flags
 
+    ctypedef enum llhttp_flags:
+        F_CONTENT_LENGTH
+
     ctypedef int (*llhttp_data_cb)(llhttp_t*, const char* at, size_t length) noexcept
     ctypedef int (*llhttp_cb)(llhttp_t*) noexcept
 
@@ -83,3 +86,7 @@ cdef class RequestParser:
     cdef public str method
     cdef public str version
     cdef public bint keep_alive
+    cdef public object content_length
+    cdef public Py_ssize_t coding_at
+    cdef public Py_ssize_t expect_at
+    cdef public Py_ssize_t hosts

@@ -8,5 +8,9 @@ class RequestParser:
     method: str
     version: str
     keep_alive: bool
+    content_length: int | None
+    coding_at: int
+    expect_at: int
+    hosts: int
     def __init__(self, protocol: ParserProtocol) -> None: ...
     def feed_data(self, data: bytes | memoryview) -> None: ...

@@ -12,7 +12,7 @@ set: llhttp's strict parse, as with ``httptools``.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
@@ -51,6 +51,9 @@ cdef class RequestParser:
         self.method = ""
         self.version = ""
         self.keep_alive = False
+        self.content_length = None
+        self.coding_at = self.expect_at = -1
+        self.hosts = 0
 
     def feed_data(self, data):
         cdef Py_buffer view
@@ -89,6 +92,8 @@ cdef int _failed(llhttp_t* parser, RequestParser self, error) noexcept:
 cdef int _on_message_begin(llhttp_t* parser) noexcept:
     cdef RequestParser self = _of(parser)
     self._in_head = True
+    self.coding_at = self.expect_at = -1
+    self.hosts = 0
     self._url_length = 0
     self._name_length = 0
     self._value_length = 0
@@ -157,6 +162,15 @@ cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
         for i in range(size):
             c = self._field[i]
             lower[i] = c + 32 if 65 <= c <= 90 else c  # A-Z to a-z
+        # The fields the framing rules read (the connection's _request).
+        if size == 4 and memcmp(lower, b"host", 4) == 0:
+            self.hosts += 1
+        elif size == 6 and self.expect_at < 0 and memcmp(lower, b"expect", 6) == 0:
+            self.expect_at = len(self.fields)
+        elif (
+            size == 17 and self.coding_at < 0 and memcmp(lower, b"transfer-encoding", 17) == 0
+        ):
+            self.coding_at = len(self.fields)
         self.fields.append((name, value))
         self.names.append(lowered)
     except BaseException as exc:
@@ -179,6 +193,10 @@ cdef int _on_headers_complete(llhttp_t* parser) noexcept:
         else:
             self.version = f"{parser.http_major}.{parser.http_minor}"
         self.keep_alive = llhttp_should_keep_alive(parser)
+        # llhttp read it (digits only, one field, no overflow) and counts it down in the body.
+        self.content_length = (
+            parser.content_length if parser.flags & F_CONTENT_LENGTH else None
+        )
         self._on_headers_complete()
     except BaseException as exc:
         self._error = exc

@@ -3,7 +3,9 @@
 A :class:`RequestParser` reads a connection's bytes and tells its protocol
 four things: a request begins (``on_message_begin``), its head is complete
 (``on_headers_complete``: the head is then in the parser's ``url``,
-``fields``, ``names``, ``method``, ``version`` and ``keep_alive``), a piece
+``fields``, ``names``, ``method``, ``version`` and ``keep_alive``, and what
+the framing rules read in ``content_length``, ``coding_at``, ``expect_at``
+and ``hosts``), a piece
 of its body (``on_body``), the request is complete
 (``on_message_complete``). Errors are ``httptools``'s: a framing error an
 ``HttpParserError``, the bytes after an upgrade's head
@@ -63,8 +65,12 @@ class RequestParser:
         "_in_head",
         "_parser",
         "_protocol",
+        "coding_at",
+        "content_length",
+        "expect_at",
         "feed_data",
         "fields",
+        "hosts",
         "keep_alive",
         "method",
         "names",
@@ -86,6 +92,11 @@ class RequestParser:
         self.method = ""
         self.version = ""
         self.keep_alive = False
+        #: The value of ``Content-Length`` (``None``: none); the index of the first
+        #: ``Transfer-Encoding`` and ``Expect`` fields (-1: none); ``Host`` fields.
+        self.content_length: int | None = None
+        self.coding_at = self.expect_at = -1
+        self.hosts = 0
         # httptools calls these straight through to the protocol.
         self.on_message_begin = protocol.on_message_begin
         self.on_body = protocol.on_body
@@ -123,4 +134,18 @@ class RequestParser:
         self.method = _METHODS.get(raw) or raw.decode("ascii")
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
+        names = self.names
+        self.content_length = (
+            # llhttp read it: digits only, one field, no overflow.
+            int(self.fields[names.index(b"content-length")][1])
+            if b"content-length" in names
+            else None
+        )
+        self.coding_at = _index(names, b"transfer-encoding")
+        self.expect_at = _index(names, b"expect")
+        self.hosts = names.count(b"host")
         self._protocol.on_headers_complete()
+
+
+def _index(names: list[bytes], name: bytes) -> int:
+    return names.index(name) if name in names else -1

@@ -48,6 +48,8 @@ class Recorder:
         self.events.append(
             ("head", p.url, list(p.fields), list(p.names), p.method, p.version, p.keep_alive)
         )
+        framing = (p.content_length, p.coding_at, p.expect_at, p.hosts)
+        self.events.append(("framing", *framing))
         self._maybe_fail("head")
 
     def on_body(self, data: bytes) -> None:
@@ -87,6 +89,13 @@ CASES = [
     ("fields' spelling kept, names lowered", GET + b"X-MiXed-Case: Va Lue\r\n\r\n"),
     ("empty value", GET + b"X-Empty:\r\nX-Spaces:   \r\n\r\n"),
     ("HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n"),
+    (
+        "framing fields",
+        b"POST / HTTP/1.1\r\nhOsT: a\r\nExpect: 100-continue\r\nHost: b\r\n"
+        b"expect: other\r\nContent-Length: 0002\r\n\r\nok",
+    ),
+    ("no Host", b"GET / HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\n\r\n"),
+    ("Content-Length: 0", GET + b"Content-Length: 0\r\n\r\n"),
     ("HTTP/1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
     ("close", GET + b"Connection: close\r\n\r\n"),
     ("HTTP/0.9", b"GET /open\r\n\r\n"),
@@ -138,9 +147,11 @@ def test_the_heads_are_what_was_sent() -> None:
         ("begin",),
         ("head", b"/v1/chat?x=1", [(b"Host", b"a"), (b"X-MiXed-Case", b"Va Lue")],
          [b"host", b"x-mixed-case"], "GET", "1.1", True),
+        ("framing", None, -1, -1, 1),
         ("complete",),
         ("begin",),
         ("head", b"/x", [(b"Content-Length", b"2")], [b"content-length"], "POST", "1.0", False),
+        ("framing", 2, -1, -1, 0),
         ("body", b"ok"),
         ("complete",),
     ]  # fmt: skip
