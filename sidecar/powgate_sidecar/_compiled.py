@@ -1,20 +1,21 @@
 """Which code serves requests: the modules compiled by Cython, or their Python sources.
 
 The modules of :data:`MODULES` are the request path's innermost loop (the
-connection protocol and the request record). Their ``.py`` files are the only
-source: where a C compiler is present the build compiles them with Cython
-(typed by the ``.pxd`` beside each) into extension modules, which Python
-imports instead of the ``.py``. One has no ``.py``: ``_cparse.pyx``, the
-request parser bound to llhttp's C API, which the compiled connection uses
-in place of ``_parse`` (its build on ``httptools``). The build records a digest of each source it
-compiled (:data:`MANIFEST`); this module, imported before any other of the
-package, keeps the extensions only when every digest still matches its
-``.py``. An edited source in an editable install (where the extension sits
-next to it and would shadow the edit) is served from the source, with a
-warning to rebuild; ``POWGATE_PURE_PYTHON=1`` asks for the sources outright.
+connection protocol, the request record and the request parser). The
+``.py`` files of the first two are their only source: where a C compiler is
+present the build compiles them with Cython (typed by the ``.pxd`` beside
+each) into extension modules, which Python imports instead of the ``.py``.
+The parser, ``_cparse.pyx``, binds llhttp's C API and has no ``.py``: the
+sources' connection uses ``_parse`` (the same contract on ``httptools``)
+instead. The build records a digest of each source it compiled
+(:data:`MANIFEST`); this module, imported before any other of the package,
+keeps the extensions only when every digest still matches its source. An
+edited source in an editable install (where the extension sits next to it
+and would shadow the edit) is served from the source, with a warning to
+rebuild; ``POWGATE_PURE_PYTHON=1`` asks for the sources outright.
 
 All compiled or none: the compiled connection is built against the compiled
-request record, so the two cannot be mixed.
+request record and parser, so they cannot be mixed.
 """
 
 from __future__ import annotations

@@ -66,17 +66,20 @@ cdef enum:
 
 cdef class RequestParser:
     cdef llhttp_t _parser
-    cdef llhttp_settings_t _settings
     cdef object _on_message_begin
     cdef object _on_headers_complete
     cdef object _on_body
     cdef object _on_message_complete
     cdef object _error
     cdef bint _in_head
-    # The target, and the field being read (its name, then its value), as they arrive.
-    cdef char _url[FIELD_BYTES]
+    # The target, and the field being read (its name, then its value), as they
+    # arrive: buffers grown on demand up to FIELD_BYTES (an idle connection holds
+    # little: 10,000 of them are a goal of their own).
+    cdef char* _url
+    cdef Py_ssize_t _url_capacity
     cdef Py_ssize_t _url_length
-    cdef char _field[FIELD_BYTES]
+    cdef char* _field
+    cdef Py_ssize_t _field_capacity
     cdef Py_ssize_t _name_length
     cdef Py_ssize_t _value_length
     # The head just parsed (see _parse.RequestParser).

@@ -4,14 +4,15 @@
 The compiled build's :class:`RequestParser` (the contract, and the build
 that runs ``httptools`` instead, are in ``_parse``): llhttp (the sources
 ``httptools`` vendors, built with this module) calls C functions here for
-the target and each header field, which copy them into fixed buffers of
-:data:`_parse.MAX_FIELD_BYTES`; the protocol is called once a head is
-whole, and for the body and the end of each request. No lenient flag is
+the target and each header field, which copy them into buffers grown on
+demand up to :data:`_parse.MAX_FIELD_BYTES`; the protocol is called once a
+head is whole, and for the body and the end of each request. No lenient flag is
 set: llhttp's strict parse, as with ``httptools``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.string cimport memcmp, memcpy
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
@@ -28,16 +29,7 @@ cdef class RequestParser:
     """llhttp, strict; see ``_parse.RequestParser`` for the contract."""
 
     def __init__(self, protocol):
-        llhttp_settings_init(&self._settings)
-        self._settings.on_message_begin = _on_message_begin
-        self._settings.on_url = _on_url
-        self._settings.on_header_field = _on_header_field
-        self._settings.on_header_value = _on_header_value
-        self._settings.on_header_value_complete = _on_header_value_complete
-        self._settings.on_headers_complete = _on_headers_complete
-        self._settings.on_body = _on_body
-        self._settings.on_message_complete = _on_message_complete
-        llhttp_init(&self._parser, HTTP_REQUEST, &self._settings)
+        llhttp_init(&self._parser, HTTP_REQUEST, &_SETTINGS)
         self._parser.data = <void*>self
         self._on_message_begin = protocol.on_message_begin
         self._on_headers_complete = protocol.on_headers_complete
@@ -55,9 +47,14 @@ cdef class RequestParser:
         self.coding_at = self.expect_at = -1
         self.hosts = 0
 
+    def __dealloc__(self):
+        PyMem_Free(self._url)
+        PyMem_Free(self._field)
+
     def feed_data(self, data):
         cdef Py_buffer view
         cdef llhttp_errno_t err
+        cdef const char* why
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             err = llhttp_execute(&self._parser, <const char*>view.buf, <size_t>view.len)
@@ -69,7 +66,8 @@ cdef class RequestParser:
                 raise HttpParserUpgrade(at)
         finally:
             PyBuffer_Release(&view)
-        reason = (llhttp_get_error_reason(&self._parser) or b"").decode("latin-1")
+        why = llhttp_get_error_reason(&self._parser)
+        reason = why.decode("latin-1") if why != NULL else ""
         error = self._error
         if error is None:
             raise HttpParserError(reason)
@@ -77,6 +75,19 @@ cdef class RequestParser:
         exc = HttpParserCallbackError(reason)
         exc.__context__ = error
         raise exc
+
+
+# One set of callbacks for every parser.
+cdef llhttp_settings_t _SETTINGS
+llhttp_settings_init(&_SETTINGS)
+_SETTINGS.on_message_begin = _on_message_begin
+_SETTINGS.on_url = _on_url
+_SETTINGS.on_header_field = _on_header_field
+_SETTINGS.on_header_value = _on_header_value
+_SETTINGS.on_header_value_complete = _on_header_value_complete
+_SETTINGS.on_headers_complete = _on_headers_complete
+_SETTINGS.on_body = _on_body
+_SETTINGS.on_message_complete = _on_message_complete
 
 
 cdef inline RequestParser _of(llhttp_t* parser):
@@ -107,43 +118,69 @@ cdef int _on_message_begin(llhttp_t* parser) noexcept:
     return 0
 
 
-cdef inline bint _append(
-    char* buffer, Py_ssize_t* length, Py_ssize_t start, const char* at, size_t size
+cdef int _append(
+    char** buffer,
+    Py_ssize_t* capacity,
+    Py_ssize_t* length,
+    Py_ssize_t start,
+    const char* at,
+    size_t size,
 ) noexcept:
-    """Copy a piece of a span to ``buffer`` after ``start + *length``: whether it fits."""
+    """Copy a piece of a span after ``start + *length``: 1, or 0 past the limit, -1 no memory."""
     cdef Py_ssize_t end = start + length[0]
-    if end + <Py_ssize_t>size > FIELD_BYTES:
-        return False
-    memcpy(buffer + end, at, size)
-    length[0] += size
-    return True
+    cdef Py_ssize_t need = end + <Py_ssize_t>size
+    cdef Py_ssize_t grown
+    cdef char* moved
+    if need > FIELD_BYTES:
+        return 0
+    if need > capacity[0]:
+        grown = min(max(need, 2 * capacity[0], 256), <Py_ssize_t>FIELD_BYTES)
+        moved = <char*>PyMem_Realloc(buffer[0], grown)
+        if moved == NULL:
+            return -1
+        buffer[0] = moved
+        capacity[0] = grown
+    if size:
+        memcpy(buffer[0] + end, at, size)
+        length[0] += size
+    return 1
+
+
+cdef int _too_large(llhttp_t* parser, RequestParser self, int fits, int status, str text) noexcept:
+    return _failed(parser, self, HeadError(status, text) if fits == 0 else MemoryError())
 
 
 cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef RequestParser self = _of(parser)
-    if _append(self._url, &self._url_length, 0, at, length):
+    cdef int fits = _append(&self._url, &self._url_capacity, &self._url_length, 0, at, length)
+    if fits > 0:
         return 0
-    return _failed(parser, self, HeadError(414, "request target too long\n"))
+    return _too_large(parser, self, fits, 414, "request target too long\n")
 
 
 cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef RequestParser self = _of(parser)
+    cdef int fits = 0
     if not self._in_head:
         return 0  # a trailer of a chunked body: not forwarded, not read
-    if len(self.fields) < MAX_FIELDS and _append(
-        self._field, &self._name_length, 0, at, length
-    ):
-        return 0
-    return _failed(parser, self, HeadError(431, "request header fields too large\n"))
+    if len(self.fields) < MAX_FIELDS:
+        fits = _append(&self._field, &self._field_capacity, &self._name_length, 0, at, length)
+        if fits > 0:
+            return 0
+    return _too_large(parser, self, fits, 431, "request header fields too large\n")
 
 
 cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef RequestParser self = _of(parser)
+    cdef int fits
     if not self._in_head:
         return 0
-    if _append(self._field, &self._value_length, self._name_length, at, length):
+    fits = _append(
+        &self._field, &self._field_capacity, &self._value_length, self._name_length, at, length
+    )
+    if fits > 0:
         return 0
-    return _failed(parser, self, HeadError(431, "request header fields too large\n"))
+    return _too_large(parser, self, fits, 431, "request header fields too large\n")
 
 
 cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
@@ -180,11 +217,25 @@ cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
     return 0
 
 
+# Bytes of buffers a parser keeps between heads (more is freed once a head is whole).
+cdef Py_ssize_t _KEPT = 1024
+
+
+cdef void _release(RequestParser self) noexcept:
+    """Free the buffers of a large head: the connection may idle for long now."""
+    PyMem_Free(self._url)
+    PyMem_Free(self._field)
+    self._url = self._field = NULL
+    self._url_capacity = self._field_capacity = 0
+
+
 cdef int _on_headers_complete(llhttp_t* parser) noexcept:
     cdef RequestParser self = _of(parser)
     self._in_head = False
     try:
         self.url = PyBytes_FromStringAndSize(self._url, self._url_length)
+        if self._url_capacity > _KEPT or self._field_capacity > _KEPT:
+            _release(self)
         self.method = <str>_METHOD_NAMES[parser.method]
         if parser.http_major == 1 and parser.http_minor == 1:
             self.version = "1.1"
