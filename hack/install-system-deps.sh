@@ -2,7 +2,8 @@
 # Installs the Debian packages powgate's tests, benchmarks, images and demo
 # run against, when they are missing: Prometheus (signals), Redis (the shared
 # replay store; tests start their own servers on loopback), Chromium (browser
-# solver), nginx and wrk (proxy benchmark references), Node.js (JS solver),
+# solver), nginx and wrk (proxy benchmark references), valgrind (the request
+# path's instruction counts, `python -m bench instructions`), Node.js (JS solver),
 # npm (the npm packages of the browser tests, `make js-deps`); for the images
 # and the real node: the Docker engine (docker.io, started by `make images`
 # itself), mmdebstrap (the base image from Debian packages), containerd, the
@@ -19,6 +20,7 @@ declare -A want=(
   [chromium]=/usr/bin/chromium
   [nginx]=/usr/sbin/nginx
   [wrk]=/usr/bin/wrk
+  [valgrind]=/usr/bin/valgrind
   [nodejs]=/usr/bin/node
   [npm]=/usr/bin/npm
   [docker.io]=/usr/sbin/dockerd
