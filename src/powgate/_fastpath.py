@@ -11,7 +11,11 @@ OpenSSL, see ``setup.py``) does them without the interpreter:
   ``hexdigest(message)`` signs and whose ``issue_v1(...)`` writes a batch of
   challenge documents;
 * :func:`canonical_v1`, a payload of the canonical shape read in one pass
-  (:func:`powgate._protocol.canonical_v1_fields`).
+  (:func:`powgate._protocol.canonical_v1_fields`);
+* :data:`check_v1`, such a payload over SHA-256 read *and* checked in one
+  call (key, signature, expiry, work: :meth:`powgate.Verifier._check_v1`'s
+  checks in its order); ``None`` without the C build, where the verifier
+  reads with :func:`canonical_v1` and checks in Python.
 
 The Python definitions below give the same bytes (``tests/unit/test_core_native.py``
 compares both on the same inputs); :data:`NATIVE` says which is in use.
@@ -28,11 +32,14 @@ from ._protocol import CanonicalV1, Challenge, canonical_v1_fields
 
 __all__ = [
     "NATIVE",
+    "CheckV1",
     "HmacState",
     "PythonHmac",
     "canonical_v1",
+    "check_v1",
     "hmac_state",
     "issue_v1_challenges",
+    "native_signing_state",
     "new_keyed",
     "sha256_hex",
 ]
@@ -120,26 +127,37 @@ class PythonHmac:
         return [challenge.to_json().encode() for challenge in challenges]
 
 
+#: ``check_v1(payload, signers, now)``: see ``powgate._native.check_v1``.
+CheckV1 = Callable[[str | bytes, dict[str, tuple[Any, float, Any, Any]], float], object]
+
 sha256_hex: Callable[[bytes], str]
 canonical_v1: Callable[[str | bytes], CanonicalV1 | None]
-_native_hmac: Callable[[bytes], HmacState] | None
+check_v1: CheckV1 | None
+_native_hmac: type | None
 try:
     from . import _native
 
     sha256_hex = _native.sha256_hex
     canonical_v1 = _native.canonical_v1
+    check_v1 = _native.check_v1
     _native_hmac = _native.HmacSha256
 except (ImportError, AttributeError):  # no C compiler, or no OpenSSL headers, at build time
     NATIVE = False
     sha256_hex = _python_sha256_hex
     canonical_v1 = canonical_v1_fields
+    check_v1 = None
     _native_hmac = None
 else:
     NATIVE = True
 
 
+def native_signing_state(state: HmacState) -> bool:
+    """Whether ``state`` is the C HMAC-SHA256 state :data:`check_v1` signs with."""
+    return _native_hmac is not None and type(state) is _native_hmac
+
+
 def hmac_state(key: bytes, digest: str) -> HmacState:
     """HMAC under ``key`` with the hash called ``digest`` (hashlib's name)."""
     if digest == "sha256" and _native_hmac is not None:
-        return _native_hmac(key)
+        return _native_hmac(key)  # type: ignore[no-any-return]
     return PythonHmac(key, digest)

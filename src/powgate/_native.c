@@ -472,26 +472,35 @@ static const signed char B64[256] = {
 
 /* Standard base64 with its padding, nothing else (no newlines, no '=' inside):
  * what binascii.a2b_base64(strict_mode=True) decodes to the same bytes. Returns
- * the decoded length, or -1. */
+ * the decoded length, or -1. Whole quads first, four table lookups and one
+ * test each; the last quad, which may be padded, on its own. */
 static Py_ssize_t b64_decode(const uint8_t *in, Py_ssize_t len, uint8_t *out) {
     if (len == 0 || len % 4) return -1;
-    Py_ssize_t pad = (in[len - 1] == '=') + (in[len - 1] == '=' && in[len - 2] == '=');
-    Py_ssize_t n = 0;
-    for (Py_ssize_t i = 0; i < len; i += 4) {
-        int last = i + 4 == len;
-        uint32_t v = 0;
-        for (int k = 0; k < 4; k++) {
-            int c = B64[in[i + k]];
-            if (c == 0) {
-                if (!(last && k >= 4 - pad)) return -1;
-                c = 1; /* padding: zero bits */
-            }
-            v = (v << 6) | (uint32_t)(c - 1);
-        }
-        out[n++] = (uint8_t)(v >> 16);
-        if (!(last && pad == 2)) out[n++] = (uint8_t)(v >> 8);
-        if (!(last && pad >= 1)) out[n++] = (uint8_t)v;
+    Py_ssize_t n = 0, last = len - 4;
+    for (Py_ssize_t i = 0; i < last; i += 4) {
+        int a = B64[in[i]], b = B64[in[i + 1]], c = B64[in[i + 2]], d = B64[in[i + 3]];
+        if (!a || !b || !c || !d) return -1;
+        uint32_t v = ((uint32_t)(a - 1) << 18) | ((uint32_t)(b - 1) << 12) |
+                     ((uint32_t)(c - 1) << 6) | (uint32_t)(d - 1);
+        out[n] = (uint8_t)(v >> 16);
+        out[n + 1] = (uint8_t)(v >> 8);
+        out[n + 2] = (uint8_t)v;
+        n += 3;
     }
+    const uint8_t *q = in + last;
+    Py_ssize_t pad = (q[3] == '=') + (q[3] == '=' && q[2] == '=');
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        int c = B64[q[k]];
+        if (c == 0) {
+            if (k < 4 - pad) return -1;
+            c = 1; /* padding: zero bits */
+        }
+        v = (v << 6) | (uint32_t)(c - 1);
+    }
+    out[n++] = (uint8_t)(v >> 16);
+    if (pad < 2) out[n++] = (uint8_t)(v >> 8);
+    if (pad < 1) out[n++] = (uint8_t)v;
     return n;
 }
 
@@ -544,75 +553,188 @@ static PyObject *text(const uint8_t *s, Py_ssize_t len) {
     return PyUnicode_DecodeASCII((const char *)s, len, NULL);
 }
 
-/* canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C. */
-static PyObject *canonical_v1(PyObject *self, PyObject *arg) {
-    const uint8_t *in;
-    Py_ssize_t len;
-    Py_buffer view = {0};
-    uint8_t raw[2048];
-    (void)self;
-    if (PyUnicode_Check(arg)) {
-        if (!PyUnicode_IS_ASCII(arg)) Py_RETURN_NONE;
-        in = (const uint8_t *)PyUnicode_DATA(arg);
-        len = PyUnicode_GET_LENGTH(arg);
-    } else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-        in = (const uint8_t *)view.buf;
-        len = view.len;
-    }
-    Py_ssize_t size = len <= 2048 ? b64_decode(in, len, raw) : -1;
-    if (view.obj != NULL) PyBuffer_Release(&view);
-    if (size < 0) Py_RETURN_NONE;
+/* The fields of a payload of the canonical shape: spans of the decoded bytes. */
+typedef struct {
+    const uint8_t *name, *challenge, *number, *salt, *salt_end, *expires, *kid, *difficulty, *sig;
+    const uint8_t *binding, *client, *factor;
+    Py_ssize_t name_n, challenge_n, number_n, expires_n, kid_n, difficulty_n, sig_n;
+    Py_ssize_t binding_n, client_n, factor_n;
+} V1Fields;
 
+#define MAX_PAYLOAD 2048
+
+/* The payload's bytes decoded from base64 into raw (MAX_PAYLOAD bytes): their
+ * length; -1 when it cannot be canonical (too long, not ASCII, not strict
+ * base64); -2 with an exception set (not text nor bytes-like). */
+static Py_ssize_t payload_bytes(PyObject *arg, uint8_t *raw) {
+    Py_ssize_t size;
+    if (PyUnicode_Check(arg)) {
+        if (!PyUnicode_IS_ASCII(arg)) return -1;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(arg);
+        return len <= MAX_PAYLOAD ? b64_decode((const uint8_t *)PyUnicode_DATA(arg), len, raw) : -1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return -2;
+    size = view.len <= MAX_PAYLOAD ? b64_decode((const uint8_t *)view.buf, view.len, raw) : -1;
+    PyBuffer_Release(&view);
+    return size;
+}
+
+/* Reads raw[0:size] as powgate._protocol.canonical_v1_fields does (its
+ * pattern, field by field); 1 when it has that shape, 0 otherwise. */
+static int read_v1(const uint8_t *raw, Py_ssize_t size, V1Fields *f) {
     Cursor c = {raw, raw + size};
-    const uint8_t *name, *challenge, *number, *salt, *expires, *kid, *difficulty, *sig;
-    const uint8_t *binding = NULL, *client = NULL, *factor = NULL, *nonce;
-    Py_ssize_t name_n, challenge_n, number_n, expires_n, kid_n, difficulty_n, sig_n, nonce_n;
-    Py_ssize_t binding_n = 0, client_n = 0, factor_n = 0;
-    if (!take(&c, "{\"algorithm\":\"") || !span(&c, NAME, 1, 32, &name, &name_n) ||
-        !take(&c, "\",\"challenge\":\"") || !span(&c, HEXLOW, 1, 128, &challenge, &challenge_n) ||
-        !take(&c, "\",\"number\":") || !span(&c, DIGIT, 1, 16, &number, &number_n) ||
-        (number_n > 1 && number[0] == '0') || !take(&c, ",\"salt\":\""))
-        Py_RETURN_NONE;
-    salt = c.p;
+    const uint8_t *nonce;
+    Py_ssize_t nonce_n;
+    f->binding = f->client = f->factor = NULL;
+    f->binding_n = f->client_n = f->factor_n = 0;
+    if (!take(&c, "{\"algorithm\":\"") || !span(&c, NAME, 1, 32, &f->name, &f->name_n) ||
+        !take(&c, "\",\"challenge\":\"") ||
+        !span(&c, HEXLOW, 1, 128, &f->challenge, &f->challenge_n) ||
+        !take(&c, "\",\"number\":") || !span(&c, DIGIT, 1, 16, &f->number, &f->number_n) ||
+        (f->number_n > 1 && f->number[0] == '0') || !take(&c, ",\"salt\":\""))
+        return 0;
+    f->salt = c.p;
     if (!span(&c, HEXLOW, 0, 2048, &nonce, &nonce_n) || !take(&c, "?expires=") ||
-        !span(&c, DIGIT, 1, 18, &expires, &expires_n) || !take(&c, "&kid=") ||
-        !span(&c, VALUE, 0, 2048, &kid, &kid_n) || !take(&c, "&max=") ||
-        !span(&c, DIGIT, 1, 18, &difficulty, &difficulty_n) || !take(&c, "&"))
-        Py_RETURN_NONE;
+        !span(&c, DIGIT, 1, 18, &f->expires, &f->expires_n) || !take(&c, "&kid=") ||
+        !span(&c, VALUE, 0, 2048, &f->kid, &f->kid_n) || !take(&c, "&max=") ||
+        !span(&c, DIGIT, 1, 18, &f->difficulty, &f->difficulty_n) || !take(&c, "&"))
+        return 0;
     if (take(&c, "bind=")) {
-        if (!span(&c, VALUE, 0, 2048, &binding, &binding_n) || !take(&c, "&")) Py_RETURN_NONE;
+        if (!span(&c, VALUE, 0, 2048, &f->binding, &f->binding_n) || !take(&c, "&")) return 0;
     }
     if (take(&c, "ck=")) {
-        if (!span(&c, TOKEN, 0, 2048, &client, &client_n) || !take(&c, "&f=") ||
-            !span(&c, FACTOR, 0, 2048, &factor, &factor_n) || !take(&c, "&"))
-            Py_RETURN_NONE;
+        if (!span(&c, TOKEN, 0, 2048, &f->client, &f->client_n) || !take(&c, "&f=") ||
+            !span(&c, FACTOR, 0, 2048, &f->factor, &f->factor_n) || !take(&c, "&"))
+            return 0;
     }
-    const uint8_t *salt_end = c.p;
-    if (!take(&c, "\",\"signature\":\"") || !span(&c, HEXLOW, 1, 128, &sig, &sig_n) ||
+    f->salt_end = c.p;
+    if (!take(&c, "\",\"signature\":\"") || !span(&c, HEXLOW, 1, 128, &f->sig, &f->sig_n) ||
         !take(&c, "\"}") || c.p != c.end)
-        Py_RETURN_NONE;
-    long long n = decimal(number, number_n);
-    if (n >= (1LL << 53)) Py_RETURN_NONE;
+        return 0;
+    /* JSON's integers beyond 2**53 are not the number the general path reads. */
+    return decimal(f->number, f->number_n) < (1LL << 53);
+}
+
+static PyObject *text_or_none(const uint8_t *s, Py_ssize_t len) {
+    return s != NULL ? text(s, len) : Py_NewRef(Py_None);
+}
+
+/* canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C. */
+static PyObject *canonical_v1(PyObject *self, PyObject *arg) {
+    uint8_t raw[MAX_PAYLOAD];
+    V1Fields f;
+    (void)self;
+    Py_ssize_t size = payload_bytes(arg, raw);
+    if (size == -2) return NULL;
+    if (size < 0 || !read_v1(raw, size, &f)) Py_RETURN_NONE;
 
     /* The work's input: the salt (ending in '&' by its shape) and the number. */
-    Py_ssize_t salt_n = salt_end - salt;
-    PyObject *work = PyBytes_FromStringAndSize(NULL, salt_n + number_n);
+    Py_ssize_t salt_n = f.salt_end - f.salt;
+    PyObject *work = PyBytes_FromStringAndSize(NULL, salt_n + f.number_n);
     if (work == NULL) return NULL;
-    memcpy(PyBytes_AS_STRING(work), salt, (size_t)salt_n);
-    memcpy(PyBytes_AS_STRING(work) + salt_n, number, (size_t)number_n);
-    PyObject *none = Py_None;
+    memcpy(PyBytes_AS_STRING(work), f.salt, (size_t)salt_n);
+    memcpy(PyBytes_AS_STRING(work) + salt_n, f.number, (size_t)f.number_n);
     PyObject *params = Py_BuildValue(
-        "(LNLNNN)", decimal(expires, expires_n), text(kid, kid_n), decimal(difficulty, difficulty_n),
-        binding ? text(binding, binding_n) : Py_NewRef(none),
-        client ? text(client, client_n) : Py_NewRef(none),
-        factor ? text(factor, factor_n) : Py_NewRef(none));
+        "(LNLNNN)", decimal(f.expires, f.expires_n), text(f.kid, f.kid_n),
+        decimal(f.difficulty, f.difficulty_n), text_or_none(f.binding, f.binding_n),
+        text_or_none(f.client, f.client_n), text_or_none(f.factor, f.factor_n));
     if (params == NULL) {
         Py_DECREF(work);
         return NULL;
     }
-    return Py_BuildValue("(NNNNN)", text(name, name_n), text(challenge, challenge_n),
-                         text(sig, sig_n), work, params);
+    return Py_BuildValue("(NNNNN)", text(f.name, f.name_n), text(f.challenge, f.challenge_n),
+                         text(f.sig, f.sig_n), work, params);
+}
+
+/* check_v1(payload, signers, now): an ALTCHA v1 / SHA-256 payload of the
+ * canonical shape checked in one call, in powgate.Verifier._check_v1's order
+ * (key, signature, expiry, work); everything but the scope.
+ *
+ * signers maps a key id (str) to (HmacSha256, not_after: float, bad_signature,
+ * retired): the key's signing state, when the ring stops accepting it, and
+ * what to return as it is when the signature differs and when the key is
+ * retired. Returns None when the verifier must decide in Python (not the
+ * canonical shape, another algorithm, a key id not in signers); one of those
+ * two objects; or (code, difficulty, expires,
+ * binding, client, factor, replay_key) with code 0 (signed, fresh, the work
+ * right: replay_key is the challenge's 32 bytes), 1 (expired) or 2 (wrong
+ * number), replay_key None unless 0. The signature is compared in constant
+ * time (CRYPTO_memcmp), as hmac.compare_digest does. */
+static PyObject *check_v1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint8_t raw[MAX_PAYLOAD];
+    V1Fields f;
+    (void)self;
+    if (nargs != 3 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "check_v1(payload, signers: dict, now: float)");
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t size = payload_bytes(args[0], raw);
+    if (size == -2) return NULL;
+    if (size < 0 || !read_v1(raw, size, &f) || f.name_n != 7 || memcmp(f.name, "SHA-256", 7) != 0)
+        Py_RETURN_NONE;
+
+    PyObject *kid = text(f.kid, f.kid_n);
+    if (kid == NULL) return NULL;
+    PyObject *entry = PyDict_GetItemWithError(args[1], kid); /* borrowed */
+    Py_DECREF(kid);
+    if (entry == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4 ||
+        !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 0), &HmacType) ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(entry, 1))) {
+        PyErr_SetString(PyExc_TypeError, "check_v1: a signer is (HmacSha256, float, object, object)");
+        return NULL;
+    }
+    if (now > PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(entry, 1)))
+        return Py_NewRef(PyTuple_GET_ITEM(entry, 3)); /* the key is retired */
+    char mac[SHA_HEX];
+    hmac_hex((const HmacObject *)PyTuple_GET_ITEM(entry, 0), f.challenge, (size_t)f.challenge_n, mac);
+    if (f.sig_n != SHA_HEX || CRYPTO_memcmp(mac, f.sig, SHA_HEX) != 0)
+        return Py_NewRef(PyTuple_GET_ITEM(entry, 2));
+
+    long long expires = decimal(f.expires, f.expires_n);
+    long long difficulty = decimal(f.difficulty, f.difficulty_n);
+    int code = 1;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    /* Python compares an int with a float exactly; below 2**53 a double does too,
+     * and an expiry above that is ahead of any clock. */
+    if (expires >= (1LL << 53) || now <= (double)expires) {
+        /* The work: SHA-256 of the salt and the number, against the challenge. */
+        char work_hex[SHA_HEX];
+        SHA256_CTX ctx;
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, f.salt, (size_t)(f.salt_end - f.salt));
+        SHA256_Update(&ctx, f.number, (size_t)f.number_n);
+        SHA256_Final(digest, &ctx);
+        to_hex(digest, sizeof digest, work_hex);
+        code = f.challenge_n == SHA_HEX && memcmp(work_hex, f.challenge, SHA_HEX) == 0 ? 0 : 2;
+    }
+    PyObject *out = PyTuple_New(7);
+    if (out == NULL) return NULL;
+    PyObject *items[7] = {
+        PyLong_FromLong(code),
+        PyLong_FromLongLong(difficulty),
+        PyLong_FromLongLong(expires),
+        text_or_none(f.binding, f.binding_n),
+        text_or_none(f.client, f.client_n),
+        text_or_none(f.factor, f.factor_n),
+        code == 0 ? PyBytes_FromStringAndSize((const char *)digest, sizeof digest)
+                  : Py_NewRef(Py_None),
+    };
+    for (int i = 0; i < 7; i++) {
+        if (items[i] == NULL) {
+            for (int k = 0; k < 7; k++) Py_XDECREF(items[k]);
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 7; i++) PyTuple_SET_ITEM(out, i, items[i]);
+    return out;
 }
 #endif /* POWGATE_OPENSSL */
 
@@ -628,6 +750,9 @@ static PyMethodDef methods[] = {
      "SHA-256(prefix + decimal(n)) equals target, or -1."},
     {"canonical_v1", canonical_v1, METH_O,
      "canonical_v1(payload): powgate._protocol.canonical_v1_fields, in C (None: not canonical)."},
+    {"check_v1", (PyCFunction)(void (*)(void))check_v1, METH_FASTCALL,
+     "check_v1(payload, signers, now): an ALTCHA v1 / SHA-256 payload of the canonical shape "
+     "checked in one call (see powgate._verify; None: decide in Python)."},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -8,6 +8,12 @@ def sha256_search(prefix: bytes, target: bytes, start: int, stop: int, /) -> int
 _SaltFields = tuple[int | None, str | None, int | None, str | None, str | None, str | None]
 
 def canonical_v1(payload: str | bytes, /) -> tuple[str, str, str, bytes, _SaltFields] | None: ...
+def check_v1(
+    payload: str | bytes,
+    signers: dict[str, tuple[HmacSha256, float, object, object]],
+    now: float,
+    /,
+) -> object: ...
 
 class HmacSha256:
     def __init__(self, key: bytes) -> None: ...

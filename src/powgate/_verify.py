@@ -35,7 +35,13 @@ from ._algorithms import (
     get_algorithm,
     get_v2_algorithm,
 )
-from ._fastpath import RANDOM_BYTES, canonical_v1, issue_v1_challenges
+from ._fastpath import (
+    RANDOM_BYTES,
+    canonical_v1,
+    check_v1,
+    issue_v1_challenges,
+    native_signing_state,
+)
 from ._keys import HmacKey, KeyRing
 from ._pool import DerivationPool
 from ._protocol import (
@@ -200,6 +206,19 @@ class _Signer(NamedTuple):
 
 def _unknown_key(kid: str | None) -> Verdict:
     return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted")
+
+
+#: The algorithm :data:`check_v1` checks (ALTCHA v1 over SHA-256), by name.
+_SHA256_NAME: Final = "SHA-256"
+
+
+def _sha256() -> HashAlgorithm:
+    found = get_algorithm(_SHA256_NAME)
+    assert isinstance(found, HashAlgorithm)
+    return found
+
+
+_SHA256: Final = _sha256()
 
 
 class Issuer:
@@ -517,7 +536,7 @@ class Issuer:
 class Verifier:
     """Checks solution payloads of every family against a key ring and a replay cache."""
 
-    __slots__ = ("_clock", "_signers", "_signers_ring", "keyring", "replay")
+    __slots__ = ("_clock", "_native_signers", "_signers", "_signers_ring", "keyring", "replay")
 
     def __init__(
         self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time
@@ -529,6 +548,10 @@ class Verifier:
         #: v1 signers by (algorithm name, key id) of :attr:`keyring` as it was
         #: when they were made (:meth:`_signer`); a new ring starts afresh.
         self._signers: dict[tuple[str, str | None], _Signer] = {}
+        #: The SHA-256 ones among them as :data:`check_v1` takes them, by key id:
+        #: (C signing state, not-after or infinity, and the attempts it returns
+        #: as they are: a bad signature, the key retired).
+        self._native_signers: dict[str, tuple[Any, float, Attempt, Attempt]] = {}
         self._signers_ring = keyring
 
     def verify(
@@ -641,6 +664,15 @@ class Verifier:
     def _begin(self, payload: str | bytes | None, scope: Scope, now: float) -> Attempt:
         if not payload:
             return _MISSING_ATTEMPT
+        if check_v1 is not None and self._signers_ring is self.keyring:
+            # ALTCHA v1 over SHA-256 as powgate's own clients write it, under a
+            # key seen before: read and checked in one C call, the scope left.
+            found = check_v1(payload, self._native_signers, now)
+            if type(found) is tuple:
+                return self._checked_v1(found, scope, now)
+            if found is not None:
+                # A prebuilt attempt: signed under another key, or the key is retired.
+                return found  # type: ignore[return-value]
         # ALTCHA v1 as powgate's own clients write it: one match instead of
         # the JSON scanner (the same values; anything else takes the path below).
         fields = canonical_v1(payload)
@@ -673,6 +705,21 @@ class Verifier:
             now,
         )
         return Attempt(verdict, key)
+
+    def _checked_v1(self, found: tuple[Any, ...], scope: Scope, now: float) -> Attempt:
+        """The attempt of a payload :data:`check_v1` read, and found signed (see there)."""
+        code, difficulty, expires, bound_to, priced_for, factor, key = found
+        if code:
+            if code == 1:
+                cause = f"expired {now - expires:.0f}s ago"
+                return Attempt(Verdict(Reason.EXPIRED, cause, difficulty))
+            cause = "hash of salt and number differs"
+            return Attempt(Verdict(Reason.WRONG_NUMBER, cause, difficulty))
+        if scope is not _ANYWHERE:
+            refused = _out_of_scope(scope, bound_to, difficulty, priced_for, factor, _SHA256)
+            if refused is not None:
+                return _new_tuple(Attempt, (refused, None, None))
+        return _new_tuple(Attempt, (_ok(difficulty, expires), key, None))
 
     def _check_v1(
         self,
@@ -731,13 +778,23 @@ class Verifier:
         if self._signers_ring is not ring:
             # Keys came or went: signers of the old ring are not reused.
             self._signers = {}
+            self._native_signers = {}
             self._signers_ring = ring
+        state = algorithm.keyed(key.secret)
         signer = self._signers[(name, kid)] = _Signer(
             algorithm,
-            algorithm.keyed(key.secret).hexdigest,
+            state.hexdigest,
             key.not_after,
             Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"),
         )
+        if name == _SHA256_NAME and kid is not None and native_signing_state(state):
+            not_after = math.inf if key.not_after is None else float(key.not_after)
+            self._native_signers[kid] = (
+                state,
+                not_after,
+                Attempt(signer.bad_signature),
+                Attempt(_unknown_key(kid)),
+            )
         return signer
 
     def _begin_v2(self, data: dict[str, Any], scope: Scope, now: float) -> Attempt:

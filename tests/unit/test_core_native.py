@@ -13,6 +13,7 @@ import hmac
 import json
 import random
 from collections.abc import Callable
+from typing import Any
 from unittest.mock import patch
 
 import pytest
@@ -29,6 +30,7 @@ from powgate import (
     _verify,
     solve,
 )
+from powgate._keys import HmacKey
 from powgate._protocol import canonical_v1_fields, decode_object, salt_fields, v1_fields
 
 NOW = 1_800_000_000.0
@@ -264,8 +266,198 @@ def test_verdicts_are_the_same_with_and_without_the_fast_path(data: st.DataObjec
     minimum = data.draw(st.sampled_from([0, 20, 21]))
     now = data.draw(st.sampled_from([NOW, NOW + 61]))
     verdicts = []
-    for reader in (native.canonical_v1, lambda payload: None):
+    # The one-call check, the one-pass reader, the general decoder alone.
+    for checker, reader in (
+        (native.check_v1, native.canonical_v1),
+        (None, native.canonical_v1),
+        (None, lambda payload: None),
+    ):
         verifier = Verifier(keyring=ring, replay=MemoryReplayCache(), clock=lambda: now)
-        with patch.object(_verify, "canonical_v1", reader):
+        with (
+            patch.object(_verify, "check_v1", checker),
+            patch.object(_verify, "canonical_v1", reader),
+        ):
+            # Twice: the first payload makes the key's signer, the second finds it.
             verdicts.append(verifier.verify(payload, binding=binding, min_difficulty=minimum))
-    assert verdicts[0] == verdicts[1]
+            verdicts.append(verifier.verify(payload, binding=binding, min_difficulty=minimum))
+    assert verdicts[0] == verdicts[2] == verdicts[4]
+    assert verdicts[1] == verdicts[3] == verdicts[5]
+
+
+# -- the one-call check (native.check_v1) against the reference path ---------------
+
+_K2 = b"\x02" * 32
+_BOUND = f"bind={BINDING}&"
+
+
+def _ring() -> KeyRing:
+    """k1 signs; k2 verifies until NOW + 30 (a rotation's previous key)."""
+    ring = KeyRing.generate()
+    return ring.with_key(HmacKey("k2", _K2)).retired("k2", at=int(NOW) + 30)
+
+
+def _document(ring: KeyRing, *, kid: str = "k1") -> dict:
+    signer = ring if kid == "k1" else KeyRing(active=kid, keys=ring.keys)
+    issued = Issuer(keyring=signer, clock=lambda: NOW).issue(difficulty=20, ttl=60, binding=BINDING)
+    assert isinstance(issued, Challenge)
+    return issued.solution(solve(issued).number).to_dict()
+
+
+def _encode(document: dict) -> str:
+    return base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
+
+
+def _resigned(ring: KeyRing, document: dict, **changes: str) -> dict:
+    """``document`` with ``changes`` made to its salt, its challenge and signature made anew
+    (a genuine signature over the changed parameters)."""
+    salt = document["salt"]
+    for old, new in changes.items():
+        salt = salt.replace(old, new)
+    challenge = hashlib.sha256(f"{salt}{document['number']}".encode()).hexdigest()
+    signature = hmac.new(ring.signing_key.secret, challenge.encode(), "sha256").hexdigest()
+    return {**document, "salt": salt, "challenge": challenge, "signature": signature}
+
+
+Maker = Callable[[KeyRing], str]
+
+
+def _made(change: Callable[[dict], dict] = lambda d: d, *, kid: str = "k1") -> Maker:
+    return lambda ring: _encode(change(_document(ring, kid=kid)))
+
+
+def _field(name: str, change: Callable[[Any], Any]) -> Maker:
+    return _made(lambda d: {**d, name: change(d[name])})
+
+
+def _salt(old: str, new: str) -> Maker:
+    return _field("salt", lambda salt: salt.replace(old, new))
+
+
+def _signed_salt(old: str, new: str) -> Maker:
+    return lambda ring: _encode(_resigned(ring, _document(ring), **{old: new}))
+
+
+def _text(change: Callable[[str], str]) -> Maker:
+    return lambda ring: change(_encode(_document(ring)))
+
+
+def _url_safe(ring: KeyRing) -> str:
+    """A payload in URL-safe base64 that standard base64 would write otherwise."""
+    while True:
+        payload = _made()(ring)
+        url_safe = payload.replace("+", "-").replace("/", "_")
+        if url_safe != payload:
+            return url_safe
+
+
+def _json(change: Callable[[bytes], bytes]) -> Maker:
+    return lambda ring: base64.b64encode(change(base64.b64decode(_made()(ring)))).decode()
+
+
+_SCOPE = {"binding": BINDING, "min_difficulty": 20}
+_PRICED = f"{_BOUND}ck=c1&"
+
+#: (id, payload, verified at, scope, whether the one-call check decides it).
+_CASES = [
+    ("valid", _made(), NOW, _SCOPE, True),
+    ("valid, previous key before retirement", _made(kid="k2"), NOW, _SCOPE, True),
+    ("previous key retired", _made(kid="k2"), NOW + 31, _SCOPE, True),
+    ("unknown key id", _salt("kid=k1", "kid=k9"), NOW, _SCOPE, False),
+    ("key id made empty", _salt("kid=k1", "kid="), NOW, _SCOPE, False),
+    ("forged signature", _field("signature", lambda _: "0" * 64), NOW, _SCOPE, True),
+    ("signature one digit short", _field("signature", lambda s: s[:-1]), NOW, _SCOPE, True),
+    ("signature one digit long", _field("signature", lambda s: s + "0"), NOW, _SCOPE, True),
+    ("signature in capitals", _field("signature", str.upper), NOW, _SCOPE, False),
+    ("another challenge", _field("challenge", lambda _: "0" * 64), NOW, _SCOPE, True),
+    ("challenge one digit short", _field("challenge", lambda c: c[:-1]), NOW, _SCOPE, True),
+    ("expired", _made(), NOW + 61, _SCOPE, True),
+    ("expired, signature forged", _field("signature", lambda _: "f" * 64), NOW + 61, _SCOPE, True),
+    ("wrong number", _field("number", lambda n: n + 1), NOW, _SCOPE, True),
+    ("difficulty raised, not re-signed", _salt("max=20", "max=99"), NOW, _SCOPE, True),
+    ("difficulty below the route's", _made(), NOW, {**_SCOPE, "min_difficulty": 21}, True),
+    ("difficulty lowered, re-signed", _signed_salt("max=20", "max=2"), NOW, _SCOPE, True),
+    ("another binding", _made(), NOW, {**_SCOPE, "binding": "team/other:r"}, True),
+    (
+        "priced at 0.5x, judged unpriced",
+        _signed_salt(_BOUND, f"{_PRICED}f=0.5&"),
+        NOW,
+        _SCOPE,
+        True,
+    ),
+    (
+        "priced for another client",
+        _signed_salt(_BOUND, f"{_PRICED}f=1.000&"),
+        NOW,
+        {**_SCOPE, "client": "c2"},
+        True,
+    ),
+    (
+        "priced, unreadable factor",
+        _signed_salt(_BOUND, f"{_PRICED}f=1..0&"),
+        NOW,
+        {**_SCOPE, "client": "c1"},
+        True,
+    ),
+    ("another algorithm's name", _field("algorithm", lambda _: "SHA-512"), NOW, _SCOPE, False),
+    ("number beyond 2**53", _field("number", lambda _: 2**53), NOW, _SCOPE, False),
+    ("truncated base64", _text(lambda p: p[:-4]), NOW, _SCOPE, False),
+    ("truncated by one character", _text(lambda p: p[:-1]), NOW, _SCOPE, False),
+    ("bad base64", _text(lambda p: p[:8] + "*" + p[9:]), NOW, _SCOPE, False),
+    ("url-safe base64", _url_safe, NOW, _SCOPE, False),
+    ("truncated JSON", _json(lambda raw: raw[:-2]), NOW, _SCOPE, False),
+    (
+        "JSON with spaces",
+        _json(lambda raw: json.dumps(json.loads(raw)).encode()),
+        NOW,
+        _SCOPE,
+        False,
+    ),
+    ("oversized", _text(lambda p: p + "A" * 4096), NOW, _SCOPE, False),
+    ("not ASCII", _text(lambda p: "é" + p), NOW, _SCOPE, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload_of", "now", "scope", "taken"),
+    [pytest.param(*case[1:], id=case[0]) for case in _CASES],
+)
+def test_the_one_call_check_refuses_all_the_reference_path_refuses(
+    payload_of: Maker, now: float, scope: dict[str, Any], taken: bool
+) -> None:
+    ring = _ring()
+    payload = payload_of(ring)
+    verdicts = []
+    # The one-call check, and the general decoder with the checks in Python (the reference).
+    for checker, reader in ((native.check_v1, native.canonical_v1), (None, lambda payload: None)):
+        clock = [NOW]
+        verifier = Verifier(
+            keyring=ring, replay=MemoryReplayCache(), clock=lambda clock=clock: clock[0]
+        )
+        with (
+            patch.object(_verify, "check_v1", checker),
+            patch.object(_verify, "canonical_v1", reader),
+        ):
+            # Both keys' signers made first, as a running verifier has them.
+            for kid in ("k1", "k2"):
+                assert verifier.verify(_encode(_document(ring, kid=kid))).ok
+            clock[0] = now
+            # Twice: the second is a replay when the first was admitted.
+            verdicts.append((verifier.verify(payload, **scope), verifier.verify(payload, **scope)))
+        if checker is not None:
+            found = checker(payload, verifier._native_signers, now)
+            assert (found is not None) is taken
+    fast, reference = verdicts
+    assert fast == reference, "the one-call check and the reference path disagree"
+    if not reference[0].ok:
+        assert not fast[0].ok
+
+
+def test_the_one_call_check_refuses_bad_arguments() -> None:
+    payload = _encode(_document(KeyRing.generate()))
+    with pytest.raises(TypeError):
+        native.check_v1(payload, [], NOW)
+    with pytest.raises(TypeError):
+        native.check_v1(payload, {"k1": ("not a state", 1.0, None, None)}, NOW)
+    with pytest.raises(TypeError):
+        native.check_v1(12, {}, NOW)
+    assert native.check_v1(payload, {}, NOW) is None
