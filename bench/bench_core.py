@@ -13,14 +13,16 @@ little as possible; references are measured in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 
 from bench import best_seconds, openssl_sha256_rate, table
 from powgate import Challenge, Issuer, KeyRing, MemoryReplayCache, Verifier, solve, solve_reference
-from powgate._fastpath import NATIVE, canonical_v1
-from powgate._protocol import salt_fields, solution_fields
+from powgate._fastpath import NATIVE, canonical_v1, check_v1
+from powgate._protocol import decode_solution, salt_fields, solution_fields
 
 #: Distinct valid payloads per timed run (each is admitted once, as in production).
 PAYLOADS = 20_000
@@ -67,7 +69,11 @@ def main() -> None:
     work_input = f"{sample[3]}{sample[2]}".encode()
     message = sample[1].encode()
     salt = sample[3]
-    check = Verifier(keyring=ring, replay=None).check
+    checker = Verifier(keyring=ring, replay=None)
+    check = checker.check
+    forged = dataclasses.replace(decode_solution(payloads[0]), signature="0" * 64).encode()
+    check(payloads[0], binding=BINDING)  # the key's signer made, as in a running verifier
+    signers = checker._native_signers
 
     def verify_fresh() -> None:
         # A new cache per run: every payload is admitted, as the first time.
@@ -78,6 +84,17 @@ def main() -> None:
     def check_all() -> None:
         for payload in payloads:
             check(payload, binding=BINDING)
+
+    def check_forged() -> None:
+        for _ in range(PAYLOADS):
+            check(forged, binding=BINDING)
+
+    def one_call() -> None:
+        if check_v1 is None:
+            return
+        now = time.time()
+        for payload in payloads:
+            check_v1(payload, signers, now)
 
     def read_all() -> None:
         for payload in payloads:
@@ -108,7 +125,9 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {
         "verify, valid payload, replay cache on": verify_fresh,
         "verify without replay cache (check)": check_all,
-        "  of which: reading the payload (one pass)": read_all,
+        "  of which: the one C call (read, key, signature, expiry, work)": one_call,
+        "refuse a forged payload (check, bad signature)": check_forged,
+        "reading the payload alone (one pass, C)": read_all,
         "other shapes: base64 + JSON decode": decode_all,
         "other shapes: salt parameters": salts,
         "issue a challenge": issue_all,
