@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -477,10 +476,9 @@ class ClientConnection:
             transport.close()
             return
         self._listener.connections.add(self)
+        # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport
+        # they accept, and asking for the socket to set it again cost system calls.
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._set_deadline(_IDLE, self._loop.time() + self._listener.header_seconds)
 
     def data_received(self, data: bytes) -> None:

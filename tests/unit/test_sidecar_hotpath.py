@@ -171,3 +171,35 @@ def test_loop_connects_to_numeric_addresses_without_resolving() -> None:
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(scenario())
+
+
+def test_the_sidecars_loop_turns_nagle_off_on_the_connections_it_accepts() -> None:
+    """The client connection does not set TCP_NODELAY itself: the loop does it.
+
+    A refusal or an answer's head leaves in one small write; with Nagle's
+    algorithm on it would wait for the client's ACK of the previous one.
+    """
+    seen: list[int] = []
+    accepted = asyncio.Event()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+            accepted.set()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Probe, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.wait_for(accepted.wait(), timeout=10)
+            writer.close()
+        finally:
+            server.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(scenario())
+    assert seen == [1]
