@@ -22,6 +22,17 @@ Every input is checked for:
 A failed check is raised, which libFuzzer reports as a crash with the input
 that caused it; the run prints ``Done N runs`` and the counts.
 
+What the coverage sees: atheris instruments Python bytecode, not the C that
+Cython compiles, so a run on the compiled request path (``_connection``,
+``_http``, ``_cparse``) would be guided by nothing inside it. The run
+therefore serves the request path from its Python sources
+(``POWGATE_PURE_PYTHON=1``: ``_connection.py`` and ``_http.py``, the parser
+``_parse.py`` on ``httptools``) and instruments them, which is the same
+contract the compiled build is built from. The C parser itself is fuzzed
+against ``_parse.py`` by :mod:`powgate_testbed.fuzz_parser`; ``--compiled``
+runs these checks on the compiled modules instead (without coverage from
+inside them). The run says which it did.
+
     python -m powgate_testbed.fuzz_http --runs 1000000 --seed 1
 """
 
@@ -32,10 +43,12 @@ import asyncio
 import os
 import sys
 import tempfile
+import types
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["ClientTransport", "main"]
+__all__ = ["ClientTransport", "Harness", "main", "run_libfuzzer"]
 
 #: Methods a route of the fuzzed configuration protects (a route lists at most 16).
 PROTECTED: Final = (
@@ -283,9 +296,11 @@ class _UpstreamTransport(asyncio.Transport):
             asyncio.get_running_loop().call_soon(self._conn.connection_lost, None)
 
 
-def _fuzz(runs: int, seed: int, corpus: Path) -> int:
+def _fuzz(runs: int, seed: int, corpus: Path, *, compiled: bool) -> int:
     import atheris
 
+    # Decided at the package's import (powgate_sidecar._compiled).
+    os.environ["POWGATE_PURE_PYTHON"] = "0" if compiled else "1"
     with atheris.instrument_imports():
         import powgate_sidecar._admission
         import powgate_sidecar._app
@@ -293,33 +308,107 @@ def _fuzz(runs: int, seed: int, corpus: Path) -> int:
         import powgate_sidecar._endpoints
         import powgate_sidecar._forward
         import powgate_sidecar._routes  # noqa: F401
+    from powgate_sidecar import _compiled
+
+    if compiled != _compiled.COMPILED:
+        print("fuzz_http: the compiled request path is not built (make venv)", file=sys.stderr)
+        return 2
+    print(f"fuzz_http: {_request_path(atheris, _compiled.MODULES)}", flush=True)
 
     harness = Harness()
+    return run_libfuzzer(
+        harness.run, harness.report, runs=runs, seed=seed, corpus=corpus, seeds=SEEDS
+    )
+
+
+def run_libfuzzer(
+    check: Callable[[bytes], None],
+    report: Callable[[], str],
+    *,
+    runs: int,
+    seed: int,
+    corpus: Path,
+    seeds: Sequence[bytes],
+    options: Sequence[str] = (),
+) -> int:
+    """libFuzzer (atheris) over ``check`` from ``seeds``; ``report`` every 100,000 inputs."""
+    import atheris
+
+    done = 0
 
     def one_input(data: bytes) -> None:
-        harness.run(data)
-        if harness.runs % 100_000 == 0 or harness.runs == runs:
-            print(harness.report(), flush=True)
+        nonlocal done
+        check(data)
+        done += 1
+        if done % 100_000 == 0 or done == runs:
+            print(report(), flush=True)
 
-    for index, seed_input in enumerate(SEEDS):
+    for index, seed_input in enumerate(seeds):
         (corpus / f"seed-{index}").write_bytes(seed_input)
     atheris.Setup(
         [sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=4096", "-timeout=10",
-         "-print_final_stats=1", str(corpus)],
+         *options, "-print_final_stats=1", str(corpus)],
         one_input,
     )  # fmt: skip
     atheris.Fuzz()
     return 0
 
 
+def _request_path(atheris: Any, modules: tuple[str, ...]) -> str:
+    """Instrument the request path's sources; say what the coverage sees."""
+    compiled = []
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None:
+            continue  # the sources' build has no _cparse: _parse serves
+        if not str(module.__file__).endswith(".py"):
+            compiled.append(name.rpartition(".")[2])
+            continue
+        # _compiled's source finder stands ahead of atheris' import hook: its
+        # modules arrive uninstrumented (instrumenting twice is a no-op).
+        for function in _functions(module):
+            atheris.instrument_func(function)
+    if compiled:
+        return (
+            f"request path compiled ({', '.join(compiled)}): no coverage from inside it, "
+            "the checks only"
+        )
+    return (
+        "request path from its Python sources (_connection.py, _http.py, _parse.py on "
+        "httptools), instrumented; the C parser is fuzzed against them by fuzz_parser"
+    )
+
+
+def _functions(module: types.ModuleType) -> Iterator[types.FunctionType]:
+    """The functions and methods a module defines."""
+    for value in vars(module).values():
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
+        if isinstance(value, types.FunctionType):
+            yield value
+        elif isinstance(value, type):
+            for attr in vars(value).values():
+                if isinstance(attr, (staticmethod, classmethod)):
+                    attr = attr.__func__
+                if isinstance(attr, property):
+                    attr = attr.fget
+                if isinstance(attr, types.FunctionType):
+                    yield attr
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100_000, help="inputs to try")
     parser.add_argument("--seed", type=int, default=1, help="libFuzzer's random seed")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run on the compiled request path (no coverage from inside it)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     with tempfile.TemporaryDirectory(prefix="fuzz-http-") as corpus:
-        return _fuzz(args.runs, args.seed, Path(corpus))
+        return _fuzz(args.runs, args.seed, Path(corpus), compiled=args.compiled)
 
 
 if __name__ == "__main__":
