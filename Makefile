@@ -97,9 +97,10 @@ bench: system-deps venv tools ## Benchmarks, printed as tables with same-run ref
 	$(PY) -m bench
 
 .PHONY: fuzz
-fuzz: venv ## Hostile input, counted: 1,000,000 solution payloads, config documents, priced payloads and requests (docs/security.md)
+fuzz: venv ## Hostile input, counted: 1,000,000 solution payloads, config documents, priced payloads, requests, and requests to both parsers (docs/security.md)
 	$(PY) -m powgate_testbed.fuzz --payloads 1000000 --configs 1000000 --priced 1000000 --seed 1
 	$(PY) -m powgate_testbed.fuzz_http --runs 1000000 --seed 1
+	$(PY) -m powgate_testbed.fuzz_parser --runs 1000000 --seed 1
 
 .PHONY: demo
 demo: venv system-deps tools images ## The main job: adaptive PoW defending a stand-in AI service (on real pods where possible)

@@ -82,6 +82,11 @@ cdef class RequestParser:
     cdef Py_ssize_t _field_capacity
     cdef Py_ssize_t _name_length
     cdef Py_ssize_t _value_length
+    # The field being read is over FIELD_BYTES (its bytes are no longer kept);
+    # a field over the limits was read whole: the head is refused when the
+    # next field begins or the head ends, where httptools hands over a field.
+    cdef bint _overflow
+    cdef bint _refused
     # The head just parsed (see _parse.RequestParser).
     cdef public bytes url
     cdef public list fields

@@ -7,7 +7,10 @@ that runs ``httptools`` instead, are in ``_parse``): llhttp (the sources
 the target and each header field, which copy them into buffers grown on
 demand up to :data:`_parse.MAX_FIELD_BYTES`; the protocol is called once a
 head is whole, and for the body and the end of each request. No lenient flag is
-set: llhttp's strict parse, as with ``httptools``.
+set: llhttp's strict parse, as with ``httptools``. A head over the limits is
+refused where ``_parse`` refuses it: the target as its bytes arrive, a field
+when ``httptools`` would hand it over (once the next field's name begins, or
+the head ends), so a malformed byte after it is the same error in both builds.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -108,6 +111,7 @@ cdef int _on_message_begin(llhttp_t* parser) noexcept:
     self._url_length = 0
     self._name_length = 0
     self._value_length = 0
+    self._overflow = self._refused = False
     try:
         self.fields = []
         self.names = []
@@ -160,25 +164,35 @@ cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
 
 cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef RequestParser self = _of(parser)
-    cdef int fits = 0
+    cdef int fits
     if not self._in_head:
         return 0  # a trailer of a chunked body: not forwarded, not read
-    if len(self.fields) < MAX_FIELDS:
-        fits = _append(&self._field, &self._field_capacity, &self._name_length, 0, at, length)
-        if fits > 0:
-            return 0
+    if self._refused:
+        # The field before was over the limits: httptools hands it over now.
+        return _too_large(parser, self, 0, 431, "request header fields too large\n")
+    if self._overflow:
+        return 0
+    fits = _append(&self._field, &self._field_capacity, &self._name_length, 0, at, length)
+    if fits > 0:
+        return 0
+    if fits == 0:
+        self._overflow = True  # refused once read whole
+        return 0
     return _too_large(parser, self, fits, 431, "request header fields too large\n")
 
 
 cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef RequestParser self = _of(parser)
     cdef int fits
-    if not self._in_head:
+    if not self._in_head or self._overflow:
         return 0
     fits = _append(
         &self._field, &self._field_capacity, &self._value_length, self._name_length, at, length
     )
     if fits > 0:
+        return 0
+    if fits == 0:
+        self._overflow = True
         return 0
     return _too_large(parser, self, fits, 431, "request header fields too large\n")
 
@@ -190,6 +204,13 @@ cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
     cdef char c
     cdef char* lower
     if not self._in_head:
+        return 0
+    if self._overflow or len(self.fields) >= MAX_FIELDS:
+        # Over the limits: refused when httptools would hand the field over.
+        self._overflow = False
+        self._refused = True
+        self._name_length = 0
+        self._value_length = 0
         return 0
     try:
         name = PyBytes_FromStringAndSize(self._field, size)
@@ -232,6 +253,9 @@ cdef void _release(RequestParser self) noexcept:
 cdef int _on_headers_complete(llhttp_t* parser) noexcept:
     cdef RequestParser self = _of(parser)
     self._in_head = False
+    if self._refused:
+        self._error = HeadError(431, "request header fields too large\n")
+        return -1
     try:
         self.url = PyBytes_FromStringAndSize(self._url, self._url_length)
         if self._url_capacity > _KEPT or self._field_capacity > _KEPT:

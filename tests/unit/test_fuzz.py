@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+from powgate_sidecar import _compiled
 from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, fuzz_priced, main
+from powgate_testbed.fuzz_parser import DifferenceError, Differential
 
 
 def test_payloads_reach_every_verdict_and_none_is_forged_or_replayed() -> None:
@@ -60,3 +63,32 @@ def test_the_request_fuzzer_runs_clean() -> None:
     out = _fuzzed("fuzz_http", 3000)
     assert "fuzz_http: request path from its Python sources" in out, out[-2000:]
     assert "fuzz_http: 3000 inputs checked" in out, out[-2000:]
+
+
+def test_the_parsers_fuzzed_against_each_other_agree() -> None:
+    """The C parser against httptools', random splits, 0 differences."""
+    if not _compiled.COMPILED:
+        pytest.skip("the compiled parser is not built")
+    out = _fuzzed("fuzz_parser", 5000)
+    assert "fuzz_parser: 5000 inputs compared whole and in reads, 0 differences" in out, out
+
+
+def test_the_differential_harness_sees_a_difference() -> None:
+    """Fed a parser that differs (a field's value altered), the harness raises it."""
+    if not _compiled.COMPILED:
+        pytest.skip("the compiled parser is not built")
+    differential = Differential()
+    differential.run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    compiled = differential.compiled
+
+    class Altered:
+        def __init__(self, protocol: Any) -> None:
+            self._parser = compiled(protocol)
+
+        def __getattr__(self, name: str) -> Any:
+            value = getattr(self._parser, name)
+            return [(n, v + b"!") for n, v in value] if name == "fields" else value
+
+    differential.compiled = Altered
+    with pytest.raises(DifferenceError, match="Host"):
+        differential.run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
