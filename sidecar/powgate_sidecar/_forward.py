@@ -573,6 +573,7 @@ class Forward:
 
     __slots__ = (
         "_body",
+        "_body_sent",
         "_chunked_out",
         "_clear_cookie",
         "_close_after",
@@ -611,6 +612,8 @@ class Forward:
         self._state = _BUFFERING
         self._conn: UpstreamConnection | None = None
         self._body: list[bytes] = []
+        #: The body's end went to the upstream (a chunked body's last chunk is sent once).
+        self._body_sent = False
         #: The body streams to the upstream as it arrives (``False``: sent whole with the head).
         self._streaming = False
         self._reused = False
@@ -662,7 +665,9 @@ class Forward:
             and self._streaming
             and self.exchange.request.chunked
             and self._conn is not None
+            and not self._body_sent
         ):
+            self._body_sent = True
             self._conn.write(_http.CHUNKED_END)
 
     def cancel(self, why: str) -> None:
@@ -722,6 +727,8 @@ class Forward:
         data = [head]
         data.extend(_http.chunk(each) if chunked else each for each in pending)
         if exchange.body_done and chunked:
+            # Sent with the head: the end the consumer is told next is not sent again.
+            self._body_sent = True
             data.append(_http.CHUNKED_END)
         conn.send(self, b"".join(data))
         exchange.release_body()

@@ -10,6 +10,7 @@ import pytest
 
 from powgate_sidecar import _compiled
 from powgate_testbed.fuzz import fuzz_configs, fuzz_payloads, fuzz_priced, main
+from powgate_testbed.fuzz_http import Harness
 from powgate_testbed.fuzz_parser import DifferenceError, Differential
 
 
@@ -92,3 +93,18 @@ def test_the_differential_harness_sees_a_difference() -> None:
     differential.compiled = Altered
     with pytest.raises(DifferenceError, match="Host"):
         differential.run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+def test_a_chunked_body_read_before_its_turn_ends_once_upstream() -> None:
+    """Found by fuzz_http: a chunked body whole before its request's turn, sent with
+    its head on a pooled connection, had its last chunk written a second time."""
+    harness = Harness()
+    try:
+        paid = b"GET /b HTTP/1.1\r\nHost: x\r\nX-Powgate-Solution: @SOL@\r\n"
+        chunked = paid + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        for behind in range(4):
+            # The upstream's parser refuses a second terminator (an internal error).
+            harness.run((paid + b"\r\n") * behind + chunked)
+        assert harness.upstream_requests == 4 + 1 + 2 + 3
+    finally:
+        harness.loop.close()
