@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -158,7 +159,9 @@ class Differential:
         from powgate_sidecar import _compiled, _parse
 
         if not _compiled.COMPILED:
-            raise RuntimeError("the compiled parser is not built (make venv)")
+            raise RuntimeError(
+                "the compiled parser is not in use (make venv, no POWGATE_PURE_PYTHON)"
+            )
         from powgate_sidecar import _cparse
 
         self.reference: Callable[[Any], Any] = _parse.RequestParser
@@ -260,7 +263,11 @@ def _fuzz(runs: int, seed: int, corpus: Path) -> int:
     # The harness itself: which outcomes were reached is the coverage.
     for function in (outcome, Differential.run, _SHAPE):
         atheris.instrument_func(function)
-    differential = Differential()
+    try:
+        differential = Differential()
+    except RuntimeError as exc:
+        print(f"fuzz_parser: {exc}", file=sys.stderr)
+        return 2
     tokens = corpus.parent / (corpus.name + ".dict")
     tokens.write_text(
         "".join(
