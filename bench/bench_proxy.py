@@ -21,7 +21,10 @@ one least disturbed, as ``timeit`` takes the minimum), and each pass-path
 run gets solutions of its own;
 * time to the first Server-Sent Event of a streamed chat completion from the
   stand-in AI service, direct, through nginx (``proxy_buffering off``) and
-  through the sidecar.
+  through the sidecar;
+* ``--workers 2`` against one worker on the refusal path, with nginx's static
+  428 on two workers against one as the same run's reference (wrk shares
+  the two cores with them: what a second core can show here).
 
 ``python -m bench.bench_proxy --profile`` samples the sidecar with py-spy
 under the pass load and prints where its time goes.
