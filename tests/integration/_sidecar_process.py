@@ -69,6 +69,15 @@ class SidecarEndpoints:
     url: str
     metrics_url: str
 
+    def wait_ready(self, *, watch: Sequence[ManagedProcess]) -> None:
+        """Wait for ``/readyz`` to answer 200; fail early if a watched process exits."""
+        wait_until(
+            lambda: ready(self.metrics_url + "/readyz"),
+            what=f"the sidecar at {self.url} ready",
+            timeout=_START_TIMEOUT,
+            watch=watch,
+        )
+
     def metric(self, sample: str) -> float:
         return metric_value(self.metrics_url, sample)
 

@@ -26,11 +26,11 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 from _browser import OpenPage, wait_for_page
-from _sidecar_process import SidecarEndpoints, ready, start_sidecar
+from _sidecar_process import SidecarEndpoints, start_sidecar
 
 from powgate import CHALLENGE_PATH, Challenge, ChallengeV2, KeyRing, parse_challenge, parse_salt
 from powgate.config import KdfSpec, RouteConfig, SidecarConfig
-from powgate_testbed._process import ManagedProcess, stop_all, wait_until
+from powgate_testbed._process import ManagedProcess, stop_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -247,12 +247,7 @@ def _start(
             config_args=["--config-file", str(config_file)],
         )
         processes.append(process)
-        wait_until(
-            lambda: ready(sidecar.metrics_url + "/readyz"),
-            what="sidecar ready",
-            timeout=60,
-            watch=processes,
-        )
+        sidecar.wait_ready(watch=processes)
         yield Site(sidecar=sidecar, upstream=upstream)
     finally:
         stop_all(processes, grace=10)

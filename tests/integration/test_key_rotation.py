@@ -30,7 +30,6 @@ from _operator_process import OperatorProcess, apply_crd, delete_policies
 from _sidecar_process import (
     SidecarEndpoints,
     config_reader,
-    ready,
     start_sidecar,
     start_standin,
 )
@@ -39,7 +38,7 @@ from kubernetes import client as k8s
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, solve
 from powgate.contract import KEYRING_SECRET_KEY
 from powgate.policy import GROUP, PLURAL, VERSION, config_map_name, key_secret_name
-from powgate_testbed._process import ManagedProcess, stop_all, wait_until
+from powgate_testbed._process import ManagedProcess, stop_all
 from powgate_testbed.cluster import ClusterAccess
 from powgate_testbed.prometheus import PrometheusServer, ScrapeTarget
 from waiting import eventually
@@ -258,12 +257,7 @@ def test_rotation_under_load_waits_for_the_late_sidecar_and_refuses_nobody(
             processes.append(process)
             sidecars.append(endpoints)
         for endpoints in sidecars:
-            wait_until(
-                lambda endpoints=endpoints: ready(endpoints.metrics_url + "/readyz"),  # type: ignore[misc]
-                what="a sidecar ready",
-                timeout=WAIT,
-                watch=processes,
-            )
+            endpoints.wait_ready(watch=processes)
         prometheus.set_targets(
             [
                 ScrapeTarget(

@@ -655,12 +655,7 @@ def test_challenges_fetched_before_a_raise_pay_within_the_grace_and_not_after(
     )
     processes = [sidecar, standin]
     try:
-        wait_until(
-            lambda: ready(endpoints.metrics_url + "/readyz"),
-            what="the sidecar ready",
-            timeout=WAIT,
-            watch=processes,
-        )
+        endpoints.wait_ready(watch=processes)
 
         def challenge() -> Challenge:
             response = httpx.get(

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _sidecar_process import ready, start_sidecar
+from _sidecar_process import start_sidecar
 
 from powgate import KeyRing
 from powgate.config import SidecarConfig
-from powgate_testbed._process import stop_all, wait_until
+from powgate_testbed._process import stop_all
 
 #: Half a CPU: 50 ms of every 100 ms.
 QUOTA, PERIOD = 50_000, 100_000
@@ -79,12 +79,7 @@ def test_a_sidecar_under_half_a_cpu_derives_in_one_thread(tmp_path: Path) -> Non
             launcher=["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup)],
         )
         try:
-            wait_until(
-                lambda: ready(endpoints.metrics_url + "/readyz"),
-                what="sidecar ready",
-                timeout=60,
-                watch=[sidecar],
-            )
+            endpoints.wait_ready(watch=[sidecar])
             members = (cgroup / "cgroup.procs").read_text().split()
             assert str(sidecar.record.pid) in members
         finally:

@@ -306,12 +306,7 @@ def stack(
             workers=workers,
         )
         processes.insert(0, sidecar)
-        wait_until(
-            lambda: ready(endpoints.metrics_url + "/readyz"),
-            what="sidecar ready",
-            timeout=_DEADLINE,
-            watch=processes,
-        )
+        endpoints.wait_ready(watch=processes)
         yield Stack(
             endpoints.url, endpoints.metrics_url, standin_url, config_file, key_file, processes
         )

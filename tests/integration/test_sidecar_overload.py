@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 import httpx
-from _sidecar_process import ready, start_sidecar, start_standin
+from _sidecar_process import start_sidecar, start_standin
 
 from descriptors import allow_open_files
 from powgate import CHALLENGE_PATH, Challenge, KeyRing, solve
@@ -49,12 +49,7 @@ def test_a_flood_of_connections_from_one_address_leaves_room_for_a_paid_request(
     )
     flood: list[socket.socket] = []
     try:
-        wait_until(
-            lambda: ready(endpoints.metrics_url + "/readyz"),
-            what="sidecar ready",
-            timeout=60,
-            watch=[sidecar],
-        )
+        endpoints.wait_ready(watch=[sidecar])
         host, port = endpoints.url.removeprefix("http://").split(":")
         # The paid client's challenge, fetched before the flood from the paid
         # client's own address: a connection from the flood's address that the
