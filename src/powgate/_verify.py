@@ -533,10 +533,20 @@ class Issuer:
         return suffix
 
 
+#: The ring signers were made from; v1 signers by (algorithm name, key id); the
+#: SHA-256 ones as :data:`check_v1` takes them, by key id (see ``Verifier``).
+_Signers = tuple[
+    KeyRing, dict[tuple[str, str | None], _Signer], dict[str, tuple[Any, float, Attempt, Attempt]]
+]
+#: Seconds since the epoch past which a key's not-after means never (~285 million
+#: years; a float holds every whole second up to it exactly).
+_NEVER: Final = 2**53
+
+
 class Verifier:
     """Checks solution payloads of every family against a key ring and a replay cache."""
 
-    __slots__ = ("_clock", "_native_signers", "_signers", "_signers_ring", "keyring", "replay")
+    __slots__ = ("_clock", "_signers", "keyring", "replay")
 
     def __init__(
         self, *, keyring: KeyRing, replay: ReplayCache | None, clock: Clock = time.time
@@ -545,14 +555,15 @@ class Verifier:
         self.keyring = keyring
         self.replay = replay
         self._clock = clock
-        #: v1 signers by (algorithm name, key id) of :attr:`keyring` as it was
-        #: when they were made (:meth:`_signer`); a new ring starts afresh.
-        self._signers: dict[tuple[str, str | None], _Signer] = {}
-        #: The SHA-256 ones among them as :data:`check_v1` takes them, by key id:
-        #: (C signing state, not-after or infinity, and the attempts it returns
-        #: as they are: a bad signature, the key retired).
-        self._native_signers: dict[str, tuple[Any, float, Attempt, Attempt]] = {}
-        self._signers_ring = keyring
+        #: The ring the signers were made from, v1 signers by (algorithm name,
+        #: key id) (:meth:`_signer`), and the SHA-256 ones among them as
+        #: :data:`check_v1` takes them, by key id (C signing state, not-after or
+        #: infinity, and the attempts it returns as they are: a bad signature,
+        #: the key retired). One tuple, replaced whole when the ring changes and
+        #: used only while its ring is :attr:`keyring`: a signer made from the
+        #: old ring by a verification still running can only land in the old
+        #: tuple, which nothing reads any more.
+        self._signers: _Signers = (keyring, {}, {})
 
     def verify(
         self,
@@ -664,10 +675,11 @@ class Verifier:
     def _begin(self, payload: str | bytes | None, scope: Scope, now: float) -> Attempt:
         if not payload:
             return _MISSING_ATTEMPT
-        if check_v1 is not None and self._signers_ring is self.keyring:
+        signers = self._signers
+        if check_v1 is not None and signers[0] is self.keyring:
             # ALTCHA v1 over SHA-256 as powgate's own clients write it, under a
             # key seen before: read and checked in one C call, the scope left.
-            found = check_v1(payload, self._native_signers, now)
+            found = check_v1(payload, signers[2], now)
             if type(found) is tuple:
                 return self._checked_v1(found, scope, now)
             if found is not None:
@@ -735,7 +747,8 @@ class Verifier:
         """An ALTCHA v1 payload's checks; ``signed`` is the challenge encoded,
         ``work_input`` the salt (ending in ``&``) and the number, encoded."""
         expires, kid, difficulty, bound_to, priced_for, factor = params
-        signer = self._signers.get((name, kid)) if self._signers_ring is self.keyring else None
+        signers = self._signers
+        signer = signers[1].get((name, kid)) if signers[0] is self.keyring else None
         if signer is None:
             found = self._signer(name, kid, now)
             if isinstance(found, Verdict):
@@ -769,27 +782,28 @@ class Verifier:
         algorithm = get_algorithm(name)
         if not isinstance(algorithm, HashAlgorithm):
             return Verdict(Reason.UNKNOWN_ALGORITHM, f"algorithm {name[:32]!r}")
+        signers = self._signers
         ring = self.keyring
+        if signers[0] is not ring:
+            # Keys came or went: signers of the old ring are not reused.
+            signers = self._signers = (ring, {}, {})
         # A challenge without a key id was made by a plain ALTCHA server with
         # our active key: the signature check still applies.
         key = ring.verification_key(kid if kid is not None else ring.active, now=now)
         if key is None:
             return _unknown_key(kid)
-        if self._signers_ring is not ring:
-            # Keys came or went: signers of the old ring are not reused.
-            self._signers = {}
-            self._native_signers = {}
-            self._signers_ring = ring
         state = algorithm.keyed(key.secret)
-        signer = self._signers[(name, kid)] = _Signer(
+        signer = signers[1][(name, kid)] = _Signer(
             algorithm,
             state.hexdigest,
             key.not_after,
             Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"),
         )
         if name == _SHA256_NAME and kid is not None and native_signing_state(state):
-            not_after = math.inf if key.not_after is None else float(key.not_after)
-            self._native_signers[kid] = (
+            # A key ring may name a time past float's range: never, as no time.
+            retires = key.not_after
+            not_after = math.inf if retires is None or retires > _NEVER else float(retires)
+            signers[2][kid] = (
                 state,
                 not_after,
                 Attempt(signer.bad_signature),
