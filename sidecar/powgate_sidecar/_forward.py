@@ -456,7 +456,9 @@ class UpstreamPool:
             return
         finally:
             self._spare = None
-        if len(self._idle) < self.limits.upstream_connections:
+        # Requests lent connections of their own while it connected may have
+        # reached the bound meanwhile: the spare is then one too many.
+        if self._lent + len(self._idle) < self.limits.upstream_connections:
             self._idle.append(conn)
         else:
             conn.close()

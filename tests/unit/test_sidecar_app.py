@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -52,6 +53,7 @@ from powgate.config import (
     SidecarConfig,
 )
 from powgate_sidecar import Limits, Sidecar, _connection
+from powgate_sidecar._forward import UpstreamPool
 from powgate_testbed.fuzz_http import ClientTransport
 from waiting import eventually_async
 
@@ -672,6 +674,63 @@ async def test_the_pool_keeps_a_connection_opened_ahead_for_the_next_request(
         assert spare in pool._idle
     finally:
         h.upstream.release_stream.set()
+
+
+async def test_a_connection_opened_ahead_stays_within_the_pools_bound() -> None:
+    """A request given a connection of its own while the spare was connecting
+    took the pool's last place: the spare is closed, not kept as one too many."""
+    gates: list[asyncio.Future[None]] = []
+    opened: list[_Conn] = []
+
+    async def opener(pool: UpstreamPool) -> Any:
+        gate = asyncio.get_running_loop().create_future()
+        gates.append(gate)
+        await gate
+        opened.append(_Conn())
+        return opened[-1]
+
+    pool = UpstreamPool("http://127.0.0.1:9", limits=Limits(upstream_connections=1), opener=opener)
+    pool.replenish()  # a connection given up, say: the spare starts connecting
+    await asyncio.sleep(0)
+    request = _Borrower()
+    pool.acquire(request)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert len(gates) == 2  # the request did not wait for the spare
+    gates[1].set_result(None)
+    await eventually_async(lambda: request.conn is not None, what="the request connected")
+    gates[0].set_result(None)
+    await eventually_async(lambda: len(opened) == 2, what="the spare connected")
+    await asyncio.sleep(0)
+    assert pool.lent == 1
+    assert pool._idle == []
+    assert [conn.closed for conn in opened] == [False, True]
+
+
+@dataclass
+class _Conn:
+    """An upstream connection as the pool sees one."""
+
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class _Borrower:
+    """A request asking the pool for a connection (what ``Forward`` is to it)."""
+
+    paid: bool = True
+    lent: bool = False
+    gone: bool = False
+    waiting: Any = None
+    conn: Any = None
+
+    def connected(self, conn: Any, *, reused: bool) -> None:
+        self.conn = conn
+
+    def connect_failed(self, kind: str, *, cause: str) -> None:
+        raise AssertionError(f"{kind}: {cause}")
 
 
 async def test_full_queue_answers_503_with_a_fresh_challenge() -> None:
