@@ -692,7 +692,7 @@ class ClientConnection:
             raise HeadError(
                 405,
                 "CONNECT is not supported\n",
-                fields=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n",
+                fields=_ALLOW,
             )
         if target[:1] != b"/":
             # Absolute-form and asterisk-form: only a path goes to the upstream.

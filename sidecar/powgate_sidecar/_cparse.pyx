@@ -20,7 +20,7 @@ from libc.string cimport memcmp, memcpy
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
-from ._parse import HeadError
+from ._parse import FIELDS_TOO_LARGE, TARGET_TOO_LONG, HeadError
 
 # Method names as str, by llhttp's number (what it parses is one of them).
 cdef tuple _METHOD_NAMES = tuple(
@@ -159,7 +159,7 @@ cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
     cdef int fits = _append(&self._url, &self._url_capacity, &self._url_length, 0, at, length)
     if fits > 0:
         return 0
-    return _too_large(parser, self, fits, 414, "request target too long\n")
+    return _too_large(parser, self, fits, 414, TARGET_TOO_LONG)
 
 
 cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
@@ -169,7 +169,7 @@ cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexc
         return 0  # a trailer of a chunked body: not forwarded, not read
     if self._refused:
         # The field before was over the limits: httptools hands it over now.
-        return _too_large(parser, self, 0, 431, "request header fields too large\n")
+        return _too_large(parser, self, 0, 431, FIELDS_TOO_LARGE)
     if self._overflow:
         return 0
     fits = _append(&self._field, &self._field_capacity, &self._name_length, 0, at, length)
@@ -178,7 +178,7 @@ cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexc
     if fits == 0:
         self._overflow = True  # refused once read whole
         return 0
-    return _too_large(parser, self, fits, 431, "request header fields too large\n")
+    return _too_large(parser, self, fits, 431, FIELDS_TOO_LARGE)
 
 
 cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
@@ -194,7 +194,7 @@ cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexc
     if fits == 0:
         self._overflow = True
         return 0
-    return _too_large(parser, self, fits, 431, "request header fields too large\n")
+    return _too_large(parser, self, fits, 431, FIELDS_TOO_LARGE)
 
 
 cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
@@ -254,7 +254,7 @@ cdef int _on_headers_complete(llhttp_t* parser) noexcept:
     cdef RequestParser self = _of(parser)
     self._in_head = False
     if self._refused:
-        self._error = HeadError(431, "request header fields too large\n")
+        self._error = HeadError(431, FIELDS_TOO_LARGE)
         return -1
     try:
         self.url = PyBytes_FromStringAndSize(self._url, self._url_length)

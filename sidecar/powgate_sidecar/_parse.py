@@ -26,12 +26,23 @@ from typing import Final, Protocol
 
 import httptools
 
-__all__ = ["MAX_FIELDS", "MAX_FIELD_BYTES", "HeadError", "ParserProtocol", "RequestParser"]
+__all__ = [
+    "FIELDS_TOO_LARGE",
+    "MAX_FIELDS",
+    "MAX_FIELD_BYTES",
+    "TARGET_TOO_LONG",
+    "HeadError",
+    "ParserProtocol",
+    "RequestParser",
+]
 
 #: Fields per request head (aiohttp's default before, and nginx's order of magnitude).
 MAX_FIELDS: Final = 100
 #: One request target or header field (name + value), in bytes.
 MAX_FIELD_BYTES: Final = 8190
+#: What a head over the limits is answered (414, 431), by both builds of the parser.
+TARGET_TOO_LONG: Final = "request target too long\n"
+FIELDS_TOO_LARGE: Final = "request header fields too large\n"
 #: Method names as ``str``, decoded once rather than per request.
 _METHODS: Final = {
     name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -115,7 +126,7 @@ class RequestParser:
         else:
             url = self.url + url
         if len(url) > MAX_FIELD_BYTES:
-            raise HeadError(414, "request target too long\n")
+            raise HeadError(414, TARGET_TOO_LONG)
         self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -123,7 +134,7 @@ class RequestParser:
             return  # a trailer of a chunked body: not forwarded, not read
         fields = self.fields
         if len(fields) >= MAX_FIELDS or len(name) + len(value) > MAX_FIELD_BYTES:
-            raise HeadError(431, "request header fields too large\n")
+            raise HeadError(431, FIELDS_TOO_LARGE)
         fields.append((name, value))
         self.names.append(name.lower())
 
