@@ -208,16 +208,13 @@ def _unknown_key(kid: str | None) -> Verdict:
     return Verdict(Reason.UNKNOWN_KEY, f"key id {str(kid)[:40]!r} not accepted")
 
 
-#: The algorithm :data:`check_v1` checks (ALTCHA v1 over SHA-256), by name.
-_SHA256_NAME: Final = "SHA-256"
-
-
 def _sha256() -> HashAlgorithm:
-    found = get_algorithm(_SHA256_NAME)
+    found = get_algorithm("SHA-256")
     assert isinstance(found, HashAlgorithm)
     return found
 
 
+#: The algorithm :data:`check_v1` checks (ALTCHA v1 over SHA-256).
 _SHA256: Final = _sha256()
 
 
@@ -799,7 +796,7 @@ class Verifier:
             key.not_after,
             Verdict(Reason.BAD_SIGNATURE, f"signature under key {key.kid}"),
         )
-        if name == _SHA256_NAME and kid is not None and native_signing_state(state):
+        if name == _SHA256.name and kid is not None and native_signing_state(state):
             # A key ring may name a time past float's range: never, as no time.
             retires = key.not_after
             not_after = math.inf if retires is None or retires > _NEVER else float(retires)
