@@ -5,8 +5,12 @@ between runs on a loaded machine; a count of executed instructions does not.
 This runs a real ``Sidecar`` and ``Listener`` in one process on uvloop, with
 a fake client transport (no system calls: what is counted is the sidecar's
 own work), under ``valgrind --tool=cachegrind --cache-sim=no``: once with
-:data:`REQUESTS` requests on one keep-alive connection, once with none, and
-reports the difference divided by the requests. Cases:
+:data:`REQUESTS` requests, once with none, and reports the difference
+divided by the requests. The requests come as under load: each turn of the
+loop reads one request on each of :data:`PER_TURN` keep-alive connections,
+and waits for their answers (which leave together at the end of a turn,
+``_outbox``), so that a turn's own cost is shared as in a busy sidecar.
+Cases:
 
 - ``reject`` — wrk's request without a solution (``bench proxy``'s "reject:
   no solution"): a 428 with a fresh challenge;
@@ -44,6 +48,9 @@ from powgate_testbed.fuzz_http import ClientTransport
 
 #: Requests per counted run (the baseline run sends none).
 REQUESTS: Final = 4000
+#: Connections read in one turn of the loop (``bench proxy``'s wrk keeps 64 busy,
+#: and a turn under its load finds ~10 of them readable).
+PER_TURN: Final = 16
 CASES: Final = ("reject", "forged", "pass", "reject-browser")
 #: wrk's request, as ``bench proxy`` sends it.
 WRK_HEAD: Final = b"GET /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
@@ -69,22 +76,39 @@ _UPSTREAM_ANSWER: Final = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 _SUMMARY: Final = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
 
 
-class _Client(ClientTransport):
-    """The client's side of the connection: counts the answers and their status lines."""
+class _Answers:
+    """What the clients were answered: a count, the status lines, and a wait for a number."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
+        self.count = 0
         #: The status lines answered, each once.
         self.statuses: set[bytes] = set()
-        #: Resolved by the next write (an answer that comes in a later turn).
-        self.waiter: asyncio.Future[None] | None = None
+        self._awaited = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def add(self, data: Any) -> None:
+        self.count += 1
+        self.statuses.add(bytes(data[:12]))
+        if self._waiter is not None and self.count >= self._awaited:
+            self._waiter.set_result(None)
+            self._waiter = None
+
+    async def reach(self, count: int) -> None:
+        if self.count < count:
+            self._awaited = count
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class _Client(ClientTransport):
+    """The client's side of one connection: its answers go to the shared tally."""
+
+    def __init__(self, answers: _Answers) -> None:
+        super().__init__()
+        self._answers = answers
 
     def write(self, data: Any) -> None:
-        self.writes += 1
-        self.statuses.add(bytes(data[:12]))
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        self._answers.add(data)
 
 
 class _Upstream(ClientTransport):
@@ -145,23 +169,28 @@ async def _run(case: str, count: int) -> None:
     # (batches of its maximum: the steady state of a busy sidecar).
     sidecar.overload.lag_seconds = 0.0
     sidecar._stock._clock = lambda: 0.0
-    conn = sidecar.listener()()
-    client = _Client()
-    conn.connection_made(client)
-    loop = asyncio.get_running_loop()
-    for data in requests[:count]:
-        conn.data_received(data)
-        if conn._current is not None:  # forwarded: answered in a later turn
-            client.waiter = loop.create_future()
-            await client.waiter
-    answered = client.writes
-    conn.connection_lost(None)
+    answers = _Answers()
+    listener = sidecar.listener()
+    clients = [_Client(answers) for _ in range(PER_TURN)]
+    conns = [listener() for _ in clients]
+    for conn, client in zip(conns, clients, strict=True):
+        conn.connection_made(client)
+    sent = requests[:count]
+    for at in range(0, len(sent), PER_TURN):
+        # One read per connection this turn; the answers leave at its end (a
+        # forwarded request's turns later), and the next reads wait for them.
+        for conn, data in zip(conns, sent[at : at + PER_TURN], strict=False):
+            conn.data_received(data)
+        await answers.reach(min(at + PER_TURN, len(sent)))
+    closed = any(client.closing for client in clients)
+    for conn in conns:
+        conn.connection_lost(None)
     await sidecar.close()
     expected = {b"HTTP/1.1 200"} if case == "pass" else {b"HTTP/1.1 428"}
-    if count and (answered != count or client.closing or client.statuses != expected):
+    if count and (answers.count != count or closed or answers.statuses != expected):
         raise SystemExit(
-            f"{case}: {answered} answers to {count} requests, {sorted(client.statuses)}"
-            f" (closed: {client.closing})"
+            f"{case}: {answers.count} answers to {count} requests, {sorted(answers.statuses)}"
+            f" (closed: {closed})"
         )
 
 
@@ -217,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case {', '.join(unknown)} (have: {', '.join(CASES)})")
-    print(f"request path: {_build()}; {REQUESTS:,} requests on one connection minus none")
+    print(f"request path: {_build()}; {REQUESTS:,} requests, {PER_TURN} a turn, minus none")
     print(f"{'case':<16} {'instructions/request':>20}")
     for case in args.cases or CASES:
         # Both runs of a case check their answers outside valgrind first (fast, and

@@ -54,6 +54,7 @@ from ._metrics import (
     PricingCollector,
     PricingView,
 )
+from ._outbox import Outbox
 from ._overload import Overload
 from ._pricing import Pricer, Quote, TrustCounts
 from ._queue import EffortQueue
@@ -108,8 +109,10 @@ class Sidecar:
         #: Connection caps and refusals deferred while the loop lags (the config's overload).
         self.overload = Overload()
         self.overload.trusted = trusted
+        #: One outbox for both sides: a turn's answers and upstream requests leave together.
+        self._outbox = Outbox()
         self._forwarder = Forwarder(
-            pool=UpstreamPool(upstream, limits=self.limits, opener=opener),
+            pool=UpstreamPool(upstream, limits=self.limits, opener=opener, outbox=self._outbox),
             metrics=self.metrics,
             trusted=trusted,
         )
@@ -392,7 +395,11 @@ class Sidecar:
     def listener(self, *, header_seconds: float = 15.0) -> Listener:
         """A protocol factory for ``loop.create_server``: connections served by this sidecar."""
         return Listener(
-            self, limits=self.limits, header_seconds=header_seconds, overload=self.overload
+            self,
+            limits=self.limits,
+            header_seconds=header_seconds,
+            overload=self.overload,
+            outbox=self._outbox,
         )
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ cdef class ClientConnection:
     cdef public bint closed
     cdef public bint _feeding
     cdef public list _out
+    cdef public bint _posted
     cdef public object _rest
     cdef public Py_ssize_t _rest_at
     cdef public list _deferred

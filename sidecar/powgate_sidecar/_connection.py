@@ -44,6 +44,7 @@ from . import _http
 from ._compiled import COMPILED
 from ._http import Request
 from ._limits import Limits
+from ._outbox import Outbox
 from ._overload import Overload
 from ._parse import HeadError
 
@@ -317,9 +318,12 @@ class Listener:
         limits: Limits,
         header_seconds: float,
         overload: Overload | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits
+        #: Where the connections' answers wait for the end of the turn (``_outbox``).
+        self.outbox = outbox if outbox is not None else Outbox()
         #: Connection caps and the loop's lateness (shared with the dispatcher's config).
         self.overload = overload if overload is not None else Overload()
         #: Time to send a whole request head, and to idle between requests.
@@ -429,7 +433,9 @@ class ClientConnection:
         self._writable = True
         self.closed = False
         self._feeding = False
+        # Answers held for the end of the turn (posted: the outbox will send them).
         self._out: list[bytes] = []
+        self._posted = False
         self._rest: memoryview | None = None
         self._rest_at = 0
         self._deferred: list[tuple[Exchange, Callable[[], None]]] = []
@@ -545,12 +551,12 @@ class ClientConnection:
             self._pause(_PAUSE_PIPELINE)
             self._rest = None
         except httptools.HttpParserError as exc:
-            self._end_feed()
+            self._feeding = False
             self._rest = None
             self._run_deferred(failed=True)
             self._bad_request(exc)
             return
-        self._end_feed()
+        self._feeding = False
         if self._deferred:
             self._run_deferred(failed=False)
         if self._in_head:
@@ -562,9 +568,9 @@ class ClientConnection:
             # Idle, or a head begun in this read: the time allowed counts from now.
             self._set_deadline(self._phase, self._loop.time() + self._listener.header_seconds)
 
-    def _end_feed(self) -> None:
-        """The parser returned: what its callbacks answered goes out in one write."""
-        self._feeding = False
+    def send_out(self) -> None:
+        """Write the answers held this turn, in one write (the outbox calls this)."""
+        self._posted = False
         out = self._out
         if out:
             self._out = []
@@ -769,13 +775,12 @@ class ClientConnection:
     # -- output and flow control ----------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._feeding:
-            # Answers to pipelined requests parsed from one read leave together.
-            self._out.append(data)
-            return
-        transport = self._transport
-        if transport is not None and not self.closed:
-            transport.write(data)
+        # Held to the end of the turn, with the other connections' answers
+        # (``_outbox``): pipelined answers parsed from one read leave together too.
+        self._out.append(data)
+        if not self._posted:
+            self._posted = True
+            self._listener.outbox.post(self)
 
     def pause_reading(self, reason: int = _PAUSE_UPSTREAM) -> None:
         self._pause(reason)
@@ -861,7 +866,7 @@ class ClientConnection:
             self._close()
 
     def _close(self) -> None:
-        self._end_feed()
+        self.send_out()
         transport = self._transport
         if transport is None or self.closed:
             return
@@ -875,7 +880,7 @@ class ClientConnection:
         transport.close()
 
     def _linger(self) -> None:
-        self._end_feed()
+        self.send_out()
         transport = self._transport
         if transport is None or self.closed or self._phase == _LINGER:
             return
@@ -949,7 +954,7 @@ class ClientConnection:
         self.abort() if phase == _LINGER else self._hang_up()
 
     def _hang_up(self) -> None:
-        self._end_feed()
+        self.send_out()
         transport = self._transport
         if transport is not None and not self.closed:
             self.closed = True

@@ -37,6 +37,7 @@ from ._connection import Exchange
 from ._http import HOP_BY_HOP, Request
 from ._limits import Limits
 from ._metrics import Metrics
+from ._outbox import Outbox
 from ._trust import TrustedProxies
 
 __all__ = ["Forwarder", "Opener", "UpstreamConnection", "UpstreamPool", "open_tcp"]
@@ -89,6 +90,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        # Request bytes held for the end of the turn (``_outbox``).
+        self._out: list[bytes] = []
+        self._posted = False
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -193,12 +197,23 @@ class UpstreamConnection(asyncio.Protocol):
         self.used += 1
         self._deadline = self._loop.time() + self._pool.limits.upstream_read_seconds
         self._arm(self._deadline)
-        assert self.transport is not None
-        self.transport.write(data)
+        self.write(data)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        # Held to the end of the turn with the other upstream requests of the turn.
+        self._out.append(data)
+        if not self._posted:
+            self._posted = True
+            self._pool.outbox.post(self)
+
+    def send_out(self) -> None:
+        """Write the request bytes held this turn (the outbox calls this)."""
+        self._posted = False
+        out = self._out
+        if out:
+            self._out = []
+            if self.transport is not None and not self.closed:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -290,8 +305,17 @@ class UpstreamPool:
     all, so it cannot starve paid requests of the upstream.
     """
 
-    def __init__(self, url: str, *, limits: Limits, opener: Opener | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        limits: Limits,
+        opener: Opener | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.limits = limits
+        #: Where the connections' requests wait for the end of the turn (``_outbox``).
+        self.outbox = outbox if outbox is not None else Outbox()
         self._open = opener if opener is not None else open_tcp
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -74,6 +74,10 @@ SEEDS: Final = (
 )
 
 
+#: Turns of the loop given to each request of an input to be answered.
+TURNS_PER_REQUEST: Final = 4
+
+
 class CheckFailedError(Exception):
     """An input broke one of the run's checks."""
 
@@ -188,7 +192,9 @@ class Harness:
                     break
                 await asyncio.sleep(0)
             await asyncio.sleep(0)
-        for _ in range(3):
+        # A forwarded request takes turns: it leaves at the end of its turn, the
+        # upstream answers in the next, and the answer leaves at the end of that.
+        for _ in range(TURNS_PER_REQUEST * (1 + data.count(b"HTTP/"))):
             await asyncio.sleep(0)
         if not transport.closing:
             conn.eof_received()

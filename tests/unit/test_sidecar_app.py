@@ -991,6 +991,85 @@ class _Recorded(ClientTransport):
         self.writes.append((self.name, bytes(data)))
 
 
+class _Events(_Recorded):
+    """A recorded client transport that notes its end (close or half-close) among the writes."""
+
+    def close(self) -> None:
+        self.closing = True
+        self.writes.append((self.name, b"<end>"))
+
+    def write_eof(self) -> None:
+        self.writes.append((self.name, b"<end>"))
+
+
+_REFUSED = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def _each_sends(
+    listener: _connection.Listener,
+    data: bytes,
+    *,
+    names: tuple[str, ...],
+    writes: list[tuple[str, bytes]],
+) -> list[_connection.ClientConnection]:
+    """A connection per name, each reading ``data`` in this turn; their writes noted in order."""
+    conns = []
+    for name in names:
+        conn = listener()
+        conn.connection_made(_Recorded(name, writes))
+        conn.data_received(data)
+        conns.append(conn)
+    return conns
+
+
+async def test_answers_read_in_one_turn_leave_together_at_its_end(h: Harness) -> None:
+    listener = h.sidecar.listener()
+    writes: list[tuple[str, bytes]] = []
+    conns = _each_sends(listener, _REFUSED, names=("a", "b", "c"), writes=writes)
+    assert writes == []  # nothing leaves while the turn's reads are handled
+    await asyncio.sleep(0)
+    assert [name for name, _ in writes] == ["a", "b", "c"]  # one write each, in turn
+    assert all(data.startswith(b"HTTP/1.1 428 ") for _, data in writes)
+    for conn in conns:
+        conn.connection_lost(None)
+
+
+async def test_held_answers_leave_before_the_close_and_in_order(h: Harness) -> None:
+    # A request answered, then a smuggling attempt in the same read: the answer,
+    # the 400, then the close, in that order.
+    listener = h.sidecar.listener()
+    writes: list[tuple[str, bytes]] = []
+    conn = listener()
+    conn.connection_made(_Events("a", writes))
+    smuggled = (
+        b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+    conn.data_received(_REFUSED + smuggled)
+    for _ in range(4):
+        await asyncio.sleep(0)
+    sent = b"".join(data for _, data in writes)
+    assert sent.startswith(b"HTTP/1.1 428 ")
+    assert sent.index(b"HTTP/1.1 428 ") < sent.index(b"HTTP/1.1 400 ") < sent.index(b"<end>")
+    assert h.upstream.seen == []
+    conn.connection_lost(None)
+
+
+async def test_a_client_gone_with_answers_held_gets_nothing_and_others_are_answered(
+    h: Harness,
+) -> None:
+    listener = h.sidecar.listener()
+    writes: list[tuple[str, bytes]] = []
+    gone, stays = listener(), listener()
+    gone.connection_made(_Recorded("gone", writes))
+    stays.connection_made(_Recorded("stays", writes))
+    gone.data_received(_REFUSED)
+    stays.data_received(_REFUSED)
+    gone.connection_lost(None)  # before the turn ends
+    await asyncio.sleep(0)
+    assert [name for name, _ in writes] == ["stays"]
+    stays.connection_lost(None)
+
+
 async def test_backlogs_share_one_budget_a_turn_and_a_single_request_goes_first(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -999,24 +1078,22 @@ async def test_backlogs_share_one_budget_a_turn_and_a_single_request_goes_first(
     monkeypatch.setattr(_connection, "TURN_BUDGET", 0.0)
     listener = h.sidecar.listener()
     writes: list[tuple[str, bytes]] = []
-    junk = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" * 20
-    flooders = []
-    for name in ("a", "b", "c"):
-        conn = listener()
-        conn.connection_made(_Recorded(name, writes))
-        conn.data_received(junk)
-        flooders.append(conn)
+    flooders = _each_sends(listener, _REFUSED * 20, names=("a", "b", "c"), writes=writes)
     assert writes == []  # several requests in one read wait for the loop's next turn
     await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a turn's answers leave at its end (the outbox)
     assert [name for name, _ in writes] == ["a"]  # one slice, not one per connection
     single = listener()
     single.connection_made(_Recorded("single", writes))
     single.data_received(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-    assert writes[-1][0] == "single"  # a read of one request: answered in its own turn
+    await asyncio.sleep(0)
+    # A read of one request: answered at the end of its own turn, before the next slices.
+    assert [name for name, _ in writes] == ["a", "b", "single"]
     for _ in range(200):
         if not any(conn.backlog for conn in flooders):
             break
         await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the last slice's answers leave at the end of its turn
     order = [name for name, _ in writes if name != "single"]
     assert order[:6] == ["a", "b", "c", "a", "b", "c"]  # round-robin
     for name in ("a", "b", "c"):
@@ -1114,6 +1191,7 @@ async def test_one_address_past_its_connection_cap_is_answered_503_and_others_ar
         other = listener()
         other.connection_made(_Peer("other", writes, peer="10.0.0.2"))
         other.data_received(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        await asyncio.sleep(0)  # answered at the end of the turn
         assert writes[-1][0] == "other"
         assert writes[-1][1].startswith(b"HTTP/1.1 428 ")
         proxies = [_Peer(f"proxy{i}", writes, peer="10.9.0.7") for i in range(10)]
