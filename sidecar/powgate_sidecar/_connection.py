@@ -4,8 +4,9 @@ Every byte an attacker sends arrives here. The protocol parses with
 llhttp (strict: no lenient flags; see ``_parse``), refuses what a proxy must
 not pass on (request smuggling's ingredients, targets that are not a path,
 versions other than 1.0 and 1.1), and hands each request head to the
-dispatcher the moment it is complete: a refusal is written from inside the
-parser's callback, with no task, future or timer created for it.
+dispatcher the moment it is complete: a refusal is made inside the
+parser's callback, with no task, future or timer created for it, and leaves
+with the turn's other writes at its end (``_outbox``).
 
 Requests on one connection are answered in order. Requests pipelined
 behind one still in progress wait parsed, with reading paused; a

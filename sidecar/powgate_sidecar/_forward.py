@@ -8,7 +8,8 @@ Both run on callbacks, not tasks: a request that finds an idle connection
 goes out from the parser callback that completed it, and the answer is
 relayed from the upstream's ``data_received``, one write per read, so small
 answers leave in one write with their head and Server-Sent Events go out
-event by event.
+event by event. Writes on both sides leave at the end of the loop's turn,
+with the turn's others (``_outbox``).
 
 Flow control lives in two places only: a client whose writes back up
 pauses reading from the upstream (:meth:`Forward.writable`), an upstream
