@@ -761,6 +761,9 @@ class ClientConnection:
         if exchange is not self._current:
             return
         self._current = None
+        # A forwarded exchange and its consumer refer to each other: without this
+        # the pair (and the request) would wait for the cycle collector.
+        exchange._consumer = None
         if not self.keep_alive or self.draining:
             self._close()
             return
