@@ -411,8 +411,10 @@ class Setup:
     sidecar_sse_pid: int
     #: The same sidecar with ``--workers 2``, on both cores.
     sidecar_workers: int
+    sidecar_workers_pid: int
     #: nginx's static 428 with two workers, on both cores.
     nginx_workers: int
+    nginx_workers_pid: int
     priced: int
     priced_pid: int
     #: Fresh solutions for the pass runs.
@@ -469,7 +471,7 @@ def _servers() -> Iterator[Setup]:
                 body=solutions[0][:280],
             )
             nginx_workers = free_ports(1)[0]
-            _nginx(
+            nginx_workers_pid = _nginx(
                 procs,
                 name="reject-workers",
                 servers=_REJECT_ONLY.format(port=nginx_workers, body=solutions[0][:280]),
@@ -520,7 +522,7 @@ def _servers() -> Iterator[Setup]:
                 keys=keys,
                 config=config,
             )
-            sidecar_workers, _ = _sidecar(
+            sidecar_workers, sidecar_workers_pid = _sidecar(
                 procs,
                 name="sidecar-workers",
                 upstream=f"http://127.0.0.1:{upstream}",
@@ -542,7 +544,9 @@ def _servers() -> Iterator[Setup]:
                 sidecar_sse=sidecar_sse,
                 sidecar_sse_pid=sidecar_sse_pid,
                 sidecar_workers=sidecar_workers,
+                sidecar_workers_pid=sidecar_workers_pid,
                 nginx_workers=nginx_workers,
+                nginx_workers_pid=nginx_workers_pid,
                 priced=priced,
                 priced_pid=priced_pid,
                 pools=Pools(keyring, root),
@@ -644,13 +648,30 @@ def main() -> None:
             cores=f"{PROXY_CORE},{LOAD_CORE}",
             threads=2,
         )
-        one_worker = max((scaling(url.format(s.sidecar)) for _ in range(ROUNDS)), key=_rate)
+        # The processes' CPU time too: per CPU-second, two workers should refuse what
+        # one does (each worker's own cost does not grow), whatever cores are left.
+        one_worker = max(
+            (scaling(url.format(s.sidecar), proxy=sidecar_pid) for _ in range(ROUNDS)), key=_rate
+        )
         two_workers = max(
-            (scaling(url.format(s.sidecar_workers)) for _ in range(ROUNDS)), key=_rate
+            (
+                scaling(url.format(s.sidecar_workers), proxy=s.sidecar_workers_pid)
+                for _ in range(ROUNDS)
+            ),
+            key=_rate,
         )
         reject = "http://127.0.0.1:{}/reject"
-        nginx_one = max((scaling(reject.format(s.nginx_proxy)) for _ in range(ROUNDS)), key=_rate)
-        nginx_two = max((scaling(reject.format(s.nginx_workers)) for _ in range(ROUNDS)), key=_rate)
+        nginx_one = max(
+            (scaling(reject.format(s.nginx_proxy), proxy=nginx_pid) for _ in range(ROUNDS)),
+            key=_rate,
+        )
+        nginx_two = max(
+            (
+                scaling(reject.format(s.nginx_workers), proxy=s.nginx_workers_pid)
+                for _ in range(ROUNDS)
+            ),
+            key=_rate,
+        )
         # The connections' cost is taken on the sidecar that served only the SSE
         # streams (same config): the one that served the pass rows also holds every
         # solution they spent until its challenge expires (the bench's live an hour).
@@ -770,6 +791,16 @@ def main() -> None:
             "nginx 2 workers / 1, static 428 req/s (the same wrk): the reference",
             f"{nginx_two.rate / nginx_one.rate:.2f} "
             f"({nginx_two.rate:,.0f} / {nginx_one.rate:,.0f})",
+            "-",
+        ),
+        (
+            "--workers 2 / 1 worker, reject req per CPU-second (1.00: no loss per worker)",
+            _per_cpu_ratio(two_workers, one_worker),
+            "-",
+        ),
+        (
+            "nginx 2 workers / 1, static 428 req per CPU-second: the reference",
+            _per_cpu_ratio(nginx_two, nginx_one),
             "-",
         ),
         ("bytes out per byte in: JSON 428 to wrk's request", f"{amplification[0]:.1f}", "-"),
