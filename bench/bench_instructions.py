@@ -114,7 +114,7 @@ class _Client(ClientTransport):
 class _Upstream(ClientTransport):
     """The faked upstream: every request written to it is answered 200 in the next turn."""
 
-    def __init__(self, protocol: asyncio.Protocol) -> None:
+    def __init__(self, protocol: Any) -> None:
         super().__init__()
         self._protocol = protocol
 

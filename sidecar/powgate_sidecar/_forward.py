@@ -27,7 +27,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeAlias, cast
+from typing import Final, Protocol, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -73,8 +73,14 @@ _CLOSE: Final = b"Connection: close\r\n"
 _BODILESS: Final = frozenset((204, 304))
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to the upstream (``httptools`` response parser)."""
+class UpstreamConnection:
+    """One keep-alive connection to the upstream (``httptools`` response parser).
+
+    An ``asyncio.Protocol`` by its methods: compiled (see ``_compiled``), it is
+    an extension type, which cannot derive from a Python class. The fields of
+    this module's classes are declared in ``_forward.pxd``; a field added here
+    goes there too.
+    """
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
@@ -282,7 +288,7 @@ async def open_tcp(pool: UpstreamPool) -> UpstreamConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, address)
             _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(pool),
+                cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(pool)),
                 sock=sock,
                 ssl=pool.ssl,
                 server_hostname=pool.host if pool.ssl is not None else None,
@@ -294,8 +300,25 @@ async def open_tcp(pool: UpstreamPool) -> UpstreamConnection:
         except BaseException:
             sock.close()
             raise
-        return conn
+        return cast(UpstreamConnection, conn)
     raise error or OSError(f"cannot resolve {pool.host}")
+
+
+class Borrower(Protocol):
+    """What the pool lends connections to: a :class:`Forward` (in tests, stand-ins).
+
+    Not the class itself: compiled, an argument annotated with an extension
+    type is checked to be one.
+    """
+
+    paid: bool
+    lent: bool
+    gone: bool
+    waiting: asyncio.TimerHandle | None
+
+    def connected(self, conn: UpstreamConnection, *, reused: bool) -> None: ...
+
+    def connect_failed(self, kind: str, *, cause: str) -> None: ...
 
 
 class UpstreamPool:
@@ -334,7 +357,7 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._lent = 0
         self._lent_free = 0
-        self._waiting: deque[Forward] = deque()
+        self._waiting: deque[Borrower] = deque()
         self._connecting: set[asyncio.Task[None]] = set()
         self._spare: asyncio.Task[None] | None = None
 
@@ -348,7 +371,7 @@ class UpstreamPool:
             return False
         return paid or self._lent_free < limit - self.reserve
 
-    def acquire(self, forward: Forward, *, fresh: bool = False) -> None:
+    def acquire(self, forward: Borrower, *, fresh: bool = False) -> None:
         """Lend ``forward`` a connection now (:meth:`Forward.connected`), or when one frees up.
 
         ``fresh``: a new connection, not a kept-alive one (a retry after one went stale).
@@ -360,7 +383,7 @@ class UpstreamPool:
             return
         self._lend(forward, fresh=fresh)
 
-    def _lend(self, forward: Forward, *, fresh: bool = False) -> None:
+    def _lend(self, forward: Borrower, *, fresh: bool = False) -> None:
         self._lent += 1
         if not forward.paid:
             self._lent_free += 1
@@ -381,14 +404,14 @@ class UpstreamPool:
         task.add_done_callback(self._connecting.discard)
         self.replenish()
 
-    def _wait(self, forward: Forward) -> None:
+    def _wait(self, forward: Borrower) -> None:
         loop = asyncio.get_running_loop()
         forward.waiting = loop.call_later(
             self.limits.upstream_connect_seconds, self._gave_up, forward
         )
         self._waiting.append(forward)
 
-    def _gave_up(self, forward: Forward) -> None:
+    def _gave_up(self, forward: Borrower) -> None:
         forward.waiting = None
         try:
             self._waiting.remove(forward)
@@ -396,7 +419,7 @@ class UpstreamPool:
             return
         forward.connect_failed("timeout", cause="no upstream connection free in time")
 
-    def withdraw(self, forward: Forward) -> None:
+    def withdraw(self, forward: Borrower) -> None:
         """``forward`` no longer wants a connection (its client left)."""
         if forward.waiting is not None:
             forward.waiting.cancel()
@@ -404,8 +427,7 @@ class UpstreamPool:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(forward)
 
-    async def _connect(self, forward: Forward) -> None:
-        conn: UpstreamConnection | None = None
+    async def _connect(self, forward: Borrower) -> None:
         try:
             async with asyncio.timeout(self.limits.upstream_connect_seconds):
                 conn = await self._open(self)
@@ -422,7 +444,7 @@ class UpstreamPool:
             return
         forward.connected(conn, reused=False)
 
-    def give_back(self, forward: Forward, conn: UpstreamConnection | None) -> None:
+    def give_back(self, forward: Borrower, conn: UpstreamConnection | None) -> None:
         """End ``forward``'s loan; ``conn`` (reusable, or ``None``) goes back to the pool."""
         if forward.lent:
             forward.lent = False
