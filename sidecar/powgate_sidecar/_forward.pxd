@@ -1,12 +1,15 @@
 # Types for the compiled build of _forward.py (see _compiled.py): the upstream
 # connection, the forward, the pool and the forwarder as extension types, so
 # that the pass path reads their state (and the exchange's, the request's) by
-# offset. The .py is the source; a field added there (to __init__ or
-# __slots__) goes here too. The pool's methods take any borrower and any
-# connection (tests hand it stand-ins): their arguments stay untyped.
+# offset, and the methods they call on one another are called directly (cpdef:
+# still Python methods too, keyword-only arguments kept). The .py is the
+# source; a field added there (to __init__ or __slots__) goes here too, and a
+# signature changed there changes here. The pool takes any borrower (tests
+# hand it stand-ins): its borrowers stay untyped.
+
+cimport cython
 
 from ._connection cimport Exchange
-from ._http cimport Request
 
 
 cdef class UpstreamPool
@@ -14,6 +17,7 @@ cdef class Forward
 cdef class Forwarder
 
 
+@cython.final
 cdef class UpstreamConnection:
     cdef public UpstreamPool _pool
     cdef public object _loop
@@ -32,7 +36,14 @@ cdef class UpstreamConnection:
     cdef public list _out
     cdef public bint _posted
 
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef detach(self)
+    cpdef close(self)
+    cpdef _arm(self, double when)
 
+
+@cython.final
 cdef class UpstreamPool:
     cdef public object limits
     cdef public object outbox
@@ -50,13 +61,22 @@ cdef class UpstreamPool:
     cdef public set _connecting
     cdef public object _spare
 
+    cpdef bint _room(self, bint paid)
+    cpdef _lend(self, forward, bint fresh=*)
+    cpdef withdraw(self, forward)
+    cpdef give_back(self, forward, UpstreamConnection conn)
+    cpdef replenish(self)
+    cpdef lost(self, UpstreamConnection conn)
 
+
+@cython.final
 cdef class Forwarder:
     cdef public UpstreamPool pool
     cdef public object metrics
     cdef public object trusted
 
 
+@cython.final
 cdef class Forward:
     cdef public list _body
     cdef public bint _body_sent
@@ -77,3 +97,15 @@ cdef class Forward:
     cdef public bint lent
     cdef public bint paid
     cdef public object waiting
+
+    cpdef start(self)
+    cpdef _ask(self)
+    cpdef _acquire(self)
+    cpdef connected(self, UpstreamConnection conn, bint reused)
+    cpdef _send(self)
+    cpdef connect_failed(self, str kind, str cause)
+    cpdef response_body(self, bytes data)
+    cpdef response_done(self)
+    cpdef flush(self)
+    cpdef upstream_failed(self, str kind, str cause)
+    cpdef _finish(self, bint reusable)

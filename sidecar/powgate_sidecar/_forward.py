@@ -775,7 +775,7 @@ class Forward:
         chunked = request.chunked
         pending, self._body = self._body, []
         data = [head]
-        data.extend(_http.chunk(each) if chunked else each for each in pending)
+        data += [_http.chunk(each) if chunked else each for each in pending]
         if exchange.body_done and chunked:
             # Sent with the head: the end the consumer is told next is not sent again.
             self._body_sent = True
