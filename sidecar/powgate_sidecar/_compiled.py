@@ -1,11 +1,12 @@
 """Which code serves requests: the modules compiled by Cython, or their Python sources.
 
 The modules of :data:`MODULES` are the request path's innermost loop (the
-connection protocol, the forwarding to the upstream, the request record and
-the request parser). The ``.py`` files of all but the parser are their only
-source: where a C compiler is present the build compiles them with Cython
-(typed by the ``.pxd`` beside each) into extension modules, which Python
-imports instead of the ``.py``.
+connection protocol, the forwarding to the upstream, the admission of
+requests to protected routes, the request record and the request parser).
+The ``.py`` files of all but the parser are their only source: where a C
+compiler is present the build compiles them with Cython (typed by the
+``.pxd`` beside each) into extension modules, which Python imports instead
+of the ``.py``.
 The parser, ``_cparse.pyx``, binds llhttp's C API and has no ``.py``: the
 sources' connection uses ``_parse`` (the same contract on ``httptools``)
 instead. The build records a digest of each source it compiled
@@ -17,7 +18,8 @@ rebuild; ``POWGATE_PURE_PYTHON=1`` asks for the sources outright.
 
 All compiled or none: the compiled connection is built against the compiled
 request record and parser, the compiled forward against the compiled
-exchange, so they cannot be mixed.
+exchange, the compiled admission against the compiled record, so they
+cannot be mixed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ MODULES: Final = (
     "powgate_sidecar._cparse",
     "powgate_sidecar._connection",
     "powgate_sidecar._forward",
+    "powgate_sidecar._admission",
 )
 #: Written by the build beside the extensions: ``{module: digest of its .py}``.
 MANIFEST: Final = "_compiled.json"
