@@ -12,6 +12,7 @@
 
 cimport cython
 
+from ._challenges cimport ChallengeStock
 from ._http cimport Request
 
 
@@ -20,7 +21,7 @@ cdef class Admission:
     cdef public object verifier
     cdef public object trusted
     cdef public object _replay
-    cdef public object _stock
+    cdef public ChallengeStock _stock
     cdef public object _metrics
     cdef public bytes page
     cdef public object pricer
