@@ -14,6 +14,7 @@ cimport cython
 
 from ._challenges cimport ChallengeStock
 from ._http cimport Request
+from ._metrics cimport Metrics
 
 
 @cython.final
@@ -22,7 +23,7 @@ cdef class Admission:
     cdef public object trusted
     cdef public object _replay
     cdef public ChallengeStock _stock
-    cdef public object _metrics
+    cdef public Metrics _metrics
     cdef public bytes page
     cdef public object pricer
     cdef public object shared
@@ -31,6 +32,7 @@ cdef class Admission:
     cpdef quote(self, Request request)
     cpdef tuple find(self, Request request)
     cpdef judge(self, Request request, table, route, quote)
+    @cython.locals(metrics=Metrics)
     cpdef conclude(self, Request request, table, route, quote, payload, bint from_cookie=*, verdict=*)
     cpdef _challenged(self, Request request, table, route, quote)
     cpdef client(self, Request request)

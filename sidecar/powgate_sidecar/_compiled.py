@@ -2,8 +2,8 @@
 
 The modules of :data:`MODULES` are the request path's innermost loop (the
 connection protocol, the forwarding to the upstream, the admission of
-requests to protected routes, the stock of challenges, the request record
-and the request parser).
+requests to protected routes, the stock of challenges, the per-request
+metrics, the request record and the request parser).
 The ``.py`` files of all but the parser are their only source: where a C
 compiler is present the build compiles them with Cython (typed by the
 ``.pxd`` beside each) into extension modules, which Python imports instead
@@ -19,8 +19,8 @@ rebuild; ``POWGATE_PURE_PYTHON=1`` asks for the sources outright.
 
 All compiled or none: the compiled connection is built against the compiled
 request record and parser, the compiled forward against the compiled
-exchange, the compiled admission against the compiled record and stock,
-so they cannot be mixed.
+exchange, the compiled admission against the compiled record, stock and
+metrics, so they cannot be mixed.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ MODULES: Final = (
     "powgate_sidecar._cparse",
     "powgate_sidecar._connection",
     "powgate_sidecar._forward",
+    "powgate_sidecar._metrics",
     "powgate_sidecar._challenges",
     "powgate_sidecar._admission",
 )
