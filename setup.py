@@ -6,11 +6,11 @@ installs), the verifier's and issuer's hot path for ALTCHA v1 over SHA-256.
 
 The sidecar's request path (each module of ``sidecar/powgate_sidecar`` with
 a ``.pxd`` beside its ``.py``: the connection protocol, the forwarding to
-the upstream, the admission, the challenge stock, the per-request metrics
-and the request record) is compiled by Cython from its Python source, typed
-by the ``.pxd``; beside them ``_cparse.pyx``, the request parser bound to
-llhttp's C API, with llhttp's C sources (``sidecar/llhttp``, as vendored by
-the pinned ``httptools``).
+the upstream, the admission, the challenge stock, the per-request metrics,
+the routing table and the request record) is compiled by Cython from its
+Python source, typed by the ``.pxd``; beside them ``_cparse.pyx``, the
+request parser bound to llhttp's C API, with llhttp's C sources
+(``sidecar/llhttp``, as vendored by the pinned ``httptools``).
 The build writes ``powgate_sidecar/_compiled.json`` beside the extensions:
 the digest of each source compiled, which ``powgate_sidecar._compiled``
 compares at import, so that an extension never runs in place of a source

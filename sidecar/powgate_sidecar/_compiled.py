@@ -3,7 +3,7 @@
 The modules of :data:`MODULES` are the request path's innermost loop (the
 connection protocol, the forwarding to the upstream, the admission of
 requests to protected routes, the stock of challenges, the per-request
-metrics, the request record and the request parser).
+metrics, the routing table, the request record and the request parser).
 The ``.py`` files of all but the parser are their only source: where a C
 compiler is present the build compiles them with Cython (typed by the
 ``.pxd`` beside each) into extension modules, which Python imports instead
@@ -47,6 +47,7 @@ MODULES: Final = (
     "powgate_sidecar._connection",
     "powgate_sidecar._forward",
     "powgate_sidecar._metrics",
+    "powgate_sidecar._routes",
     "powgate_sidecar._challenges",
     "powgate_sidecar._admission",
 )

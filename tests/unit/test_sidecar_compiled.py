@@ -26,6 +26,7 @@ from powgate_sidecar import (
     _forward,
     _http,
     _metrics,
+    _routes,
 )
 from powgate_sidecar._compiled import MODULES, Choice, choose, digest
 
@@ -100,7 +101,7 @@ def test_the_modules_compiled_are_those_with_type_declarations() -> None:
 @pytest.mark.skipif(not BUILT, reason="this install has no compiled request path (no C compiler)")
 def test_the_tests_run_on_the_compiled_request_path() -> None:
     assert _compiled.COMPILED
-    for module in (_admission, _challenges, _connection, _forward, _http, _metrics):
+    for module in (_admission, _challenges, _connection, _forward, _http, _metrics, _routes):
         assert module.__file__ is not None
         assert module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     # The compiled connection parses with llhttp bound in C, not through httptools.
