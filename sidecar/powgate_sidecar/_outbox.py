@@ -8,8 +8,8 @@ the loop under load handles the reads of many connections; answering each
 as it is parsed spreads the writes over the turn, and a fast peer goes back
 to sleep between two of them, so that every write pays a wake-up. Held to
 the end of the turn, they leave together: the peer woken by the first finds
-the others ready. ``bench proxy`` measured the sidecar's system time per
-refusal fall from ~9 to ~6 µs with it (docs/performance.md).
+the others ready. The sidecar's system time per refusal under ``bench
+proxy``'s load fell from 7.3-10.1 to 5.5-6.0 µs with it (docs/performance.md).
 
 The cost is latency of at most one turn's work (the reads that came
 together), and none for a lone request: its turn ends with its answer.
@@ -30,7 +30,8 @@ log = logging.getLogger("powgate.sidecar")
 
 class Sender(Protocol):
     def send_out(self) -> None:
-        """Write what was held (called once per :meth:`Outbox.post`)."""
+        """Write what was held (the outbox calls it once per :meth:`Outbox.post`; a
+        sender that closes calls it first itself, and a later call finds nothing)."""
 
 
 class Outbox:
